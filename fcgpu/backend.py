@@ -1,0 +1,155 @@
+"""Backend selection: the one module of fcgpu that imports CuPy.
+
+The backend decides which array module new arrays (model parameters, data moved by
+the Solver) are created with. Layer code never asks it: it uses the module of the
+arrays it receives (:func:`get_array_module`).
+
+* ``FCGPU_BACKEND=numpy|cupy|auto`` picks the backend at first use; ``auto`` (the
+  default) takes CuPy when it imports and sees a device, else NumPy.
+* :func:`set_backend` does the same from Python.
+* Asking for ``cupy`` where it cannot run raises :class:`BackendUnavailable` with the
+  cause (not installed, no driver, no device): never a silent fall back to the CPU.
+
+CuPy is imported lazily, at most once; the outcome of that probe is recorded and
+reported by :func:`cupy_status`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy
+
+__all__ = [
+    "BackendUnavailable", "set_backend", "get_backend", "get_xp", "get_array_module",
+    "is_cupy_array", "asnumpy", "to_backend", "require_cupy", "cupy_status",
+]
+
+ENV_VAR = "FCGPU_BACKEND"
+CHOICES = ("numpy", "cupy", "auto")
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here; the message names the cause."""
+
+
+_cupy = None          # the cupy module once probed successfully
+_cupy_error = None    # why cupy cannot run, once probed unsuccessfully
+_probed = False
+_backend = None       # "numpy" or "cupy" once resolved
+
+
+def _probe_cupy():
+    """Import CuPy and look for a device, once. Returns the module or None."""
+    global _cupy, _cupy_error, _probed
+    if _probed:
+        return _cupy
+    _probed = True
+    try:
+        import cupy  # noqa: the only import of CuPy in fcgpu
+    except ImportError as exc:
+        _cupy_error = ("CuPy is not installed (%s); install fcgpu[cuda12] or "
+                       "fcgpu[cuda13] for your CUDA driver" % exc)
+        return None
+    except Exception as exc:  # broken installs raise all sorts of things
+        _cupy_error = "CuPy failed to import: %s: %s" % (type(exc).__name__, exc)
+        return None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        text = str(exc)
+        if "InsufficientDriver" in text or "NoDriver" in text or "driver" in text.lower():
+            _cupy_error = "no usable NVIDIA driver: %s" % text
+        elif "NoDevice" in text:
+            _cupy_error = "no CUDA device found: %s" % text
+        else:
+            _cupy_error = "CUDA runtime error: %s" % text
+        return None
+    if count < 1:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        _cupy_error = "no CUDA device visible" + (
+            " (CUDA_VISIBLE_DEVICES=%r)" % visible if visible is not None else "")
+        return None
+    _cupy = cupy
+    return cupy
+
+
+def cupy_status():
+    """``(available, reason)``: whether CuPy can run here and, if not, why."""
+    mod = _probe_cupy()
+    return (mod is not None, None if mod is not None else _cupy_error)
+
+
+def require_cupy():
+    """Return the cupy module or raise :class:`BackendUnavailable` naming the cause."""
+    mod = _probe_cupy()
+    if mod is None:
+        raise BackendUnavailable("backend 'cupy' is unavailable: " + _cupy_error)
+    return mod
+
+
+def _resolve(name):
+    name = (name or "auto").strip().lower()
+    if name not in CHOICES:
+        raise ValueError("unknown backend %r: choose one of %s" % (name, ", ".join(CHOICES)))
+    if name == "numpy":
+        return "numpy"
+    if name == "cupy":
+        require_cupy()
+        return "cupy"
+    return "cupy" if _probe_cupy() is not None else "numpy"
+
+
+def set_backend(name):
+    """Select ``'numpy'``, ``'cupy'`` or ``'auto'``; returns the array module chosen."""
+    global _backend
+    _backend = _resolve(name)
+    return get_xp()
+
+
+def get_backend():
+    """The resolved backend name, ``'numpy'`` or ``'cupy'`` (reads FCGPU_BACKEND once)."""
+    global _backend
+    if _backend is None:
+        try:
+            _backend = _resolve(os.environ.get(ENV_VAR, "auto"))
+        except ValueError as exc:
+            raise ValueError("%s: %s" % (ENV_VAR, exc)) from None
+    return _backend
+
+
+def get_xp():
+    """The array module of the selected backend."""
+    return _cupy if get_backend() == "cupy" else numpy
+
+
+def is_cupy_array(a):
+    """True for a ``cupy.ndarray``; never imports CuPy."""
+    cp = sys.modules.get("cupy")
+    return cp is not None and isinstance(a, cp.ndarray)
+
+
+def get_array_module(*arrays):
+    """``cupy`` if any argument is a CuPy array, else ``numpy`` (like
+    ``cupy.get_array_module``, but without importing CuPy)."""
+    cp = sys.modules.get("cupy")
+    if cp is not None:
+        for a in arrays:
+            if isinstance(a, cp.ndarray):
+                return cp
+    return numpy
+
+
+def asnumpy(a):
+    """A NumPy copy/view of ``a`` (a CuPy array is copied to the host)."""
+    if is_cupy_array(a):
+        return a.get()
+    return numpy.asarray(a)
+
+
+def to_backend(a, xp, dtype=None):
+    """``a`` as an array of module ``xp`` (copying across devices when needed)."""
+    if xp is numpy:
+        out = asnumpy(a)
+        return out if dtype is None else out.astype(dtype, copy=False)
+    return xp.asarray(a, dtype=dtype)
