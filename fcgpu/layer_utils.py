@@ -1,0 +1,85 @@
+"""Sandwich layers: affine followed by [batchnorm] - ReLU - [dropout].
+
+In training mode, batchnorm-ReLU-dropout (or ReLU-dropout) is one fused pass
+(:mod:`fcgpu.fused`): a CUDA kernel on CuPy, a compiled loop on NumPy.
+"""
+from __future__ import annotations
+
+from . import fused
+from .layers import (_bn_state, _dropout_args, affine_backward, affine_forward,
+                     dropout_stream, relu_backward, relu_forward)
+
+__all__ = [
+    "affine_relu_forward", "affine_relu_backward",
+    "affine_bn_relu_forward", "affine_bn_relu_backward",
+    "affine_relu_dropout_forward", "affine_relu_dropout_backward",
+    "affine_bn_relu_dropout_forward", "affine_bn_relu_dropout_backward",
+]
+
+
+def affine_relu_forward(x, w, b):
+    a, fc_cache = affine_forward(x, w, b)
+    out, relu_cache = relu_forward(a)
+    return out, (fc_cache, relu_cache)
+
+
+def affine_relu_backward(dout, cache, need_dx=True):
+    fc_cache, relu_cache = cache
+    return affine_backward(relu_backward(dout, relu_cache), fc_cache, need_dx)
+
+
+def affine_bn_relu_forward(x, w, b, gamma, beta, bn_param):
+    return affine_bn_relu_dropout_forward(x, w, b, gamma, beta, bn_param, None)
+
+
+def affine_bn_relu_backward(dout, cache, need_dx=True):
+    return affine_bn_relu_dropout_backward(dout, cache, need_dx)
+
+
+def affine_relu_dropout_forward(x, w, b, dropout_param):
+    a, fc_cache = affine_forward(x, w, b)
+    mode, p = _dropout_args(dropout_param)
+    if mode == "test":
+        out, _ = relu_forward(a)
+        return out, (fc_cache, out, 1.0)
+    seed, stream = dropout_stream(dropout_param)
+    out = fused.relu_dropout_forward(a, p, seed, stream)
+    return out, (fc_cache, out, p)
+
+
+def affine_relu_dropout_backward(dout, cache, need_dx=True):
+    fc_cache, out, p = cache
+    da = fused.relu_dropout_backward(dout, out, p)
+    return affine_backward(da, fc_cache, need_dx)
+
+
+def affine_bn_relu_dropout_forward(x, w, b, gamma, beta, bn_param, dropout_param):
+    """affine - batchnorm - ReLU - dropout; ``dropout_param=None`` means no dropout."""
+    a, fc_cache = affine_forward(x, w, b)
+    mode, eps, momentum = _bn_state(a, gamma, beta, bn_param)
+    p, seed, stream = 1.0, 0, 0
+    if dropout_param is not None:
+        _, p = _dropout_args(dropout_param)
+        if dropout_param["mode"] == "train":
+            seed, stream = dropout_stream(dropout_param)
+        else:
+            p = 1.0
+    if mode == "test":
+        y = fused.bn_forward_infer(a, gamma, beta, eps, bn_param["running_mean"],
+                                   bn_param["running_var"])
+        out = fused.relu_dropout_forward(y, p, seed, stream)
+        return out, None
+    out, mean, inv_std = fused.bn_relu_dropout_forward(
+        a, gamma, beta, eps, momentum, bn_param["running_mean"], bn_param["running_var"],
+        p, seed, stream)
+    return out, (fc_cache, a, gamma, mean, inv_std, out, p)
+
+
+def affine_bn_relu_dropout_backward(dout, cache, need_dx=True):
+    """``(dx, dw, db, dgamma, dbeta)``."""
+    if cache is None:
+        raise ValueError("backward of a test-mode forward pass: nothing to differentiate")
+    fc_cache, a, gamma, mean, inv_std, out, p = cache
+    da, dgamma, dbeta = fused.bn_relu_dropout_backward(dout, out, a, gamma, mean, inv_std, p)
+    dx, dw, db = affine_backward(da, fc_cache, need_dx)
+    return dx, dw, db, dgamma, dbeta

@@ -1,0 +1,188 @@
+"""Layers as pure functions returning ``(out, cache)``, for NumPy or CuPy arrays.
+
+The course framework's API, written once against the array module of the inputs.
+The elementwise steps that fuse (dropout, batchnorm) go through :mod:`fcgpu.fused`,
+which runs our CUDA kernels for CuPy arrays and the compiled CPU path for NumPy.
+"""
+from __future__ import annotations
+
+from . import fused
+from .backend import get_array_module
+from .random import check_seed, fresh_stream, keep_threshold
+
+__all__ = [
+    "affine_forward", "affine_backward", "relu_forward", "relu_backward",
+    "batchnorm_forward", "batchnorm_backward", "batchnorm_backward_alt",
+    "dropout_forward", "dropout_backward", "svm_loss", "softmax_loss",
+]
+
+
+def affine_forward(x, w, b):
+    """``out = x.reshape(N, D) @ w + b``; cache ``(x, w, b)``."""
+    if x.ndim < 1 or w.ndim != 2 or b.ndim != 1:
+        raise ValueError("affine_forward: need x (N, d1, ...), w (D, M), b (M,); got %s, %s, %s"
+                         % (x.shape, w.shape, b.shape))
+    x2 = x.reshape(x.shape[0], -1)
+    if x2.shape[1] != w.shape[0] or w.shape[1] != b.shape[0]:
+        raise ValueError("affine_forward: shapes do not chain: x %s -> (N, %d), w %s, b %s"
+                         % (x.shape, x2.shape[1], w.shape, b.shape))
+    out = x2 @ w
+    out += b
+    return out, (x, w, b)
+
+
+def affine_backward(dout, cache, need_dx=True):
+    """``(dx, dw, db)``; with ``need_dx=False`` (the net's first layer) dx is None."""
+    x, w, _ = cache
+    x2 = x.reshape(x.shape[0], -1)
+    dw = x2.T @ dout
+    db = dout.sum(axis=0)
+    dx = (dout @ w.T).reshape(x.shape) if need_dx else None
+    return dx, dw, db
+
+
+def relu_forward(x):
+    xp = get_array_module(x)
+    return xp.maximum(x, 0), x
+
+
+def relu_backward(dout, cache):
+    x = cache
+    xp = get_array_module(dout)
+    return xp.where(x > 0, dout, dout.dtype.type(0))
+
+
+def _bn_state(x, gamma, beta, bn_param):
+    if x.ndim != 2:
+        raise ValueError("batchnorm_forward: x must be 2-D (N, D), got shape %s" % (x.shape,))
+    n, d = x.shape
+    if gamma.shape != (d,) or beta.shape != (d,):
+        raise ValueError("batchnorm_forward: gamma and beta must have shape (%d,), got %s and %s"
+                         % (d, gamma.shape, beta.shape))
+    mode = bn_param.get("mode")
+    if mode not in ("train", "test"):
+        raise ValueError("batchnorm_forward: bn_param['mode'] must be 'train' or 'test', got %r"
+                         % (mode,))
+    if mode == "train" and n < 2:
+        raise ValueError("batchnorm_forward: a training batch needs at least 2 rows to "
+                         "estimate its variance, got N=%d" % n)
+    xp = get_array_module(x)
+    if bn_param.get("running_mean") is None:
+        bn_param["running_mean"] = xp.zeros(d, dtype=x.dtype)
+    if bn_param.get("running_var") is None:
+        bn_param["running_var"] = xp.zeros(d, dtype=x.dtype)
+    return mode, bn_param.get("eps", 1e-5), bn_param.get("momentum", 0.9)
+
+
+def batchnorm_forward(x, gamma, beta, bn_param):
+    """Batch normalization over the rows of ``x`` (N, D).
+
+    Training mode normalizes with the batch statistics and updates
+    ``running = momentum * running + (1 - momentum) * batch`` (biased variance) in
+    ``bn_param``; test mode normalizes with the running statistics.
+    """
+    mode, eps, momentum = _bn_state(x, gamma, beta, bn_param)
+    if mode == "test":
+        out = fused.bn_forward_infer(x, gamma, beta, eps, bn_param["running_mean"],
+                                     bn_param["running_var"])
+        return out, None
+    out, mean, inv_std = fused.bn_forward_train(x, gamma, beta, eps, momentum,
+                                                bn_param["running_mean"],
+                                                bn_param["running_var"])
+    return out, (x, gamma, mean, inv_std)
+
+
+def batchnorm_backward(dout, cache):
+    """``(dx, dgamma, dbeta)`` for a training-mode :func:`batchnorm_forward`."""
+    if cache is None:
+        raise ValueError("batchnorm_backward: the forward pass ran in test mode; "
+                         "there is nothing to differentiate")
+    x, gamma, mean, inv_std = cache
+    return fused.bn_backward(dout, x, gamma, mean, inv_std)
+
+
+# The course keeps a second, simplified derivation; ours is already the simple one.
+batchnorm_backward_alt = batchnorm_backward
+
+
+def _dropout_args(dropout_param):
+    mode = dropout_param.get("mode")
+    if mode not in ("train", "test"):
+        raise ValueError("dropout_forward: dropout_param['mode'] must be 'train' or 'test', "
+                         "got %r" % (mode,))
+    if "p" not in dropout_param:
+        raise ValueError("dropout_forward: dropout_param needs 'p', the keep probability")
+    p = dropout_param["p"]
+    keep_threshold(p)  # validates p in (0, 1]
+    return mode, float(p)
+
+
+def dropout_stream(dropout_param):
+    """``(seed, stream)`` for one training-mode dropout call.
+
+    With ``dropout_param['seed']`` the same mask is drawn every call (stream
+    ``dropout_param.get('stream', 0)``); without it, each call gets a fresh stream.
+    """
+    if dropout_param.get("seed") is not None:
+        return (check_seed(dropout_param["seed"]),
+                check_seed(dropout_param.get("stream", 0), "stream"))
+    return fresh_stream()
+
+
+def dropout_forward(x, dropout_param):
+    """Inverted dropout; ``dropout_param['p']`` is the probability of KEEPING a unit.
+
+    Train mode keeps a unit iff its Philox draw is below ``p * 2**32`` and scales kept
+    units by ``1/p``; test mode is the identity.
+    """
+    mode, p = _dropout_args(dropout_param)
+    if mode == "test":
+        return x, (dropout_param, mode, p, None, None, None)
+    seed, stream = dropout_stream(dropout_param)
+    out, mask = fused.dropout_forward(x, p, seed, stream)
+    return out, (dropout_param, mode, p, seed, stream, mask)
+
+
+def dropout_backward(dout, cache):
+    _, mode, p, seed, stream, mask = cache
+    if mode == "test":
+        return dout
+    return fused.dropout_backward(dout, p, seed, stream, mask)
+
+
+def _check_scores(x, y, name):
+    if x.ndim != 2:
+        raise ValueError("%s: scores must be 2-D (N, C), got shape %s" % (name, x.shape))
+    if y.shape != (x.shape[0],):
+        raise ValueError("%s: labels must have shape (%d,), got %s" % (name, x.shape[0], y.shape))
+
+
+def svm_loss(x, y):
+    """Multiclass SVM (hinge, margin 1): ``(loss, dx)`` averaged over the batch."""
+    _check_scores(x, y, "svm_loss")
+    xp = get_array_module(x)
+    n = x.shape[0]
+    rows = xp.arange(n)
+    correct = x[rows, y][:, None]
+    margins = xp.maximum(0, x - correct + 1)
+    margins[rows, y] = 0
+    loss = margins.sum() / n
+    positive = (margins > 0).astype(x.dtype)
+    positive[rows, y] -= positive.sum(axis=1)
+    return loss, positive / n
+
+
+def softmax_loss(x, y):
+    """Softmax cross-entropy: ``(loss, dx)`` averaged over the batch."""
+    _check_scores(x, y, "softmax_loss")
+    xp = get_array_module(x)
+    n = x.shape[0]
+    rows = xp.arange(n)
+    shifted = x - x.max(axis=1, keepdims=True)
+    log_z = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+    log_probs = shifted - log_z
+    loss = -log_probs[rows, y].sum() / n
+    dx = xp.exp(log_probs)
+    dx[rows, y] -= 1
+    dx /= n
+    return loss, dx

@@ -1,0 +1,355 @@
+"""``Solver``: the course's training loop, with the data kept where the model lives.
+
+The API is the course framework's (``train()``, ``check_accuracy()``, the histories,
+``best_params``). What differs is inside:
+
+* the data are moved once to the model's array module (NumPy or CuPy) and cast to
+  the model's dtype; minibatches are gathered there, from one permutation of the
+  training set per epoch (drawn on the host from the Solver's seeded generator);
+* losses stay on the device and are read at print points and epoch ends only;
+* a loss that turns NaN or inf stops training with :class:`NonFiniteLossError`; the
+  best parameters so far are kept;
+* ``state_dict()`` / ``load_state_dict()`` capture everything needed to continue a
+  run bit for bit (model, optimizer state, RNG positions, histories), and
+  checkpoints are written atomically.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from . import optim
+from .backend import asnumpy, get_array_module, to_backend
+
+__all__ = ["Solver", "NonFiniteLossError", "atomic_pickle"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def atomic_pickle(obj, path):
+    """Pickle ``obj`` to ``path`` through a temporary file and an atomic rename."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pkl", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _check_finite(X, name):
+    """Raise if ``X`` holds NaN or inf; scans in chunks to bound the memory used."""
+    xp = get_array_module(X)
+    if X.dtype.kind not in "fc":
+        return
+    rows = max(1, (1 << 22) // max(1, int(np.prod(X.shape[1:]))))
+    for start in range(0, X.shape[0], rows):
+        if not bool(xp.isfinite(X[start:start + rows]).all()):
+            chunk = X[start:start + rows].reshape(min(rows, X.shape[0] - start), -1)
+            bad = int(asnumpy(xp.argmax(~xp.isfinite(chunk).all(axis=1))))
+            raise ValueError("%s contains NaN or inf (first at row %d)" % (name, start + bad))
+
+
+def _check_split(X, y, name, model):
+    if X is None or y is None:
+        raise ValueError("Solver: data needs X_%s and y_%s" % (name, name))
+    if X.ndim < 2:
+        raise ValueError("Solver: X_%s must have a batch dimension and features, got shape %s"
+                         % (name, X.shape))
+    if y.ndim != 1:
+        raise ValueError("Solver: y_%s must be 1-D labels, got shape %s" % (name, y.shape))
+    if X.shape[0] != y.shape[0]:
+        raise ValueError("Solver: X_%s has %d rows but y_%s has %d labels"
+                         % (name, X.shape[0], name, y.shape[0]))
+    if X.shape[0] == 0:
+        raise ValueError("Solver: X_%s is empty" % name)
+    feat = int(np.prod(X.shape[1:]))
+    input_dim = getattr(model, "input_dim", None)
+    if input_dim is not None and feat != input_dim:
+        raise ValueError("Solver: X_%s has %d features per example (shape %s) but the model's "
+                         "input_dim is %d" % (name, feat, X.shape, input_dim))
+    if y.dtype.kind not in "iu":
+        if y.dtype.kind == "f" and bool((y == np.floor(y)).all()):
+            y = y.astype(np.int64)
+        else:
+            raise ValueError("Solver: y_%s must hold integer class labels, got dtype %s"
+                             % (name, y.dtype))
+    lo, hi = int(y.min()), int(y.max())
+    num_classes = getattr(model, "num_classes", None)
+    if lo < 0 or (num_classes is not None and hi >= num_classes):
+        raise ValueError("Solver: y_%s has labels in [%d, %d]; they must be in [0, %s)"
+                         % (name, lo, hi, num_classes if num_classes is not None else "C"))
+    _check_finite(X, "Solver: X_%s" % name)
+    return y
+
+
+class Solver:
+    """Trains a model with minibatch gradient descent.
+
+    ``Solver(model, data, update_rule='sgd', optim_config={}, lr_decay=1.0,
+    batch_size=100, num_epochs=10, num_train_samples=1000, num_val_samples=None,
+    checkpoint_name=None, print_every=10, verbose=True)``, plus fcgpu's own keywords:
+
+    * ``seed``: seeds the minibatch order and accuracy subsamples;
+    * ``progress``: show a progress bar per epoch (tqdm);
+    * ``epoch_callback(solver)``: called after each epoch's bookkeeping (checkpoints,
+      metrics, pruning: it may raise to stop the run);
+    * ``out``: where the verbose lines go (default ``sys.stdout``).
+    """
+
+    def __init__(self, model, data, **kwargs):
+        self.model = model
+        self.update_rule_name = kwargs.pop("update_rule", "sgd")
+        self.optim_config = kwargs.pop("optim_config", {})
+        self.lr_decay = kwargs.pop("lr_decay", 1.0)
+        self.batch_size = int(kwargs.pop("batch_size", 100))
+        self.num_epochs = int(kwargs.pop("num_epochs", 10))
+        self.num_train_samples = kwargs.pop("num_train_samples", 1000)
+        self.num_val_samples = kwargs.pop("num_val_samples", None)
+        self.checkpoint_name = kwargs.pop("checkpoint_name", None)
+        self.print_every = int(kwargs.pop("print_every", 10))
+        self.verbose = kwargs.pop("verbose", True)
+        self.seed = kwargs.pop("seed", None)
+        self.progress = kwargs.pop("progress", False)
+        self.epoch_callback = kwargs.pop("epoch_callback", None)
+        self.out = kwargs.pop("out", None)
+        if kwargs:
+            raise ValueError("Solver: unrecognized arguments %s" % ", ".join(sorted(kwargs)))
+        if callable(self.update_rule_name):
+            self.update_rule = self.update_rule_name
+        elif self.update_rule_name in optim.RULES:
+            self.update_rule = optim.RULES[self.update_rule_name]
+        else:
+            raise ValueError("Solver: invalid update_rule %r; choose one of %s"
+                             % (self.update_rule_name, ", ".join(optim.RULES)))
+        if self.batch_size < 1 or self.num_epochs < 0 or self.print_every < 1:
+            raise ValueError("Solver: batch_size and print_every must be >= 1 and num_epochs "
+                             ">= 0, got %d, %d, %d"
+                             % (self.batch_size, self.print_every, self.num_epochs))
+
+        xp = getattr(model, "xp", None) or get_array_module(*model.params.values())
+        self.xp = xp
+        dtype = getattr(model, "dtype", None)
+        y_train = _check_split(data.get("X_train"), data.get("y_train"), "train", model)
+        y_val = _check_split(data.get("X_val"), data.get("y_val"), "val", model)
+        self.X_train = to_backend(data["X_train"], xp, dtype)
+        self.y_train = to_backend(y_train, xp)
+        self.X_val = to_backend(data["X_val"], xp, dtype)
+        self.y_val = to_backend(y_val, xp)
+        self._reset()
+
+    # ------------------------------------------------------------- state
+
+    def _reset(self):
+        self.epoch = 0
+        self.best_val_acc = 0
+        self.best_params = {}
+        self.loss_history = []
+        self.train_acc_history = []
+        self.val_acc_history = []
+        self.epoch_seconds = []
+        self.rng = np.random.default_rng(self.seed)
+        self.optim_configs = {p: dict(self.optim_config) for p in self.model.params}
+        self._pending = []
+
+    def state_dict(self):
+        """Everything needed to continue training, on the host."""
+        self._flush_losses()
+        configs = {p: {k: (asnumpy(v) if hasattr(v, "shape") else v) for k, v in c.items()}
+                   for p, c in self.optim_configs.items()}
+        model_state = (self.model.state_dict() if hasattr(self.model, "state_dict")
+                       else {"params": {k: asnumpy(v) for k, v in self.model.params.items()}})
+        return {
+            "format": "fcgpu-solver-1",
+            "model": model_state,
+            "optim_configs": configs,
+            "update_rule": self.update_rule_name if isinstance(self.update_rule_name, str)
+            else None,
+            "lr_decay": self.lr_decay,
+            "batch_size": self.batch_size,
+            "num_train_samples": self.num_train_samples,
+            "num_val_samples": self.num_val_samples,
+            "epoch": self.epoch,
+            "rng": self.rng.bit_generator.state,
+            "best_val_acc": self.best_val_acc,
+            "best_params": {k: asnumpy(v) for k, v in self.best_params.items()},
+            "loss_history": list(self.loss_history),
+            "train_acc_history": list(self.train_acc_history),
+            "val_acc_history": list(self.val_acc_history),
+            "epoch_seconds": list(self.epoch_seconds),
+        }
+
+    def load_state_dict(self, state):
+        if state.get("format") != "fcgpu-solver-1":
+            raise ValueError("not an fcgpu Solver checkpoint (format %r)" % state.get("format"))
+        xp = self.xp
+        if hasattr(self.model, "load_state_dict"):
+            self.model.load_state_dict(state["model"])
+        else:
+            self.model.params = {k: to_backend(v, xp) for k, v in state["model"]["params"].items()}
+        self.optim_configs = {p: {k: (to_backend(v, xp) if hasattr(v, "shape") else v)
+                                  for k, v in c.items()}
+                              for p, c in state["optim_configs"].items()}
+        self.epoch = state["epoch"]
+        self.rng = np.random.default_rng()
+        self.rng.bit_generator.state = state["rng"]
+        self.best_val_acc = state["best_val_acc"]
+        self.best_params = {k: to_backend(v, xp) for k, v in state["best_params"].items()}
+        self.loss_history = list(state["loss_history"])
+        self.train_acc_history = list(state["train_acc_history"])
+        self.val_acc_history = list(state["val_acc_history"])
+        self.epoch_seconds = list(state.get("epoch_seconds", []))
+        self._pending = []
+
+    def save_checkpoint(self, path):
+        """Write :meth:`state_dict` to ``path`` atomically."""
+        atomic_pickle(self.state_dict(), path)
+
+    def load_checkpoint(self, path):
+        with open(path, "rb") as f:
+            try:
+                state = pickle.load(f)
+            except Exception as exc:
+                raise ValueError("cannot read checkpoint %s: %s" % (path, exc)) from exc
+        self.load_state_dict(state)
+
+    def _save_checkpoint(self):
+        if self.checkpoint_name is None:
+            return
+        self.save_checkpoint("%s_epoch_%d.pkl" % (self.checkpoint_name, self.epoch))
+
+    # ------------------------------------------------------------- training
+
+    def _print(self, msg):
+        if self.verbose:
+            print(msg, file=self.out or sys.stdout)
+
+    def _flush_losses(self):
+        """Bring the pending device losses to the host; stop on NaN/inf."""
+        if not self._pending:
+            return
+        xp = self.xp
+        values = [float(v) for v in asnumpy(xp.stack([xp.asarray(v) for v in self._pending]))]
+        self._pending = []
+        first = len(self.loss_history)
+        self.loss_history.extend(values)
+        for k, v in enumerate(values):
+            if not np.isfinite(v):
+                raise NonFiniteLossError(
+                    "training loss became %s at iteration %d (epoch %d); stopping. The best "
+                    "parameters so far (val acc %.4f) are kept in best_params and the model. "
+                    "Try a smaller learning rate or weight scale."
+                    % (v, first + k + 1, self.epoch + 1, self.best_val_acc))
+
+    def _step(self, X_batch, y_batch):
+        loss, grads = self.model.loss(X_batch, y_batch)
+        self._pending.append(loss)
+        params = self.model.params
+        for p, w in params.items():
+            next_w, next_config = self.update_rule(w, grads[p], self.optim_configs[p])
+            params[p] = next_w
+            self.optim_configs[p] = next_config
+
+    def check_accuracy(self, X, y, num_samples=None, batch_size=100):
+        """Accuracy of the model on ``(X, y)``, optionally on a random subsample."""
+        xp = self.xp
+        X = to_backend(X, xp, getattr(self.model, "dtype", None))
+        y = to_backend(y, xp)
+        n = X.shape[0]
+        if num_samples is not None and n > num_samples:
+            idx = to_backend(self.rng.choice(n, num_samples, replace=False), xp)
+            X, y = X[idx], y[idx]
+            n = num_samples
+        correct = None
+        for start in range(0, n, batch_size):
+            scores = self.model.loss(X[start:start + batch_size])
+            hits = (xp.argmax(scores, axis=1) == y[start:start + batch_size]).sum()
+            correct = hits if correct is None else correct + hits
+        return float(correct) / n
+
+    def _end_of_epoch_checks(self):
+        train_acc = self.check_accuracy(self.X_train, self.y_train,
+                                        num_samples=self.num_train_samples)
+        val_acc = self.check_accuracy(self.X_val, self.y_val,
+                                      num_samples=self.num_val_samples)
+        self.train_acc_history.append(train_acc)
+        self.val_acc_history.append(val_acc)
+        self._print("(Epoch %d / %d) train acc: %f; val_acc: %f"
+                    % (self.epoch, self.num_epochs, train_acc, val_acc))
+        if val_acc > self.best_val_acc:
+            self.best_val_acc = val_acc
+            self.best_params = {k: v.copy() for k, v in self.model.params.items()}
+
+    def _sync(self):
+        if self.xp is not np:
+            self.xp.cuda.get_current_stream().synchronize()
+
+    def train(self):
+        """Run (or continue) the optimization; the model ends with ``best_params``."""
+        xp = self.xp
+        num_train = self.X_train.shape[0]
+        per_epoch = max(num_train // self.batch_size, 1)
+        num_iterations = self.num_epochs * per_epoch
+        sync_every = 1 if xp is np else (self.print_every if self.verbose else None)
+        try:
+            while self.epoch < self.num_epochs:
+                order = to_backend(self.rng.permutation(num_train), xp)
+                bar = None
+                if self.progress:
+                    from tqdm.auto import tqdm
+                    bar = tqdm(total=per_epoch, desc="epoch %d/%d" % (self.epoch + 1,
+                                                                     self.num_epochs),
+                               unit="step", leave=False, file=sys.stderr)
+                self._sync()
+                start = time.perf_counter()
+                for it in range(per_epoch):
+                    t = self.epoch * per_epoch + it
+                    idx = order[it * self.batch_size:(it + 1) * self.batch_size]
+                    self._step(self.X_train[idx], self.y_train[idx])
+                    if bar is not None:
+                        bar.update()
+                    if sync_every and t % sync_every == 0:
+                        self._flush_losses()
+                    if self.verbose and t % self.print_every == 0:
+                        self._print("(Iteration %d / %d) loss: %f"
+                                    % (t + 1, num_iterations, self.loss_history[-1]))
+                    if t == 0:
+                        # the course checks accuracy after the very first step too
+                        self._sync()
+                        paused = time.perf_counter()
+                        self._end_of_epoch_checks()
+                        start += time.perf_counter() - paused
+                self._sync()
+                self.epoch_seconds.append(time.perf_counter() - start)
+                if bar is not None:
+                    bar.close()
+                self._flush_losses()
+                self.epoch += 1
+                for config in self.optim_configs.values():
+                    if "learning_rate" in config:
+                        config["learning_rate"] *= self.lr_decay
+                self._end_of_epoch_checks()
+                self._save_checkpoint()
+                if self.epoch_callback is not None:
+                    self.epoch_callback(self)
+        finally:
+            self._pending = []
+            if self.best_params:
+                self.model.params = {k: v.copy() for k, v in self.best_params.items()}
