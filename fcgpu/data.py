@@ -165,10 +165,15 @@ def _download(cache: Path, progress: bool) -> Path:
                     with tqdm(total=total, unit="B", unit_scale=True,
                               unit_divisor=1024, desc=f"Downloading {ARCHIVE_NAME}",
                               disable=not progress) as bar:
+                        got = 0
                         while chunk := r.read(1 << 20):
                             tmp.write(chunk)
                             md5.update(chunk)
+                            got += len(chunk)
                             bar.update(len(chunk))
+                    if total is not None and got != total:
+                        # http.client returns b"" on an early close: check here.
+                        raise http.client.IncompleteRead(b"", total - got)
             except (OSError, http.client.HTTPException, ValueError) as e:
                 raise DataError(
                     f"{nothing_here}, and downloading {CIFAR10_URL} failed "
