@@ -23,6 +23,7 @@ import numpy
 __all__ = [
     "BackendUnavailable", "set_backend", "get_backend", "get_xp", "get_array_module",
     "is_cupy_array", "asnumpy", "to_backend", "require_cupy", "cupy_status",
+    "device_name", "synchronize",
 ]
 
 ENV_VAR = "FCGPU_BACKEND"
@@ -153,3 +154,28 @@ def to_backend(a, xp, dtype=None):
         out = asnumpy(a)
         return out if dtype is None else out.astype(dtype, copy=False)
     return xp.asarray(a, dtype=dtype)
+
+
+def device_name(xp=None):
+    """The GPU's name as the driver reports it (CuPy), or the CPU model (NumPy)."""
+    xp = get_xp() if xp is None else xp
+    if xp is not numpy:
+        dev = xp.cuda.Device()
+        props = xp.cuda.runtime.getDeviceProperties(dev.id)
+        name = props.get("name", b"GPU")
+        return name.decode() if isinstance(name, bytes) else str(name)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def synchronize(xp):
+    """Wait for queued device work (a no-op on NumPy)."""
+    if xp is not numpy:
+        xp.cuda.get_current_stream().synchronize()

@@ -15,43 +15,21 @@ The API is the course framework's (``train()``, ``check_accuracy()``, the histor
 """
 from __future__ import annotations
 
-import copy
-import os
 import pickle
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 from . import optim
-from .backend import asnumpy, get_array_module, to_backend
+from .atomic import atomic_pickle
+from .backend import asnumpy, get_array_module, synchronize, to_backend
 
-__all__ = ["Solver", "NonFiniteLossError", "atomic_pickle"]
+__all__ = ["Solver", "NonFiniteLossError"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite."""
-
-
-def atomic_pickle(obj, path):
-    """Pickle ``obj`` to ``path`` through a temporary file and an atomic rename."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pkl", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _check_finite(X, name):
@@ -298,8 +276,7 @@ class Solver:
             self.best_params = {k: v.copy() for k, v in self.model.params.items()}
 
     def _sync(self):
-        if self.xp is not np:
-            self.xp.cuda.get_current_stream().synchronize()
+        synchronize(self.xp)
 
     def train(self):
         """Run (or continue) the optimization; the model ends with ``best_params``."""

@@ -1,0 +1,35 @@
+"""Atomic file writes: a temporary file in the same folder, fsync, then rename.
+
+A reader sees the old file or the new one, never a partial write, even if the
+process is killed mid-way.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+
+__all__ = ["atomic_write_bytes", "atomic_pickle"]
+
+
+def atomic_write_bytes(data, path):
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_pickle(obj, path):
+    atomic_write_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), path)

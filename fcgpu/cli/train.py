@@ -1,0 +1,100 @@
+"""``fcgpu train``: CIFAR-10 with the course's final net, progress, metrics, plot,
+checkpoints and resume."""
+from __future__ import annotations
+
+import sys
+
+
+def _dims(text):
+    try:
+        dims = tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
+    except ValueError:
+        raise ValueError("--hidden takes sizes like 500,500,500, got %r" % text) from None
+    return dims
+
+
+def add_arguments(p):
+    from ..train import TrainConfig
+    d = TrainConfig()
+    g = p.add_argument_group("network")
+    g.add_argument("--hidden", default=",".join(map(str, d.hidden_dims)),
+                   help="hidden layer sizes (default %(default)s)")
+    g.add_argument("--weight-scale", type=float, default=d.weight_scale,
+                   help="std of the initial weights (default %(default)s)")
+    g.add_argument("--batchnorm", action=_BoolAction, default=d.batchnorm,
+                   help="batch normalization after each hidden affine (default on; "
+                        "--no-batchnorm turns it off)")
+    g.add_argument("--dropout", type=float, default=d.dropout,
+                   help="dropout KEEP probability; 1 disables (default %(default)s)")
+    g.add_argument("--reg", type=float, default=d.reg, help="L2 strength (default %(default)s)")
+    g = p.add_argument_group("optimization")
+    g.add_argument("--update-rule", default=d.update_rule,
+                   choices=["sgd", "sgd_momentum", "rmsprop", "adam"])
+    g.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float,
+                   default=d.learning_rate, help="learning rate (default %(default)s)")
+    g.add_argument("--lr-decay", type=float, default=d.lr_decay,
+                   help="learning-rate factor per epoch (default %(default)s)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--num-train", type=int, default=d.num_train,
+                   help="train on the first M of the 49000 training images")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g = p.add_argument_group("where")
+    g.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"],
+                   help="array backend (default: FCGPU_BACKEND, else auto)")
+    g.add_argument("--data", default=None,
+                   help="CIFAR-10 archive or folder (default: FCGPU_DATA, the cache, "
+                        "else download)")
+    g.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
+    g = p.add_argument_group("output")
+    g.add_argument("--metrics", metavar="FILE.json", help="write the run's metrics as JSON")
+    g.add_argument("--plot", metavar="FILE.png", help="plot loss and accuracy per epoch")
+    g.add_argument("--checkpoint", metavar="FILE",
+                   help="save the full training state atomically after every epoch")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from --checkpoint if it exists")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+
+
+class _BoolAction:
+    """--flag / --no-flag (argparse.BooleanOptionalAction, spelled out for 3.8 too)."""
+
+    def __new__(cls, option_strings, dest, **kw):
+        import argparse
+        return argparse.BooleanOptionalAction(option_strings, dest, **kw)
+
+
+def config_from_args(args):
+    import os
+    from ..train import TrainConfig
+    backend = args.backend
+    if backend == "auto" and os.environ.get("FCGPU_BACKEND"):
+        backend = os.environ["FCGPU_BACKEND"]
+    return TrainConfig(hidden_dims=_dims(args.hidden), weight_scale=args.weight_scale,
+                       batchnorm=args.batchnorm, dropout=args.dropout, reg=args.reg,
+                       update_rule=args.update_rule, learning_rate=args.learning_rate,
+                       lr_decay=args.lr_decay, batch_size=args.batch_size,
+                       epochs=args.epochs, num_train=args.num_train, seed=args.seed,
+                       backend=backend, data=args.data, dtype=args.dtype)
+
+
+def run(args):
+    from ..train import plot_history, run_training, write_metrics
+    if args.resume and not args.checkpoint:
+        raise ValueError("--resume needs --checkpoint FILE")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError("--plot needs matplotlib: pip install 'fcgpu[plot]'") from None
+    cfg = config_from_args(args)
+    metrics = run_training(cfg, checkpoint=args.checkpoint, resume=args.resume,
+                           progress=not args.quiet and sys.stderr.isatty(),
+                           verbose=not args.quiet)
+    if args.metrics:
+        write_metrics(metrics, args.metrics)
+    if args.plot:
+        plot_history(metrics, args.plot)
+    if args.quiet:
+        print("val_acc %.4f test_acc %.4f" % (metrics["val_acc"], metrics["test_acc"]))
+    return 0

@@ -1,0 +1,238 @@
+"""One training run of the standard CIFAR-10 net: config in, metrics out.
+
+``fcgpu train`` and ``fcgpu search`` both go through :func:`run_training`. Its
+defaults are the course's final run: 3 x 500 hidden units, batchnorm, dropout keep
+0.8, Adam 5e-3 with lr decay 0.9 per epoch, batch 490, 17 epochs, 49000/1000 split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["TrainConfig", "run_training", "load_data", "write_metrics", "plot_history"]
+
+
+@dataclass
+class TrainConfig:
+    hidden_dims: tuple = (500, 500, 500)
+    weight_scale: float = 4e-2
+    batchnorm: bool = True
+    dropout: float = 0.8          # keep probability; 1 (or 0) means none
+    update_rule: str = "adam"
+    learning_rate: float = 5e-3
+    lr_decay: float = 0.9
+    reg: float = 0.0
+    batch_size: int = 490
+    epochs: int = 17
+    num_train: int = 49000        # the first M of the 49000 training images
+    num_val: int = 1000           # validation is always train[49000:50000]
+    seed: int = 0
+    backend: str = "auto"
+    data: str | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
+        if not self.hidden_dims or any(h < 1 for h in self.hidden_dims):
+            raise ValueError("hidden layer sizes must be positive integers, got %r"
+                             % (self.hidden_dims,))
+        if not 0 <= self.dropout <= 1:
+            raise ValueError("dropout is the keep probability, in [0, 1], got %r" % self.dropout)
+        for name in ("learning_rate", "weight_scale", "lr_decay"):
+            if not getattr(self, name) > 0:
+                raise ValueError("%s must be positive, got %r" % (name, getattr(self, name)))
+        if self.reg < 0:
+            raise ValueError("reg must be >= 0, got %r" % self.reg)
+        for name in ("batch_size", "num_train", "num_val"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError("%s must be >= 1, got %r" % (name, getattr(self, name)))
+        if self.epochs < 0:
+            raise ValueError("epochs must be >= 0, got %r" % self.epochs)
+        if self.num_train > 49000 or self.num_val > 1000:
+            raise ValueError("num_train must be <= 49000 and num_val <= 1000 (validation is "
+                             "train[49000:50000]), got %d and %d" % (self.num_train, self.num_val))
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["hidden_dims"] = list(self.hidden_dims)
+        return d
+
+
+def load_data(cfg, progress=True):
+    """The CIFAR-10 splits for ``cfg``: the first ``num_train`` training images, the
+    validation images train[49000:49000+num_val], and all 10000 test images."""
+    from .data import get_CIFAR10_data
+    data = get_CIFAR10_data(num_training=49000, num_validation=1000, num_test=10000,
+                            path=cfg.data)
+    if cfg.num_train < 49000:
+        data["X_train"] = data["X_train"][:cfg.num_train]
+        data["y_train"] = data["y_train"][:cfg.num_train]
+    if cfg.num_val < 1000:
+        data["X_val"] = data["X_val"][:cfg.num_val]
+        data["y_val"] = data["y_val"][:cfg.num_val]
+    return data
+
+
+def _checkpoint_compatible(state, cfg):
+    saved = state.get("train_config")
+    if saved is None:
+        return "it was not written by fcgpu train"
+    mine = cfg.to_dict()
+    keys = [k for k in mine if k not in ("epochs", "backend", "data")]
+    diff = [k for k in keys if saved.get(k) != mine[k]]
+    if diff:
+        return "its settings differ (%s)" % ", ".join(
+            "%s: %r vs %r" % (k, saved.get(k), mine[k]) for k in diff)
+    return None
+
+
+def run_training(cfg, data=None, checkpoint=None, resume=False, progress=True, verbose=True,
+                 epoch_callback=None, out=None):
+    """Train per ``cfg``; returns the metrics dict (see ``fcgpu train --metrics``).
+
+    ``checkpoint``: a path written atomically after every epoch; with ``resume`` an
+    existing one is loaded first and training continues where it stopped.
+    ``epoch_callback(solver)`` runs after each epoch (Optuna pruning uses it).
+    """
+    from . import backend
+    from .fc_net import FullyConnectedNet
+    from .solver import Solver
+
+    out = out or sys.stdout
+    xp = backend.set_backend(cfg.backend)
+    if data is None:
+        data = load_data(cfg, progress=progress)
+    model = FullyConnectedNet(cfg.hidden_dims, input_dim=int(np.prod(data["X_train"].shape[1:])),
+                              num_classes=10, dropout=cfg.dropout,
+                              use_batchnorm=cfg.batchnorm, reg=cfg.reg,
+                              weight_scale=cfg.weight_scale, dtype=np.dtype(cfg.dtype),
+                              seed=cfg.seed, fresh_masks=True, xp=xp)
+
+    def log(msg):
+        if verbose:
+            print(msg, file=out, flush=True)
+
+    def on_epoch(solver):
+        if checkpoint:
+            state = solver.state_dict()
+            state["train_config"] = cfg.to_dict()
+            from .atomic import atomic_pickle
+            atomic_pickle(state, checkpoint)
+        log("epoch %2d/%d  loss %.4f  train acc %.4f  val acc %.4f  (%.1f s)"
+            % (solver.epoch, solver.num_epochs, solver.loss_history[-1],
+               solver.train_acc_history[-1], solver.val_acc_history[-1],
+               solver.epoch_seconds[-1]))
+        if epoch_callback is not None:
+            epoch_callback(solver)
+
+    solver = Solver(model, data, update_rule=cfg.update_rule,
+                    optim_config={"learning_rate": cfg.learning_rate}, lr_decay=cfg.lr_decay,
+                    batch_size=cfg.batch_size, num_epochs=cfg.epochs, num_train_samples=1000,
+                    num_val_samples=None, verbose=False, seed=cfg.seed, progress=progress,
+                    epoch_callback=on_epoch)
+    resumed_from = None
+    if resume and checkpoint and os.path.exists(checkpoint):
+        import pickle
+        try:
+            with open(checkpoint, "rb") as f:
+                state = pickle.load(f)
+        except Exception as exc:
+            raise ValueError("cannot resume from %s: the file is unreadable (%s); delete it "
+                             "to start over" % (checkpoint, exc)) from exc
+        why = _checkpoint_compatible(state, cfg)
+        if why:
+            raise ValueError("cannot resume from %s: %s" % (checkpoint, why))
+        solver.load_state_dict(state)
+        resumed_from = solver.epoch
+        log("resumed from %s at epoch %d" % (checkpoint, solver.epoch))
+
+    log("training %s on %s (%s): %d train / %d val images, %d epochs of %d steps"
+        % ("x".join(map(str, cfg.hidden_dims)), backend.device_name(xp), backend.get_backend(),
+           solver.X_train.shape[0], solver.X_val.shape[0], cfg.epochs,
+           max(solver.X_train.shape[0] // cfg.batch_size, 1)))
+    t0 = time.perf_counter()
+    solver.train()
+    wall = time.perf_counter() - t0
+
+    # solver.train() leaves the best-validation parameters in the model
+    val_acc = solver.check_accuracy(solver.X_val, solver.y_val)
+    test_acc = None
+    if "X_test" in data:
+        test_acc = solver.check_accuracy(data["X_test"], data["y_test"], batch_size=1000)
+    train_acc = solver.check_accuracy(solver.X_train, solver.y_train, num_samples=10000,
+                                      batch_size=1000)
+    steps = max(solver.X_train.shape[0] // cfg.batch_size, 1)
+    per_epoch = [steps * cfg.batch_size / s for s in solver.epoch_seconds if s > 0]
+    metrics = {
+        "backend": backend.get_backend(),
+        "device": backend.device_name(xp),
+        "epochs": solver.epoch,
+        "train_acc": train_acc,
+        "val_acc": val_acc,
+        "test_acc": test_acc,
+        "best_val_acc": solver.best_val_acc,
+        "samples_per_s": statistics.median(per_epoch) if per_epoch else None,
+        "epoch_seconds": list(solver.epoch_seconds),
+        "wall_seconds": wall,
+        "resumed_from_epoch": resumed_from,
+        "train_acc_history": list(solver.train_acc_history),
+        "val_acc_history": list(solver.val_acc_history),
+        "loss_history": list(solver.loss_history),
+        "config": cfg.to_dict(),
+    }
+    log("done: val acc %.4f, test acc %s, %.0f samples/s"
+        % (val_acc, "%.4f" % test_acc if test_acc is not None else "n/a",
+           metrics["samples_per_s"] or 0))
+    return metrics
+
+
+def write_metrics(metrics, path):
+    from .atomic import atomic_write_bytes
+    atomic_write_bytes(json.dumps(metrics, indent=2).encode(), path)
+
+
+def plot_history(metrics, path):
+    """Loss per iteration and train/val accuracy per epoch, as one PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loss = np.asarray(metrics["loss_history"], dtype=float)
+    epochs = metrics["epochs"] or 1
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    if loss.size:
+        it = np.arange(1, loss.size + 1) * epochs / loss.size
+        ax1.plot(it, loss, lw=0.6, alpha=0.5, label="per step")
+        per = max(loss.size // epochs, 1)
+        if loss.size >= per * epochs and epochs > 0:
+            means = loss[:per * epochs].reshape(epochs, per).mean(axis=1)
+            ax1.plot(np.arange(1, epochs + 1), means, "o-", label="epoch mean")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("training loss")
+    ax1.set_title("Loss")
+    ax1.legend()
+    ep = np.arange(len(metrics["train_acc_history"]))
+    ax2.plot(ep, metrics["train_acc_history"], "o-", label="train (1000-sample estimate)")
+    ax2.plot(ep, metrics["val_acc_history"], "o-", label="validation")
+    ax2.set_xlabel("epoch (0 = after the first step)")
+    ax2.set_ylabel("accuracy")
+    ax2.set_title("Accuracy: val %.3f, test %s" % (
+        metrics["val_acc"],
+        "%.3f" % metrics["test_acc"] if metrics.get("test_acc") is not None else "n/a"))
+    ax2.grid(alpha=0.3)
+    ax2.legend()
+    fig.suptitle("fcgpu train on %s (%s)" % (metrics["device"], metrics["backend"]))
+    fig.tight_layout()
+    from .atomic import atomic_write_bytes
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(buf.getvalue(), path)
