@@ -139,6 +139,7 @@ class Solver:
         self.epoch = 0
         self.best_val_acc = 0
         self.best_params = {}
+        self._best_bn = []
         self.loss_history = []
         self.train_acc_history = []
         self.val_acc_history = []
@@ -168,6 +169,7 @@ class Solver:
             "rng": self.rng.bit_generator.state,
             "best_val_acc": self.best_val_acc,
             "best_params": {k: asnumpy(v) for k, v in self.best_params.items()},
+            "best_bn": [{k: asnumpy(v) for k, v in snap.items()} for snap in self._best_bn],
             "loss_history": list(self.loss_history),
             "train_acc_history": list(self.train_acc_history),
             "val_acc_history": list(self.val_acc_history),
@@ -190,6 +192,8 @@ class Solver:
         self.rng.bit_generator.state = state["rng"]
         self.best_val_acc = state["best_val_acc"]
         self.best_params = {k: to_backend(v, xp) for k, v in state["best_params"].items()}
+        self._best_bn = [{k: to_backend(v, xp) for k, v in snap.items()}
+                         for snap in state.get("best_bn", [])]
         self.loss_history = list(state["loss_history"])
         self.train_acc_history = list(state["train_acc_history"])
         self.val_acc_history = list(state["val_acc_history"])
@@ -274,6 +278,7 @@ class Solver:
         if val_acc > self.best_val_acc:
             self.best_val_acc = val_acc
             self.best_params = {k: v.copy() for k, v in self.model.params.items()}
+            self._best_bn = self._bn_snapshot()
 
     def _sync(self):
         synchronize(self.xp)
@@ -328,5 +333,18 @@ class Solver:
                     self.epoch_callback(self)
         finally:
             self._pending = []
-            if self.best_params:
-                self.model.params = {k: v.copy() for k, v in self.best_params.items()}
+            self.restore_best()
+
+    def _bn_snapshot(self):
+        # the running statistics belong to the parameters they were gathered with
+        return [{k: v.copy() for k, v in bp.items() if k.startswith("running_")}
+                for bp in getattr(self.model, "bn_params", [])]
+
+    def restore_best(self):
+        """Put the best-validation parameters (and their batchnorm running
+        statistics) into the model."""
+        if not self.best_params:
+            return
+        self.model.params = {k: v.copy() for k, v in self.best_params.items()}
+        for bp, snap in zip(getattr(self.model, "bn_params", []), self._best_bn or []):
+            bp.update({k: v.copy() for k, v in snap.items()})
