@@ -1,0 +1,105 @@
+"""FullyConnectedNet: whole-net gradient checks and the course's conventions."""
+import numpy as np
+import pytest
+
+from fcgpu.fc_net import FullyConnectedNet
+from fcgpu.gradient_check import eval_numerical_gradient
+from helpers import rel_error
+
+
+def _check_net_gradients(xp, rng, dropout, use_batchnorm, reg=0.0):
+    # the notebook's sizes; with batchnorm, N=2 makes every normalized unit +-1, so
+    # dW1 is of the order of eps and its centered differences are mostly rounding
+    # noise (relative errors up to ~3e-3 on random seeds): use N=4 there
+    N, D, H1, H2, C = (4 if use_batchnorm else 2), 15, 20, 30, 10
+    X = xp.asarray(rng.standard_normal((N, D)))
+    y = xp.asarray(rng.integers(C, size=N))
+    model = FullyConnectedNet([H1, H2], input_dim=D, num_classes=C, weight_scale=5e-2,
+                              dtype=np.float64, dropout=dropout, seed=123,
+                              use_batchnorm=use_batchnorm, reg=reg, xp=xp)
+    loss, grads = model.loss(X, y)
+    worst = {}
+    for name in sorted(grads):
+        f = lambda _: model.loss(X, y)[0]
+        num = eval_numerical_gradient(f, model.params[name], verbose=False, h=1e-5)
+        if use_batchnorm and name in ("b1", "b2"):
+            # a bias in front of batchnorm cannot change the loss: its true gradient
+            # is 0, and the relative error of two zeros is only rounding noise
+            assert float(abs(grads[name]).max()) < 1e-12
+            assert float(abs(num).max()) < 1e-8
+            continue
+        worst[name] = rel_error(num, grads[name])
+    return float(loss), worst
+
+
+@pytest.mark.parametrize("dropout", [0, 0.25, 0.5])
+def test_net_gradients(xp, rng, dropout):
+    """The notebook's check: worst relative error under 1e-4 in float64."""
+    _, worst = _check_net_gradients(xp, rng, dropout, False)
+    assert max(worst.values()) < 1e-4, worst
+
+
+@pytest.mark.parametrize("dropout", [0, 0.25, 0.5])
+def test_net_gradients_with_batchnorm(xp, rng, dropout):
+    _, worst = _check_net_gradients(xp, rng, dropout, True)
+    assert max(worst.values()) < 1e-3, worst
+
+
+def test_net_gradients_with_regularization(xp, rng):
+    _, worst = _check_net_gradients(xp, rng, 0.5, True, reg=3.14)
+    assert max(worst.values()) < 1e-3, worst
+
+
+def test_initial_loss_is_log_num_classes(xp, rng):
+    model = FullyConnectedNet([50, 40], input_dim=20, num_classes=10, weight_scale=1e-3,
+                              dtype=np.float64, xp=xp)
+    X = xp.asarray(rng.standard_normal((100, 20)))
+    y = xp.asarray(rng.integers(10, size=100))
+    loss, _ = model.loss(X, y)
+    assert abs(float(loss) - np.log(10)) < 0.02
+
+
+def test_dropout_zero_or_one_builds_no_dropout_layers(xp):
+    for d in (0, 1):
+        model = FullyConnectedNet([5], input_dim=4, num_classes=3, dropout=d, xp=xp)
+        assert not model.use_dropout and model.dropout_param == {}
+    model = FullyConnectedNet([5], input_dim=4, num_classes=3, dropout=0.5, xp=xp)
+    assert model.use_dropout and model.dropout_param["p"] == 0.5
+
+
+def test_params_follow_the_course_naming_and_dtype(xp):
+    model = FullyConnectedNet([6, 7], input_dim=5, num_classes=3, use_batchnorm=True, xp=xp)
+    assert sorted(model.params) == sorted(["W1", "b1", "W2", "b2", "W3", "b3",
+                                           "gamma1", "beta1", "gamma2", "beta2"])
+    assert model.params["W2"].shape == (6, 7)
+    assert all(v.dtype == np.float32 for v in model.params.values())
+
+
+def test_seeded_net_uses_the_same_masks_every_call(xp, rng):
+    X = xp.asarray(rng.standard_normal((8, 6)))
+    y = xp.asarray(rng.integers(3, size=8))
+    model = FullyConnectedNet([30], input_dim=6, num_classes=3, dropout=0.5, seed=1,
+                              dtype=np.float64, xp=xp)
+    assert float(model.loss(X, y)[0]) == float(model.loss(X, y)[0])
+    fresh = FullyConnectedNet([30], input_dim=6, num_classes=3, dropout=0.5, seed=1,
+                              fresh_masks=True, dtype=np.float64, xp=xp)
+    assert float(fresh.loss(X, y)[0]) != float(fresh.loss(X, y)[0])
+    assert fresh.dropout_step == 2
+
+
+def test_scores_in_test_mode_are_deterministic(xp, rng):
+    model = FullyConnectedNet([10], input_dim=6, num_classes=3, dropout=0.5,
+                              use_batchnorm=True, xp=xp)
+    X = xp.asarray(rng.standard_normal((8, 6)).astype(np.float32))
+    model.loss(X, xp.zeros(8, dtype=np.int64))  # one training step fills running stats
+    s1, s2 = model.loss(X), model.loss(X)
+    assert s1.shape == (8, 3) and bool((s1 == s2).all())
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="keep probability"):
+        FullyConnectedNet([5], dropout=1.5)
+    with pytest.raises(ValueError, match="positive"):
+        FullyConnectedNet([0])
+    with pytest.raises(ValueError, match="dtype"):
+        FullyConnectedNet([5], dtype=np.int32)

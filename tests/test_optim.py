@@ -1,0 +1,89 @@
+"""Update rules against steps computed by hand, element by element, in float64."""
+import math
+
+import numpy as np
+import pytest
+
+from fcgpu import fused
+from fcgpu.optim import adam, rmsprop, sgd, sgd_momentum
+
+
+def _inputs(xp, rng, dtype=np.float64):
+    w = rng.standard_normal((4, 5))
+    dw = rng.standard_normal((4, 5))
+    return w, dw, xp.asarray(w, dtype=dtype), xp.asarray(dw, dtype=dtype)
+
+
+def _scalar_loop(fn, *arrays):
+    out = np.empty_like(arrays[0])
+    for ix in np.ndindex(arrays[0].shape):
+        out[ix] = fn(*(float(a[ix]) for a in arrays))
+    return out
+
+
+def test_sgd(xp, rng):
+    w, dw, W, DW = _inputs(xp, rng)
+    next_w, config = sgd(W, DW, {"learning_rate": 0.1})
+    assert np.allclose(xp.asnumpy(next_w) if xp is not np else next_w, w - 0.1 * dw, rtol=1e-14)
+    assert sgd(W, DW)[1]["learning_rate"] == 1e-2
+
+
+def test_sgd_momentum(xp, rng):
+    w, dw, W, DW = _inputs(xp, rng)
+    v0 = rng.standard_normal((4, 5))
+    config = {"learning_rate": 1e-3, "velocity": xp.asarray(v0.copy())}
+    next_w, config = sgd_momentum(W, DW, config)
+    v1 = _scalar_loop(lambda v, g: 0.9 * v - 1e-3 * g, v0, dw)
+    to_np = (lambda a: a) if xp is np else xp.asnumpy
+    assert np.allclose(to_np(config["velocity"]), v1, rtol=1e-13, atol=0)
+    assert np.allclose(to_np(next_w), w + v1, rtol=1e-13, atol=0)
+
+
+def test_rmsprop(xp, rng):
+    w, dw, W, DW = _inputs(xp, rng)
+    c0 = rng.random((4, 5))
+    config = {"learning_rate": 1e-2, "cache": xp.asarray(c0.copy())}
+    next_w, config = rmsprop(W, DW, config)
+    c1 = _scalar_loop(lambda c, g: 0.99 * c + 0.01 * g * g, c0, dw)
+    expected = _scalar_loop(lambda w_, g, c: w_ - 1e-2 * g / (math.sqrt(c) + 1e-8), w, dw, c1)
+    to_np = (lambda a: a) if xp is np else xp.asnumpy
+    assert np.allclose(to_np(config["cache"]), c1, rtol=1e-13)
+    assert np.allclose(to_np(next_w), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("dtype,rtol", [(np.float64, 1e-12), (np.float32, 2e-6)])
+def test_adam_two_steps(xp, rng, compiled, dtype, rtol):
+    w, dw, W, DW = _inputs(xp, rng, dtype)
+    m0, v0 = rng.standard_normal((4, 5)), rng.random((4, 5))
+    config = {"learning_rate": 1e-2, "m": xp.asarray(m0.copy(), dtype=dtype),
+              "v": xp.asarray(v0.copy(), dtype=dtype), "t": 5}
+    old = fused.use_compiled_cpu()
+    fused.use_compiled_cpu(compiled)
+    try:
+        next_w, config = adam(W, DW, config)
+        next_w2, config = adam(next_w, DW, config)
+    finally:
+        fused.use_compiled_cpu(old)
+    b1, b2, eps, lr = 0.9, 0.999, 1e-8, 1e-2
+    expected_w, m, v = w, m0, v0
+    for t in (6, 7):
+        m = _scalar_loop(lambda m_, g: b1 * m_ + (1 - b1) * g, m, dw)
+        v = _scalar_loop(lambda v_, g: b2 * v_ + (1 - b2) * g * g, v, dw)
+        expected_w = _scalar_loop(
+            lambda w_, m_, v_: w_ - lr * (m_ / (1 - b1 ** t)) / (math.sqrt(v_ / (1 - b2 ** t)) + eps),
+            expected_w, m, v)
+    to_np = (lambda a: a) if xp is np else xp.asnumpy
+    assert config["t"] == 7
+    assert next_w2.dtype == dtype
+    assert np.allclose(to_np(config["m"]), m, rtol=rtol, atol=rtol)
+    assert np.allclose(to_np(config["v"]), v, rtol=rtol, atol=rtol)
+    assert np.allclose(to_np(next_w2), expected_w, rtol=rtol, atol=rtol)
+
+
+def test_adam_defaults_and_fresh_state(xp, rng):
+    _, _, W, DW = _inputs(xp, rng)
+    _, config = adam(W, DW)
+    assert (config["learning_rate"], config["beta1"], config["beta2"], config["epsilon"],
+            config["t"]) == (1e-3, 0.9, 0.999, 1e-8, 1)
+    assert config["m"].shape == W.shape

@@ -1,0 +1,124 @@
+"""run_training and `fcgpu train`: metrics, plot, checkpoint/resume, clean errors.
+
+These use small synthetic data shaped like CIFAR-10; the real run is in
+test_integration.py."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fcgpu.cli import main
+from fcgpu.train import TrainConfig, plot_history, run_training, write_metrics
+
+
+def fake_cifar(rng, n_train=400, n_val=100, n_test=200):
+    """Noisy images with one fixed pattern per class: learnable."""
+    patterns = rng.choice([-0.3, 0.3], size=(10, 3, 32, 32)).astype(np.float32)
+
+    def make(n):
+        y = rng.integers(10, size=n)
+        X = rng.standard_normal((n, 3, 32, 32)).astype(np.float32) + patterns[y]
+        return X, y
+    Xtr, ytr = make(n_train)
+    Xv, yv = make(n_val)
+    Xte, yte = make(n_test)
+    return dict(X_train=Xtr, y_train=ytr, X_val=Xv, y_val=yv, X_test=Xte, y_test=yte)
+
+
+def cfg(**kw):
+    base = dict(hidden_dims=(64, 64), epochs=3, batch_size=50, num_train=400, num_val=100,
+                learning_rate=5e-3, backend="numpy", seed=5)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_run_training_metrics_and_outputs(tmp_path, rng):
+    data = fake_cifar(rng)
+    m = run_training(cfg(), data=data, progress=False, verbose=False)
+    for key in ("backend", "device", "epochs", "train_acc", "val_acc", "test_acc",
+                "samples_per_s", "epoch_seconds"):
+        assert key in m
+    assert m["backend"] == "numpy" and m["epochs"] == 3
+    assert len(m["epoch_seconds"]) == 3 and m["samples_per_s"] > 0
+    assert m["val_acc"] > 0.5  # far above chance (0.1) on this learnable data
+    write_metrics(m, tmp_path / "m.json")
+    assert json.loads((tmp_path / "m.json").read_text())["val_acc"] == m["val_acc"]
+    pytest.importorskip("matplotlib")
+    plot_history(m, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path, rng):
+    data = fake_cifar(rng)
+    full = run_training(cfg(epochs=4), data=data, progress=False, verbose=False)
+    ck = tmp_path / "run.ckpt"
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(solver):
+        if solver.epoch == 2:
+            raise Killed()
+
+    with pytest.raises(Killed):
+        run_training(cfg(epochs=4), data=data, checkpoint=str(ck), progress=False,
+                     verbose=False, epoch_callback=kill_after_two)
+    resumed = run_training(cfg(epochs=4), data=data, checkpoint=str(ck), resume=True,
+                           progress=False, verbose=False)
+    assert resumed["resumed_from_epoch"] == 2
+    assert resumed["loss_history"] == full["loss_history"]
+    assert resumed["val_acc_history"] == full["val_acc_history"]
+    assert resumed["val_acc"] == full["val_acc"] and resumed["test_acc"] == full["test_acc"]
+
+
+def test_resume_refuses_a_checkpoint_of_another_net(tmp_path, rng):
+    data = fake_cifar(rng)
+    ck = tmp_path / "run.ckpt"
+    run_training(cfg(epochs=1), data=data, checkpoint=str(ck), progress=False, verbose=False)
+    with pytest.raises(ValueError, match="settings differ.*hidden_dims"):
+        run_training(cfg(epochs=2, hidden_dims=(32,)), data=data, checkpoint=str(ck),
+                     resume=True, progress=False, verbose=False)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(dropout=1.5), "keep probability"),
+    (dict(hidden_dims=(0,)), "positive"),
+    (dict(num_train=60000), "num_train"),
+    (dict(learning_rate=-1.0), "learning_rate"),
+])
+def test_bad_config(kw, match):
+    with pytest.raises(ValueError, match=match):
+        cfg(**kw)
+
+
+def _cli(args, env=None):
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "fcgpu.cli"] + args, capture_output=True,
+                          text=True, env=e, timeout=300)
+
+
+def test_cli_missing_data_is_one_clear_line(tmp_path):
+    r = _cli(["train", "--epochs", "1", "--backend", "numpy", "--data",
+              str(tmp_path / "nowhere.tar.gz")])
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr
+    assert "nowhere.tar.gz" in lines[0]
+
+
+def test_cli_corrupt_archive_is_one_clear_line(tmp_path):
+    bad = tmp_path / "cifar-10-python.tar.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00garbage" * 100)
+    r = _cli(["train", "--epochs", "1", "--backend", "numpy", "--data", str(bad)],
+             env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and str(bad) in r.stderr
+
+
+def test_cli_bad_flag_values():
+    assert main(["train", "--hidden", "500,abc", "--backend", "numpy"]) == 2
+    assert main(["train", "--resume", "--backend", "numpy"]) == 2
