@@ -5,11 +5,18 @@
 
 #include "philox.cuh"
 
+// Hook for the CPU emulation of the kernels in tests/host/ (checks the 16-byte
+// alignment of every vector access there); nothing on the GPU.
+#ifndef FCGPU_CHECK_ALIGNED16
+#define FCGPU_CHECK_ALIGNED16(p) ((void)0)
+#endif
+
 namespace fcgpu {
 
 // Four consecutive elements; p must be 16-byte aligned (float: one float4,
 // double: two double2).
 __device__ __forceinline__ void load4(const float* __restrict__ p, float (&v)[4]) {
+  FCGPU_CHECK_ALIGNED16(p);
   const float4 t = *reinterpret_cast<const float4*>(p);
   v[0] = t.x;
   v[1] = t.y;
@@ -18,6 +25,7 @@ __device__ __forceinline__ void load4(const float* __restrict__ p, float (&v)[4]
 }
 
 __device__ __forceinline__ void load4(const double* __restrict__ p, double (&v)[4]) {
+  FCGPU_CHECK_ALIGNED16(p);
   const double2 a = reinterpret_cast<const double2*>(p)[0];
   const double2 b = reinterpret_cast<const double2*>(p)[1];
   v[0] = a.x;
@@ -27,10 +35,12 @@ __device__ __forceinline__ void load4(const double* __restrict__ p, double (&v)[
 }
 
 __device__ __forceinline__ void store4(float* __restrict__ p, const float (&v)[4]) {
+  FCGPU_CHECK_ALIGNED16(p);
   *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
 }
 
 __device__ __forceinline__ void store4(double* __restrict__ p, const double (&v)[4]) {
+  FCGPU_CHECK_ALIGNED16(p);
   reinterpret_cast<double2*>(p)[0] = make_double2(v[0], v[1]);
   reinterpret_cast<double2*>(p)[1] = make_double2(v[2], v[3]);
 }

@@ -31,6 +31,7 @@ from fcgpu import fused
 from fcgpu import random as frandom
 from fcgpu.cuda import module as cmod
 from fcgpu.cuda.ops import chunk_layout
+from gpu_util import assert_close, bits_equal, bn_backward_magnitudes, mask_window
 
 REPO = Path(__file__).resolve().parent.parent
 KERNELS = REPO / "kernels"
@@ -270,16 +271,22 @@ def test_host_philox_mask_matches_python(philox_exe, n, seed, stream, p):
     assert abs(host.mean() - p) < 5e-3
 
 
-def test_host_philox_mask_far_counter(philox_exe):
-    """Block counters past 2^32 (elements past 2^34) use the high counter word."""
-    # element i = 4 * 2^32 + k lies in block 2^32: counter (0, 1, stream lo, stream hi)
-    seed, stream = 77, 3
-    j = 2 ** 32
-    r = frandom.philox4x32_10(np.array([j & 0xFFFFFFFF, j >> 32, stream, 0], np.uint32),
-                              np.array([seed, 0], np.uint32))
-    lo = frandom.philox4x32_10(np.array([0, 0, stream, 0], np.uint32),
-                               np.array([seed, 0], np.uint32))
-    assert not np.array_equal(r, lo)
+@pytest.mark.parametrize("start", [0, 5, 2 ** 31 - 6, 2 ** 32 - 3, 2 ** 34 - 7, 2 ** 40 + 1])
+def test_host_philox_window_far_elements(philox_exe, start):
+    """Elements past 2^31, 2^32 and 2^34 (block counters past 2^32 use the high
+    counter word): the host header equals the xp window helper of the GPU tests."""
+    n, seed, stream, p = 4099, 2 ** 33 + 9, 2 ** 32 + 4, 0.6
+    t = frandom.keep_threshold(p)
+    res = subprocess.run([str(philox_exe), "window", str(start), str(n), str(seed), str(stream),
+                          str(t)], capture_output=True, check=True)
+    host = np.frombuffer(res.stdout, dtype=np.uint8).astype(bool)
+    assert np.array_equal(host, mask_window(start, start + n, p, seed, stream))
+
+
+def test_mask_window_matches_reference():
+    ref = frandom.dropout_mask_reference((10_007,), 0.45, 2 ** 50, 3)
+    for a, b in [(0, 10_007), (1, 2), (3, 9), (4, 8), (4097, 10_007), (10_006, 10_007)]:
+        assert np.array_equal(mask_window(a, b, 0.45, 2 ** 50, 3), ref[a:b]), (a, b)
 
 
 # ----------------------------------------------------------------- (c) element ops on the host
@@ -300,40 +307,6 @@ def _run_elem(exe, tmp, kind, dtype, arrays, outs, **params):
     return {name: np.fromfile(str(tmp / (name + ".out.bin")), dtype=dtype) for name in outs}
 
 
-def rel_err(actual, ref):
-    actual = np.asarray(actual, dtype=np.float64).ravel()
-    ref = np.asarray(ref, dtype=np.float64).ravel()
-    denom = np.linalg.norm(ref)
-    return float(np.linalg.norm(actual - ref) / (denom if denom > 0 else 1.0))
-
-
-def assert_close(actual, ref, dtype, what="", magnitude=None):
-    """fp32: normwise relative error < 1e-5 and max error < 1e-5 * max |ref|;
-    fp64: the same at 1e-12. ``magnitude`` (same shape as ref) replaces |ref| as
-    the scale where the result comes out of cancellation (batchnorm backward): then
-    errors are measured against the size of the terms that cancel."""
-    tol = 1e-5 if np.dtype(dtype) == np.float32 else 1e-12
-    actual = np.asarray(actual, dtype=np.float64).ravel()
-    ref = np.asarray(ref, dtype=np.float64).ravel()
-    mag = ref if magnitude is None else np.asarray(magnitude, dtype=np.float64).ravel()
-    assert actual.shape == ref.shape == mag.shape, what
-    err = rel_err(actual, ref) if magnitude is None else float(
-        np.linalg.norm(actual - ref) / max(np.linalg.norm(mag), 1e-300))
-    assert err < tol, "%s: normwise relative error %.3g" % (what, err)
-    scale = max(np.abs(mag).max(initial=0.0), 1e-300)
-    assert np.abs(actual - ref).max(initial=0.0) <= tol * scale, \
-        "%s: max error %.3g (scale %.3g)" % (what, np.abs(actual - ref).max(), scale)
-
-
-def bn_backward_magnitudes(dy, x, gamma, mean, inv_std):
-    """Sizes of the terms of the batchnorm backward, float64: for dx the leading term
-    gamma * inv_std * dy, for (dgamma, dbeta) the sums of |dy * xhat| and |dy|."""
-    dy = np.asarray(dy, np.float64)
-    xhat = (np.asarray(x, np.float64) - mean) * inv_std
-    dx_mag = np.abs(gamma * inv_std * dy) + np.abs(gamma * inv_std * xhat * np.abs(dy * xhat).mean(axis=0))
-    return dx_mag, np.concatenate([np.abs(dy * xhat).sum(axis=0), np.abs(dy).sum(axis=0)])
-
-
 DTYPES = [np.float32, np.float64]
 
 
@@ -352,7 +325,7 @@ def test_host_flat_ops_bit_identical(elem_exe, tmp_path, dtype, n, p):
     y = _run_elem(elem_exe, tmp_path, "flat", dtype, {"a": x}, ["y"], op=0, n=n, seed=seed,
                   stream=stream, t=t, s=s)["y"]
     ref, _ = fused.dropout_forward_ref(x, p, seed, stream)
-    assert y.dtype == ref.dtype and np.array_equal(y.view(np.uint8), ref.view(np.uint8))
+    assert bits_equal(y, ref)
     assert np.array_equal(y, fused.dropout_backward_ref(x, p, seed, stream))
     # relu + dropout forward
     y = _run_elem(elem_exe, tmp_path, "flat", dtype, {"a": x}, ["y"], op=1 if p < 1 else 2, n=n,
@@ -502,3 +475,538 @@ def test_chunk_layout_covers_rows():
                 r, g = chunk_layout(n, d, sms)
                 assert r >= 1 and 1 <= g <= 65535
                 assert (g - 1) * r < n <= g * r, (n, d, sms, r, g)
+
+
+# ----------------------------------------------------------------- (d) launch arguments
+# fcgpu.cuda.ops run against a stand-in for CuPy (NumPy-backed arrays, kernels that
+# only check their launch): every launch must pass exactly the kernel's parameter
+# list (count, pointer dtypes, 64-bit integers, float/double scalars by value), a
+# valid grid/block, arrays large enough and aligned where the vector path needs it.
+
+class _Ptr:
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+
+class _FakeDevice:
+    id = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class FakeArray(np.ndarray):
+    @property
+    def data(self):
+        return _Ptr(self.__array_interface__["data"][0])
+
+    @property
+    def device(self):
+        return _FakeDevice()
+
+
+def _fake(a):
+    return np.asarray(a).view(FakeArray)
+
+
+_GUARD = 64  # elements of canary on each side of every array the stand-in allocates
+
+
+class _Guards:
+    """Arrays allocated with canaries around them, checked after every launch."""
+
+    def __init__(self):
+        self.blocks = []
+
+    def empty(self, shape, dtype):
+        dtype = np.dtype(dtype)
+        n = int(np.prod(shape, dtype=np.int64))
+        raw = np.empty((n + 2 * _GUARD) * dtype.itemsize + 256, dtype=np.uint8)
+        off = (-raw.ctypes.data) % 256  # 256-byte aligned, like CuPy's pool
+        buf = raw[off:off + (n + 2 * _GUARD) * dtype.itemsize].view(dtype)
+        buf[...] = np.nan if dtype.kind == "f" else 0xA5
+        canary = buf[:_GUARD].copy()
+        self.blocks.append((buf, canary, n))
+        return buf[_GUARD:_GUARD + n].reshape(shape).view(FakeArray)
+
+    def check(self, what):
+        for buf, canary, n in self.blocks:
+            for part in (buf[:_GUARD], buf[_GUARD + n:]):
+                assert np.array_equal(part.view(np.uint8), canary.view(np.uint8)), \
+                    "%s wrote outside an array" % what
+
+
+def _make_fake_cupy(guards=None):
+    import types
+    guards = guards or _Guards()
+    fake = types.ModuleType("cupy")
+    fake.ndarray = FakeArray
+
+    def empty(shape, dtype=float):
+        return guards.empty(shape, dtype)
+
+    def ascontiguousarray(a, dtype=None):
+        a = np.asarray(a, dtype=dtype)
+        out = guards.empty(a.shape, a.dtype)
+        out[...] = a
+        return out
+
+    fake.empty = empty
+    fake.ones = lambda shape, dtype=float: _fake(np.ones(shape, dtype=dtype))
+    fake.asarray = lambda a, dtype=None: a if (isinstance(a, FakeArray) and (
+        dtype is None or a.dtype == dtype)) else ascontiguousarray(a, dtype)
+    fake.ascontiguousarray = lambda a, dtype=None: a if (
+        isinstance(a, FakeArray) and a.flags.c_contiguous and (dtype is None or a.dtype == dtype)
+    ) else ascontiguousarray(a, dtype)
+    fake.asnumpy = lambda a: np.array(a).view(np.ndarray)
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0))
+    fake.guards = guards
+    return fake
+
+
+_PTR_DTYPES = {"float": np.float32, "double": np.float64, "unsigned char": np.uint8}
+
+
+def _signatures(nvcc_reports):
+    if CXXFILT is None:
+        pytest.skip("c++filt not found: cannot read the kernels' parameter lists")
+    sigs = {}
+    for _, info in nvcc_reports.values():
+        names = list(info)
+        res = subprocess.run([CXXFILT], input="\n".join(names), capture_output=True, text=True,
+                             check=True)
+        for pretty in res.stdout.splitlines():
+            pretty = pretty.strip()
+            if pretty.startswith("void "):
+                pretty = pretty[5:]
+            name, params = pretty.split("(", 1)
+            sigs[name] = [p.strip() for p in params.rstrip(")").split(",")]
+    return sigs
+
+
+class FakeKernel:
+    def __init__(self, name, sig, log, emu=None, guards=None):
+        self.name, self.sig, self.log = name, sig, log
+        self.emu, self.guards = emu, guards
+
+    def __call__(self, grid, block, args, **kwargs):
+        name, sig = self.name, self.sig
+        assert not kwargs, kwargs
+        assert isinstance(grid, tuple) and isinstance(block, tuple), name
+        assert 1 <= len(grid) <= 3 and 1 <= len(block) <= 3, name
+        assert all(isinstance(v, int) and v >= 1 for v in grid + block), (name, grid, block)
+        assert int(np.prod(block)) <= 1024, (name, block)
+        assert grid[0] < 2 ** 31 and all(v <= 65535 for v in grid[1:]), (name, grid)
+        assert len(args) == len(sig), (name, len(args), sig)
+        for k, (ptype, arg) in enumerate(zip(sig, args)):
+            if ptype.endswith("*"):
+                base = ptype[:-1].replace(" const", "").strip()
+                if isinstance(arg, np.uint64):
+                    assert int(arg) == 0 and name.startswith("fcgpu_bn_stats_finalize") \
+                        and k >= len(sig) - 2, (name, k, "null pointer not allowed here")
+                    continue
+                assert isinstance(arg, FakeArray), (name, k, type(arg))
+                want = _PTR_DTYPES[base]
+                assert arg.dtype == want or (want == np.uint8 and arg.dtype == np.bool_), \
+                    (name, k, arg.dtype, ptype)
+                assert arg.flags.c_contiguous, (name, k)
+            elif ptype == "unsigned long long":
+                assert isinstance(arg, np.uint64), (name, k, type(arg))
+            elif ptype == "float":
+                assert isinstance(arg, np.float32), (name, k, type(arg))
+            elif ptype == "double":
+                assert isinstance(arg, np.float64), (name, k, type(arg))
+            else:
+                raise AssertionError("unexpected parameter type %r in %s" % (ptype, name))
+        self._check_semantics(grid, block, args)
+        self.log.append((name, grid, block))
+        if self.emu is not None:
+            self._emulate(grid, block, args)
+
+    def _emulate(self, grid, block, args):
+        vals = []
+        for arg in args:
+            if isinstance(arg, FakeArray):
+                vals.append(ctypes.c_void_p(arg.data.ptr))
+            elif isinstance(arg, np.uint64):
+                vals.append(ctypes.c_uint64(int(arg)))
+            elif isinstance(arg, np.float32):
+                vals.append(ctypes.c_float(float(arg)))
+            else:
+                vals.append(ctypes.c_double(float(arg)))
+        params = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
+        g = (grid + (1, 1))[:3]
+        b = (block + (1, 1))[:3]
+        rc = self.emu.emu_launch(self.name.encode(), *[ctypes.c_uint(v) for v in g + b], params)
+        assert rc == 0, "emulator has no kernel %r" % self.name
+        if self.guards is not None:
+            self.guards.check(self.name)
+
+    def _check_semantics(self, grid, block, args):
+        name = self.name
+        aligned = lambda *arrs: all(a.data.ptr % 16 == 0 for a in arrs)  # noqa: E731
+        if name.startswith("fcgpu_flat<"):
+            a, b, y, n = args[0], args[1], args[2], int(args[3])
+            op, vec = name.split(",")[1].strip(), name.split(",")[2].strip(" >")
+            assert a.size >= n and y.size >= n and (op != "3" or b.size >= n)
+            if vec == "true":
+                assert aligned(a, b, y), name
+            assert grid[0] * block[0] >= 1
+        elif name == "fcgpu_dropout_mask":
+            assert args[0].size >= int(args[1])
+        elif name.startswith(("fcgpu_bn_stats<", "fcgpu_bn_bwd_sums<")):
+            n_rows, d, r = (int(v) for v in (args[-6], args[-5], args[-4])) \
+                if name.startswith("fcgpu_bn_bwd_sums") else (int(args[1]), int(args[2]), int(args[3]))
+            g = (n_rows + r - 1) // r
+            assert block == (32, 8), (name, block)
+            assert grid == ((d + 31) // 32, g), (name, grid, d, g)
+            assert args[-1].size >= g * d and args[-2].size >= g * d
+            for arr in args[:-2]:
+                if isinstance(arr, FakeArray) and arr.ndim == 2:
+                    assert arr.shape == (n_rows, d)
+        elif name.startswith(("fcgpu_col_vec<", "fcgpu_col_flat<")):
+            a, b, c, y = args[:4]
+            n_rows, d = int(args[4]), int(args[5])
+            for arr in (a, b, c, y):
+                assert arr.size >= n_rows * d
+            for par in args[6:10]:
+                assert par.size >= d
+            if name.startswith("fcgpu_col_vec<"):
+                assert d % 4 == 0 and aligned(a, b, c, y), name
+                assert grid[0] * block[0] >= d // 4
+                assert len(block) == 2 and block[0] * block[1] == 256
+        elif name.endswith("finalize<float>") or name.endswith("finalize<double>") \
+                or name.startswith("fcgpu_bn_infer_coef"):
+            assert grid[0] * block[0] >= int(args[2] if name.startswith("fcgpu_bn_infer") else
+                                             args[3])
+
+
+def _install_fake_cuda(nvcc_reports, monkeypatch, emu=None):
+    from fcgpu.cuda import ops
+    sigs = _signatures(nvcc_reports)
+    log = []
+    fake = _make_fake_cupy()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(ops, "_cp", lambda: fake)
+    monkeypatch.setattr(ops, "sm_count", lambda: 3)
+
+    def get_kernel(name):
+        assert name in sigs, "no compiled kernel named %r" % name
+        assert any(name in names for _, names in cmod.MODULES.values()), name
+        return FakeKernel(name, sigs[name], log, emu, fake.guards)
+    monkeypatch.setattr(ops, "get_kernel", get_kernel)
+    return ops, log, fake
+
+
+@pytest.fixture
+def fake_cuda(nvcc_reports, monkeypatch):
+    ops, log, _ = _install_fake_cuda(nvcc_reports, monkeypatch)
+    return ops, log
+
+
+@pytest.fixture(scope="module")
+def emu_lib(tmp_path_factory):
+    if CXX is None:
+        pytest.skip("no host C++ compiler (g++/clang++) found")
+    out = tmp_path_factory.mktemp("emu") / "libfcgpu_emu.so"
+    cmd = [CXX, "-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", "-ffp-contract=off",
+           "-fno-strict-aliasing", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas",
+           "-I%s" % KERNELS, "-I%s" % HOST, str(HOST / "kernel_emu.cpp"), "-o", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if res.returncode != 0 and "barrier" in res.stderr:
+        pytest.skip("host C++ compiler lacks C++20 <barrier>: kernel emulation skipped")
+    assert res.returncode == 0, "emulator build failed:\n%s" % res.stderr
+    lib = ctypes.CDLL(str(out))
+    lib.emu_launch.restype = ctypes.c_int
+    lib.emu_name.restype = ctypes.c_char_p
+    return lib
+
+
+@pytest.fixture
+def emu_cuda(nvcc_reports, monkeypatch, emu_lib):
+    ops, log, _ = _install_fake_cuda(nvcc_reports, monkeypatch, emu_lib)
+    return ops, log
+
+
+def _misaligned(shape, dtype, rng):
+    base = rng.standard_normal(int(np.prod(shape)) + 1).astype(dtype)
+    return _fake(base[1:].reshape(shape))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ops_launch_arguments_flat(fake_cuda, dtype):
+    ops, log = fake_cuda
+    rng = np.random.default_rng(0)
+    cases = [_fake(rng.standard_normal(s).astype(dtype)) for s in [(1,), (3,), (5, 7), (64, 4)]]
+    cases += [_misaligned((13,), dtype, rng), _fake(rng.standard_normal((6, 8)).astype(dtype).T)]
+    for x in cases:
+        for p in (0.5, 1.0):
+            log.clear()
+            out, mask = ops.dropout_forward(x, p, 2 ** 63, 2 ** 40)
+            assert mask is None and out.shape == x.shape and out.dtype == x.dtype
+            dx = ops.dropout_backward(x, p, 1, 2, mask=np.zeros(x.shape, bool))
+            assert dx.shape == x.shape
+            y = ops.relu_dropout_forward(x, p, 3, 4)
+            assert y.shape == x.shape
+            dx = ops.relu_dropout_backward(x, _fake(np.abs(np.asarray(x))), p)
+            assert dx.shape == x.shape
+            if p < 1:
+                assert {n.split("<")[0] for n, _, _ in log} == {"fcgpu_flat"}
+        m = ops.dropout_mask(x.shape, 0.3, 5, 6)
+        assert m.dtype == np.bool_ and m.shape == x.shape
+    # misaligned input takes the scalar path
+    log.clear()
+    ops.dropout_forward(_misaligned((1001,), dtype, rng), 0.5, 1, 2)
+    assert log[-1][0].endswith("false>")
+    log.clear()
+    ops.dropout_forward(_fake(rng.standard_normal(1001).astype(dtype)), 0.5, 1, 2)
+    assert log[-1][0].endswith("true>")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 5), (2, 1), (490, 500), (64, 8), (7, 3), (100000, 4)])
+def test_ops_launch_arguments_batchnorm(fake_cuda, dtype, shape):
+    ops, log = fake_cuda
+    rng = np.random.default_rng(1)
+    n, d = shape
+    x = _fake(rng.standard_normal(shape).astype(dtype))
+    gamma, beta = _fake(np.ones(d, dtype)), _fake(np.zeros(d, dtype))
+    rm, rv = _fake(np.zeros(d, dtype)), _fake(np.ones(d, dtype))
+    for fn_args in [(x,), (_misaligned(shape, dtype, rng),), (_fake(np.asfortranarray(x)),)]:
+        xx = fn_args[0]
+        log.clear()
+        out, mean, inv_std = ops.bn_forward_train(xx, gamma, beta, 1e-5, 0.9, rm, rv)
+        assert out.shape == shape and mean.shape == (d,) and inv_std.shape == (d,)
+        names = [nm for nm, _, _ in log]
+        assert names[0].startswith("fcgpu_bn_stats<") and names[1].startswith("fcgpu_bn_stats_finalize")
+        vec = d % 4 == 0 and xx.data.ptr % 16 == 0
+        assert names[2].startswith("fcgpu_col_vec<" if vec else "fcgpu_col_flat<"), names
+        out = ops.bn_forward_infer(xx, gamma, beta, 1e-5, rm, rv)
+        assert out.shape == shape
+        for p in (0.7, 1.0):
+            out, mean, inv_std = ops.bn_relu_dropout_forward(xx, gamma, beta, 1e-5, 0.9, rm, rv,
+                                                             p, 2 ** 33, 7)
+            dx, dg, db = ops.bn_relu_dropout_backward(xx, _fake(np.abs(np.asarray(xx))), xx,
+                                                      gamma, mean, inv_std, p)
+            assert dx.shape == shape and dg.shape == (d,) and db.shape == (d,)
+        dx, dg, db = ops.bn_backward(xx, xx, gamma, mean, inv_std)
+        assert dx.shape == shape and dg.shape == (d,) and db.shape == (d,)
+    # running statistics that are not contiguous arrays of x.dtype: updated through a copy
+    other = np.float64 if dtype == np.float32 else np.float32
+    rm2 = _fake(np.zeros(2 * d, dtype))[::2]
+    rv2 = _fake(np.ones(d, other))
+    before = np.asarray(rv2).copy()
+    ops.bn_forward_train(x, gamma, beta, 1e-5, 0.9, rm2, rv2)
+    # (the stand-in kernels write nothing: the copies come back as they went)
+    assert np.array_equal(np.asarray(rv2), before)
+
+
+def test_ops_validation_errors(fake_cuda):
+    ops, _ = fake_cuda
+    x = _fake(np.ones((4, 3), np.float32))
+    g = _fake(np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="float32 or float64"):
+        ops.dropout_forward(_fake(np.ones(4, np.int32)), 0.5, 1, 2)
+    with pytest.raises(ValueError, match="keep probability"):
+        ops.dropout_forward(x, 0.0, 1, 2)
+    with pytest.raises(ValueError, match="keep probability"):
+        ops.relu_dropout_forward(x, 1.5, 1, 2)
+    with pytest.raises(ValueError, match="2-D"):
+        ops.bn_forward_train(_fake(np.ones((2, 3, 4), np.float32)), g, g, 1e-5, 0.9, g, g)
+    with pytest.raises(ValueError, match="gamma must have shape"):
+        ops.bn_forward_train(x, _fake(np.ones(4, np.float32)), g, 1e-5, 0.9, g, g)
+    with pytest.raises(ValueError, match="running_var must have shape"):
+        ops.bn_forward_train(x, g, g, 1e-5, 0.9, g, _fake(np.ones(2, np.float32)))
+    with pytest.raises(ValueError, match="shape"):
+        ops.relu_dropout_backward(x, _fake(np.ones((3, 4), np.float32)), 0.5)
+    with pytest.raises(ValueError, match="dtype"):
+        ops.bn_backward(_fake(np.ones((4, 3), np.float64)), x, g, g, g)
+    with pytest.raises(ValueError, match="at least one row"):
+        ops.bn_forward_train(_fake(np.ones((0, 3), np.float32)), g, g, 1e-5, 0.9, g, g)
+    with pytest.raises(ValueError, match="seed"):
+        ops.dropout_forward(x, 0.5, -1, 2)
+    with pytest.raises(TypeError):
+        ops.dropout_forward(x, 0.5, 1.5, 2)
+
+
+# ----------------------------------------------------------------- (e) kernels emulated on the CPU
+# The same stand-in, but each launch runs the kernel itself (kernels/*.cu compiled
+# for the host with tests/host/cuda_emu.h): fcgpu.cuda.ops end to end, grid-stride
+# loops, vector paths and tails, the shared-memory merges, 64-bit index arithmetic,
+# compared with the xp references. (sm_count is 3 here: small grids, many strides.)
+
+def test_emulator_has_every_kernel(emu_lib):
+    names = {emu_lib.emu_name(i).decode() for i in range(emu_lib.emu_count())}
+    expected = set()
+    for _, nms in cmod.MODULES.values():
+        expected |= set(nms)
+    assert names == expected
+
+
+def _flat_inputs(dtype, rng):
+    make = lambda shape: _fake(rng.standard_normal(shape).astype(dtype))  # noqa: E731
+    return {
+        "n1": make((1,)), "n3": make((3,)), "n4": make((4,)), "n1001": make((1001,)),
+        "2d_odd": make((37, 11)), "aligned": make((64, 16)),
+        "misaligned": _misaligned((257,), dtype, rng),
+        "misaligned2d": _misaligned((9, 12), dtype, rng),
+        "transposed": _fake(rng.standard_normal((12, 7)).astype(dtype).T),
+        "strided": _fake(rng.standard_normal(40).astype(dtype))[::3],
+    }
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", [0.3, 0.8, 1.0])
+def test_emulated_dropout_and_relu_dropout(emu_cuda, dtype, p):
+    ops, log = emu_cuda
+    rng = np.random.default_rng(int(p * 10))
+    seed, stream = 2 ** 64 - 5, 2 ** 33 + 3
+    for label, x in _flat_inputs(dtype, rng).items():
+        xn = np.asarray(x).view(np.ndarray).copy()
+        out, mask = ops.dropout_forward(x, p, seed, stream)
+        ref, _ = fused.dropout_forward_ref(xn, p, seed, stream)
+        assert mask is None
+        assert bits_equal(np.asarray(out).view(np.ndarray), ref), label
+        dx = ops.dropout_backward(x, p, seed, stream, None)
+        assert bits_equal(np.asarray(dx).view(np.ndarray),
+                          fused.dropout_backward_ref(xn, p, seed, stream)), label
+        y = ops.relu_dropout_forward(x, p, seed, stream)
+        yref = fused.relu_dropout_forward_ref(xn, p, seed, stream)
+        assert np.array_equal(np.asarray(y), yref), label
+        dout = _fake(rng.standard_normal(xn.shape).astype(dtype))
+        dx = ops.relu_dropout_backward(dout, y, p)
+        assert np.array_equal(np.asarray(dx),
+                              fused.relu_dropout_backward_ref(np.asarray(dout).view(np.ndarray),
+                                                              yref, p)), label
+        m = ops.dropout_mask(xn.shape, p, seed, stream)
+        assert np.array_equal(np.asarray(m), frandom.dropout_mask(xn.shape, p, seed, stream)), label
+
+
+def test_emulated_mask_tails(emu_cuda):
+    ops, _ = emu_cuda
+    for n in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 1023, 4099):
+        m = ops.dropout_mask((n,), 0.5, 11, 12)
+        assert np.array_equal(np.asarray(m), frandom.dropout_mask_reference((n,), 0.5, 11, 12)), n
+
+
+def test_emulated_dispatch_through_fused(emu_cuda):
+    """fcgpu.fused picks fcgpu.cuda.ops for (stand-in) CuPy arrays."""
+    rng = np.random.default_rng(3)
+    x = _fake(rng.standard_normal((6, 10)).astype(np.float32))
+    out, mask = fused.dropout_forward(x, 0.5, 1, 2)
+    assert mask is None and isinstance(out, FakeArray)
+    ref, _ = fused.dropout_forward_ref(np.asarray(x).view(np.ndarray), 0.5, 1, 2)
+    assert bits_equal(np.asarray(out).view(np.ndarray), ref)
+
+
+BN_EMU_SHAPES = [(2, 5), (2, 1), (2, 4), (7, 3), (64, 8), (130, 37), (490, 100), (300, 4)]
+
+
+def _bn_case(dtype, shape, rng, layout):
+    n, d = shape
+    x = (rng.standard_normal(shape) * rng.uniform(0.5, 3.0, d) + 2.0 * rng.standard_normal(d))
+    if layout == "misaligned":
+        xf = _misaligned(shape, dtype, rng)
+        xf[...] = x.astype(dtype)
+    elif layout == "fortran":
+        xf = _fake(np.asfortranarray(x.astype(dtype)))
+    else:
+        xf = _fake(x.astype(dtype))
+    gamma = _fake(rng.uniform(0.5, 1.5, d).astype(dtype))
+    beta = _fake(rng.standard_normal(d).astype(dtype))
+    return xf, gamma, beta
+
+
+def _np(a):
+    return np.array(a).view(np.ndarray)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", BN_EMU_SHAPES)
+@pytest.mark.parametrize("layout", ["contiguous", "misaligned", "fortran"])
+def test_emulated_batchnorm(emu_cuda, dtype, shape, layout):
+    ops, log = emu_cuda
+    rng = np.random.default_rng(shape[0] * 31 + shape[1])
+    n, d = shape
+    x, gamma, beta = _bn_case(dtype, shape, rng, layout)
+    x64, g64, b64 = (_np(a).astype(np.float64) for a in (x, gamma, beta))
+    eps, momentum = 1e-5, 0.9
+    rm = _fake(rng.standard_normal(d).astype(dtype))
+    rv = _fake(rng.uniform(0.5, 2, d).astype(dtype))
+    rm_ref, rv_ref = _np(rm).astype(np.float64), _np(rv).astype(np.float64)
+
+    # training forward, running statistics updated in place (same objects)
+    log.clear()
+    out, mean, inv_std = ops.bn_forward_train(x, gamma, beta, eps, momentum, rm, rv)
+    ref_out, ref_mean, ref_inv = fused.bn_forward_train_ref(x64, g64, b64, eps, momentum,
+                                                            rm_ref, rv_ref)
+    assert_close(_np(out), ref_out, dtype, "out")
+    assert_close(_np(mean), ref_mean, dtype, "mean")
+    assert_close(_np(inv_std), ref_inv, dtype, "inv_std")
+    assert_close(_np(rm), rm_ref, dtype, "running_mean")
+    assert_close(_np(rv), rv_ref, dtype, "running_var")
+    vec_expected = d % 4 == 0 and layout != "misaligned"
+    assert log[-1][0].startswith("fcgpu_col_vec" if vec_expected else "fcgpu_col_flat")
+
+    # inference forward
+    out = ops.bn_forward_infer(x, gamma, beta, eps, rm, rv)
+    assert_close(_np(out), fused.bn_forward_infer_ref(x64, g64, b64, eps, rm_ref, rv_ref), dtype,
+                 "infer")
+
+    # backward
+    dout = _fake((rng.standard_normal(shape) + 0.3).astype(dtype))
+    d64 = _np(dout).astype(np.float64)
+    m64, i64 = _np(mean).astype(np.float64), _np(inv_std).astype(np.float64)
+    dx, dg, db = ops.bn_backward(dout, x, gamma, mean, inv_std)
+    rdx, rdg, rdb = fused.bn_backward_ref(d64, x64, g64, m64, i64)
+    dx_mag, sums_mag = bn_backward_magnitudes(d64, x64, g64, m64, i64)
+    assert_close(_np(dx), rdx, dtype, "dx", magnitude=dx_mag)
+    assert_close(np.concatenate([_np(dg), _np(db)]), np.concatenate([rdg, rdb]), dtype,
+                 "dgamma/dbeta", magnitude=sums_mag)
+
+    # fused forward / backward
+    for p in (0.7, 1.0):
+        rm_f, rv_f = _fake(_np(rm).copy()), _fake(_np(rv).copy())
+        rm_r, rv_r = _np(rm).astype(np.float64), _np(rv).astype(np.float64)
+        seed, stream = 2 ** 32 + 17, 5
+        out, mean, inv_std = ops.bn_relu_dropout_forward(x, gamma, beta, eps, momentum, rm_f,
+                                                         rv_f, p, seed, stream)
+        ref_out, ref_mean, ref_inv = fused.bn_relu_dropout_forward_ref(
+            x64, g64, b64, eps, momentum, rm_r, rv_r, p, seed, stream)
+        assert_close(_np(out), ref_out, dtype, "fused out")
+        assert_close(_np(mean), ref_mean, dtype, "fused mean")
+        assert_close(_np(rv_f), rv_r, dtype, "fused running_var")
+        # masks: every unit dropped by the reference is exactly 0 on the device
+        assert np.all(_np(out)[ref_out == 0] == 0) or p == 1.0 or \
+            np.mean(_np(out)[ref_out == 0] != 0) < 1e-3
+        out64 = _np(out).astype(np.float64)
+        m64, i64 = _np(mean).astype(np.float64), _np(inv_std).astype(np.float64)
+        dx, dg, db = ops.bn_relu_dropout_backward(dout, out, x, gamma, mean, inv_std, p)
+        rdx, rdg, rdb = fused.bn_relu_dropout_backward_ref(d64, out64, x64, g64, m64, i64, p)
+        dy = fused.relu_dropout_backward_ref(d64, out64, p)
+        dx_mag, sums_mag = bn_backward_magnitudes(dy, x64, g64, m64, i64)
+        assert_close(_np(dx), rdx, dtype, "fused dx", magnitude=dx_mag)
+        assert_close(np.concatenate([_np(dg), _np(db)]), np.concatenate([rdg, rdb]), dtype,
+                     "fused dgamma/dbeta", magnitude=sums_mag)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_emulated_running_stats_through_copies(emu_cuda, dtype):
+    """Running statistics that are strided views or of another dtype are updated in
+    place through a temporary."""
+    ops, _ = emu_cuda
+    rng = np.random.default_rng(9)
+    x, gamma, beta = _bn_case(dtype, (50, 6), rng, "contiguous")
+    other = np.float64 if dtype == np.float32 else np.float32
+    big = _fake(np.zeros(12, dtype))
+    rm = big[::2]
+    rv = _fake(np.ones(6, other))
+    ops.bn_forward_train(x, gamma, beta, 1e-5, 0.8, rm, rv)
+    x64 = _np(x).astype(np.float64)
+    assert np.allclose(_np(rm), 0.2 * x64.mean(axis=0), rtol=1e-5)
+    assert np.allclose(_np(big)[1::2], 0)
+    assert np.allclose(_np(rv), 0.8 + 0.2 * x64.var(axis=0), rtol=1e-5)
+    assert _np(rv).dtype == other

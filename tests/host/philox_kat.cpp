@@ -5,6 +5,8 @@
 //   philox_kat threshold P...           keep_threshold(P) for each P, one per line
 //   philox_kat mask N SEED STREAM T     N keep bytes (0/1) of flat elements 0..N-1 for
 //                                       (SEED, STREAM) and threshold T, raw on stdout
+//   philox_kat window START N SEED STREAM T
+//                                       the same for flat elements START..START+N-1
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -54,6 +56,15 @@ int main(int argc, char** argv) {
     if (n && std::fwrite(mask.data(), 1, n, stdout) != n) return 3;
     return 0;
   }
-  std::fprintf(stderr, "usage: philox_kat [threshold P... | mask N SEED STREAM T]\n");
+  if (std::strcmp(argv[1], "window") == 0 && argc == 7) {
+    const u64 start = parse_u64(argv[2]), n = parse_u64(argv[3]), seed = parse_u64(argv[4]),
+              stream = parse_u64(argv[5]), t = parse_u64(argv[6]);
+    std::vector<unsigned char> mask(n);
+    for (u64 k = 0; k < n; ++k)
+      mask[k] = fcgpu::philox_keep(fcgpu::philox_element(start + k, seed, stream), t) ? 1 : 0;
+    if (n && std::fwrite(mask.data(), 1, n, stdout) != n) return 3;
+    return 0;
+  }
+  std::fprintf(stderr, "usage: philox_kat [threshold P... | mask N SEED STREAM T | window START N SEED STREAM T]\n");
   return 1;
 }

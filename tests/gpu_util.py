@@ -1,0 +1,108 @@
+"""Helpers for the kernel tests: tolerances, Philox mask windows, GPU guards.
+
+Imported by tests/test_kernels_host.py (no GPU needed) and tests/test_kernels_gpu.py.
+Nothing here imports CuPy unless a GPU helper is called.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fcgpu import random as frandom
+from fcgpu.backend import cupy_status
+
+# ----------------------------------------------------------------- tolerances
+
+
+def rel_err(actual, ref):
+    """Normwise relative error ||actual - ref|| / ||ref|| in float64."""
+    actual = np.asarray(actual, dtype=np.float64).ravel()
+    ref = np.asarray(ref, dtype=np.float64).ravel()
+    denom = np.linalg.norm(ref)
+    return float(np.linalg.norm(actual - ref) / (denom if denom > 0 else 1.0))
+
+
+def tolerance(dtype):
+    return 1e-5 if np.dtype(dtype) == np.float32 else 1e-12
+
+
+def assert_close(actual, ref, dtype, what="", magnitude=None):
+    """fp32: normwise relative error < 1e-5 and max error < 1e-5 * max |ref|;
+    fp64: the same at 1e-12. ``magnitude`` (same shape as ref) replaces |ref| as
+    the scale where the result comes out of cancellation (batchnorm backward): then
+    errors are measured against the size of the terms that cancel."""
+    tol = tolerance(dtype)
+    actual = np.asarray(actual, dtype=np.float64).ravel()
+    ref = np.asarray(ref, dtype=np.float64).ravel()
+    mag = ref if magnitude is None else np.asarray(magnitude, dtype=np.float64).ravel()
+    assert actual.shape == ref.shape == mag.shape, what
+    assert np.isfinite(actual).all(), "%s: non-finite values" % what
+    err = rel_err(actual, ref) if magnitude is None else float(
+        np.linalg.norm(actual - ref) / max(np.linalg.norm(mag), 1e-300))
+    assert err < tol, "%s: normwise relative error %.3g" % (what, err)
+    scale = max(np.abs(mag).max(initial=0.0), 1e-300)
+    assert np.abs(actual - ref).max(initial=0.0) <= tol * scale, \
+        "%s: max error %.3g (scale %.3g)" % (what, np.abs(actual - ref).max(), scale)
+
+
+def bn_backward_magnitudes(dy, x, gamma, mean, inv_std):
+    """Sizes of the terms of the batchnorm backward, float64: for dx the leading
+    terms, for (dgamma, dbeta) the sums of |dy * xhat| and |dy|."""
+    dy = np.asarray(dy, np.float64)
+    xhat = (np.asarray(x, np.float64) - mean) * inv_std
+    dx_mag = np.abs(gamma * inv_std * dy) + np.abs(
+        gamma * inv_std * xhat * np.abs(dy * xhat).mean(axis=0))
+    return dx_mag, np.concatenate([np.abs(dy * xhat).sum(axis=0), np.abs(dy).sum(axis=0)])
+
+
+def bits_equal(a, b):
+    """Same dtype, shape and bytes (so -0.0 != 0.0 and NaN payloads count)."""
+    a = np.ascontiguousarray(a)
+    b = np.ascontiguousarray(b)
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(
+        a.view(np.uint8), b.view(np.uint8))
+
+
+# ----------------------------------------------------------------- Philox windows
+
+def mask_window(start, stop, p, seed, stream):
+    """Keep mask of flat elements [start, stop) of any tensor (NumPy, from the xp
+    reference generator): for checking huge arrays at a few places."""
+    t = frandom.keep_threshold(p)
+    if t is None:
+        return np.ones(stop - start, dtype=bool)
+    j0, j1 = start // 4, (stop + 3) // 4
+    j = np.arange(j0, j1, dtype=np.uint64)
+    m = np.uint64(0xFFFFFFFF)
+    counter = np.stack([j & m, j >> np.uint64(32),
+                        np.full(j.size, stream & 0xFFFFFFFF, np.uint64),
+                        np.full(j.size, stream >> 32, np.uint64)], axis=-1)
+    key = np.array([seed & 0xFFFFFFFF, seed >> 32], dtype=np.uint64)
+    r = frandom.philox4x32_10(counter, key).reshape(-1)
+    off = start - 4 * j0
+    return r[off:off + (stop - start)] < np.uint32(t)
+
+
+# ----------------------------------------------------------------- GPU guards
+
+CUPY_OK, CUPY_WHY = cupy_status()
+requires_gpu = pytest.mark.skipif(not CUPY_OK, reason="needs CuPy and a CUDA device: %s"
+                                  % (CUPY_WHY,))
+
+
+def cupy():
+    from fcgpu.backend import require_cupy
+    return require_cupy()
+
+
+def free_device_bytes():
+    cp = cupy()
+    cp.get_default_memory_pool().free_all_blocks()
+    return int(cp.cuda.Device().mem_info[0])
+
+
+def need_device_bytes(nbytes, what):
+    free = free_device_bytes()
+    if free < nbytes:
+        pytest.skip("%s needs %.1f GiB of free GPU memory, %.1f GiB free"
+                    % (what, nbytes / 2 ** 30, free / 2 ** 30))
