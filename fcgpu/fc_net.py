@@ -5,13 +5,17 @@ import secrets
 
 import numpy as np
 
+from . import layer_utils, layers
 from .backend import get_xp, to_backend
+from .layer_utils import *  # noqa: F401,F403  (the course's fc_net re-exports the layers)
 from .layer_utils import (affine_bn_relu_dropout_backward, affine_bn_relu_dropout_forward,
                           affine_relu_backward, affine_relu_dropout_backward,
                           affine_relu_dropout_forward, affine_relu_forward)
+from .layers import *  # noqa: F401,F403
 from .layers import affine_backward, affine_forward, softmax_loss
 
-__all__ = ["FullyConnectedNet"]
+# `from fcgpu.fc_net import *` gives the notebook the layers too, as the course's did
+__all__ = ["FullyConnectedNet"] + layers.__all__ + layer_utils.__all__
 
 
 class FullyConnectedNet:
