@@ -153,6 +153,13 @@ def run_training(cfg, data=None, checkpoint=None, resume=False, progress=True, v
         resumed_from = solver.epoch
         log("resumed from %s at epoch %d" % (checkpoint, solver.epoch))
 
+    blas = None
+    if xp is np:
+        from .cpu.blas import blas_summary
+        blas, warning = blas_summary()
+        log(blas)
+        if warning:
+            print("fcgpu: warning: " + warning, file=sys.stderr)
     log("training %s on %s (%s): %d train / %d val images, %d epochs of %d steps"
         % ("x".join(map(str, cfg.hidden_dims)), backend.device_name(xp), backend.get_backend(),
            solver.X_train.shape[0], solver.X_val.shape[0], cfg.epochs,
@@ -173,6 +180,7 @@ def run_training(cfg, data=None, checkpoint=None, resume=False, progress=True, v
     metrics = {
         "backend": backend.get_backend(),
         "device": backend.device_name(xp),
+        "blas": blas,
         "epochs": solver.epoch,
         "train_acc": train_acc,
         "val_acc": val_acc,

@@ -117,3 +117,14 @@ def test_numpy_backend_selection_roundtrip():
         assert backend.get_xp() is np
     finally:
         backend.set_backend(old)
+
+
+def test_blas_summary_names_the_library_and_warns_on_one_thread():
+    from threadpoolctl import threadpool_limits
+    from fcgpu.cpu.blas import blas_summary, usable_cores
+    line, _ = blas_summary()
+    assert line.startswith("BLAS: ") and "threads" in line
+    if usable_cores() > 1:
+        with threadpool_limits(limits=1, user_api="blas"):
+            _, warning = blas_summary()
+        assert warning and "1 thread(s)" in warning
