@@ -20,7 +20,8 @@ shared by workers on many. Every worker process:
 processes through a small locked counter file; rerunning a command adds trials to
 the same study (``load_if_exists``). Workers are pinned one per visible GPU
 (``CUDA_VISIBLE_DEVICES`` in the child's environment, before anything imports CuPy)
-or, on the CPU, share the cores (``OMP/OPENBLAS/MKL/NUMBA_NUM_THREADS``).
+or, on the CPU, split the cores (each pinned to ``cores // K`` of them with as many
+BLAS/OpenMP/Numba threads, set before the child imports NumPy).
 """
 from __future__ import annotations
 
@@ -797,25 +798,27 @@ def visible_gpus():
     return migs or gpus
 
 
-def _usable_cores():
+def _usable_cpus():
     try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return list(range(os.cpu_count() or 1))
 
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "NUMBA_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+_CPUS_VAR = "FCGPU_SEARCH_CPUS"   # read by worker_main: the cores a worker is pinned to
 
 
-def plan_workers(n_workers=None, backend="auto", gpus=None, cores=None):
+def plan_workers(n_workers=None, backend="auto", gpus=None, cpus=None):
     """How many workers and each one's environment overrides.
 
     On a GPU machine (backend cupy, or auto with CuPy installed and a GPU visible) the
     default is one worker per visible GPU, each pinned to its own through
     ``CUDA_VISIBLE_DEVICES`` (round robin if there are more workers than GPUs). On the
-    CPU the default is one worker; several share the cores (``cores // K`` threads
-    each). Returns ``(k, [env dict per worker], [description per worker])``.
+    CPU the default is one worker. Several workers split the cores: each gets
+    ``cores // K`` of them (its CPU affinity) and as many BLAS/OpenMP/Numba threads.
+    Returns ``(k, [env dict per worker], [description per worker])``.
     """
     import importlib.util
     if backend == "auto":
@@ -826,22 +829,61 @@ def plan_workers(n_workers=None, backend="auto", gpus=None, cores=None):
             gpus = []
         else:
             gpus = visible_gpus()
-    cores = cores or _usable_cores()
+    cpus = list(cpus) if cpus else _usable_cpus()
     k = n_workers if n_workers is not None else (len(gpus) if gpus else 1)
     if k < 1:
         raise ValueError("--workers must be >= 1, got %r" % k)
-    threads = max(1, cores // k)
+    threads = max(1, len(cpus) // k)
     envs, descs = [], []
     for i in range(k):
-        env = {var: str(threads) for var in _THREAD_VARS} if k > 1 else {}
+        env, where = {}, []
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
-            descs.append("GPU %s" % gpus[i % len(gpus)])
+            where.append("GPU %s" % gpus[i % len(gpus)])
+        if k > 1:
+            mine = (cpus[i * threads:(i + 1) * threads] if k <= len(cpus)
+                    else [cpus[i % len(cpus)]])
+            env.update({var: str(threads) for var in _THREAD_VARS})
+            env[_CPUS_VAR] = ",".join(map(str, mine))
+            where.append("CPU%s %s, %d thread%s" % ("s" if len(mine) > 1 else "",
+                                                    _cpu_ranges(mine), threads,
+                                                    "s" if threads > 1 else ""))
         else:
-            descs.append("CPU, %d thread%s" % (threads if k > 1 else cores,
-                                               "s" if (threads if k > 1 else cores) > 1 else ""))
+            where.append("%d CPU threads" % len(cpus))
         envs.append(env)
+        descs.append(", ".join(where))
     return k, envs, descs
+
+
+def _cpu_ranges(cpus):
+    """``[0, 1, 2, 5]`` -> ``'0-2,5'``."""
+    out, start, prev = [], None, None
+    for c in list(cpus) + [None]:
+        if start is not None and (c is None or c != prev + 1):
+            out.append(str(start) if start == prev else "%d-%d" % (start, prev))
+            start = None
+        if c is not None and start is None:
+            start = c
+        prev = c
+    return ",".join(out)
+
+
+def _pin_this_process():
+    """Apply the worker's CPU set (``FCGPU_SEARCH_CPUS``) to every thread already
+    running (the BLAS starts its threads when NumPy is imported) and to later ones."""
+    text = os.environ.get(_CPUS_VAR)
+    if not text or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = {int(c) for c in text.split(",") if c.strip()}
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:
+            pass
 
 
 def _spawn_workers(settings, envs, descs, out):
@@ -893,13 +935,14 @@ def _wait_workers(procs, out):
                                   % (i, p.pid, p.returncode), file=out, flush=True)
                 time.sleep(0.2)
         except KeyboardInterrupt:
-            # a terminal's Ctrl-C reached the workers too; make sure the others get it
-            deadline = time.time() + 2
+            # a terminal's Ctrl-C reached the workers too; make sure the others stop
+            # (SIGTERM: the workers fail their running trial cleanly and exit)
+            deadline = time.time() + 5
             while time.time() < deadline and any(p.poll() is None for p in procs):
                 time.sleep(0.1)
             for p in procs:
                 if p.poll() is None:
-                    p.send_signal(signal.SIGINT)
+                    p.send_signal(signal.SIGTERM)
             for p in procs:
                 try:
                     p.wait(timeout=30)
@@ -915,6 +958,10 @@ def _wait_workers(procs, out):
 
 def worker_main(spec_path, index, tickets_path, out=None):
     """Entry point of a worker process (``fcgpu search --worker SPEC``)."""
+    _pin_this_process()
+    if threading.current_thread() is threading.main_thread():
+        # a shell's background job starts with SIGINT ignored: take Ctrl-C seriously
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     with open(spec_path) as f:
         settings = SearchSettings.from_json(f.read())
     tickets = _Tickets(tickets_path, settings.trial_budget())

@@ -52,7 +52,7 @@ if os.environ.get("FCGPU_TEST_FAKE_DATA"):
     env_dir = os.environ.get("FCGPU_TEST_ENV_DIR")
     if env_dir:  # what the process saw before importing anything
         keys = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
-                "CUDA_VISIBLE_DEVICES")
+                "CUDA_VISIBLE_DEVICES", "FCGPU_SEARCH_CPUS")
         with open(os.path.join(env_dir, "env-%d.json" % os.getpid()), "w") as f:
             json.dump({k: os.environ.get(k) for k in keys}, f)
     import fcgpu.search
@@ -342,15 +342,20 @@ def test_report_with_plots_and_without_enough_trials(tmp_path, capsys):
 
 
 def test_plan_workers_pins_gpus_and_splits_cores(monkeypatch):
-    k, envs, descs = search.plan_workers(None, "cupy", gpus=["0", "1"], cores=16)
+    k, envs, descs = search.plan_workers(None, "cupy", gpus=["0", "1"], cpus=range(16))
     assert k == 2 and [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1"]
     assert envs[0]["OMP_NUM_THREADS"] == "8"
-    k, envs, _ = search.plan_workers(3, "cupy", gpus=["0", "1"], cores=16)
+    assert [e["FCGPU_SEARCH_CPUS"] for e in envs] == ["0,1,2,3,4,5,6,7",
+                                                      "8,9,10,11,12,13,14,15"]
+    assert descs[1] == "GPU 1, CPUs 8-15, 8 threads"
+    k, envs, _ = search.plan_workers(3, "cupy", gpus=["0", "1"], cpus=range(16))
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0"]
-    k, envs, _ = search.plan_workers(None, "numpy", cores=16)
+    assert envs[2]["FCGPU_SEARCH_CPUS"] == "10,11,12,13,14"
+    k, envs, _ = search.plan_workers(None, "numpy", cpus=range(16))
     assert k == 1 and envs == [{}]
-    k, envs, descs = search.plan_workers(4, "numpy", cores=2)
+    k, envs, descs = search.plan_workers(4, "numpy", cpus=[0, 1])
     assert k == 4 and all(e["NUMBA_NUM_THREADS"] == "1" for e in envs)
+    assert [e["FCGPU_SEARCH_CPUS"] for e in envs] == ["0", "1", "0", "1"]
     assert all("CUDA_VISIBLE_DEVICES" not in e for e in envs)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert search.visible_gpus() == ["2", "3"]
@@ -378,11 +383,13 @@ def test_workers_option_shares_the_trial_budget(tmp_path):
     assert set(states(s)) <= {"COMPLETE", "PRUNED"}
     # each worker process saw its share of the cores before importing anything
     import json
-    cores = search._usable_cores()
+    cpus = search._usable_cpus()
     seen = [json.loads(p.read_text()) for p in envdir.glob("env-*.json")]
-    workers = [e for e in seen if e["OMP_NUM_THREADS"] == str(max(1, cores // 2))
-               and e["NUMBA_NUM_THREADS"] == str(max(1, cores // 2))]
-    assert len(workers) >= 2, seen
+    workers = [e for e in seen if e["OMP_NUM_THREADS"] == str(max(1, len(cpus) // 2))
+               and e["NUMBA_NUM_THREADS"] == str(max(1, len(cpus) // 2))]
+    assert len(workers) == 2, seen
+    assert len({e["FCGPU_SEARCH_CPUS"] for e in workers}) == min(2, len(cpus))
+    assert "BLAS runs on" not in out  # pinned: no "fewer threads than cores" warning
 
 
 def test_killed_worker_loses_only_its_trial(tmp_path):
