@@ -732,14 +732,15 @@ class _TermAsInterrupt:
             signal.signal(signal.SIGTERM, self.old)
 
 
-def run_worker(settings, index=0, tickets=None, data=None, out=None, pruner=None, tag=""):
+def run_worker(settings, index=0, tickets=None, data=None, out=None, pruner=None, tag="",
+               storage=None):
     """Run trials of the study until the budget (tickets), the deadline or an interrupt
     ends them. Returns the number of trials this worker ran."""
-    import optuna
     out = out or sys.stdout
     _quiet_optuna(settings.verbose)
-    storage = open_storage(settings.storage, settings.heartbeat, settings.grace,
-                           stale_callback=_stale_callback(out))
+    if storage is None:
+        storage = open_storage(settings.storage, settings.heartbeat, settings.grace,
+                               stale_callback=_stale_callback(out))
     seed = None if settings.seed is None else int(settings.seed) + index
     study = open_study(storage, settings.study, sampler=make_sampler(settings.sampler, seed),
                        pruner=pruner or make_pruner(settings.pruner), url=settings.storage)
@@ -991,7 +992,7 @@ def run_search(settings, workers=None, data=None, out=None, pruner=None, report=
     if budget != 0:
         k, envs, descs = plan_workers(workers, settings.backend)
         if k == 1:
-            run_worker(settings, data=data, out=out, pruner=pruner)
+            run_worker(settings, data=data, out=out, pruner=pruner, storage=storage)
         else:
             if data is not None or pruner is not None:
                 raise ValueError("data= and pruner= only apply to a single in-process worker")
@@ -1077,12 +1078,11 @@ def summarize(study, out=None, run_id=None, storage_url=None):
 def _save_fig(ax, path):
     import io
     import matplotlib.pyplot as plt
-    from .atomic import atomic_write_bytes
     fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    atomic_write_bytes(buf.getvalue(), path)
+    _write_public(buf.getvalue(), path)
 
 
 def _importance_blocker(study):
@@ -1101,12 +1101,20 @@ def _importance_blocker(study):
     return None
 
 
+def _write_public(data, path):
+    """Atomic write, then the usual mode for a new file (not mkstemp's 0600)."""
+    from .atomic import atomic_write_bytes
+    atomic_write_bytes(data, path)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def write_report(study, folder, storage_url=None, top=10):
     """``report.md`` (best trials, failures, retrain command), ``trials.csv`` and
     Optuna's standard plots as PNG in ``folder``. Returns the Markdown file's path."""
     import csv
     import io
-    from .atomic import atomic_write_bytes
     os.makedirs(folder, exist_ok=True)
     trials = study.get_trials(deepcopy=False)
     counts = _counts(trials)
@@ -1187,8 +1195,8 @@ def write_report(study, folder, storage_url=None, top=10):
                     *[t.params.get(n, "") for n in names], len(t.intermediate_values),
                     t.user_attrs.get("worker", ""),
                     _fail_reason(t) if t.state.name == "FAIL" else ""])
-    atomic_write_bytes(buf.getvalue().encode(), os.path.join(folder, "trials.csv"))
+    _write_public(buf.getvalue().encode(), os.path.join(folder, "trials.csv"))
     lines += ["All trials: [trials.csv](trials.csv).", ""]
     path = os.path.join(folder, "report.md")
-    atomic_write_bytes("\n".join(lines).encode(), path)
+    _write_public("\n".join(lines).encode(), path)
     return path

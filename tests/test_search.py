@@ -269,6 +269,9 @@ def test_rerun_resumes_the_study(tmp_path, capsys):
     s = load(url, "r")
     assert len(s.trials) == 4 and set(states(s)) <= {"COMPLETE", "PRUNED"}
     assert len({t.user_attrs["run"] for t in s.trials}) == 2
+    # --timeout: no new trial after S seconds (the one running finishes)
+    assert main(["search", "--storage", url, "--study", "r", "--timeout", "2", *TINY]) == 0
+    assert 5 <= len(load(url, "r").trials) < 4 + 20
 
 
 @pytest.mark.parametrize("url, shown", [
