@@ -1,0 +1,392 @@
+"""The CUDA kernels on a GPU against the float64 xp references of ``fcgpu.fused``.
+
+Every test here is marked ``gpu`` and skips with the reason ``fcgpu.backend`` gives
+where CuPy or a device is missing. Run on a GPU machine with
+``PYTHONPATH=. python3 -m pytest tests/test_kernels_gpu.py -m gpu -rs`` (or through
+``bench/gpu_check.sh``).
+
+* dropout / relu+dropout / masks: bit-identical to NumPy for the same (seed, stream);
+* batchnorm, fused batchnorm-ReLU-dropout, forward and backward: fp32 within 1e-5
+  (normwise and max, relative), fp64 within 1e-12, of the float64 reference;
+* shapes with n % 4 != 0, misaligned and strided views, one column, N = 2, and
+  arrays past 2^31 (and 2^32) elements where the free GPU memory allows;
+* whole-net float64 gradient checks on CuPy; NumPy and CuPy training runs with the
+  same seed draw the same masks and the same losses for the first steps.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fcgpu import fused
+from fcgpu import random as frandom
+from gpu_util import (CUPY_OK, CUPY_WHY, assert_close, bits_equal, bn_backward_magnitudes,
+                      cupy, mask_window, need_device_bytes)
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not CUPY_OK, reason="needs CuPy and a CUDA device: %s" % (CUPY_WHY,)),
+]
+
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.fixture(scope="module")
+def cp():
+    return cupy()
+
+
+@pytest.fixture(scope="module")
+def ops():
+    from fcgpu.cuda import ops as cuda_ops
+    return cuda_ops
+
+
+def _host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def _gpu_inputs(cp, dtype, rng):
+    """label -> (device array, the same values on the host)."""
+    def make(shape):
+        h = rng.standard_normal(shape).astype(dtype)
+        return cp.asarray(h), h
+
+    cases = {label: make(shape) for label, shape in [
+        ("n1", (1,)), ("n3", (3,)), ("n5", (5,)), ("n1001", (1001,)), ("odd2d", (37, 11)),
+        ("aligned2d", (128, 64)), ("big", (1 << 20) + 3)]}
+    base = rng.standard_normal(1002).astype(dtype)
+    d = cp.asarray(base)
+    cases["misaligned"] = (d[1:], base[1:])
+    cases["misaligned2d"] = (d[2:2 + 40 * 25].reshape(40, 25), base[2:2 + 40 * 25].reshape(40, 25))
+    h = rng.standard_normal((24, 9)).astype(dtype)
+    cases["transposed"] = (cp.asarray(h).T, h.T)
+    h = rng.standard_normal(301).astype(dtype)
+    cases["strided"] = (cp.asarray(h)[::3], h[::3])
+    return cases
+
+
+# ----------------------------------------------------------------- dropout family
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", [0.3, 0.8, 1.0])
+def test_dropout_bit_identical_to_numpy(cp, ops, dtype, p):
+    rng = np.random.default_rng(int(p * 100))
+    seed, stream = 2 ** 63 + 11, 2 ** 32 + 7
+    for label, (x, xh) in _gpu_inputs(cp, dtype, rng).items():
+        out, mask = ops.dropout_forward(x, p, seed, stream)
+        assert mask is None, label
+        ref, _ = fused.dropout_forward_ref(np.ascontiguousarray(xh), p, seed, stream)
+        assert bits_equal(out.get(), ref), label
+        dx = ops.dropout_backward(x, p, seed, stream, None)
+        assert bits_equal(dx.get(), fused.dropout_backward_ref(np.ascontiguousarray(xh), p, seed,
+                                                                stream)), label
+        # through the dispatch point too
+        out2, mask2 = fused.dropout_forward(x, p, seed, stream)
+        assert mask2 is None and bits_equal(out2.get(), ref), label
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", [0.5, 1.0])
+def test_relu_dropout_matches_numpy(cp, ops, dtype, p):
+    rng = np.random.default_rng(7)
+    seed, stream = 99, 3
+    for label, (x, xh) in _gpu_inputs(cp, dtype, rng).items():
+        y = ops.relu_dropout_forward(x, p, seed, stream)
+        yref = fused.relu_dropout_forward_ref(np.ascontiguousarray(xh), p, seed, stream)
+        assert np.array_equal(y.get(), yref), label
+        douth = rng.standard_normal(xh.shape).astype(dtype)
+        dx = ops.relu_dropout_backward(cp.asarray(douth), y, p)
+        assert np.array_equal(dx.get(), fused.relu_dropout_backward_ref(douth, yref, p)), label
+
+
+@pytest.mark.parametrize("shape", [(1,), (3,), (4,), (5,), (7, 13), (1000003,), (64, 4096)])
+@pytest.mark.parametrize("seed,stream", [(0, 0), (123, 7), (2 ** 32 + 5, 2 ** 33 + 1),
+                                         (2 ** 64 - 1, 2 ** 64 - 2)])
+def test_dropout_mask_equals_cpu(cp, ops, shape, seed, stream):
+    for p in (0.25, 0.8):
+        gpu = ops.dropout_mask(shape, p, seed, stream)
+        assert gpu.dtype == cp.bool_ and gpu.shape == shape
+        cpu = frandom.dropout_mask(shape, p, seed, stream)
+        assert np.array_equal(gpu.get(), cpu)
+        assert np.array_equal(frandom.dropout_mask(shape, p, seed, stream, xp=cp).get(), cpu)
+    assert bool(ops.dropout_mask(shape, 1.0, seed, stream).all())
+
+
+# ----------------------------------------------------------------- batchnorm
+
+BN_SHAPES = [(2, 5), (2, 1), (2, 4), (7, 3), (31, 1), (64, 8), (130, 37), (490, 500),
+             (1000, 100), (4097, 12), (65, 4096)]
+
+
+def _bn_inputs(cp, dtype, shape, rng, layout="contiguous"):
+    n, d = shape
+    xh = (rng.standard_normal(shape) * rng.uniform(0.5, 3.0, d)
+          + 2.0 * rng.standard_normal(d)).astype(dtype)
+    if layout == "misaligned":
+        base = cp.empty(n * d + 1, dtype=dtype)
+        x = base[1:].reshape(shape)
+        x[...] = cp.asarray(xh)
+    elif layout == "fortran":
+        x = cp.asfortranarray(cp.asarray(xh))
+    else:
+        x = cp.asarray(xh)
+    gh = rng.uniform(0.5, 1.5, d).astype(dtype)
+    bh = rng.standard_normal(d).astype(dtype)
+    return x, xh, cp.asarray(gh), gh, cp.asarray(bh), bh
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", BN_SHAPES)
+@pytest.mark.parametrize("layout", ["contiguous", "misaligned", "fortran"])
+def test_batchnorm_forward_backward(cp, ops, dtype, shape, layout):
+    rng = np.random.default_rng(shape[0] * 7919 + shape[1])
+    n, d = shape
+    x, xh, g, gh, b, bh = _bn_inputs(cp, dtype, shape, rng, layout)
+    x64, g64, b64 = xh.astype(np.float64), gh.astype(np.float64), bh.astype(np.float64)
+    eps, momentum = 1e-5, 0.9
+    rmh = rng.standard_normal(d).astype(dtype)
+    rvh = rng.uniform(0.5, 2.0, d).astype(dtype)
+    rm, rv = cp.asarray(rmh), cp.asarray(rvh)
+    rm_id, rv_id = rm.data.ptr, rv.data.ptr
+    rm64, rv64 = rmh.astype(np.float64), rvh.astype(np.float64)
+
+    out, mean, inv_std = ops.bn_forward_train(x, g, b, eps, momentum, rm, rv)
+    ref_out, ref_mean, ref_inv = fused.bn_forward_train_ref(x64, g64, b64, eps, momentum,
+                                                            rm64, rv64)
+    assert out.dtype == dtype and out.shape == shape
+    assert_close(out.get(), ref_out, dtype, "out")
+    assert_close(mean.get(), ref_mean, dtype, "mean")
+    assert_close(inv_std.get(), ref_inv, dtype, "inv_std")
+    assert rm.data.ptr == rm_id and rv.data.ptr == rv_id  # updated in place
+    assert_close(rm.get(), rm64, dtype, "running_mean")
+    assert_close(rv.get(), rv64, dtype, "running_var")
+
+    out = ops.bn_forward_infer(x, g, b, eps, rm, rv)
+    assert_close(out.get(), fused.bn_forward_infer_ref(x64, g64, b64, eps, rm64, rv64), dtype,
+                 "infer")
+
+    douth = (rng.standard_normal(shape) + 0.3).astype(dtype)
+    m64, i64 = mean.get().astype(np.float64), inv_std.get().astype(np.float64)
+    dx, dg, db = ops.bn_backward(cp.asarray(douth), x, g, mean, inv_std)
+    rdx, rdg, rdb = fused.bn_backward_ref(douth.astype(np.float64), x64, g64, m64, i64)
+    dx_mag, sums_mag = bn_backward_magnitudes(douth, x64, g64, m64, i64)
+    assert_close(dx.get(), rdx, dtype, "dx", magnitude=dx_mag)
+    assert_close(np.concatenate([dg.get(), db.get()]), np.concatenate([rdg, rdb]), dtype,
+                 "dgamma/dbeta", magnitude=sums_mag)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", BN_SHAPES)
+@pytest.mark.parametrize("p", [0.8, 0.3, 1.0])
+def test_bn_relu_dropout_fused(cp, ops, dtype, shape, p):
+    rng = np.random.default_rng(shape[0] + 13 * shape[1])
+    n, d = shape
+    x, xh, g, gh, b, bh = _bn_inputs(cp, dtype, shape, rng)
+    x64, g64, b64 = xh.astype(np.float64), gh.astype(np.float64), bh.astype(np.float64)
+    rm, rv = cp.zeros(d, dtype), cp.ones(d, dtype)
+    rm64, rv64 = np.zeros(d), np.ones(d)
+    seed, stream = 2 ** 40 + 3, 17
+    out, mean, inv_std = ops.bn_relu_dropout_forward(x, g, b, 1e-5, 0.9, rm, rv, p, seed, stream)
+    ref_out, ref_mean, ref_inv = fused.bn_relu_dropout_forward_ref(
+        x64, g64, b64, 1e-5, 0.9, rm64, rv64, p, seed, stream)
+    assert_close(out.get(), ref_out, dtype, "out")
+    assert_close(mean.get(), ref_mean, dtype, "mean")
+    assert_close(inv_std.get(), ref_inv, dtype, "inv_std")
+    assert_close(rm.get(), rm64, dtype, "running_mean")
+    assert_close(rv.get(), rv64, dtype, "running_var")
+    # the dropped units are exactly the mask's
+    mask = frandom.dropout_mask(shape, p, seed, stream)
+    assert not np.any(out.get()[~mask])
+
+    douth = rng.standard_normal(shape).astype(dtype)
+    outh = out.get()
+    m64, i64 = mean.get().astype(np.float64), inv_std.get().astype(np.float64)
+    dx, dg, db = ops.bn_relu_dropout_backward(cp.asarray(douth), out, x, g, mean, inv_std, p)
+    rdx, rdg, rdb = fused.bn_relu_dropout_backward_ref(douth.astype(np.float64),
+                                                       outh.astype(np.float64), x64, g64, m64,
+                                                       i64, p)
+    dy = fused.relu_dropout_backward_ref(douth.astype(np.float64), outh.astype(np.float64), p)
+    dx_mag, sums_mag = bn_backward_magnitudes(dy, x64, g64, m64, i64)
+    assert_close(dx.get(), rdx, dtype, "dx", magnitude=dx_mag)
+    assert_close(np.concatenate([dg.get(), db.get()]), np.concatenate([rdg, rdb]), dtype,
+                 "dgamma/dbeta", magnitude=sums_mag)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_running_stats_views_and_other_dtypes(cp, ops, dtype):
+    rng = np.random.default_rng(4)
+    x, xh, g, _, b, _ = _bn_inputs(cp, dtype, (50, 6), rng)
+    other = np.float64 if dtype == np.float32 else np.float32
+    big = cp.zeros(12, dtype)
+    rm = big[::2]
+    rv = cp.ones(6, other)
+    ops.bn_forward_train(x, g, b, 1e-5, 0.8, rm, rv)
+    x64 = xh.astype(np.float64)
+    assert np.allclose(rm.get(), 0.2 * x64.mean(axis=0), rtol=1e-5, atol=1e-7)
+    assert not bool(big[1::2].any())
+    assert np.allclose(rv.get(), 0.8 + 0.2 * x64.var(axis=0), rtol=1e-5)
+
+
+def test_large_offset_batchnorm_is_stable(cp, ops):
+    rng = np.random.default_rng(8)
+    xh = (rng.standard_normal((65536, 64)) + 1e4).astype(np.float32)
+    g, b = cp.ones(64, cp.float32), cp.zeros(64, cp.float32)
+    rm, rv = cp.zeros(64, cp.float32), cp.zeros(64, cp.float32)
+    _, mean, inv_std = ops.bn_forward_train(cp.asarray(xh), g, b, 1e-5, 0.0, rm, rv)
+    var = xh.astype(np.float64).var(axis=0)
+    assert np.allclose(rv.get(), var, rtol=2e-3)
+    assert np.allclose(inv_std.get(), 1 / np.sqrt(var + 1e-5), rtol=1e-3)
+
+
+def test_validation_errors(cp, ops):
+    x = cp.ones((4, 3), cp.float32)
+    g = cp.ones(3, cp.float32)
+    with pytest.raises(ValueError):
+        ops.dropout_forward(cp.ones(4, cp.int32), 0.5, 1, 2)
+    with pytest.raises(ValueError):
+        ops.bn_forward_train(cp.ones((2, 3, 4), cp.float32), g, g, 1e-5, 0.9, g, g)
+    with pytest.raises(ValueError):
+        ops.bn_forward_train(x, cp.ones(4, cp.float32), g, 1e-5, 0.9, g.copy(), g.copy())
+    with pytest.raises(ValueError):
+        ops.relu_dropout_backward(x, cp.ones((3, 4), cp.float32), 0.5)
+
+
+# ----------------------------------------------------------------- past 2^31 elements
+
+def test_dropout_past_2_31_and_2_32_elements(cp, ops):
+    n = 2 ** 32 + 4099  # past 2^32: 64-bit element and block indices everywhere
+    need_device_bytes(2 * n * 4 + (1 << 30), "dropout on 2^32+ fp32 elements")
+    p, seed, stream = 0.6, 2 ** 33 + 1, 5
+    x = cp.arange(n, dtype=cp.float32)
+    out, _ = ops.dropout_forward(x, p, seed, stream)
+    s = frandom.dropout_scale(p, np.float32)
+    for start in (0, 2 ** 31 - 5, 2 ** 32 - 7, n - 4099):
+        stop = min(n, start + 4099)
+        xh = x[start:stop].get()
+        ref = np.where(mask_window(start, stop, p, seed, stream), xh * s, np.float32(0))
+        assert bits_equal(out[start:stop].get(), ref), start
+    del x, out
+    cp.get_default_memory_pool().free_all_blocks()
+
+
+def test_mask_past_2_31_elements(cp, ops):
+    n = 2 ** 31 + 13
+    need_device_bytes(n + (1 << 30), "a 2^31+ element mask")
+    m = ops.dropout_mask((n,), 0.5, 7, 2 ** 32 + 1)
+    for start in (0, 2 ** 31 - 6, n - 13):
+        stop = min(n, start + 1000)
+        assert np.array_equal(m[start:stop].get(), mask_window(start, stop, 0.5, 7, 2 ** 32 + 1))
+    del m
+    cp.get_default_memory_pool().free_all_blocks()
+
+
+@pytest.mark.parametrize("d", [4096, 4095])
+def test_bn_relu_dropout_past_2_31_elements(cp, ops, d):
+    """(N, D) with N*D > 2^31: the 2-D vector path (D % 4 == 0) and the flat path."""
+    n = 2 ** 31 // d + 3
+    need_device_bytes(3 * n * d * 4 + (1 << 30), "batchnorm on 2^31+ fp32 elements")
+    x = cp.random.standard_normal((n, d), dtype=cp.float32)
+    g = cp.asarray(np.linspace(0.5, 1.5, d, dtype=np.float32))
+    b = cp.asarray(np.linspace(-1, 1, d, dtype=np.float32))
+    rm, rv = cp.zeros(d, cp.float32), cp.ones(d, cp.float32)
+    p, seed, stream = 0.8, 3, 2 ** 32 + 9
+    out, mean, inv_std = ops.bn_relu_dropout_forward(x, g, b, 1e-5, 0.9, rm, rv, p, seed, stream)
+    # float64 column statistics, in chunks
+    s1 = cp.zeros(d, cp.float64)
+    for r in range(0, n, 65536):
+        s1 += x[r:r + 65536].astype(cp.float64).sum(axis=0)
+    mean64 = s1 / n
+    s2 = cp.zeros(d, cp.float64)
+    for r in range(0, n, 65536):
+        s2 += ((x[r:r + 65536].astype(cp.float64) - mean64) ** 2).sum(axis=0)
+    var64 = (s2 / n).get()
+    mean64 = mean64.get()
+    # standard-normal columns have means near 0: measure their error against the std
+    assert_close(mean.get(), mean64, np.float32, "mean", magnitude=np.sqrt(var64))
+    assert_close(inv_std.get(), 1 / np.sqrt(var64 + 1e-5), np.float32, "inv_std")
+    sc = frandom.dropout_scale(p, np.float64)
+    gh, bh = g.get().astype(np.float64), b.get().astype(np.float64)
+    for r0 in (0, (2 ** 31) // d - 1, n - 2):
+        rows = slice(r0, r0 + 2)
+        xh = x[rows].get().astype(np.float64)
+        y = np.maximum((xh - mean64) / np.sqrt(var64 + 1e-5) * gh + bh, 0)
+        start = r0 * d
+        keep = mask_window(start, start + 2 * d, p, seed, stream).reshape(2, d)
+        ref = np.where(keep, y * sc, 0.0)
+        assert_close(out[rows].get(), ref, np.float32, "rows %d.." % r0)
+    del x, out
+    cp.get_default_memory_pool().free_all_blocks()
+
+
+# ----------------------------------------------------------------- whole nets
+
+def _small_data(n, d, c, seed):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d)), rng.integers(c, size=n)
+
+
+@pytest.mark.parametrize("use_bn,dropout", [(False, 0), (False, 0.25), (True, 0), (True, 0.5)])
+def test_fc_net_gradient_check_float64_on_cupy(cp, use_bn, dropout):
+    from fcgpu.fc_net import FullyConnectedNet
+    from fcgpu.gradient_check import eval_numerical_gradient, rel_error
+
+    N, D, H1, H2, C = 3, 15, 20, 30, 10
+    X, y = _small_data(N, D, C, 0)
+    kw = dict(input_dim=D, num_classes=C, weight_scale=5e-2, dtype=np.float64, seed=123,
+              dropout=dropout, use_batchnorm=use_bn, reg=0.1)
+    model = FullyConnectedNet([H1, H2], xp=cp, **kw)
+    Xd, yd = cp.asarray(X), cp.asarray(y)
+    loss, grads = model.loss(Xd, yd)
+    # the same net on NumPy gives the same loss and gradients (same seed, same masks)
+    model_np = FullyConnectedNet([H1, H2], xp=np, **kw)
+    loss_np, grads_np = model_np.loss(X, y)
+    assert abs(float(loss) - float(loss_np)) <= 1e-10 * max(1.0, abs(float(loss_np)))
+    for name in sorted(grads):
+        assert np.allclose(grads[name].get(), grads_np[name], rtol=1e-8, atol=1e-10), name
+    for name in sorted(grads):
+        f = lambda _: model.loss(Xd, yd)[0]  # noqa: E731
+        num = eval_numerical_gradient(f, model.params[name], verbose=False, h=1e-5).get()
+        ana = grads[name].get()
+        scale = max(np.linalg.norm(num), np.linalg.norm(ana))
+        if scale < 1e-7:
+            # e.g. the biases feeding a batchnorm: the true gradient is 0
+            assert np.abs(num - ana).max() < 1e-8, name
+            continue
+        err = np.linalg.norm(num - ana) / scale
+        assert err < 1e-6, "%s: normwise relative error %.3g (course-style max %.3g)" % (
+            name, err, rel_error(num, ana))
+
+
+def test_numpy_and_cupy_training_agree(cp):
+    """Same seed on both backends: the same dropout masks every step and the same
+    losses for the first steps (float64: to 1e-8; float32: to 1e-4)."""
+    from fcgpu.fc_net import FullyConnectedNet
+    from fcgpu.layers import dropout_forward
+    from fcgpu.solver import Solver
+
+    # layer level: the same masks
+    xh = np.random.default_rng(1).standard_normal((100, 50))
+    dp = {"mode": "train", "p": 0.7, "seed": 2 ** 40 + 1, "stream": 3}
+    out_np, _ = dropout_forward(xh, dict(dp))
+    out_cp, _ = dropout_forward(cp.asarray(xh), dict(dp))
+    assert bits_equal(out_cp.get(), out_np)
+
+    rng = np.random.default_rng(0)
+    data = {"X_train": rng.standard_normal((400, 30)), "y_train": rng.integers(10, size=400),
+            "X_val": rng.standard_normal((100, 30)), "y_val": rng.integers(10, size=100)}
+    for dtype, tol in ((np.float64, 1e-8), (np.float32, 1e-4)):
+        histories = []
+        for xp in (np, cp):
+            model = FullyConnectedNet([40, 40], input_dim=30, num_classes=10, dropout=0.6,
+                                      use_batchnorm=True, weight_scale=5e-2, dtype=dtype,
+                                      seed=7, fresh_masks=True, xp=xp)
+            solver = Solver(model, data, update_rule="adam",
+                            optim_config={"learning_rate": 1e-3}, batch_size=50, num_epochs=1,
+                            verbose=False, seed=11)
+            solver.train()
+            histories.append([float(v) for v in solver.loss_history])
+        h_np, h_cp = histories
+        assert len(h_np) == len(h_cp) >= 5
+        first = np.array(h_np[:5])
+        assert np.allclose(np.array(h_cp[:5]), first, rtol=tol, atol=0), (dtype, h_np[:5], h_cp[:5])
