@@ -1,0 +1,30 @@
+"""Benchmarks of fcgpu against the NumPy path, plain CuPy and PyTorch, and the report.
+
+Layout:
+
+* :mod:`fcgpu.bench.suites`: the pytest-benchmark suites (kernel level and model
+  level). ``bench/`` in the source tree re-exports them, so ``pytest bench/`` and
+  ``fcgpu bench`` run the same code.
+* :mod:`fcgpu.bench.worker`: every variant is measured in its own subprocess (one
+  per variant), driven by the suite, which interleaves the variants round by round.
+  Thread pools of different libraries (OpenBLAS, Numba, PyTorch's OpenMP) never share
+  a process, so none spins against another, and noise on a shared machine hits all
+  variants alike.
+* :mod:`fcgpu.bench.kernels` / :mod:`fcgpu.bench.models`: what each variant runs.
+* :mod:`fcgpu.bench.experiments`: the notebook's dropout experiments and
+  time-to-accuracy.
+* :mod:`fcgpu.bench.results`: pytest-benchmark JSON -> one results JSON with a
+  ``summary``; :mod:`fcgpu.bench.report`: results JSON -> Markdown + PNG plots.
+"""
+
+RESULTS_FORMAT = "fcgpu-bench-1"
+
+# Targets from the design notes ("Performance targets"): key -> (goal, description)
+TARGETS = {
+    "dropout_fwd_bw_frac": (0.85, "dropout forward, fraction of D2D copy bandwidth (2^26 fp32)"),
+    "dropout_bwd_bw_frac": (0.85, "dropout backward, fraction of D2D copy bandwidth (2^26 fp32)"),
+    "fused_vs_unfused": (2.5, "fused BN-ReLU-dropout forward vs the unfused CuPy ops"),
+    "train_vs_torch": (2.0, "GPU training samples/s, fcgpu over PyTorch eager"),
+    "train_vs_cpu": (None, "GPU training samples/s, fcgpu over the NumPy path"),
+    "cpu_train_vs_torch": (0.9, "CPU training samples/s, NumPy path over PyTorch CPU"),
+}

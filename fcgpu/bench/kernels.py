@@ -1,0 +1,348 @@
+"""Kernel-level cases: what each variant runs for each op, and the bytes it must move.
+
+Ops (``p`` = keep probability 0.8, fp32 unless asked otherwise):
+
+=============  ==========  ==========================================================
+op             shape       call
+=============  ==========  ==========================================================
+copy           (n,)        a plain copy of n elements (the bandwidth reference)
+dropout_fwd    (n,)        ``dropout_forward(x, p, seed, stream)``
+dropout_bwd    (n,)        ``dropout_backward(dout, p, seed, stream, mask)``
+bn_fwd         (N, D)      ``bn_forward_train(x, gamma, beta, eps, momentum, rm, rv)``
+bn_bwd         (N, D)      ``bn_backward(dout, x, gamma, mean, inv_std)``
+fused_fwd      (N, D)      ``bn_relu_dropout_forward(...)``: batchnorm-ReLU-dropout
+fused_bwd      (N, D)      ``bn_relu_dropout_backward(dout, out, x, gamma, mean, inv_std, p)``
+=============  ==========  ==========================================================
+
+Bytes that must move (:func:`op_bytes`): each input read once and each output written
+once, by the op's contract; masks that an implementation chooses to store are not
+counted (storing them is its cost).
+
+Variants: ``numpy_ref`` (the ``*_ref`` xp code on NumPy), ``numba`` (fcgpu's compiled
+CPU path through the :mod:`fcgpu.fused` dispatch), ``torch_cpu``, ``cupy_unfused``
+(the ``*_ref`` code on CuPy arrays: separate CuPy ops), ``cupy_curand`` (separate CuPy
+ops with a cuRAND mask, ``cupy.random``: what a plain CuPy user would write),
+``fcgpu`` (the :mod:`fcgpu.fused` dispatch on CuPy arrays: our CUDA kernels) and
+``torch_cuda``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+KEEP_P = 0.8
+SEED = 1234
+STREAM = 7
+EPS = 1e-5
+MOMENTUM = 0.9
+
+FLAT_OPS = ("copy", "dropout_fwd", "dropout_bwd")
+ROW_OPS = ("bn_fwd", "bn_bwd", "fused_fwd", "fused_bwd")
+OPS = FLAT_OPS + ROW_OPS
+
+OP_TITLES = {
+    "copy": "copy (bandwidth reference)",
+    "dropout_fwd": "dropout forward",
+    "dropout_bwd": "dropout backward",
+    "bn_fwd": "batchnorm training forward",
+    "bn_bwd": "batchnorm backward",
+    "fused_fwd": "fused batchnorm-ReLU-dropout forward",
+    "fused_bwd": "fused batchnorm-ReLU-dropout backward",
+}
+
+VARIANTS = {
+    # name: (device, label)
+    "numpy_ref": ("cpu", "NumPy (reference xp code)"),
+    "numba": ("cpu", "fcgpu CPU path (Numba)"),
+    "torch_cpu": ("cpu", "PyTorch CPU"),
+    "cupy_unfused": ("gpu", "CuPy ops, unfused (*_ref)"),
+    "cupy_curand": ("gpu", "CuPy ops, unfused, cuRAND mask"),
+    "fcgpu": ("gpu", "fcgpu CUDA kernels"),
+    "torch_cuda": ("gpu", "PyTorch CUDA"),
+}
+
+COPY_LABELS = {
+    "numpy_ref": "np.copyto (1 thread)",
+    "numba": "Numba parallel copy",
+    "torch_cpu": "torch copy_ (CPU)",
+    "cupy_unfused": "cudaMemcpy D2D (CuPy)",
+    "torch_cuda": "torch copy_ (CUDA)",
+}
+
+# which (variant, op) pairs exist at all; the others are "not applicable", not skipped
+NOT_APPLICABLE = {
+    ("fcgpu", "copy"), ("cupy_curand", "copy"), ("cupy_curand", "dropout_bwd"),
+    ("cupy_curand", "bn_fwd"), ("cupy_curand", "bn_bwd"), ("cupy_curand", "fused_bwd"),
+}
+
+# the plain-NumPy Philox costs ~70 ns and ~100 bytes of temporaries per element
+NUMPY_REF_PHILOX_MAX = 1 << 22
+
+
+def applicable(variant, op):
+    return (variant, op) not in NOT_APPLICABLE
+
+
+def label(variant, op):
+    if op == "copy":
+        return COPY_LABELS.get(variant, VARIANTS[variant][1])
+    return VARIANTS[variant][1]
+
+
+def numel(shape):
+    return int(math.prod(shape))
+
+
+def op_bytes(op, shape, itemsize=4):
+    """Bytes the op must move: inputs read once, outputs written once."""
+    s = itemsize
+    if op in FLAT_OPS:
+        return 2 * numel(shape) * s
+    n, d = shape
+    nd = n * d
+    if op in ("bn_fwd", "fused_fwd"):
+        # x in, out out; gamma, beta in; mean, inv_std out; running mean/var in and out
+        return 2 * nd * s + 8 * d * s
+    if op == "bn_bwd":
+        # dout, x in; dx out; gamma, mean, inv_std in; dgamma, dbeta out
+        return 3 * nd * s + 5 * d * s
+    if op == "fused_bwd":
+        # dout, out, x in; dx out; gamma, mean, inv_std in; dgamma, dbeta out
+        return 4 * nd * s + 5 * d * s
+    raise ValueError("unknown op %r" % op)
+
+
+def input_bytes(op, shape, itemsize=4):
+    """Bytes of the large inputs of one call (what the rotation must cover)."""
+    n = numel(shape) * itemsize
+    return {"copy": 1, "dropout_fwd": 1, "dropout_bwd": 1, "bn_fwd": 1, "fused_fwd": 1,
+            "bn_bwd": 2, "fused_bwd": 3}[op] * n
+
+
+def shape_label(shape):
+    if len(shape) == 1:
+        n = shape[0]
+        k = int(round(math.log2(n))) if n > 0 else 0
+        return "2^%d" % k if (1 << k) == n else str(n)
+    return "x".join(str(s) for s in shape)
+
+
+def rotation_count(op, shape, cache_bytes, itemsize=4, factor=4, cap_bytes=1 << 30,
+                   max_sets=1024):
+    """How many input sets to cycle through so that the inputs of consecutive calls
+    span ``factor`` times the last-level cache (L2 on a GPU, L3 on a CPU)."""
+    per = input_bytes(op, shape, itemsize)
+    want = int(math.ceil(factor * cache_bytes / max(per, 1)))
+    fit = max(1, cap_bytes // max(per, 1))
+    return int(max(1, min(want, fit, max_sets)))
+
+
+class SkipCase(Exception):
+    """This variant cannot run this case; the message says why."""
+
+
+# ----------------------------------------------------------------- builders
+
+class Case:
+    """``fn(i)`` runs one call on input set ``i % k``."""
+
+    def __init__(self, fn, k, label):
+        self.fn = fn
+        self.k = k
+        self.label = label
+        self.i = 0
+
+    def call(self):
+        i = self.i
+        self.i = (i + 1) % self.k
+        return self.fn(i)
+
+
+def _host_inputs(op, shape, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    dout = rng.standard_normal(shape, dtype=np.float32) if op not in ("copy", "dropout_fwd",
+                                                                      "bn_fwd",
+                                                                      "fused_fwd") else None
+    return x, dout
+
+
+def build_xp_case(variant, op, shape, xp, k):
+    """Cases for the fcgpu / xp variants (numpy_ref, numba, cupy_unfused, cupy_curand,
+    fcgpu) on array module ``xp``."""
+    from .. import fused
+
+    if variant == "numpy_ref" and op in ("dropout_fwd", "fused_fwd") and \
+            numel(shape) > NUMPY_REF_PHILOX_MAX:
+        raise SkipCase("the plain-NumPy Philox mask (~70 ns and ~100 B of temporaries per "
+                       "element) is capped at 2^22 elements")
+    if variant == "numpy_ref" and op == "fused_bwd" and numel(shape) > NUMPY_REF_PHILOX_MAX:
+        raise SkipCase("its inputs come from the reference forward, capped at 2^22 elements "
+                       "(plain-NumPy Philox)")
+    impl = fused.reference if variant in ("numpy_ref", "cupy_unfused", "cupy_curand") else fused
+    if variant == "numba":
+        fused.use_compiled_cpu(True)
+
+    hx, hd = _host_inputs(op, shape) if xp is np else (None, None)
+
+    def arr(host, seed):
+        if xp is np:
+            return host.copy()
+        rs = xp.random.RandomState(seed)
+        return rs.standard_normal(shape, dtype=xp.float32)
+
+    def sets(host, seed):
+        base = arr(host, seed)
+        return [base] + [base.copy() for _ in range(k - 1)]
+
+    p, seed, stream = KEEP_P, SEED, STREAM
+    if op == "copy":
+        src = sets(hx, 1)
+        dst = [xp.empty_like(a) for a in src]
+        if xp is np:
+            if variant == "numba":
+                pcopy = _numba_copy()
+                pcopy(src[0].reshape(-1), dst[0].reshape(-1))  # compile
+                return Case(lambda i: pcopy(src[i], dst[i]), k, label(variant, op))
+            return Case(lambda i: np.copyto(dst[i], src[i]), k, label(variant, op))
+        nbytes = src[0].nbytes
+        return Case(lambda i: dst[i].data.copy_from_device_async(src[i].data, nbytes), k,
+                    label(variant, op))
+
+    if op in FLAT_OPS:
+        xs = sets(hx, 1)
+        if op == "dropout_fwd":
+            if variant == "cupy_curand":
+                s = xp.float32(1.0 / p)
+
+                def fwd(i):
+                    u = xp.random.random(xs[i].shape, dtype=xp.float32)
+                    return xp.where(u < p, xs[i] * s, xp.float32(0))
+                return Case(fwd, k, label(variant, op))
+            return Case(lambda i: impl.dropout_forward(xs[i], p, seed, stream), k,
+                        label(variant, op))
+        # dropout_bwd: the mask is whatever this variant's forward keeps (None on the GPU)
+        _, mask = impl.dropout_forward(xs[0], p, seed, stream)
+        ds = sets(hd, 2)
+        del xs
+        return Case(lambda i: impl.dropout_backward(ds[i], p, seed, stream, mask), k,
+                    label(variant, op))
+
+    n, d = shape
+    gamma = xp.asarray(np.linspace(0.5, 1.5, d, dtype=np.float32))
+    beta = xp.asarray(np.linspace(-0.2, 0.2, d, dtype=np.float32))
+    rm = xp.zeros(d, dtype=xp.float32)
+    rv = xp.ones(d, dtype=xp.float32)
+    xs = sets(hx, 1)
+    if op == "bn_fwd":
+        return Case(lambda i: impl.bn_forward_train(xs[i], gamma, beta, EPS, MOMENTUM, rm, rv),
+                    k, label(variant, op))
+    if op == "fused_fwd":
+        if variant == "cupy_curand":
+            s = xp.float32(1.0 / p)
+
+            def fwd(i):
+                y, mean, inv_std = impl.bn_forward_train(xs[i], gamma, beta, EPS, MOMENTUM,
+                                                         rm, rv)
+                r = xp.maximum(y, 0)
+                u = xp.random.random(r.shape, dtype=xp.float32)
+                return xp.where(u < p, r * s, xp.float32(0)), mean, inv_std
+            return Case(fwd, k, label(variant, op))
+        return Case(lambda i: impl.bn_relu_dropout_forward(xs[i], gamma, beta, EPS, MOMENTUM,
+                                                           rm, rv, p, seed, stream),
+                    k, label(variant, op))
+    ds = sets(hd, 2)
+    if op == "bn_bwd":
+        _, mean, inv_std = impl.bn_forward_train(xs[0], gamma, beta, EPS, MOMENTUM, rm, rv)
+        return Case(lambda i: impl.bn_backward(ds[i], xs[i], gamma, mean, inv_std), k,
+                    label(variant, op))
+    if op == "fused_bwd":
+        out, mean, inv_std = impl.bn_relu_dropout_forward(xs[0], gamma, beta, EPS, MOMENTUM,
+                                                          rm, rv, p, seed, stream)
+        outs = [out] + [out.copy() for _ in range(k - 1)]
+        return Case(lambda i: impl.bn_relu_dropout_backward(ds[i], outs[i], xs[i], gamma, mean,
+                                                            inv_std, p),
+                    k, label(variant, op))
+    raise ValueError("unknown op %r" % op)
+
+
+_PCOPY = None
+
+
+def _numba_copy():
+    global _PCOPY
+    if _PCOPY is None:
+        from .. import cpu  # noqa: F401  (picks Numba's threading layer)
+        from numba import njit, prange
+
+        @njit(parallel=True)
+        def pcopy(src, dst):
+            a = src.reshape(-1)
+            b = dst.reshape(-1)
+            for i in prange(a.size):
+                b[i] = a[i]
+        _PCOPY = pcopy
+    return _PCOPY
+
+
+def build_torch_case(variant, op, shape, torch, device, k):
+    """Cases for PyTorch on ``device`` ('cpu' or 'cuda')."""
+    import torch.nn.functional as F
+
+    g = torch.Generator(device=device)
+    g.manual_seed(0)
+
+    def randn():
+        return torch.randn(shape, generator=g, device=device, dtype=torch.float32)
+
+    def sets(base):
+        return [base] + [base.clone() for _ in range(k - 1)]
+
+    drop = 1.0 - KEEP_P
+    scale = 1.0 / KEEP_P
+    aten = torch.ops.aten
+    if op == "copy":
+        src = sets(randn())
+        dst = [torch.empty_like(a) for a in src]
+        return Case(lambda i: dst[i].copy_(src[i]), k, label(variant, op))
+    if op == "dropout_fwd":
+        xs = sets(randn())
+        return Case(lambda i: F.dropout(xs[i], p=drop, training=True), k, label(variant, op))
+    if op == "dropout_bwd":
+        _, mask = aten.native_dropout(randn(), drop, True)
+        ds = sets(randn())
+        return Case(lambda i: aten.native_dropout_backward(ds[i], mask, scale), k,
+                    label(variant, op))
+    n, d = shape
+    w = torch.linspace(0.5, 1.5, d, device=device)
+    b = torch.linspace(-0.2, 0.2, d, device=device)
+    rm = torch.zeros(d, device=device)
+    rv = torch.ones(d, device=device)
+    tmom = 1.0 - MOMENTUM  # PyTorch's momentum is the weight of the new statistic
+    xs = sets(randn())
+    if op == "bn_fwd":
+        return Case(lambda i: F.batch_norm(xs[i], rm, rv, w, b, True, tmom, EPS), k,
+                    label(variant, op))
+    if op == "fused_fwd":
+        return Case(lambda i: F.dropout(F.relu(F.batch_norm(xs[i], rm, rv, w, b, True, tmom,
+                                                            EPS)), p=drop, training=True),
+                    k, label(variant, op))
+    ds = sets(randn())
+    y, smean, sinv = aten.native_batch_norm(xs[0], w, b, rm, rv, True, tmom, EPS)
+    if op == "bn_bwd":
+        return Case(lambda i: aten.native_batch_norm_backward(ds[i], xs[i], w, rm, rv, smean,
+                                                              sinv, True, EPS,
+                                                              [True, True, True]),
+                    k, label(variant, op))
+    if op == "fused_bwd":
+        r = torch.relu(y)
+        _, mask = aten.native_dropout(r, drop, True)
+
+        def bwd(i):
+            g1 = aten.native_dropout_backward(ds[i], mask, scale)
+            g2 = aten.threshold_backward(g1, r, 0.0)
+            return aten.native_batch_norm_backward(g2, xs[i], w, rm, rv, smean, sinv, True,
+                                                   EPS, [True, True, True])
+        return Case(bwd, k, label(variant, op))
+    raise ValueError("unknown op %r" % op)

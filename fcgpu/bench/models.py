@@ -1,0 +1,153 @@
+"""Model-level cases: one training step of the same net on each variant.
+
+The net is the course's final one: ``{affine - batchnorm - ReLU - dropout(keep 0.8)}
+x 3 - affine - softmax``, 3072 inputs, 10 classes, Adam (lr 5e-3), batch 490, fp32;
+``default`` has 500 hidden units per layer, ``wide`` 4096. Data are synthetic, of
+CIFAR-10's shape, and live on the variant's device: a pool of 10 batches, from which
+each step gathers a batch by a device-side index (as ``Solver`` does), then runs the
+forward pass, the backward pass and one Adam update of every parameter.
+
+Variants: ``numpy`` (fcgpu, NumPy arrays, Numba passes), ``numpy_ref`` (fcgpu, NumPy
+arrays, plain xp reference passes), ``cupy_unfused`` (fcgpu on CuPy with
+``fcgpu.fused.impl_for`` patched, in this worker process only, to return the
+reference: every fusable step runs as separate CuPy ops), ``fcgpu`` (fcgpu on CuPy,
+our kernels), ``torch_cpu`` / ``torch_cuda`` (the same net in PyTorch eager) and
+``torch_cpu_compile`` / ``torch_cuda_compile`` (``torch.compile`` of the model).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+NETS = {
+    "default": {"hidden": [500, 500, 500], "batch": 490},
+    "wide": {"hidden": [4096, 4096, 4096], "batch": 490},
+}
+INPUT_DIM = 3 * 32 * 32
+CLASSES = 10
+KEEP_P = 0.8
+LR = 5e-3
+WEIGHT_SCALE = 4e-2
+POOL_BATCHES = 10
+
+VARIANTS = {
+    "numpy": ("cpu", "fcgpu NumPy path (Numba)"),
+    "numpy_ref": ("cpu", "fcgpu NumPy path, no Numba (reference passes)"),
+    "torch_cpu": ("cpu", "PyTorch CPU eager"),
+    "torch_cpu_compile": ("cpu", "PyTorch CPU torch.compile"),
+    "cupy_unfused": ("gpu", "fcgpu on CuPy, unfused (reference ops)"),
+    "fcgpu": ("gpu", "fcgpu on CuPy, fused kernels"),
+    "fcgpu_graph": ("gpu", "fcgpu fused, step captured as a CUDA graph"),
+    "torch_cuda": ("gpu", "PyTorch CUDA eager"),
+    "torch_cuda_compile": ("gpu", "PyTorch CUDA torch.compile"),
+}
+
+
+class TrainCase:
+    """``steps(k)`` runs k training steps and waits for the device at the end."""
+
+    def __init__(self, step, sync, label, info=None):
+        self._step = step
+        self._sync = sync
+        self.label = label
+        self.info = info or {}
+
+    def steps(self, k):
+        for _ in range(k):
+            self._step()
+        self._sync()
+
+
+def build_fcgpu(variant, net):
+    from .. import backend, fused, optim
+    from ..fc_net import FullyConnectedNet
+
+    if variant in ("numpy", "numpy_ref"):
+        xp = backend.set_backend("numpy")
+        fused.use_compiled_cpu(variant == "numpy")
+    else:
+        xp = backend.set_backend("cupy")
+        if variant == "cupy_unfused":
+            # this worker process only: every fusable step takes the xp reference
+            fused.impl_for = lambda x: fused.reference
+    spec = NETS[net]
+    batch = spec["batch"]
+    model = FullyConnectedNet(spec["hidden"], input_dim=INPUT_DIM, num_classes=CLASSES,
+                              dropout=KEEP_P, use_batchnorm=True, weight_scale=WEIGHT_SCALE,
+                              dtype=np.float32, seed=0, fresh_masks=True, xp=xp)
+    rng = np.random.default_rng(0)
+    pool = batch * POOL_BATCHES
+    X = xp.asarray(rng.standard_normal((pool, 3, 32, 32), dtype=np.float32))
+    y = xp.asarray(rng.integers(0, CLASSES, pool))
+    configs = {p: {"learning_rate": LR} for p in model.params}
+    state = {"order": None, "pos": pool}
+
+    def step():
+        if state["pos"] + batch > pool:
+            state["order"] = xp.asarray(rng.permutation(pool))
+            state["pos"] = 0
+        idx = state["order"][state["pos"]:state["pos"] + batch]
+        state["pos"] += batch
+        loss, grads = model.loss(X[idx], y[idx])
+        params = model.params
+        for p, w in params.items():
+            params[p], configs[p] = optim.adam(w, grads[p], configs[p])
+        return loss
+
+    def sync():
+        backend.synchronize(xp)
+
+    nparams = int(sum(int(np.prod(v.shape)) for v in model.params.values()))
+    return TrainCase(step, sync, VARIANTS[variant][1], {"params": nparams})
+
+
+def build_torch(variant, net, torch):
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    device = "cuda" if variant.startswith("torch_cuda") else "cpu"
+    spec = NETS[net]
+    batch = spec["batch"]
+    torch.manual_seed(0)
+    layers = []
+    d = INPUT_DIM
+    for h in spec["hidden"]:
+        layers += [nn.Linear(d, h), nn.BatchNorm1d(h, eps=1e-5, momentum=0.1), nn.ReLU(),
+                   nn.Dropout(1.0 - KEEP_P)]
+        d = h
+    layers.append(nn.Linear(d, CLASSES))
+    model = nn.Sequential(*layers)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.normal_(0.0, WEIGHT_SCALE)
+                m.bias.zero_()
+    model = model.to(device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
+    run = torch.compile(model) if variant.endswith("_compile") else model
+    g = torch.Generator(device="cpu")
+    g.manual_seed(0)
+    pool = batch * POOL_BATCHES
+    X = torch.randn((pool, INPUT_DIM), generator=g).to(device)
+    y = torch.randint(0, CLASSES, (pool,), generator=g).to(device)
+    state = {"order": None, "pos": pool}
+
+    def step():
+        if state["pos"] + batch > pool:
+            state["order"] = torch.randperm(pool, generator=g).to(device)
+            state["pos"] = 0
+        idx = state["order"][state["pos"]:state["pos"] + batch]
+        state["pos"] += batch
+        out = run(X.index_select(0, idx))
+        loss = F.cross_entropy(out, y.index_select(0, idx))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    if device == "cuda":
+        sync = torch.cuda.synchronize
+    else:
+        def sync():
+            pass
+    nparams = int(sum(p.numel() for p in model.parameters()))
+    return TrainCase(step, sync, VARIANTS[variant][1], {"params": nparams})

@@ -1,0 +1,225 @@
+"""pytest-benchmark JSON (+ experiments) -> one results JSON with a ``summary``.
+
+Layout of the results (``format`` = ``fcgpu-bench-1``)::
+
+    {
+      "format", "device", "created", "machine": {...}, "settings": {...},
+      "workers": {variant: hello},            # what each variant process ran on
+      "variant_skips": {variant: reason},     # variants that could not start here
+      "copy_bandwidth": {"cpu": {...}, "gpu": {...}},   # the reference, per device
+      "kernels": [ {op, shape, shape_label, n, bytes, variant, label, device,
+                    time_s, timer, gbps, bw_frac, host: {stats}, device_time: {stats}} ],
+      "kernel_skips": [ {op, shape, variant, reason} ],
+      "train": [ {net, hidden, batch, variant, label, device, samples_per_s,
+                  step_s: {stats}, steps, first_step_s, params} ],
+      "train_skips": [ {net, variant, reason} ],
+      "experiments": {"dropout_stats": ..., "dropout_regularizer": ...,
+                      "time_to_accuracy": ...},
+      "summary": {key: number or null}, "summary_notes": {key: why},
+      "summary_details": {...}
+    }
+
+Times are medians in seconds. ``gbps`` = bytes that must move / median time;
+``bw_frac`` = gbps / the copy bandwidth of the same device (see :func:`copy_reference`).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+
+from . import RESULTS_FORMAT
+from .kernels import VARIANTS as KVARIANTS
+from .kernels import shape_label
+
+BIG_FLAT = 1 << 26
+FUSED_SHAPES = ((490, 500), (65536, 4096))
+
+
+def _entries(raw):
+    for b in raw.get("benchmarks", []):
+        ei = b.get("extra_info") or {}
+        if ei.get("suite"):
+            yield ei
+    for ei in (raw.get("fcgpu") or {}).get("case_skips", []):
+        yield ei
+
+
+def copy_reference(kernels):
+    """Per device ('cpu', 'gpu'): the copy bandwidth at the largest size measured,
+    the best over that device's copy variants."""
+    ref = {}
+    for dev in ("cpu", "gpu"):
+        rows = [r for r in kernels if r["op"] == "copy" and r["device"] == dev and r.get("gbps")]
+        if not rows:
+            continue
+        top = max(r["n"] for r in rows)
+        best = max((r for r in rows if r["n"] == top), key=lambda r: r["gbps"])
+        ref[dev] = {"gbps": best["gbps"], "n": top, "bytes": best["bytes"],
+                    "variant": best["variant"], "method": best["label"],
+                    "all": {r["variant"]: r["gbps"] for r in rows if r["n"] == top}}
+    return ref
+
+
+def collect(raw_list):
+    """Kernel and training rows (and skips) from pytest-benchmark JSON dicts."""
+    kernels, kskips, train, tskips = [], [], [], []
+    fc = {"variant_skips": {}, "workers": {}, "settings": {}, "machine": None}
+    for raw in raw_list:
+        extra = raw.get("fcgpu") or {}
+        fc["variant_skips"].update(extra.get("variant_skips") or {})
+        fc["workers"].update(extra.get("workers") or {})
+        fc["settings"].update(extra.get("settings") or {})
+        fc["machine"] = fc["machine"] or extra.get("machine")
+        for ei in _entries(raw):
+            if ei["suite"] == "kernels":
+                shape = tuple(ei["shape"])
+                n = 1
+                for s in shape:
+                    n *= s
+                for v, m in (ei.get("measurements") or {}).items():
+                    kernels.append({
+                        "op": ei["op"], "shape": list(shape), "shape_label": shape_label(shape),
+                        "n": n, "bytes": ei["bytes"], "variant": v, "label": m["label"],
+                        "device": m["device"], "time_s": m["time_s"], "timer": m["timer"],
+                        "gbps": m["gbps"], "host": m["host"], "device_time": m["device_time"],
+                        "rotate": m.get("rotate"), "calls_per_chunk": m.get("calls_per_chunk"),
+                    })
+                for v, why in (ei.get("skipped") or {}).items():
+                    kskips.append({"op": ei["op"], "shape": list(shape),
+                                   "shape_label": shape_label(shape), "variant": v,
+                                   "reason": why})
+            elif ei["suite"] == "train":
+                for v, m in (ei.get("measurements") or {}).items():
+                    row = {"net": ei["net"], "hidden": ei["hidden"], "batch": ei["batch"],
+                           "variant": v}
+                    row.update(m)
+                    train.append(row)
+                for v, why in (ei.get("skipped") or {}).items():
+                    tskips.append({"net": ei["net"], "variant": v, "reason": why})
+    return kernels, kskips, train, tskips, fc
+
+
+def _find(rows, **kw):
+    for r in rows:
+        if all((tuple(r[k]) if isinstance(r[k], list) else r[k]) == v for k, v in kw.items()):
+            return r
+    return None
+
+
+def _why_missing(variant, kskips_or_tskips, variant_skips, **where):
+    if variant in variant_skips:
+        return "%s did not run: %s" % (variant, variant_skips[variant])
+    for s in kskips_or_tskips:
+        if s["variant"] == variant and all(
+                (tuple(s[k]) if isinstance(s[k], list) else s[k]) == v
+                for k, v in where.items()):
+            return "%s skipped: %s" % (variant, s["reason"])
+    return "%s was not measured at %s" % (variant, ", ".join("%s=%s" % kv
+                                                             for kv in where.items()))
+
+
+def summarize(kernels, kskips, train, tskips, variant_skips, copy_ref, settings=None):
+    """The ``summary`` keys, with notes for the nulls and the details behind them."""
+    summary, notes, details = {}, {}, {}
+    gpu_ref = copy_ref.get("gpu")
+
+    for key, op in (("dropout_fwd_bw_frac", "dropout_fwd"), ("dropout_bwd_bw_frac", "dropout_bwd")):
+        row = _find(kernels, op=op, variant="fcgpu", n=BIG_FLAT)
+        if row and gpu_ref:
+            summary[key] = row["gbps"] / gpu_ref["gbps"]
+            details[key] = {"gbps": row["gbps"], "copy_gbps": gpu_ref["gbps"],
+                            "copy_method": gpu_ref["method"], "time_s": row["time_s"]}
+        else:
+            summary[key] = None
+            if not row:
+                notes[key] = _why_missing("fcgpu", kskips, variant_skips, op=op,
+                                          shape=(BIG_FLAT,))
+            else:
+                notes[key] = "no GPU copy bandwidth was measured"
+        # the CPU path's figure, for information
+        cpu_ref = copy_ref.get("cpu")
+        cpu_rows = [r for r in kernels if r["op"] == op and r["variant"] == "numba"]
+        if cpu_rows and cpu_ref:
+            top = max(cpu_rows, key=lambda r: r["n"])
+            details[key + "_cpu_numba"] = {"n": top["n"], "gbps": top["gbps"],
+                                           "frac": top["gbps"] / cpu_ref["gbps"],
+                                           "copy_gbps": cpu_ref["gbps"]}
+
+    ratios = {}
+    for shape in FUSED_SHAPES:
+        name = "x".join(map(str, shape))
+        f = _find(kernels, op="fused_fwd", variant="fcgpu", shape=shape)
+        u = _find(kernels, op="fused_fwd", variant="cupy_unfused", shape=shape)
+        c = _find(kernels, op="fused_fwd", variant="cupy_curand", shape=shape)
+        if f and u:
+            ratios[name] = u["time_s"] / f["time_s"]
+            details["fused_vs_unfused_" + name] = ratios[name]
+        else:
+            details["fused_vs_unfused_" + name] = None
+            missing = "fcgpu" if not f else "cupy_unfused"
+            details["fused_vs_unfused_%s_note" % name] = _why_missing(
+                missing, kskips, variant_skips, op="fused_fwd", shape=shape)
+        if f and c:
+            details["fused_vs_curand_" + name] = c["time_s"] / f["time_s"]
+    if ratios:
+        summary["fused_vs_unfused"] = min(ratios.values())
+        if len(ratios) < len(FUSED_SHAPES):
+            notes["fused_vs_unfused"] = "measured at %s only" % ", ".join(ratios)
+    else:
+        summary["fused_vs_unfused"] = None
+        notes["fused_vs_unfused"] = details.get("fused_vs_unfused_490x500_note")
+
+    def sps(net, variant):
+        r = _find(train, net=net, variant=variant)
+        return r["samples_per_s"] if r else None
+
+    for key, num, den in (("train_vs_torch", "fcgpu", "torch_cuda"),
+                          ("train_vs_cpu", "fcgpu", "numpy"),
+                          ("cpu_train_vs_torch", "numpy", "torch_cpu")):
+        for net in ("default", "wide"):
+            a, b = sps(net, num), sps(net, den)
+            details["%s_%s" % (key, net)] = a / b if a and b else None
+        a, b = sps("default", num), sps("default", den)
+        if a and b:
+            summary[key] = a / b
+            details[key] = {"net": "default", num: a, den: b}
+        else:
+            summary[key] = None
+            missing = num if not a else den
+            notes[key] = _why_missing(missing, tskips, variant_skips, net="default")
+    g = _find(train, net="default", variant="torch_cuda_compile")
+    f = _find(train, net="default", variant="fcgpu")
+    if g and f:
+        details["train_vs_torch_compile"] = f["samples_per_s"] / g["samples_per_s"]
+    return summary, notes, details
+
+
+def build_results(raw_list, experiments=None, machine=None, settings=None):
+    """The results dict from pytest-benchmark JSON dicts (one per suite run)."""
+    kernels, kskips, train, tskips, fc = collect(raw_list)
+    machine = machine or fc["machine"] or {}
+    copy_ref = copy_reference(kernels)
+    for r in kernels:
+        ref = copy_ref.get(r["device"])
+        r["bw_frac"] = r["gbps"] / ref["gbps"] if ref and r.get("gbps") else None
+    summary, notes, details = summarize(kernels, kskips, train, tskips, fc["variant_skips"],
+                                        copy_ref)
+    from .machine import device_label
+    return {
+        "format": RESULTS_FORMAT,
+        "device": device_label(machine) if machine else None,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine,
+        "settings": dict(fc["settings"], **(settings or {})),
+        "workers": fc["workers"],
+        "variant_skips": fc["variant_skips"],
+        "copy_bandwidth": copy_ref,
+        "kernels": kernels,
+        "kernel_skips": kskips,
+        "train": train,
+        "train_skips": tskips,
+        "experiments": experiments or {},
+        "summary": summary,
+        "summary_notes": notes,
+        "summary_details": details,
+        "variant_labels": {v: lab for v, (_, lab) in KVARIANTS.items()},
+    }

@@ -1,0 +1,1 @@
+"""The pytest-benchmark suites (run them with ``fcgpu bench`` or ``pytest bench/``)."""

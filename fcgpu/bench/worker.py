@@ -1,0 +1,402 @@
+"""One subprocess per variant: the measuring side and the driving side.
+
+``python -m fcgpu.bench.worker VARIANT`` reads one JSON request per line on stdin and
+answers one JSON line on stdout (anything else the libraries print goes to stderr).
+Requests:
+
+* ``{"cmd": "hello"}`` -> what runs here (device, library versions, thread counts), or
+  ``{"ok": false, "skip": reason}`` when the variant cannot run on this machine;
+* ``{"cmd": "kernel_setup", "op", "shape"}`` -> builds the inputs (rotating several
+  input sets so that consecutive calls span 4x the last-level cache);
+* ``{"cmd": "kernel_run", "calls": k}`` -> per-call times: ``host`` (the host clock,
+  read after the device finished) and, on a GPU, ``device`` (CUDA events around the
+  call on its stream);
+* ``{"cmd": "train_setup", "net"}`` / ``{"cmd": "train_run", "steps": k}`` -> one time
+  for k training steps with a device sync at the end only;
+* ``{"cmd": "free"}``, ``{"cmd": "quit"}``.
+
+A variant that cannot run a case answers ``{"ok": false, "skip": reason}``; an
+unexpected exception answers ``{"ok": false, "error": "Type: message"}``.
+
+:class:`Worker` is the driving side (used by the suites): it starts the process,
+sends requests and gives up on one that outlives its timeout (the worker is killed
+and the variant reported as skipped with that reason).
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+import traceback
+
+
+def _family(variant):
+    if variant.startswith("torch"):
+        return "torch"
+    if variant in ("cupy_unfused", "cupy_curand", "fcgpu", "fcgpu_graph"):
+        return "cupy"
+    return "numpy"
+
+
+def _device_kind(variant):
+    if variant in ("numpy_ref", "numba", "numpy", "torch_cpu", "torch_cpu_compile"):
+        return "cpu"
+    return "gpu"
+
+
+def cpu_llc_bytes():
+    """Total last-level cache of the CPUs we may run on (sum over distinct caches)."""
+    seen = {}
+    base = "/sys/devices/system/cpu"
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = list(range(os.cpu_count() or 1))
+    for c in cpus:
+        d = "%s/cpu%d/cache" % (base, c)
+        try:
+            best = None
+            for idx in os.listdir(d):
+                if not idx.startswith("index"):
+                    continue
+                with open("%s/%s/level" % (d, idx)) as f:
+                    level = int(f.read())
+                with open("%s/%s/size" % (d, idx)) as f:
+                    size = f.read().strip()
+                with open("%s/%s/shared_cpu_list" % (d, idx)) as f:
+                    shared = f.read().strip()
+                mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+                nbytes = int(size.rstrip("KMG")) * mult
+                if best is None or level > best[0]:
+                    best = (level, shared, nbytes)
+            if best:
+                seen[(best[0], best[1])] = best[2]
+        except (OSError, ValueError):
+            continue
+    return sum(seen.values()) or (32 << 20)
+
+
+def _gpu_l2_bytes(cp, default=50 << 20):
+    """The current GPU's L2 size in bytes (CuPy's device properties), else ``default``."""
+    try:
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())
+        return int(props.get("l2CacheSize") or default)
+    except Exception:
+        return default
+
+
+class _Server:
+    def __init__(self, variant):
+        self.variant = variant
+        self.family = _family(variant)
+        self.kind = _device_kind(variant)
+        self.case = None
+        self.train = None
+        self.torch = None
+        self.cp = None
+        self.xp = None
+
+    # ------------------------------------------------------------- hello
+    def hello(self, req):
+        from . import kernels, models
+        if self.variant not in kernels.VARIANTS and self.variant not in models.VARIANTS:
+            return {"ok": False, "skip": "unknown variant %r" % self.variant}
+        threads = {}
+        info = {"ok": True, "variant": self.variant, "device_kind": self.kind,
+                "pid": os.getpid(), "threads": threads}
+        if self.family == "torch":
+            try:
+                import torch
+            except Exception as exc:
+                return {"ok": False, "skip": "PyTorch is not importable (%s)" % exc}
+            self.torch = torch
+            ncores = len(os.sched_getaffinity(0))
+            torch.set_num_threads(ncores)  # same thread count as the NumPy path
+            threads["torch"] = torch.get_num_threads()
+            info["torch"] = torch.__version__
+            if self.kind == "gpu":
+                if not torch.cuda.is_available():
+                    return {"ok": False, "skip": "torch.cuda.is_available() is False "
+                                                 "(PyTorch %s)" % torch.__version__}
+                info["device"] = torch.cuda.get_device_name(0)
+                props = torch.cuda.get_device_properties(0)
+                info["cache_bytes"] = int(getattr(props, "L2_cache_size", 50 << 20))
+                info["cuda"] = torch.version.cuda
+            if self.variant.endswith("_compile"):
+                if not hasattr(torch, "compile"):
+                    return {"ok": False, "skip": "torch.compile is not available"}
+        elif self.family == "cupy":
+            from .. import backend
+            ok, why = backend.cupy_status()
+            if not ok:
+                return {"ok": False, "skip": "no GPU backend: " + why}
+            cp = backend.require_cupy()
+            self.cp = self.xp = cp
+            info["device"] = backend.device_name(cp)
+            info["cupy"] = cp.__version__
+            info["cache_bytes"] = _gpu_l2_bytes(cp)
+            if self.variant == "fcgpu_graph":
+                return {"ok": False, "skip": "fcgpu has no CUDA-graph capture of the training "
+                                             "step yet"}
+        else:
+            import numpy as np
+            self.xp = np
+            from .machine import blas_info
+            threads["blas"] = blas_info().get("threads")
+            from .. import cpu  # noqa: F401  (threading layer)
+            import numba
+            threads["numba"] = numba.get_num_threads()
+            info["numba"] = numba.__version__
+        if self.kind == "cpu":
+            from ..backend import device_name
+            import numpy as np
+            info["device"] = device_name(np)
+            info["cache_bytes"] = cpu_llc_bytes()
+        self.cache_bytes = info["cache_bytes"]
+        return info
+
+    # ------------------------------------------------------------- kernels
+    def kernel_setup(self, req):
+        from . import kernels
+        self.free({})
+        op = req["op"]
+        shape = tuple(int(s) for s in req["shape"])
+        k = kernels.rotation_count(op, shape, self.cache_bytes,
+                                   factor=req.get("rotate_factor", 4))
+        try:
+            if self.family == "torch":
+                dev = "cuda" if self.kind == "gpu" else "cpu"
+                self.case = kernels.build_torch_case(self.variant, op, shape, self.torch, dev, k)
+            else:
+                self.case = kernels.build_xp_case(self.variant, op, shape, self.xp, k)
+        except kernels.SkipCase as exc:
+            return {"ok": False, "skip": str(exc)}
+        except MemoryError as exc:
+            self.free({})
+            return {"ok": False, "skip": "out of host memory (%s)" % exc}
+        except Exception as exc:
+            self.free({})
+            if "OutOfMemory" in type(exc).__name__ or "out of memory" in str(exc):
+                return {"ok": False, "skip": "out of device memory: %s" % exc}
+            raise
+        self._sync()
+        return {"ok": True, "rotate": k, "label": self.case.label}
+
+    def _sync(self):
+        if self.kind != "gpu":
+            return
+        if self.family == "torch":
+            self.torch.cuda.synchronize()
+        else:
+            self.cp.cuda.runtime.deviceSynchronize()
+
+    def kernel_run(self, req):
+        calls = int(req["calls"])
+        case = self.case
+        host, dev = [], None
+        perf = time.perf_counter
+        if self.kind == "gpu":
+            dev = []
+            if self.family == "torch":
+                Event = self.torch.cuda.Event
+                pairs = [(Event(enable_timing=True), Event(enable_timing=True))
+                         for _ in range(calls)]
+            else:
+                Event = self.cp.cuda.Event
+                pairs = [(Event(), Event()) for _ in range(calls)]
+            sync = self._sync
+            for a, b in pairs:
+                sync()
+                t0 = perf()
+                a.record()
+                case.call()
+                b.record()
+                b.synchronize()
+                host.append(perf() - t0)
+            if self.family == "torch":
+                dev = [a.elapsed_time(b) / 1e3 for a, b in pairs]
+            else:
+                get = self.cp.cuda.get_elapsed_time
+                dev = [get(a, b) / 1e3 for a, b in pairs]
+        else:
+            for _ in range(calls):
+                t0 = perf()
+                case.call()
+                host.append(perf() - t0)
+        return {"ok": True, "host": host, "device": dev}
+
+    def free(self, req):
+        self.case = None
+        self.train = None
+        gc.collect()
+        if self.cp is not None:
+            self.cp.get_default_memory_pool().free_all_blocks()
+        if self.torch is not None and self.kind == "gpu":
+            self.torch.cuda.empty_cache()
+        return {"ok": True}
+
+    # ------------------------------------------------------------- training
+    def train_setup(self, req):
+        from . import models
+        self.free({})
+        net = req["net"]
+        t0 = time.perf_counter()
+        try:
+            if self.family == "torch":
+                self.train = models.build_torch(self.variant, net, self.torch)
+            else:
+                self.train = models.build_fcgpu(self.variant, net)
+        except Exception as exc:
+            self.free({})
+            if "OutOfMemory" in type(exc).__name__ or "out of memory" in str(exc):
+                return {"ok": False, "skip": "out of device memory: %s" % exc}
+            raise
+        t1 = time.perf_counter()
+        try:
+            self.train.steps(1)  # first step: compiles (Numba, NVRTC, torch.compile)
+        except Exception as exc:
+            self.free({})
+            return {"ok": False, "skip": "the first training step failed: %s: %s"
+                                         % (type(exc).__name__, exc)}
+        t2 = time.perf_counter()
+        out = {"ok": True, "label": self.train.label, "build_s": t1 - t0,
+               "first_step_s": t2 - t1}
+        out.update(self.train.info)
+        return out
+
+    def train_run(self, req):
+        k = int(req["steps"])
+        t0 = time.perf_counter()
+        self.train.steps(k)
+        return {"ok": True, "seconds": time.perf_counter() - t0, "steps": k}
+
+    def threads(self, req):
+        out = {}
+        if self.family == "numpy":
+            import numba
+            out["numba"] = numba.get_num_threads()
+            try:
+                out["numba_layer"] = numba.threading_layer()
+            except Exception:
+                out["numba_layer"] = None
+            from .machine import blas_info
+            out["blas"] = blas_info().get("threads")
+        if self.torch is not None:
+            out["torch"] = self.torch.get_num_threads()
+        return {"ok": True, "threads": out}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # library chatter goes to stderr, never into the protocol
+    sys.stdout = sys.stderr
+    server = _Server(argv[0])
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        req = json.loads(line)
+        cmd = req.get("cmd")
+        if cmd == "quit":
+            proto.write(json.dumps({"ok": True}) + "\n")
+            break
+        try:
+            resp = getattr(server, cmd)(req)
+        except Exception as exc:
+            resp = {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc),
+                    "traceback": traceback.format_exc(limit=6)}
+        proto.write(json.dumps(resp) + "\n")
+    return 0
+
+
+# ----------------------------------------------------------------- driving side
+
+class WorkerGone(RuntimeError):
+    """The worker died or did not answer in time; the message says which."""
+
+
+def _worker_env():
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    parts = [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+class Worker:
+    """A started worker for one variant. ``info`` holds its hello (or ``skip``)."""
+
+    def __init__(self, variant, timeout=180.0, wait=True):
+        self.variant = variant
+        self.skip = None
+        self.info = {}
+        self.proc = subprocess.Popen([sys.executable, "-m", "fcgpu.bench.worker", variant],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=_worker_env(), bufsize=1)
+        if wait:
+            self.hello(timeout)
+
+    def hello(self, timeout=180.0):
+        """Ask what runs here; sets ``info``, or ``skip`` (and stops the worker)."""
+        try:
+            resp = self.request({"cmd": "hello"}, timeout)
+        except WorkerGone as exc:
+            self.skip = str(exc)
+            return
+        if not resp.get("ok"):
+            self.skip = resp.get("skip") or resp.get("error") or "worker failed to start"
+            self.close()
+        else:
+            self.info = resp
+
+    @property
+    def alive(self):
+        return self.skip is None and self.proc.poll() is None
+
+    def request(self, req, timeout=600.0):
+        if self.proc.poll() is not None:
+            raise WorkerGone("the %s worker exited (code %s)" % (self.variant,
+                                                                 self.proc.returncode))
+        try:
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError) as exc:
+            raise WorkerGone("the %s worker is gone (%s)" % (self.variant, exc)) from None
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            self.kill()
+            raise WorkerGone("the %s worker did not answer %r within %.0f s; stopped it"
+                             % (self.variant, req.get("cmd"), timeout))
+        line = self.proc.stdout.readline()
+        if not line:
+            code = self.proc.wait()
+            raise WorkerGone("the %s worker died during %r (exit code %s%s)"
+                             % (self.variant, req.get("cmd"), code,
+                                ", likely killed for memory" if code in (-9, 137) else ""))
+        return json.loads(line)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def close(self):
+        if self.proc.poll() is None:
+            try:
+                self.request({"cmd": "quit"}, 10)
+            except WorkerGone:
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
