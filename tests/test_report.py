@@ -1,0 +1,295 @@
+"""The benchmark post-processing and report generator, on fake results (no timing here).
+
+Checks that the summary keys are computed from the right rows, that nulls carry a note,
+that the targets' met/missed logic and margins are right, and that the page has its
+sections, tables and plots, also when variants or whole suites are missing.
+"""
+import json
+import os
+
+import pytest
+
+from fcgpu.bench import RESULTS_FORMAT
+from fcgpu.bench.kernels import op_bytes
+from fcgpu.bench.report import load, render, target_status
+from fcgpu.bench.results import build_results
+
+BIG = 1 << 26
+
+
+def _kcase(op, shape, times, device="gpu", skipped=None):
+    """A kernel test's extra_info: ``times`` maps variant -> median seconds."""
+    nbytes = op_bytes(op, shape)
+    ms = {}
+    for v, t in times.items():
+        ms[v] = {"label": "label of " + v, "device": device if v not in (
+            "numba", "numpy_ref", "torch_cpu") else "cpu", "rotate": 1,
+            "calls_per_chunk": 3, "host": {"median": t * 1.1, "q1": t, "q3": t * 1.2, "n": 30},
+            "device_time": {"median": t, "q1": t, "q3": t, "n": 30}, "time_s": t,
+            "timer": "cuda_events", "gbps": nbytes / t / 1e9}
+    return {"suite": "kernels", "op": op, "shape": list(shape), "dtype": "float32",
+            "bytes": nbytes, "measurements": ms, "skipped": skipped or {}}
+
+
+def _tcase(net, sps, skipped=None):
+    ms = {}
+    for v, s in sps.items():
+        step = 490.0 / s
+        ms[v] = {"label": "label of " + v, "device": "cpu" if v in ("numpy", "numpy_ref",
+                                                                   "torch_cpu") else "gpu",
+                 "steps_per_chunk": 2, "step_s": {"median": step, "q1": step, "q3": step,
+                                                  "n": 12},
+                 "samples_per_s": s, "steps": 24, "first_step_s": 0.5, "build_s": 0.1}
+    hidden = [500] * 3 if net == "default" else [4096] * 3
+    return {"suite": "train", "net": net, "hidden": hidden, "batch": 490,
+            "measurements": ms, "skipped": skipped or {}}
+
+
+def _raw(cases, variant_skips=None, machine=None):
+    return {"benchmarks": [{"name": "t%d" % i, "stats": {"median": 1.0}, "extra_info": c}
+                           for i, c in enumerate(cases)],
+            "fcgpu": {"variant_skips": variant_skips or {}, "case_skips": [],
+                      "workers": {}, "settings": {"quick": False, "loadavg": [0.5, 0.7]},
+                      "machine": machine}}
+
+
+GPU_MACHINE = {"cpu": "Some Xeon", "cpu_count": 16, "cpu_affinity": 16,
+               "memory_bytes": 128 << 30, "date": "2026-11-26T12:00:00+00:00",
+               "fcgpu_commit": "0123456789abcdef", "fcgpu_dirty": False,
+               "gpu": {"available": True, "name": "NVIDIA H100 80GB HBM3", "driver": "580.1",
+                       "cuda_driver_api": "13.0", "cuda_runtime": "13.0",
+                       "memory_bytes": 80 << 30, "sm_count": 132, "l2_bytes": 50 << 20,
+                       "compute_capability": "9.0"},
+               "blas": {"name": "scipy-openblas", "version": "0.3", "threads": 16},
+               "libraries": {"numpy": "2.4", "torch": "2.13", "cupy": "13.6"}}
+CPU_MACHINE = {"cpu": "AMD EPYC", "cpu_count": 2, "cpu_affinity": 2,
+               "memory_bytes": 24 << 30, "date": "2026-11-26T13:00:00+00:00",
+               "fcgpu_commit": "fedcba9876543210", "fcgpu_dirty": True,
+               "gpu": {"available": False, "reason": "CuPy is not installed"},
+               "blas": {"name": "scipy-openblas", "version": "0.3", "threads": 2},
+               "libraries": {"numpy": "2.4", "torch": "2.13", "cupy": None}}
+
+
+def gpu_results():
+    copy_t = op_bytes("copy", (BIG,)) / 3000e9            # 3000 GB/s copy
+    cases = [
+        _kcase("copy", (BIG,), {"cupy_unfused": copy_t, "torch_cuda": copy_t * 1.05}),
+        _kcase("dropout_fwd", (BIG,), {"fcgpu": copy_t / 0.9, "cupy_unfused": copy_t * 20,
+                                       "torch_cuda": copy_t * 1.5}),
+        _kcase("dropout_bwd", (BIG,), {"fcgpu": copy_t / 0.8, "torch_cuda": copy_t * 1.2}),
+        _kcase("fused_fwd", (490, 500), {"fcgpu": 10e-6, "cupy_unfused": 40e-6,
+                                         "cupy_curand": 30e-6}),
+        _kcase("fused_fwd", (65536, 4096), {"fcgpu": 1e-3, "cupy_unfused": 3e-3}),
+        _kcase("bn_fwd", (490, 500), {"fcgpu": 8e-6, "torch_cuda": 12e-6}),
+        _tcase("default", {"fcgpu": 300000.0, "torch_cuda": 100000.0, "numpy": 20000.0,
+                           "torch_cpu": 25000.0}),
+        _tcase("wide", {"fcgpu": 30000.0, "torch_cuda": 20000.0},
+               skipped={"numpy": "one step takes 30 s, over the limit"}),
+    ]
+    raw = _raw(cases, variant_skips={"fcgpu_graph": "fcgpu has no CUDA-graph capture"},
+               machine=GPU_MACHINE)
+    exps = {"dropout_stats": {"x": "randn", "seed": 1, "gpu": {"checked": True,
+                                                               "identical": True},
+                              "rows": [{"p": 0.3, "input_mean": 10.0, "train_mean": 10.01,
+                                        "test_mean": 10.0, "train_zero_frac": 0.7,
+                                        "test_zero_frac": 0.0}]},
+            "dropout_regularizer": {"num_train": 500, "epochs": 3, "backend": "cupy",
+                                    "device": "H100", "net": "FullyConnectedNet([500])",
+                                    "solver": "adam", "runs": [
+                                        {"label": "no dropout", "dropout": 0,
+                                         "train_acc_history": [0.1, 0.5, 0.9],
+                                         "val_acc_history": [0.1, 0.2, 0.25],
+                                         "final_train_acc": 0.9, "final_val_acc": 0.25,
+                                         "best_val_acc": 0.25},
+                                        {"label": "dropout keep 0.6", "dropout": 0.6,
+                                         "train_acc_history": [0.1, 0.4, 0.7],
+                                         "val_acc_history": [0.1, 0.22, 0.29],
+                                         "final_train_acc": 0.7, "final_val_acc": 0.29,
+                                         "best_val_acc": 0.29}]},
+            "time_to_accuracy": {"skipped": "not run: opt in"}}
+    return build_results([raw], experiments=exps, machine=GPU_MACHINE)
+
+
+def cpu_results():
+    copy_t = op_bytes("copy", (1 << 24,)) / 20e9
+    cases = [
+        _kcase("copy", (1 << 24,), {"numba": copy_t, "numpy_ref": copy_t * 1.2}),
+        _kcase("dropout_fwd", (1 << 24,), {"numba": copy_t * 4, "torch_cpu": copy_t * 3},
+               skipped={"numpy_ref": "capped at 2^22"}),
+        _kcase("fused_fwd", (490, 500), {"numba": 1e-3, "numpy_ref": 5e-3}),
+        _tcase("default", {"numpy": 850.0, "torch_cpu": 1000.0}),   # 0.85x: missed
+    ]
+    skips = {v: "no GPU backend: CuPy is not installed" for v in
+             ("cupy_unfused", "cupy_curand", "fcgpu")}
+    skips["torch_cuda"] = "torch.cuda.is_available() is False"
+    raw = _raw(cases, variant_skips=skips, machine=CPU_MACHINE)
+    return build_results([raw], experiments={
+        "dropout_stats": {"skipped": "failed: boom"},
+        "dropout_regularizer": {"skipped": "needs the real CIFAR-10 data: set FCGPU_DATA"},
+        "time_to_accuracy": {"skipped": "not run: opt in"}}, machine=CPU_MACHINE)
+
+
+def _write(tmp_path, res, name):
+    p = tmp_path / name
+    p.write_text(json.dumps(res))
+    return str(p)
+
+
+# ----------------------------------------------------------------- summary logic
+
+def test_summary_keys_from_the_right_rows():
+    r = gpu_results()
+    s = r["summary"]
+    assert r["format"] == RESULTS_FORMAT
+    assert r["device"] == "NVIDIA H100 80GB HBM3"
+    # the reference is the best copy at the largest size: cudaMemcpy at 3000 GB/s
+    assert r["copy_bandwidth"]["gpu"]["variant"] == "cupy_unfused"
+    assert s["dropout_fwd_bw_frac"] == pytest.approx(0.9)
+    assert s["dropout_bwd_bw_frac"] == pytest.approx(0.8)
+    # both shapes reported, the key holds the smaller (3.0 at 65536x4096, 4.0 at 490x500)
+    assert r["summary_details"]["fused_vs_unfused_490x500"] == pytest.approx(4.0)
+    assert r["summary_details"]["fused_vs_unfused_65536x4096"] == pytest.approx(3.0)
+    assert s["fused_vs_unfused"] == pytest.approx(3.0)
+    assert s["train_vs_torch"] == pytest.approx(3.0)
+    assert s["train_vs_cpu"] == pytest.approx(15.0)
+    assert s["cpu_train_vs_torch"] == pytest.approx(0.8)
+    assert r["summary_details"]["train_vs_torch_wide"] == pytest.approx(1.5)
+    assert r["summary_notes"] == {}
+    frac = {(k["op"], k["variant"]): k["bw_frac"] for k in r["kernels"] if k["n"] == BIG}
+    assert frac[("dropout_fwd", "fcgpu")] == pytest.approx(0.9)
+
+
+def test_nulls_carry_the_reason():
+    r = cpu_results()
+    s, notes = r["summary"], r["summary_notes"]
+    for key in ("dropout_fwd_bw_frac", "dropout_bwd_bw_frac", "fused_vs_unfused",
+                "train_vs_torch", "train_vs_cpu"):
+        assert s[key] is None
+        assert notes[key], key
+    assert "CuPy is not installed" in notes["dropout_fwd_bw_frac"]
+    assert "CuPy is not installed" in notes["fused_vs_unfused"]
+    assert "CuPy is not installed" in notes["train_vs_cpu"]
+    assert s["cpu_train_vs_torch"] == pytest.approx(0.85)
+    assert "cpu_train_vs_torch" not in notes
+    # the CPU path's dropout figure is kept for information
+    assert r["summary_details"]["dropout_fwd_bw_frac_cpu_numba"]["frac"] == pytest.approx(0.25)
+    assert any(k["variant"] == "numpy_ref" and "2^22" in k["reason"]
+               for k in r["kernel_skips"])
+
+
+def test_missing_one_fused_shape_keeps_the_other_with_a_note():
+    copy_t = 1e-4
+    raw = _raw([_kcase("copy", (BIG,), {"cupy_unfused": copy_t}),
+                _kcase("fused_fwd", (490, 500), {"fcgpu": 1e-5, "cupy_unfused": 5e-5}),
+                _kcase("fused_fwd", (65536, 4096), {"cupy_unfused": 5e-3},
+                       skipped={"fcgpu": "out of device memory"})], machine=GPU_MACHINE)
+    r = build_results([raw], machine=GPU_MACHINE)
+    assert r["summary"]["fused_vs_unfused"] == pytest.approx(5.0)
+    assert "490x500" in r["summary_notes"]["fused_vs_unfused"]
+    assert "out of device memory" in r["summary_details"]["fused_vs_unfused_65536x4096_note"]
+    assert r["summary"]["dropout_fwd_bw_frac"] is None
+    assert "fcgpu" in r["summary_notes"]["dropout_fwd_bw_frac"]
+
+
+@pytest.mark.parametrize("key,value,status,words", [
+    ("cpu_train_vs_torch", 0.93, "met", "3% above"),
+    ("cpu_train_vs_torch", 0.9, "met", "0% above"),
+    ("cpu_train_vs_torch", 0.81, "missed", "missed by 10%"),
+    ("cpu_train_vs_torch", 0.8999, "missed", "missed by 0%"),
+    ("dropout_fwd_bw_frac", 0.68, "missed", "missed by 20%"),
+    ("fused_vs_unfused", 5.0, "met", "100% above"),
+    ("train_vs_torch", 1.5, "missed", "missed by 25%"),
+    ("train_vs_cpu", 12.0, "info", "no target"),
+    ("train_vs_torch", None, "not measured", "not measured"),
+])
+def test_target_status(key, value, status, words):
+    st, text = target_status(key, value)
+    assert st == status
+    assert words in text
+
+
+# ----------------------------------------------------------------- the page
+
+def test_report_has_sections_tables_and_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    paths = [_write(tmp_path, gpu_results(), "gpu.json"),
+             _write(tmp_path, cpu_results(), "cpu.json")]
+    out = tmp_path / "report"
+    md_path = render(load(paths), str(out))
+    md = open(md_path, encoding="utf-8").read()
+    order = ["## Summary", "### Targets", "## Machine", "## Kernels", "## Training",
+             "## Notebook experiments", "## Plots", "## How this was measured"]
+    pos = [md.index(h) for h in order]
+    assert pos == sorted(pos), "sections out of order"
+    # both machines are named, with GPU, driver and commit
+    assert "H100 80GB HBM3" in md and "AMD EPYC" in md
+    assert "580.1" in md and "`0123456789ab`" in md
+    assert "uncommitted changes" in md
+    # the targets: met on the GPU, missed on the CPU with the margin and the numbers
+    targets = md[md.index("### Targets"):md.index("## Machine")]
+    assert "✅ met" in targets and "❌ missed by 6%" in targets
+    assert "numpy 850 samples/s" in targets
+    assert "not measured [" in targets and "CuPy is not installed" in targets
+    # tables
+    assert "| Elements |" in md and "2^26" in md
+    assert "0.90" in md  # dropout fraction in a cell
+    assert "Speedups of the fused forward" in md and "4.00×" in md
+    assert "| Net | Variant |" in md
+    assert "Mean of train output" in md and "bit-identical" in md
+    assert "Train − val gap" in md
+    assert "needs the real CIFAR-10 data" in md
+    assert "Not run: opt in." in md and "Not run: not run" not in md
+    assert "`fcgpu_graph` did not run at all" in md
+    assert "one step takes 30 s" in md
+    # plots written, valid PNGs, and linked from the page
+    for name in ("kernels_dropout_gbps.png", "kernels_dropout_bw_frac.png",
+                 "kernels_batchnorm_fused.png", "train_samples_per_s.png",
+                 "dropout_regularizer.png"):
+        p = out / name
+        assert p.exists(), name
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "(%s)" % name in md
+    assert not (out / "time_to_accuracy.png").exists()  # not run: no plot
+
+
+def test_report_with_nothing_measured(tmp_path):
+    pytest.importorskip("matplotlib")
+    res = build_results([], experiments={}, machine=CPU_MACHINE)
+    for key in res["summary"]:
+        assert res["summary"][key] is None
+        assert res["summary_notes"][key]
+    md = open(render(load([_write(tmp_path, res, "r.json")]), str(tmp_path / "o")),
+              encoding="utf-8").read()
+    assert "No kernel measurements" in md
+    assert "No training measurements" in md
+    assert "No data to plot." in md
+    assert not list((tmp_path / "o").glob("*.png"))
+
+
+def test_load_rejects_other_json(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text(json.dumps({"benchmarks": []}))
+    with pytest.raises(ValueError, match="not an fcgpu results file"):
+        load([str(p)])
+
+
+def test_cli_report(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from fcgpu.cli import main
+    path = _write(tmp_path, cpu_results(), "cpu.json")
+    assert main(["report", path, "--out", str(tmp_path / "r")]) == 0
+    assert os.path.exists(tmp_path / "r" / "report.md")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    assert main(["report", str(bad), "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert "not JSON" in err and "Traceback" not in err
+
+
+def test_op_bytes_counts_each_input_and_output_once():
+    assert op_bytes("dropout_fwd", (BIG,)) == 2 * 4 * BIG
+    assert op_bytes("dropout_bwd", (BIG,)) == 2 * 4 * BIG
+    n, d = 490, 500
+    assert op_bytes("fused_fwd", (n, d)) == 4 * (2 * n * d + 8 * d)
+    assert op_bytes("fused_bwd", (n, d)) == 4 * (4 * n * d + 5 * d)
+    assert op_bytes("bn_bwd", (n, d)) == 4 * (3 * n * d + 5 * d)
