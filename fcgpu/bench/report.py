@@ -168,11 +168,14 @@ def summary_section(results, names):
         if v is not None:
             d = det.get("cpu_train_vs_torch") or {}
             st, txt = target_status("cpu_train_vs_torch", v)
+            best = det.get("cpu_train_vs_torch_best_steps")
             bullets.append("CPU training: the NumPy path runs the default net at **%s "
                            "samples/s**, **%s** PyTorch CPU's %s samples/s on the same "
-                           "cores (target ≥ 0.9×: **%s**)."
+                           "cores (target ≥ 0.9×: **%s**)%s."
                            % (fmt_num(d.get("numpy")), fmt_ratio(v),
-                              fmt_num(d.get("torch_cpu")), txt))
+                              fmt_num(d.get("torch_cpu")), txt,
+                              "; from the fastest steps of each: %s" % fmt_ratio(best)
+                              if best else ""))
         wide = det.get("cpu_train_vs_torch_wide")
         if wide is not None:
             bullets.append("On the wide net (3 × 4096) the NumPy path is at %s of PyTorch "
@@ -484,6 +487,7 @@ def train_section(results, names):
                     "**%s**" % fmt_num(r["samples_per_s"]),
                     "%s [%s–%s]" % (fmt_time(st.get("median")), fmt_time(st.get("q1")),
                                     fmt_time(st.get("q3"))),
+                    fmt_time(st.get("min")),
                     fmt_ratio(r["samples_per_s"] / base) if base else "—",
                     fmt_ratio(r["samples_per_s"] / npy) if npy else "—",
                     r.get("steps", "—"),
@@ -493,12 +497,12 @@ def train_section(results, names):
         out += ["No training measurements in these results.", ""]
     else:
         head = (["Machine"] if multi else []) + [
-            "Net", "Variant", "Device", "Samples/s", "Step: median [q1–q3]",
+            "Net", "Variant", "Device", "Samples/s", "Step: median [q1–q3]", "Fastest step",
             "vs PyTorch eager (same device)", "vs NumPy path", "Steps timed",
             "First step (compile)"]
         out += ["Batch 490, fp32, batchnorm, dropout keep 0.8, Adam; synthetic CIFAR-shaped "
                 "data on the device; variants interleaved in the same run.", "",
-                table(head, rows, ["l"] * (len(head) - 7) + ["r"] * 7), ""]
+                table(head, rows, ["l"] * (len(head) - 8) + ["r"] * 8), ""]
     out += skipped_section(results, names, "train")
     return out
 
@@ -668,7 +672,7 @@ def plot_dropout(results, names, path, frac=False):
         ax.grid(alpha=0.3, which="both")
         if frac:
             ax.axhline(0.85, color="#444", lw=1, ls="--")
-            ax.text(ax.get_xlim()[0], 0.86, " target 0.85", fontsize=8, va="bottom")
+            ax.text(ax.get_xlim()[0], 0.86, " GPU target 0.85", fontsize=8, va="bottom")
         else:
             ax.set_yscale("log")
     axes[0].set_ylabel("fraction of copy bandwidth" if frac else "GB/s (bytes that must move)")

@@ -186,6 +186,13 @@ def summarize(kernels, kskips, train, tskips, variant_skips, copy_ref, settings=
             summary[key] = None
             missing = num if not a else den
             notes[key] = _why_missing(missing, tskips, variant_skips, net="default")
+    # from the fastest steps: less sensitive to other load on a shared machine
+    for key, num, den in (("train_vs_torch", "fcgpu", "torch_cuda"),
+                          ("cpu_train_vs_torch", "numpy", "torch_cpu")):
+        a, b = _find(train, net="default", variant=num), _find(train, net="default",
+                                                                variant=den)
+        if a and b and a["step_s"].get("min") and b["step_s"].get("min"):
+            details[key + "_best_steps"] = b["step_s"]["min"] / a["step_s"]["min"]
     g = _find(train, net="default", variant="torch_cuda_compile")
     f = _find(train, net="default", variant="fcgpu")
     if g and f:

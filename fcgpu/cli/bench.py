@@ -56,6 +56,14 @@ def run(args):
     from ..bench.machine import machine_info
     from ..bench.results import build_results
 
+    try:
+        load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
+        if load > 1.5 * cores:
+            print("fcgpu bench: warning: the 1-minute load average is %.1f on %d cores; "
+                  "other work will slow every variant (the report says so)" % (load, cores),
+                  file=sys.stderr)
+    except (OSError, AttributeError):
+        pass
     out = os.path.abspath(args.out)
     raw_dir = os.path.join(out, "raw")
     os.makedirs(raw_dir, exist_ok=True)
