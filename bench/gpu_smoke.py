@@ -1,0 +1,170 @@
+"""Every fcgpu CUDA kernel once, on small inputs with tails and misaligned views.
+
+Meant to run under ``compute-sanitizer`` (memcheck, racecheck) from
+``bench/gpu_check.sh``; also fine on its own: ``PYTHONPATH=. python3 bench/gpu_smoke.py``.
+CuPy's memory pool is switched off so that every array is its own cudaMalloc and an
+access past its end is an error the sanitizer sees. Results are compared with the
+xp references (bit for bit for dropout, 1e-5 / 1e-12 relative otherwise); the
+script exits 1 on a mismatch and 2 if some kernel was never launched.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from fcgpu import fused  # noqa: E402
+from fcgpu import random as frandom  # noqa: E402
+from fcgpu.backend import require_cupy  # noqa: E402
+from fcgpu.cuda import module as cmod  # noqa: E402
+from fcgpu.cuda import ops  # noqa: E402
+
+FAILURES = []
+
+
+def check(ok, what):
+    print(("ok   " if ok else "FAIL ") + what, flush=True)
+    if not ok:
+        FAILURES.append(what)
+
+
+def rel(a, b, mag=None):
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+    m = b if mag is None else np.asarray(mag, np.float64).ravel()
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(m), 1e-300))
+
+
+def tol(dtype):
+    return 1e-5 if np.dtype(dtype) == np.float32 else 1e-12
+
+
+def flat_cases(cp, dtype, rng):
+    """(label, device array, host values): tails of 1..3 elements, misaligned views."""
+    out = []
+    for n in (1, 2, 3, 4, 5, 4097, 4098, 4099):
+        h = rng.standard_normal(n).astype(dtype)
+        out.append(("n%d" % n, cp.asarray(h), h))
+    for n in (6, 4098):  # misaligned: the view ends where its allocation ends
+        h = rng.standard_normal(n).astype(dtype)
+        d = cp.asarray(h)
+        out.append(("misaligned%d" % (n - 1), d[1:], h[1:]))
+    h = rng.standard_normal((9, 7)).astype(dtype)
+    out.append(("transposed", cp.asarray(h).T, h.T))
+    return out
+
+
+def run_flat(cp, dtype, rng):
+    seed, stream = 2 ** 40 + 1, 2 ** 33 + 5
+    for label, x, xh in flat_cases(cp, dtype, rng):
+        xh = np.ascontiguousarray(xh)
+        for p in (0.6, 1.0):
+            tag = "%s %s p=%g" % (np.dtype(dtype).name, label, p)
+            out, _ = ops.dropout_forward(x, p, seed, stream)
+            ref, _ = fused.dropout_forward_ref(xh, p, seed, stream)
+            check(np.array_equal(out.get().view(np.uint8), ref.view(np.uint8)),
+                  "dropout_forward " + tag)
+            dx = ops.dropout_backward(x, p, seed, stream, None)
+            check(np.array_equal(dx.get(), fused.dropout_backward_ref(xh, p, seed, stream)),
+                  "dropout_backward " + tag)
+            y = ops.relu_dropout_forward(x, p, seed, stream)
+            yref = fused.relu_dropout_forward_ref(xh, p, seed, stream)
+            check(np.array_equal(y.get(), yref), "relu_dropout_forward " + tag)
+            douth = rng.standard_normal(xh.shape).astype(dtype)
+            dout = cp.asarray(douth)
+            if label.startswith("misaligned"):  # the scalar path of the backward too
+                dout = cp.asarray(np.concatenate([[0], douth.ravel()]).astype(dtype))[1:]
+                dout = dout.reshape(douth.shape)
+            dx = ops.relu_dropout_backward(dout, y, p)
+            check(np.array_equal(dx.get(), fused.relu_dropout_backward_ref(douth, yref, p)),
+                  "relu_dropout_backward " + tag)
+    for n in (1, 2, 3, 4, 5, 4099):
+        m = ops.dropout_mask((n,), 0.5, 3, 4)
+        check(np.array_equal(m.get(), frandom.dropout_mask_reference((n,), 0.5, 3, 4)),
+              "dropout_mask n=%d" % n)
+
+
+def bn_case(cp, dtype, shape, rng, misaligned):
+    n, d = shape
+    xh = (rng.standard_normal(shape) * 2 + rng.standard_normal(d)).astype(dtype)
+    if misaligned:
+        base = cp.empty(n * d + 1, dtype=dtype)
+        x = base[1:].reshape(shape)
+        x[...] = cp.asarray(xh)
+    else:
+        x = cp.asarray(xh)
+    gh = rng.uniform(0.5, 1.5, d).astype(dtype)
+    bh = rng.standard_normal(d).astype(dtype)
+    return x, xh, gh, bh
+
+
+def run_bn(cp, dtype, rng):
+    for shape in [(2, 5), (2, 4), (7, 3), (33, 8), (65, 12), (130, 37), (600, 64)]:
+        for misaligned in (False, True):
+            n, d = shape
+            tag = "%s %dx%d%s" % (np.dtype(dtype).name, n, d, " misaligned" if misaligned else "")
+            x, xh, gh, bh = bn_case(cp, dtype, shape, rng, misaligned)
+            g, b = cp.asarray(gh), cp.asarray(bh)
+            x64, g64, b64 = xh.astype(np.float64), gh.astype(np.float64), bh.astype(np.float64)
+            rm, rv = cp.zeros(d, dtype), cp.ones(d, dtype)
+            rm64, rv64 = np.zeros(d), np.ones(d)
+            out, mean, inv_std = ops.bn_forward_train(x, g, b, 1e-5, 0.9, rm, rv)
+            r_out, r_mean, r_inv = fused.bn_forward_train_ref(x64, g64, b64, 1e-5, 0.9, rm64, rv64)
+            check(rel(out.get(), r_out) < tol(dtype) and rel(mean.get(), r_mean) < tol(dtype)
+                  and rel(rv.get(), rv64) < tol(dtype), "bn_forward_train " + tag)
+            out = ops.bn_forward_infer(x, g, b, 1e-5, rm, rv)
+            check(rel(out.get(), fused.bn_forward_infer_ref(x64, g64, b64, 1e-5, rm64, rv64))
+                  < tol(dtype), "bn_forward_infer " + tag)
+            douth = (rng.standard_normal(shape) + 0.2).astype(dtype)
+            d64 = douth.astype(np.float64)
+            m64, i64 = mean.get().astype(np.float64), inv_std.get().astype(np.float64)
+            dx, dg, db = ops.bn_backward(cp.asarray(douth), x, g, mean, inv_std)
+            rdx, rdg, rdb = fused.bn_backward_ref(d64, x64, g64, m64, i64)
+            mag = np.abs(g64 * i64 * d64) + np.abs(rdx)
+            check(rel(dx.get(), rdx, mag) < tol(dtype), "bn_backward " + tag)
+            for p in (0.7, 1.0):
+                rm2, rv2 = cp.zeros(d, dtype), cp.ones(d, dtype)
+                out, mean, inv_std = ops.bn_relu_dropout_forward(x, g, b, 1e-5, 0.9, rm2, rv2, p,
+                                                                 11, 12)
+                r_out, _, _ = fused.bn_relu_dropout_forward_ref(x64, g64, b64, 1e-5, 0.9,
+                                                                np.zeros(d), np.ones(d), p, 11, 12)
+                check(rel(out.get(), r_out) < tol(dtype), "bn_relu_dropout_forward p=%g %s"
+                      % (p, tag))
+                outh = out.get().astype(np.float64)
+                m64, i64 = mean.get().astype(np.float64), inv_std.get().astype(np.float64)
+                dx, dg, db = ops.bn_relu_dropout_backward(cp.asarray(douth), out, x, g, mean,
+                                                          inv_std, p)
+                rdx, _, _ = fused.bn_relu_dropout_backward_ref(d64, outh, x64, g64, m64, i64, p)
+                mag = np.abs(g64 * i64 * d64) / p + np.abs(rdx)
+                check(rel(dx.get(), rdx, mag) < tol(dtype), "bn_relu_dropout_backward p=%g %s"
+                      % (p, tag))
+
+
+def main():
+    cp = require_cupy()
+    cp.cuda.set_allocator(None)  # every array its own cudaMalloc: the sanitizer sees overruns
+    dev = cp.cuda.Device()
+    name = cp.cuda.runtime.getDeviceProperties(dev.id)["name"]
+    print("device %d: %s" % (dev.id, name.decode() if isinstance(name, bytes) else name))
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        run_flat(cp, dtype, rng)
+        run_bn(cp, dtype, rng)
+    cp.cuda.runtime.deviceSynchronize()
+    launched = {name for (d, name) in cmod._kernels if d == dev.id}
+    missing = sorted(set().union(*[set(n) for _, n in cmod.MODULES.values()]) - launched)
+    print("kernels launched: %d, never launched: %s" % (len(launched), missing or "none"))
+    if FAILURES:
+        print("%d check(s) FAILED" % len(FAILURES))
+        return 1
+    if missing:
+        return 2
+    print("all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
