@@ -692,6 +692,7 @@ def _install_fake_cuda(nvcc_reports, monkeypatch, emu=None):
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(ops, "_cp", lambda: fake)
     monkeypatch.setattr(ops, "sm_count", lambda: 3)
+    monkeypatch.setattr(ops, "blocks_per_sm", lambda name, threads: 2)
 
     def get_kernel(name):
         assert name in sigs, "no compiled kernel named %r" % name

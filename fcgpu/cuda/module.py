@@ -18,7 +18,7 @@ from pathlib import Path
 from ..backend import require_cupy
 
 __all__ = ["kernels_dir", "expand_source", "name_expressions", "get_kernel", "sm_count",
-           "compile_options", "MODULES", "CTYPES"]
+           "blocks_per_sm", "compile_options", "MODULES", "CTYPES"]
 
 ENV_KERNELS_DIR = "FCGPU_KERNELS_DIR"
 
@@ -113,6 +113,7 @@ _sources = {}       # module -> expanded source text
 _modules = {}       # (device id, module) -> cupy.RawModule
 _kernels = {}       # (device id, name expression) -> cupy.RawKernel
 _sm_counts = {}     # device id -> multiprocessor count
+_occupancy = {}     # (device id, name, threads per block) -> resident blocks per SM
 
 
 def _module_of(name):
@@ -160,9 +161,30 @@ def sm_count():
     return n
 
 
+def blocks_per_sm(name, threads, default=8):
+    """How many ``threads``-thread blocks of kernel ``name`` one SM holds at once on
+    the current device (the driver's occupancy calculator; ``default`` if CuPy does
+    not expose it). Grids are sized in whole waves of this, so none ends half empty."""
+    cp = require_cupy()
+    dev = cp.cuda.runtime.getDevice()
+    key = (dev, name, int(threads))
+    n = _occupancy.get(key)
+    if n is None:
+        kern = get_kernel(name)
+        try:
+            n = int(cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
+                kern.kernel.ptr, int(threads), 0))
+        except Exception:  # an older CuPy without the binding: assume full occupancy
+            n = default
+        n = max(1, n)
+        _occupancy[key] = n
+    return n
+
+
 def clear_caches():
     """Forget compiled modules and sources (tests; after editing kernels/)."""
     with _lock:
         _sources.clear()
         _modules.clear()
         _kernels.clear()
+        _occupancy.clear()

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..backend import is_cupy_array, require_cupy
 from ..random import _shape_size, check_seed, dropout_scale, keep_threshold
-from .module import get_kernel, sm_count
+from .module import blocks_per_sm, get_kernel, sm_count
 
 __all__ = [
     "dropout_forward", "dropout_backward", "dropout_mask", "bn_forward_train",
@@ -38,7 +38,7 @@ COL_BN, COL_BN_RELU, COL_BN_RELU_DROPOUT, COL_BN_BWD, COL_BN_RELU_DROPOUT_BWD = 
 KEEP_ALL = 1 << 32          # threshold meaning p >= 1
 THREADS = 256
 RED_X, RED_Y = 32, 8        # reduction block shape (kernels/batchnorm.cu)
-BLOCKS_PER_SM = 32          # grid-stride grids: this many blocks per SM at most
+WAVES = 2                   # grid-stride grids: this many full waves of resident blocks
 MAX_GRID_Y = 65535
 
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
@@ -138,9 +138,15 @@ def _aligned(*arrays):
     return all(a.data.ptr % 16 == 0 for a in arrays)
 
 
-def _grid_1d(nwork):
-    """Blocks for a grid-stride loop over ``nwork`` items of one thread each."""
-    return max(1, min((nwork + THREADS - 1) // THREADS, sm_count() * BLOCKS_PER_SM))
+def _resident(name, threads=THREADS):
+    """Blocks of kernel ``name`` resident on the whole device at once."""
+    return sm_count() * blocks_per_sm(name, threads)
+
+
+def _grid_1d(name, nwork):
+    """Blocks for a grid-stride loop over ``nwork`` items of one thread each: enough
+    to cover them, at most WAVES whole waves of the kernel's resident blocks."""
+    return max(1, min((nwork + THREADS - 1) // THREADS, _resident(name) * WAVES))
 
 
 def _pow2_at_least(v):
@@ -158,9 +164,10 @@ def _flat(op, a, b, seed, stream, threshold, s):
         return y
     arrays = (a,) if b is None else (a, b)
     vec = "true" if _aligned(*arrays) else "false"
-    kern = get_kernel("fcgpu_flat<%s, %d, %s>" % (_CTYPE[a.dtype], op, vec))
+    name = "fcgpu_flat<%s, %d, %s>" % (_CTYPE[a.dtype], op, vec)
+    kern = get_kernel(name)
     nblk = (n + 3) // 4
-    kern((_grid_1d(nblk),), (THREADS,),
+    kern((_grid_1d(name, nblk),), (THREADS,),
          (a, a if b is None else b, y, _u64(n), _u64(seed), _u64(stream), _u64(threshold), s))
     return y
 
@@ -176,7 +183,7 @@ def dropout_mask(shape, p, seed, stream):
     mask = cp.empty(shape, dtype=bool)
     if n:
         kern = get_kernel("fcgpu_dropout_mask")
-        kern((_grid_1d((n + 3) // 4),), (THREADS,),
+        kern((_grid_1d("fcgpu_dropout_mask", (n + 3) // 4),), (THREADS,),
              (mask, _u64(n), _u64(seed), _u64(stream), _u64(t)))
     return mask
 
@@ -238,20 +245,21 @@ def _check_2d(x, what="x"):
     return dt
 
 
-def chunk_layout(n, d, sms):
+def chunk_layout(n, d, sms, blocks_per_sm=8):
     """``(R, G)``: rows per chunk and chunk count of the two-stage column reductions
-    of an (n, d) array on a device with ``sms`` multiprocessors: about one wave of
-    256-thread blocks, and at least 64 rows (8 per row lane) per chunk."""
+    of an (n, d) array on a device with ``sms`` multiprocessors holding
+    ``blocks_per_sm`` reduction blocks each: at most one full wave of blocks (so no
+    wave runs half empty), and at least 64 rows (8 per row lane) per chunk."""
     gx = (d + RED_X - 1) // RED_X
-    target = max(1, sms) * 8
-    g = max(1, min((target + gx - 1) // gx, (n + 63) // 64, MAX_GRID_Y))
+    target = max(1, sms) * max(1, blocks_per_sm)
+    g = max(1, min(target // gx, (n + 63) // 64, MAX_GRID_Y))
     r = max(1, (n + g - 1) // g)
     g = max(1, (n + r - 1) // r)
     return r, g
 
 
-def _chunks(n, d):
-    return chunk_layout(n, d, sm_count())
+def _chunks(n, d, kernel):
+    return chunk_layout(n, d, sm_count(), blocks_per_sm(kernel, RED_X * RED_Y))
 
 
 def _col(op, a, b, c, p0, p1, p2, p3, seed=0, stream=0, threshold=KEEP_ALL, s=None):
@@ -269,16 +277,19 @@ def _col(op, a, b, c, p0, p1, p2, p3, seed=0, stream=0, threshold=KEEP_ALL, s=No
             p0, p1, p2, p0 if p3 is None else p3,
             _u64(seed), _u64(stream), _u64(threshold), s)
     if d % 4 == 0 and _aligned(*ins):
+        name = "fcgpu_col_vec<%s, %d>" % (ct, op)
+        kern = get_kernel(name)
         d4 = d // 4
         bx = min(64, _pow2_at_least(d4))
         by = THREADS // bx
         gx = (d4 + bx - 1) // bx
-        gy = max(1, min((n_rows + by - 1) // by,
-                        (sm_count() * BLOCKS_PER_SM + gx - 1) // gx, MAX_GRID_Y))
-        get_kernel("fcgpu_col_vec<%s, %d>" % (ct, op))((gx, gy), (bx, by), args)
+        gy = max(1, min((n_rows + by - 1) // by, (_resident(name) * WAVES) // gx, MAX_GRID_Y))
+        kern((gx, gy), (bx, by), args)
     else:
+        name = "fcgpu_col_flat<%s, %d>" % (ct, op)
+        kern = get_kernel(name)
         nblk = (n_rows * d + 3) // 4
-        get_kernel("fcgpu_col_flat<%s, %d>" % (ct, op))((_grid_1d(nblk),), (THREADS,), args)
+        kern((_grid_1d(name, nblk),), (THREADS,), args)
     return y
 
 
@@ -292,7 +303,7 @@ def _stats(x, gamma, eps, momentum, running_mean, running_var):
     rv, rv_back = _running(running_var, d, dt, "running_var")
     if (running_mean is None) != (running_var is None):
         raise ValueError("give both running_mean and running_var, or neither")
-    r, g = _chunks(n_rows, d)
+    r, g = _chunks(n_rows, d, "fcgpu_bn_stats<%s>" % ct)
     ws = cp.empty((2, g, d), dtype=dt)
     coef = cp.empty((3, d), dtype=dt)
     mean, inv_std, scale = coef[0], coef[1], coef[2]
@@ -367,11 +378,12 @@ def _bn_bwd(dout, out, x, gamma, mean, inv_std, p):
     inv_std = _param(inv_std, d, dt, "inv_std")
     ct = _CTYPE[dt]
     with _device_of(x):
-        r, g = _chunks(n_rows, d)
+        sums = "fcgpu_bn_bwd_sums<%s, %s>" % (ct, "true" if fused else "false")
+        r, g = _chunks(n_rows, d, sums)
         ws = cp.empty((2, g, d), dtype=dt)
         coef = cp.empty((5, d), dtype=dt)
         dgamma, dbeta, k1, k2, k3 = coef[0], coef[1], coef[2], coef[3], coef[4]
-        get_kernel("fcgpu_bn_bwd_sums<%s, %s>" % (ct, "true" if fused else "false"))(
+        get_kernel(sums)(
             ((d + RED_X - 1) // RED_X, g), (RED_X, RED_Y),
             (dout, out if fused else dout, x, mean, _u64(n_rows), _u64(d), _u64(r), s,
              ws[0], ws[1]))
