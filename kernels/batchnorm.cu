@@ -150,8 +150,11 @@ fcgpu_bn_bwd_finalize(const T* __restrict__ ws_sdy, const T* __restrict__ ws_sdy
 
 // 2-D vector path. Requires D % 4 == 0 and a, b, c, y 16-byte aligned. Thread
 // (x, y) owns columns 4q .. 4q+3 (q < D/4) and rows y, y + stride, ...
+// Launch bounds: the fp32 forward passes are held to 32 registers (8 blocks of 256
+// per SM, full occupancy), the fp32 backward ones to 6 blocks and fp64 to 3, all
+// without spilling (tests/test_kernels_host.py checks it).
 template <typename T, int OP>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(256, sizeof(T) == 4 ? (OP <= 2 ? 8 : 6) : 3)
 fcgpu_col_vec(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ c,
               T* __restrict__ y, u64 N, u64 D, const T* __restrict__ p0,
               const T* __restrict__ p1, const T* __restrict__ p2, const T* __restrict__ p3,
