@@ -133,17 +133,14 @@ def gpu_info():
         "l2_bytes": int(props.get("l2CacheSize", 0)),
         "cuda_driver_api": "%d.%d" % (drv // 1000, (drv % 1000) // 10),
         "cuda_runtime": "%d.%d" % (rt // 1000, (rt % 1000) // 10),
-        "driver": None,
+        "driver": None,   # the driver's version as nvidia-smi reports it
     }
     try:
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,name,clocks.max.mem",
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version",
                               "--format=csv,noheader", "-i", str(dev.id)],
                              capture_output=True, text=True, timeout=20)
         if smi.returncode == 0 and smi.stdout.strip():
-            parts = [p.strip() for p in smi.stdout.strip().splitlines()[0].split(",")]
-            info["driver"] = parts[0]
-            if len(parts) > 2:
-                info["max_mem_clock"] = parts[2]
+            info["driver"] = smi.stdout.strip().splitlines()[0].strip()
     except (OSError, subprocess.SubprocessError):
         pass
     return info

@@ -200,6 +200,20 @@ def summarize(kernels, kskips, train, tskips, variant_skips, copy_ref, settings=
     return summary, notes, details
 
 
+def results_dir_name(machine):
+    """``<date>-<device>`` for committing under ``bench/results/``, e.g.
+    ``2026-11-26-cpu-amd-epyc`` or ``2026-11-26-nvidia-h100-80gb-hbm3``."""
+    import re
+    from .machine import device_label
+    date = (machine.get("date") or _dt.date.today().isoformat())[:10]
+    gpu = machine.get("gpu") or {}
+    dev = device_label(machine) or "unknown"
+    if not gpu.get("available"):
+        dev = "cpu-" + dev
+    slug = re.sub(r"[^a-z0-9]+", "-", dev.lower().replace("(r)", "").replace("(tm)", ""))
+    return "%s-%s" % (date, slug.strip("-"))
+
+
 def build_results(raw_list, experiments=None, machine=None, settings=None):
     """The results dict from pytest-benchmark JSON dicts (one per suite run)."""
     kernels, kskips, train, tskips, fc = collect(raw_list)
@@ -229,4 +243,5 @@ def build_results(raw_list, experiments=None, machine=None, settings=None):
         "summary_notes": notes,
         "summary_details": details,
         "variant_labels": {v: lab for v, (_, lab) in KVARIANTS.items()},
+        "suggested_dir": results_dir_name(machine) if machine else None,
     }

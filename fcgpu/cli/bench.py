@@ -120,6 +120,8 @@ def run(args):
         print("  %-22s %s%s" % (k, "null" if v is None else "%.3f" % v,
                                 "" if v is not None else
                                 "  (%s)" % results["summary_notes"].get(k, "")))
+    if results.get("suggested_dir"):
+        print("  to commit it: bench/results/%s/" % results["suggested_dir"])
     if args.report:
         from ..bench import report
         res = report.load([path])
