@@ -1011,3 +1011,23 @@ def test_emulated_running_stats_through_copies(emu_cuda, dtype):
     assert np.allclose(_np(big)[1::2], 0)
     assert np.allclose(_np(rv), 0.8 + 0.2 * x64.var(axis=0), rtol=1e-5)
     assert _np(rv).dtype == other
+
+
+def test_emulated_empty_shapes(emu_cuda):
+    ops, log = emu_cuda
+    for dtype in DTYPES:
+        x = _fake(np.ones((0,), dtype))
+        assert ops.dropout_forward(x, 0.5, 1, 2)[0].shape == (0,)
+        assert ops.relu_dropout_forward(x, 0.5, 1, 2).shape == (0,)
+        assert ops.dropout_mask((0, 3), 0.5, 1, 2).shape == (0, 3)
+        x = _fake(np.ones((4, 0), dtype))
+        e = _fake(np.ones(0, dtype))
+        out, mean, inv_std = ops.bn_forward_train(x, e, e, 1e-5, 0.9, _fake(np.ones(0, dtype)),
+                                                  _fake(np.ones(0, dtype)))
+        assert out.shape == (4, 0) and mean.shape == (0,)
+        assert ops.bn_forward_infer(x, e, e, 1e-5, e, e).shape == (4, 0)
+        dx, dg, db = ops.bn_backward(x, x, e, e, e)
+        assert dx.shape == (4, 0) and dg.shape == (0,)
+        out, _, _ = ops.bn_relu_dropout_forward(x, e, e, 1e-5, 0.9, _fake(np.ones(0, dtype)),
+                                                _fake(np.ones(0, dtype)), 0.5, 1, 2)
+        assert out.shape == (4, 0)

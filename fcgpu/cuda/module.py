@@ -83,7 +83,7 @@ def expand_source(filename, kdir=None):
         path = (kdir / name).resolve()
         seen.add(path)
         out = ['#line 1 "%s"' % name]
-        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             m = _INCLUDE_RE.match(line)
             if m is None:
                 out.append(line)

@@ -303,10 +303,12 @@ def _stats(x, gamma, eps, momentum, running_mean, running_var):
     rv, rv_back = _running(running_var, d, dt, "running_var")
     if (running_mean is None) != (running_var is None):
         raise ValueError("give both running_mean and running_var, or neither")
-    r, g = _chunks(n_rows, d, "fcgpu_bn_stats<%s>" % ct)
-    ws = cp.empty((2, g, d), dtype=dt)
     coef = cp.empty((3, d), dtype=dt)
     mean, inv_std, scale = coef[0], coef[1], coef[2]
+    if d == 0:
+        return mean, inv_std, scale
+    r, g = _chunks(n_rows, d, "fcgpu_bn_stats<%s>" % ct)
+    ws = cp.empty((2, g, d), dtype=dt)
     get_kernel("fcgpu_bn_stats<%s>" % ct)(
         ((d + RED_X - 1) // RED_X, g), (RED_X, RED_Y),
         (x, _u64(n_rows), _u64(d), _u64(r), ws[0], ws[1]))
@@ -351,6 +353,8 @@ def bn_forward_infer(x, gamma, beta, eps, running_mean, running_var):
     rv = _param(running_var, d, dt, "running_var")
     with _device_of(x):
         scale = cp.empty(d, dtype=dt)
+        if d == 0:
+            return cp.empty(x.shape, dtype=dt)
         get_kernel("fcgpu_bn_infer_coef<%s>" % _CTYPE[dt])(
             ((d + THREADS - 1) // THREADS,), (THREADS,), (gamma, rv, _u64(d), _f64(eps), scale))
         return _col(COL_BN, x, None, None, rm, scale, beta, None)
@@ -378,11 +382,13 @@ def _bn_bwd(dout, out, x, gamma, mean, inv_std, p):
     inv_std = _param(inv_std, d, dt, "inv_std")
     ct = _CTYPE[dt]
     with _device_of(x):
+        coef = cp.empty((5, d), dtype=dt)
+        dgamma, dbeta, k1, k2, k3 = coef[0], coef[1], coef[2], coef[3], coef[4]
+        if d == 0:
+            return cp.empty((n_rows, 0), dtype=dt), dgamma, dbeta
         sums = "fcgpu_bn_bwd_sums<%s, %s>" % (ct, "true" if fused else "false")
         r, g = _chunks(n_rows, d, sums)
         ws = cp.empty((2, g, d), dtype=dt)
-        coef = cp.empty((5, d), dtype=dt)
-        dgamma, dbeta, k1, k2, k3 = coef[0], coef[1], coef[2], coef[3], coef[4]
         get_kernel(sums)(
             ((d + RED_X - 1) // RED_X, g), (RED_X, RED_Y),
             (dout, out if fused else dout, x, mean, _u64(n_rows), _u64(d), _u64(r), s,
