@@ -106,7 +106,16 @@ def gpu_results():
                                          "val_acc_history": [0.1, 0.22, 0.29],
                                          "final_train_acc": 0.7, "final_val_acc": 0.29,
                                          "best_val_acc": 0.29}]},
-            "time_to_accuracy": {"skipped": "not run: opt in"}}
+            "time_to_accuracy": {"target": 0.6, "max_epochs": 17, "config": "defaults",
+                                 "backends": {
+                                     "fcgpu": {"reached": True, "seconds": 12.5,
+                                               "train_seconds": 10.0, "epochs": 9,
+                                               "best_val_acc": 0.61, "loadavg": [1.0, 2.0],
+                                               "val_acc_history": [0.4] * 8 + [0.61]},
+                                     "numpy": {"reached": False, "seconds": None,
+                                               "epochs": None, "best_val_acc": 0.58,
+                                               "val_acc_history": [0.5] * 16 + [0.58]},
+                                     "torch_cuda": {"skipped": "failed (exit 1): boom"}}}}
     return build_results([raw], experiments=exps, machine=GPU_MACHINE)
 
 
@@ -244,12 +253,16 @@ def test_report_has_sections_tables_and_plots(tmp_path):
     # plots written, valid PNGs, and linked from the page
     for name in ("kernels_dropout_gbps.png", "kernels_dropout_bw_frac.png",
                  "kernels_batchnorm_fused.png", "train_samples_per_s.png",
-                 "dropout_regularizer.png"):
+                 "dropout_regularizer.png", "time_to_accuracy.png"):
         p = out / name
         assert p.exists(), name
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "(%s)" % name in md
-    assert not (out / "time_to_accuracy.png").exists()  # not run: no plot
+    # time to accuracy: reached, not reached, failed; the CPU machine did not run it
+    assert "| fcgpu | 12.50 s | 10.00 s | 9 | 1.0–2.0 |" in md
+    assert "not reached" in md and "best val 0.580 in 17 epochs" in md
+    assert "failed (exit 1): boom" in md
+    assert (out / "time_to_accuracy.png").exists()
 
 
 def test_report_with_nothing_measured(tmp_path):

@@ -238,6 +238,7 @@ def time_to_accuracy(path=None, enabled=False, backends=None, max_epochs=17,
             continue
         cmd = [sys.executable, "-m", "fcgpu.bench.experiments", "tta", name, src,
                str(max_epochs), str(target)]
+        load0 = os.getloadavg()[0]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                                   env=_worker_env())
@@ -250,6 +251,7 @@ def time_to_accuracy(path=None, enabled=False, backends=None, max_epochs=17,
             results[name] = {"skipped": "failed (exit %d): %s" % (proc.returncode, tail[0])}
             continue
         results[name] = json.loads(lines[-1])
+        results[name]["loadavg"] = [load0, os.getloadavg()[0]]
     return {"target": target, "max_epochs": max_epochs, "config": "fcgpu train defaults "
             "(3x500, batchnorm, keep 0.8, Adam 5e-3, decay 0.9, batch 490)",
             "backends": results}

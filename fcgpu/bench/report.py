@@ -554,19 +554,22 @@ def _tta_md(tta):
         return [_not_run((tta or {}).get("skipped")), ""]
     rows = []
     for b, r in tta["backends"].items():
+        load = r.get("loadavg")
+        load = "%.1f–%.1f" % (min(load), max(load)) if load else "—"
         if "skipped" in r:
-            rows.append([b, "—", "—", "—", _not_run(r["skipped"])])
+            rows.append([b, "—", "—", "—", "—", _not_run(r["skipped"])])
         elif r.get("reached"):
             rows.append([b, fmt_time(r["seconds"]), fmt_time(r.get("train_seconds")),
-                         r["epochs"], "best val %.3f" % r["best_val_acc"]])
+                         r["epochs"], load, "best val %.3f" % r["best_val_acc"]])
         else:
-            rows.append([b, "not reached", "—", "—", "best val %.3f in %d epochs" % (
+            rows.append([b, "not reached", "—", "—", load, "best val %.3f in %d epochs" % (
                 r["best_val_acc"] or 0, len(r["val_acc_history"]))])
     return ["%s; stops at the first epoch whose validation accuracy is ≥ %.2f (at most %d "
-            "epochs). Backends ran one after the other, not interleaved." % (
-                tta["config"], tta["target"], tta["max_epochs"]), "",
+            "epochs). Backends ran one after the other, not interleaved: compare them only "
+            "where the load average was alike." % (tta["config"], tta["target"],
+                                                   tta["max_epochs"]), "",
             table(["Backend", "Wall time to target", "Of which training steps", "Epochs",
-                   "Note"], rows), ""]
+                   "Load avg (start–end)", "Note"], rows), ""]
 
 
 def experiments_section(results, names):
