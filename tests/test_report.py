@@ -110,7 +110,7 @@ def gpu_results():
                                  "backends": {
                                      "fcgpu": {"reached": True, "seconds": 12.5,
                                                "train_seconds": 10.0, "epochs": 9,
-                                               "best_val_acc": 0.61, "loadavg": [1.0, 2.0],
+                                               "best_val_acc": 0.61, "loadavg": [1.0, 1.5, 2.0],
                                                "val_acc_history": [0.4] * 8 + [0.61]},
                                      "numpy": {"reached": False, "seconds": None,
                                                "epochs": None, "best_val_acc": 0.58,
@@ -259,7 +259,7 @@ def test_report_has_sections_tables_and_plots(tmp_path):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "(%s)" % name in md
     # time to accuracy: reached, not reached, failed; the CPU machine did not run it
-    assert "| fcgpu | 12.50 s | 10.00 s | 9 | 1.0–2.0 |" in md
+    assert "| fcgpu | 12.50 s | 10.00 s | 9 | 1.5 (1.0–2.0) |" in md
     assert "not reached" in md and "best val 0.580 in 17 epochs" in md
     assert "failed (exit 1): boom" in md
     assert (out / "time_to_accuracy.png").exists()

@@ -219,6 +219,31 @@ def _tta_one(name, src, max_epochs, target):
     raise ValueError(name)
 
 
+def _run_sampling_load(cmd, timeout, every=5.0):
+    """Run ``cmd``; return (stdout, stderr, exit code, 1-minute load averages sampled
+    every ``every`` seconds while it ran)."""
+    import tempfile
+    from .worker import _worker_env
+    loads = [os.getloadavg()[0]]
+    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
+        proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, text=True, env=_worker_env())
+        t0 = time.monotonic()
+        while True:
+            try:
+                proc.wait(every)
+                break
+            except subprocess.TimeoutExpired:
+                loads.append(os.getloadavg()[0])
+                if time.monotonic() - t0 > timeout:
+                    proc.kill()
+                    proc.wait()
+                    raise
+        loads.append(os.getloadavg()[0])
+        fo.seek(0)
+        fe.seek(0)
+        return fo.read(), fe.read(), proc.returncode, loads
+
+
 def time_to_accuracy(path=None, enabled=False, backends=None, max_epochs=17,
                      target=TTA_TARGET, timeout=1800):
     """Seconds of training until validation accuracy >= ``target``, per backend."""
@@ -231,27 +256,24 @@ def time_to_accuracy(path=None, enabled=False, backends=None, max_epochs=17,
     from .. import backend
     gpu_ok, gpu_why = backend.cupy_status()
     results = {}
-    from .worker import _worker_env
     for name in backends or TTA_BACKENDS:
         if name == "fcgpu" and not gpu_ok:
             results[name] = {"skipped": "no GPU backend: %s" % gpu_why}
             continue
         cmd = [sys.executable, "-m", "fcgpu.bench.experiments", "tta", name, src,
                str(max_epochs), str(target)]
-        load0 = os.getloadavg()[0]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                                  env=_worker_env())
+            out, err, code, loads = _run_sampling_load(cmd, timeout)
         except subprocess.TimeoutExpired:
             results[name] = {"skipped": "did not finish within %d s" % timeout}
             continue
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        if proc.returncode != 0 or not lines:
-            tail = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
-            results[name] = {"skipped": "failed (exit %d): %s" % (proc.returncode, tail[0])}
+        lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+        if code != 0 or not lines:
+            tail = (err or "").strip().splitlines()[-1:] or ["no output"]
+            results[name] = {"skipped": "failed (exit %d): %s" % (code, tail[0])}
             continue
         results[name] = json.loads(lines[-1])
-        results[name]["loadavg"] = [load0, os.getloadavg()[0]]
+        results[name]["loadavg"] = [min(loads), sum(loads) / len(loads), max(loads)]
     return {"target": target, "max_epochs": max_epochs, "config": "fcgpu train defaults "
             "(3x500, batchnorm, keep 0.8, Adam 5e-3, decay 0.9, batch 490)",
             "backends": results}

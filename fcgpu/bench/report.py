@@ -178,8 +178,8 @@ def summary_section(results, names):
                               if best else ""))
         wide = det.get("cpu_train_vs_torch_wide")
         if wide is not None:
-            bullets.append("On the wide net (3 × 4096) the NumPy path is at %s of PyTorch "
-                           "CPU." % fmt_ratio(wide))
+            bullets.append("On the wide net (3 × 4096) the NumPy path runs at %s PyTorch "
+                           "CPU's samples/s." % fmt_ratio(wide))
         for key, what in (("dropout_fwd_bw_frac", "forward"), ("dropout_bwd_bw_frac",
                                                                 "backward")):
             c = det.get(key + "_cpu_numba")
@@ -555,7 +555,8 @@ def _tta_md(tta):
     rows = []
     for b, r in tta["backends"].items():
         load = r.get("loadavg")
-        load = "%.1f–%.1f" % (min(load), max(load)) if load else "—"
+        load = ("%.1f (%.1f–%.1f)" % (load[1], load[0], load[2]) if load and len(load) == 3
+                else "%.1f–%.1f" % (min(load), max(load)) if load else "—")
         if "skipped" in r:
             rows.append([b, "—", "—", "—", "—", _not_run(r["skipped"])])
         elif r.get("reached"):
@@ -569,7 +570,7 @@ def _tta_md(tta):
             "where the load average was alike." % (tta["config"], tta["target"],
                                                    tta["max_epochs"]), "",
             table(["Backend", "Wall time to target", "Of which training steps", "Epochs",
-                   "Load avg (start–end)", "Note"], rows), ""]
+                   "Load average: mean (min–max)", "Note"], rows), ""]
 
 
 def experiments_section(results, names):
@@ -724,6 +725,9 @@ def plot_rowops(results, names, path):
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([g[0] for g in groups], fontsize=8)
     ax.set_yscale("log")
+    top = max((g[1].get(v) or 0) for g in groups for v in variants)
+    if top > 0:
+        ax.set_ylim(top=top * 6)  # room for the legend above the bars
     ax.set_ylabel("GB/s (bytes that must move)")
     ax.set_title("Batchnorm and the fused batchnorm-ReLU-dropout, per variant")
     ax.grid(alpha=0.3, axis="y", which="both")
