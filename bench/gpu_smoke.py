@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from fcgpu import fused  # noqa: E402
+from fcgpu import fused, fused_optim, optim  # noqa: E402
 from fcgpu import random as frandom  # noqa: E402
 from fcgpu.backend import require_cupy  # noqa: E402
 from fcgpu.cuda import module as cmod  # noqa: E402
@@ -143,6 +143,72 @@ def run_bn(cp, dtype, rng):
                       % (p, tag))
 
 
+def _views(cp, hosts, n, misaligned):
+    """Device views of n elements of each host array (n + 1 long): misaligned ones
+    start one element in and end where their allocation ends."""
+    sl = slice(1, n + 1) if misaligned else slice(0, n)
+    return [cp.asarray(h)[sl] for h in hosts], [h[sl].copy() for h in hosts]
+
+
+def run_optim(cp, dtype, rng):
+    for n in (1, 3, 4, 5, 4097):
+        for misaligned in (False, True):
+            tag = "%s n=%d%s" % (np.dtype(dtype).name, n, " misaligned" if misaligned else "")
+            hosts = [rng.standard_normal(n + 1).astype(dtype) for _ in range(3)]
+            hosts.append(rng.random(n + 1).astype(dtype))
+            d, h = _views(cp, hosts, n, misaligned)
+            out = ops.adam_step(d[0], d[1], d[2], d[3], 1e-3, 0.9, 0.999, 1e-8, 3)
+            ref = fused_optim.adam_step_ref(h[0], h[1], h[2], h[3], 1e-3, 0.9, 0.999, 1e-8, 3)
+            check(rel(out.get(), ref) < tol(dtype) and rel(d[2].get(), h[2]) < tol(dtype)
+                  and rel(d[3].get(), h[3]) < tol(dtype), "adam_step " + tag)
+            d, h = _views(cp, hosts, n, misaligned)
+            ops.adam_step_device(d[0], d[1], d[2], d[3], cp.asarray([1e-3]),
+                                 cp.asarray(np.array([3], np.uint64)), 0.9, 0.999, 1e-8)
+            ref = fused_optim.adam_step_ref(h[0], h[1], h[2], h[3], 1e-3, 0.9, 0.999, 1e-8, 3)
+            check(rel(d[0].get(), ref) < tol(dtype), "adam_step_device " + tag)
+            for code, rule, key in ((ops.RULE_SGD, "sgd", None),
+                                    (ops.RULE_SGD_MOMENTUM, "sgd_momentum", "velocity"),
+                                    (ops.RULE_RMSPROP, "rmsprop", "cache")):
+                d, h = _views(cp, hosts, n, misaligned)
+                cfg = {"learning_rate": 1e-2, "momentum": 0.9, "decay_rate": 0.9,
+                       "epsilon": 1e-8}
+                if key:
+                    cfg[key] = h[3]
+                ref, _ = optim.RULES[rule](h[0], h[1], cfg)
+                ops.rule_step_device(code, d[0], d[1], d[3] if key else None,
+                                     cp.asarray([1e-2]), h=0.9, eps=1e-8)
+                check(rel(d[0].get(), ref) < tol(dtype), "rule_step_device %s %s" % (rule, tag))
+
+
+def run_graph(cp, dtype, rng):
+    for dcols in (12, 7):
+        n, b = 37, 5
+        Xh = rng.standard_normal((n, dcols)).astype(dtype)
+        yh = rng.integers(0, 10, n).astype(np.int64)
+        order = rng.permutation(n)
+        X, y, perm = cp.asarray(Xh), cp.asarray(yh), cp.asarray(order.astype(np.int64))
+        ctr = cp.zeros(4, np.uint64)
+        Xb, yb = cp.empty((b, dcols), dtype), cp.empty(b, np.int64)
+        loss_buf = cp.zeros(n // b, dtype)
+        ok = True
+        for step in range(n // b + 1):
+            batch = step % (n // b)
+            ops.gather_rows(X, y, perm, ctr[0:1], Xb, yb)
+            rows = order[batch * b:(batch + 1) * b]
+            ok &= np.array_equal(Xb.get(), Xh[rows]) and np.array_equal(yb.get(), yh[rows])
+            ops.graph_advance(ctr, cp.asarray(np.array(step, dtype)), loss_buf, n // b, 2)
+        check(ok, "gather_rows %s D=%d" % (np.dtype(dtype).name, dcols))
+        check(list(ctr.get()) == [1, 2 * (n // b + 1), n // b + 1, n // b + 1],
+              "graph_advance %s" % np.dtype(dtype).name)
+    # dropout with its stream read from device memory (a captured step's)
+    xh = rng.standard_normal(4099).astype(dtype)
+    ctr = cp.asarray(np.array([0, 40, 0, 0], np.uint64))
+    out, _ = ops.dropout_forward(cp.asarray(xh), 0.6, 7, frandom.DeviceStream(ctr[1:2], 3))
+    ref, _ = fused.dropout_forward_ref(xh, 0.6, 7, 43)
+    check(np.array_equal(out.get().view(np.uint8), ref.view(np.uint8)),
+          "dropout_forward DeviceStream %s" % np.dtype(dtype).name)
+
+
 def main():
     cp = require_cupy()
     cp.cuda.set_allocator(None)  # every array its own cudaMalloc: the sanitizer sees overruns
@@ -153,6 +219,8 @@ def main():
     for dtype in (np.float32, np.float64):
         run_flat(cp, dtype, rng)
         run_bn(cp, dtype, rng)
+        run_optim(cp, dtype, rng)
+        run_graph(cp, dtype, rng)
     cp.cuda.runtime.deviceSynchronize()
     launched = {name for (d, name) in cmod._kernels if d == dev.id}
     missing = sorted(set().union(*[set(n) for _, n in cmod.MODULES.values()]) - launched)

@@ -13,6 +13,7 @@ from .layer_utils import (affine_bn_relu_dropout_backward, affine_bn_relu_dropou
                           affine_relu_dropout_forward, affine_relu_forward)
 from .layers import *  # noqa: F401,F403
 from .layers import affine_backward, affine_forward, softmax_loss
+from .random import DeviceStream
 
 # `from fcgpu.fc_net import *` gives the notebook the layers too, as the course's did
 __all__ = ["FullyConnectedNet"] + layers.__all__ + layer_utils.__all__
@@ -74,6 +75,10 @@ class FullyConnectedNet:
             self.dropout_param["seed"] = int(seed)
         self.dropout_key = int(seed) if seed is not None else secrets.randbits(64)
         self.dropout_step = 0
+        # CUDA-graph capture (fcgpu.cuda.graph) sets this to a one-element device
+        # uint64 array holding dropout_step * (L-1): fresh-mask streams are then read
+        # on the device (base + layer), so that each replay draws its own step's masks.
+        self._device_stream_base = None
         self.bn_params = []
         if self.use_batchnorm:
             self.bn_params = [{"mode": "train"} for _ in range(self.num_layers - 1)]
@@ -85,7 +90,11 @@ class FullyConnectedNet:
         if mode == "train":
             if self.fresh_masks:
                 dp["seed"] = self.dropout_key
-                dp["stream"] = self.dropout_step * (self.num_layers - 1) + layer
+                base = getattr(self, "_device_stream_base", None)
+                if base is not None:
+                    dp["stream"] = DeviceStream(base, layer)
+                else:
+                    dp["stream"] = self.dropout_step * (self.num_layers - 1) + layer
             else:
                 dp["stream"] = layer
         return dp

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from . import fused
 from .backend import get_array_module
-from .random import check_seed, fresh_stream, keep_threshold
+from .random import DeviceStream, check_seed, fresh_stream, keep_threshold
 
 __all__ = [
     "affine_forward", "affine_backward", "relu_forward", "relu_backward",
@@ -124,8 +124,10 @@ def dropout_stream(dropout_param):
     ``dropout_param.get('stream', 0)``); without it, each call gets a fresh stream.
     """
     if dropout_param.get("seed") is not None:
-        return (check_seed(dropout_param["seed"]),
-                check_seed(dropout_param.get("stream", 0), "stream"))
+        stream = dropout_param.get("stream", 0)
+        if not isinstance(stream, DeviceStream):  # (CUDA graphs: read on the device)
+            stream = check_seed(stream, "stream")
+        return check_seed(dropout_param["seed"]), stream
     return fresh_stream()
 
 

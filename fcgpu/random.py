@@ -20,7 +20,7 @@ import numpy as np
 from .backend import get_array_module
 
 __all__ = ["philox4x32_10", "dropout_mask", "dropout_mask_reference", "keep_threshold",
-           "dropout_scale", "check_seed", "fresh_stream"]
+           "dropout_scale", "check_seed", "fresh_stream", "DeviceStream"]
 
 PHILOX_M0 = 0xD2511F53
 PHILOX_M1 = 0xCD9E8D57
@@ -63,6 +63,25 @@ def check_seed(value, what="seed"):
     if not 0 <= value <= _U64_MAX:
         raise ValueError("%s must be in [0, 2**64), got %d" % (what, value))
     return value
+
+
+class DeviceStream:
+    """A dropout stream number kept in device memory: ``base[0] + offset``.
+
+    For a training step captured as a CUDA graph (:mod:`fcgpu.cuda.graph`), where the
+    stream must change from one replay to the next: the CUDA kernels read ``base[0]``
+    when they run. ``base`` is a one-element uint64 CuPy array; ``offset`` (the layer)
+    an integer. Only the CuPy path (:mod:`fcgpu.cuda.ops`) accepts it.
+    """
+
+    __slots__ = ("base", "offset")
+
+    def __init__(self, base, offset=0):
+        self.base = base
+        self.offset = check_seed(offset, "stream offset")
+
+    def __repr__(self):
+        return "DeviceStream(base=<device uint64>, offset=%d) (CuPy kernels only)" % self.offset
 
 
 def _check_p(p):

@@ -158,8 +158,10 @@ __global__ void __launch_bounds__(256, sizeof(T) == 4 ? (OP <= 2 ? 8 : 6) : 3)
 fcgpu_col_vec(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ c,
               T* __restrict__ y, u64 N, u64 D, const T* __restrict__ p0,
               const T* __restrict__ p1, const T* __restrict__ p2, const T* __restrict__ p3,
-              u64 seed, u64 stream, u64 threshold, T s) {
+              u64 seed, u64 stream, u64 threshold, T s,
+              const u64* __restrict__ stream_ptr) {
   typedef fcgpu::ColOpTraits<OP> traits;
+  if (traits::rng) stream = fcgpu::dropout_stream(stream_ptr, stream);
   const u64 D4 = D >> 2;
   const u64 q = (u64)blockIdx.x * blockDim.x + threadIdx.x;
   if (q >= D4) return;
@@ -202,8 +204,10 @@ __global__ void __launch_bounds__(256)
 fcgpu_col_flat(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ c,
                T* __restrict__ y, u64 N, u64 D, const T* __restrict__ p0,
                const T* __restrict__ p1, const T* __restrict__ p2, const T* __restrict__ p3,
-               u64 seed, u64 stream, u64 threshold, T s) {
+               u64 seed, u64 stream, u64 threshold, T s,
+               const u64* __restrict__ stream_ptr) {
   typedef fcgpu::ColOpTraits<OP> traits;
+  if (traits::rng) stream = fcgpu::dropout_stream(stream_ptr, stream);
   const u64 n = N * D;
   const u64 nblk = (n + 3) >> 2;
   const bool small = n <= 0xFFFFFFFFull;
@@ -240,7 +244,7 @@ fcgpu_col_flat(const T* __restrict__ a, const T* __restrict__ b, const T* __rest
 #define FCGPU_COL_ARGS(T)                                                                   \
   const T* __restrict__, const T* __restrict__, const T* __restrict__, T* __restrict__, u64, \
       u64, const T* __restrict__, const T* __restrict__, const T* __restrict__,             \
-      const T* __restrict__, u64, u64, u64, T
+      const T* __restrict__, u64, u64, u64, T, const u64* __restrict__
 #define FCGPU_BN_INST(T)                                                                    \
   template __global__ void fcgpu_bn_stats<T>(const T* __restrict__, u64, u64, u64,         \
                                              T* __restrict__, T* __restrict__);             \

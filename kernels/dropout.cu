@@ -12,13 +12,16 @@ using fcgpu::u32;
 using fcgpu::u64;
 
 // y[i] = flat_elem<T, OP>(a[i], b[i]) for i < n (b only read by FLAT_RELU_DROPOUT_BWD).
+// The Philox stream is `stream`, or *stream_ptr + stream when stream_ptr is not null
+// (a pass captured in a CUDA graph: fcgpu::dropout_stream).
 template <typename T, int OP, bool VEC>
 __global__ void __launch_bounds__(256)
 fcgpu_flat(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ y, u64 n,
-           u64 seed, u64 stream, u64 threshold, T s) {
+           u64 seed, u64 stream, u64 threshold, T s, const u64* __restrict__ stream_ptr) {
   typedef fcgpu::FlatOpTraits<OP> traits;
   const u64 nblk = (n + 3) >> 2;
   const u64 stride = fcgpu::grid_stride();
+  if (traits::rng) stream = fcgpu::dropout_stream(stream_ptr, stream);
   for (u64 j = fcgpu::global_thread_id(); j < nblk; j += stride) {
     u32 r[4] = {0u, 0u, 0u, 0u};
     if (traits::rng) {
@@ -77,7 +80,8 @@ fcgpu_dropout_mask(unsigned char* __restrict__ mask, u64 n, u64 seed, u64 stream
 #define FCGPU_FLAT_INST(T, OP, VEC)                                                      \
   template __global__ void fcgpu_flat<T, OP, VEC>(const T* __restrict__,               \
                                                   const T* __restrict__, T* __restrict__, \
-                                                  u64, u64, u64, u64, T);
+                                                  u64, u64, u64, u64, T,                  \
+                                                  const u64* __restrict__);
 #define FCGPU_FLAT_INST_T(T)      \
   FCGPU_FLAT_INST(T, 0, true)     \
   FCGPU_FLAT_INST(T, 0, false)    \

@@ -44,6 +44,14 @@ FCGPU_HD T relu(T v) {
   return v < T(0) ? T(0) : v;
 }
 
+// The Philox stream of a dropout pass: the number itself (stream_ptr null), or
+// *stream_ptr + stream for a pass captured in a CUDA graph, whose replays read the
+// step's stream from device memory (fcgpu/cuda/graph.py keeps there
+// dropout_step * (L - 1) and passes the layer as `stream`).
+FCGPU_HD u64 dropout_stream(const u64* stream_ptr, u64 stream) {
+  return stream_ptr != nullptr ? *stream_ptr + stream : stream;
+}
+
 // ----------------------------------------------------------------- element ops
 
 // Inverted dropout of one element: x * s where kept, else 0.

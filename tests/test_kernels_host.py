@@ -567,7 +567,19 @@ def _make_fake_cupy(guards=None):
     return fake
 
 
-_PTR_DTYPES = {"float": np.float32, "double": np.float64, "unsigned char": np.uint8}
+_PTR_DTYPES = {"float": np.float32, "double": np.float64, "unsigned char": np.uint8,
+               "unsigned long long": np.uint64, "long long": np.int64}
+
+
+def _null_allowed(name, k, sig):
+    """Null pointer arguments the kernels accept: the running statistics of the
+    batchnorm finalize (last two), and the dropout stream pointer of the flat and
+    per-column passes (last; null = the stream by value)."""
+    if name.startswith("fcgpu_bn_stats_finalize"):
+        return k >= len(sig) - 2
+    if name.startswith(("fcgpu_flat<", "fcgpu_col_vec<", "fcgpu_col_flat<")):
+        return k == len(sig) - 1
+    return False
 
 
 def _signatures(nvcc_reports):
@@ -605,8 +617,8 @@ class FakeKernel:
             if ptype.endswith("*"):
                 base = ptype[:-1].replace(" const", "").strip()
                 if isinstance(arg, np.uint64):
-                    assert int(arg) == 0 and name.startswith("fcgpu_bn_stats_finalize") \
-                        and k >= len(sig) - 2, (name, k, "null pointer not allowed here")
+                    assert int(arg) == 0 and _null_allowed(name, k, sig), \
+                        (name, k, "null pointer not allowed here")
                     continue
                 assert isinstance(arg, FakeArray), (name, k, type(arg))
                 want = _PTR_DTYPES[base]
@@ -632,7 +644,7 @@ class FakeKernel:
             if isinstance(arg, FakeArray):
                 vals.append(ctypes.c_void_p(arg.data.ptr))
             elif isinstance(arg, np.uint64):
-                vals.append(ctypes.c_uint64(int(arg)))
+                vals.append(ctypes.c_uint64(int(arg)))  # (a null pointer too: 8 zero bytes)
             elif isinstance(arg, np.float32):
                 vals.append(ctypes.c_float(float(arg)))
             else:

@@ -41,10 +41,29 @@ def _bn_names():
     return names
 
 
+def _optim_names():
+    names = []
+    for t in CTYPES:
+        for vec in ("true", "false"):
+            names += [f"fcgpu_adam<{t}, {vec}>", f"fcgpu_adam_dev<{t}, {vec}>"]
+            names += [f"fcgpu_rule_dev<{t}, {rule}, {vec}>" for rule in range(3)]
+    return names
+
+
+def _graph_names():
+    names = []
+    for t in CTYPES:
+        names += [f"fcgpu_gather_rows<{t}, true>", f"fcgpu_gather_rows<{t}, false>",
+                  f"fcgpu_graph_advance<{t}>"]
+    return names
+
+
 # module name -> (source file in kernels/, the kernels' name expressions)
 MODULES = {
     "dropout": ("dropout.cu", tuple(_flat_names())),
     "batchnorm": ("batchnorm.cu", tuple(_bn_names())),
+    "optim": ("optim.cu", tuple(_optim_names())),
+    "graph": ("graph.cu", tuple(_graph_names())),
 }
 
 

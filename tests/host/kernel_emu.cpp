@@ -21,6 +21,8 @@ std::barrier<>* emu_block_barrier = nullptr;
 
 #include "dropout.cu"
 #include "batchnorm.cu"
+#include "optim.cu"
+#include "graph.cu"
 
 namespace {
 
@@ -62,10 +64,21 @@ struct Entry {
       EMU_REG(false, fcgpu_col_flat<T, 1>), EMU_REG(false, fcgpu_col_flat<T, 2>),          \
       EMU_REG(false, fcgpu_col_flat<T, 3>), EMU_REG(false, fcgpu_col_flat<T, 4>)
 
+#define EMU_OPTIM_VEC(T, VEC)                                                           \
+  EMU_REG(false, fcgpu_adam<T, VEC>), EMU_REG(false, fcgpu_adam_dev<T, VEC>),          \
+      EMU_REG(false, fcgpu_rule_dev<T, 0, VEC>), EMU_REG(false, fcgpu_rule_dev<T, 1, VEC>), \
+      EMU_REG(false, fcgpu_rule_dev<T, 2, VEC>)
+#define EMU_OPTIM(T) EMU_OPTIM_VEC(T, true), EMU_OPTIM_VEC(T, false)
+
+#define EMU_GRAPH(T)                                                                   \
+  EMU_REG(false, fcgpu_gather_rows<T, true>), EMU_REG(false, fcgpu_gather_rows<T, false>), \
+      EMU_REG(false, fcgpu_graph_advance<T>)
+
 const std::map<std::string, Entry>& registry() {
   static const std::map<std::string, Entry> reg = {
       EMU_FLAT(float), EMU_FLAT(double), EMU_REG(false, fcgpu_dropout_mask),
-      EMU_BN(float), EMU_BN(double),
+      EMU_BN(float), EMU_BN(double), EMU_OPTIM(float), EMU_OPTIM(double),
+      EMU_GRAPH(float), EMU_GRAPH(double),
   };
   return reg;
 }
