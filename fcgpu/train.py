@@ -37,6 +37,7 @@ class TrainConfig:
     backend: str = "auto"
     data: str | None = None
     dtype: str = "float32"
+    cuda_graph: bool = False      # capture the training step as a CUDA graph (CuPy only)
 
     def __post_init__(self):
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
@@ -85,7 +86,8 @@ def _checkpoint_compatible(state, cfg):
     if saved is None:
         return "it was not written by fcgpu train"
     mine = cfg.to_dict()
-    keys = [k for k in mine if k not in ("epochs", "backend", "data")]
+    # (how the step runs, not what it computes: a run may resume with or without)
+    keys = [k for k in mine if k not in ("epochs", "backend", "data", "cuda_graph")]
     diff = [k for k in keys if saved.get(k) != mine[k]]
     if diff:
         return "its settings differ (%s)" % ", ".join(
@@ -107,6 +109,10 @@ def run_training(cfg, data=None, checkpoint=None, resume=False, progress=True, v
 
     out = out or sys.stdout
     xp = backend.set_backend(cfg.backend)
+    if cfg.cuda_graph and xp is np:
+        raise ValueError("--cuda-graph captures the training step as a CUDA graph, which needs "
+                         "the GPU backend; the backend here is numpy (%s)"
+                         % (backend.cupy_status()[1] or "selected explicitly"))
     if data is None:
         data = load_data(cfg, progress=progress)
     model = FullyConnectedNet(cfg.hidden_dims, input_dim=int(np.prod(data["X_train"].shape[1:])),
@@ -136,7 +142,7 @@ def run_training(cfg, data=None, checkpoint=None, resume=False, progress=True, v
                     optim_config={"learning_rate": cfg.learning_rate}, lr_decay=cfg.lr_decay,
                     batch_size=cfg.batch_size, num_epochs=cfg.epochs, num_train_samples=1000,
                     num_val_samples=None, verbose=False, seed=cfg.seed, progress=progress,
-                    epoch_callback=on_epoch)
+                    epoch_callback=on_epoch, cuda_graph=cfg.cuda_graph)
     resumed_from = None
     if resume and checkpoint and os.path.exists(checkpoint):
         import pickle
@@ -160,8 +166,9 @@ def run_training(cfg, data=None, checkpoint=None, resume=False, progress=True, v
         log(blas)
         if warning:
             print("fcgpu: warning: " + warning, file=sys.stderr)
-    log("training %s on %s (%s): %d train / %d val images, %d epochs of %d steps"
+    log("training %s on %s (%s%s): %d train / %d val images, %d epochs of %d steps"
         % ("x".join(map(str, cfg.hidden_dims)), backend.device_name(xp), backend.get_backend(),
+           ", CUDA graph" if cfg.cuda_graph else "",
            solver.X_train.shape[0], solver.X_val.shape[0], cfg.epochs,
            max(solver.X_train.shape[0] // cfg.batch_size, 1)))
     t0 = time.perf_counter()

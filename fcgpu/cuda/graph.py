@@ -1,0 +1,360 @@
+"""The whole training step of a :class:`~fcgpu.fc_net.FullyConnectedNet` captured as
+one CUDA graph and replayed (opt-in: ``Solver(..., cuda_graph=True)``,
+``fcgpu train --cuda-graph``).
+
+A replay repeats the captured launches with the captured arguments, so everything
+that must differ from one step to the next lives in device memory, and the kernels
+read it when they run:
+
+* ``ctr`` (uint64[4], kernels/graph.cu ``GraphCounter``): the minibatch index in the
+  epoch, the dropout stream base ``dropout_step * (L-1)``, the optimizer step ``t``
+  (1-based, the one the next replay uses) and the number of steps run;
+* ``perm`` (int64[N]): the epoch's permutation of the training rows, written by the
+  host once per epoch; the minibatch is gathered from it at ``ctr[0] * B`` into the
+  static buffers ``Xb`` (B, D) and ``yb`` (B,) (``fcgpu_gather_rows``);
+* ``lr`` (float64[P]): each parameter's learning rate, written by the host once per
+  epoch (after the Solver's per-epoch decay), never recaptured for it;
+* ``loss_buf`` (one value per batch of the epoch): the step's loss, at ``ctr[0]``;
+* the parameters, the batchnorm running statistics and the optimizer state (Adam's
+  m and v, the velocity, the RMSProp cache) are static buffers updated in place: the
+  model's and the Solver's dicts hold these very arrays while training.
+
+The step ends with ``fcgpu_graph_advance``, which records the loss and moves the
+counters on. Dropout draws its masks from the stream ``ctr[1] + layer``, the formula
+of the uncaptured path (``dropout_step * (L-1) + layer``), so the masks, and hence
+the losses, are those of the uncaptured Solver.
+
+Memory: the step's temporaries come from a private ``cupy.cuda.MemoryPool`` that
+nothing else allocates from while the graph lives (their addresses are baked into the
+graph), as PyTorch does with its graph pools. The step runs once uncaptured (a real
+training step) on a side stream before it is captured there; replays are launched on
+the caller's current stream, so they are ordered with everything else the Solver does
+(accuracy checks, loss reads, permutation uploads).
+
+The host keeps exact mirrors of the counters (a step is a step), so nothing is read
+back from the device during an epoch; :meth:`GraphedTrainStep.sync_out` writes the
+mirrors into the model (``dropout_step``) and the optimizer configs (``t``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import is_cupy_array, require_cupy
+
+__all__ = ["GraphedTrainStep", "SUPPORTED_RULES", "check_supported", "COUNTER_SLOTS"]
+
+# kernels/graph.cu GraphCounter
+CTR_BATCH, CTR_STREAM, CTR_T, CTR_STEPS, CTR_COUNT = 0, 1, 2, 3, 4
+COUNTER_SLOTS = {"batch": CTR_BATCH, "stream": CTR_STREAM, "t": CTR_T, "steps": CTR_STEPS}
+
+# rule name -> (state keys, defaults applied to its config exactly as fcgpu.optim does)
+_RULES = {
+    "sgd": ((), (("learning_rate", 1e-2),)),
+    "sgd_momentum": (("velocity",), (("learning_rate", 1e-2), ("momentum", 0.9))),
+    "rmsprop": (("cache",), (("learning_rate", 1e-2), ("decay_rate", 0.99),
+                             ("epsilon", 1e-8))),
+    "adam": (("m", "v"), (("learning_rate", 1e-3), ("beta1", 0.9), ("beta2", 0.999),
+                          ("epsilon", 1e-8), ("t", 0))),
+}
+SUPPORTED_RULES = tuple(_RULES)
+
+
+def check_supported(model, update_rule):
+    """Raise ``ValueError`` unless the step of ``model`` with ``update_rule`` can be
+    captured: a :class:`~fcgpu.fc_net.FullyConnectedNet` and one of the named rules
+    of :mod:`fcgpu.optim`. Needs no GPU."""
+    from ..fc_net import FullyConnectedNet
+    if not isinstance(update_rule, str) or update_rule not in _RULES:
+        what = getattr(update_rule, "__name__", None) or repr(update_rule)
+        raise ValueError("cuda_graph: update rule %s cannot be captured; the CUDA-graph "
+                         "step supports the named rules %s" % (what, ", ".join(SUPPORTED_RULES)))
+    if not isinstance(model, FullyConnectedNet):
+        raise ValueError("cuda_graph: the CUDA-graph step supports FullyConnectedNet models, "
+                         "got %s" % type(model).__name__)
+
+
+class GraphedTrainStep:
+    """One Solver's training step as a CUDA graph (see the module docstring).
+
+    ``GraphedTrainStep(model, update_rule, X, y, batch_size, batches_per_epoch)``;
+    then per epoch :meth:`begin_epoch` (the permutation, the learning rates, the
+    counters), :meth:`step` once per batch (returns the step's loss as a 0-d device
+    array, valid until the same batch slot is run again next epoch) and
+    :meth:`sync_out` (host mirrors into the model and the configs).
+
+    ``X`` (N, ...) and ``y`` (N,) are the training data already on the device in the
+    model's dtype. Every batch has ``min(batch_size, N)`` rows.
+    """
+
+    def __init__(self, model, update_rule, X, y, batch_size, batches_per_epoch):
+        check_supported(model, update_rule)
+        cp = require_cupy()
+        self.cp = cp
+        self.model = model
+        self.rule = update_rule
+        self.dtype = np.dtype(model.dtype)
+        if not is_cupy_array(X) or not is_cupy_array(y):
+            raise ValueError("cuda_graph: the training data must be CuPy arrays")
+        if X.dtype != self.dtype:
+            raise ValueError("cuda_graph: X has dtype %s, the model %s" % (X.dtype, self.dtype))
+        self.X_source, self.y_source = X, y  # (the Solver's arrays, for reuse checks)
+        n = int(X.shape[0])
+        d = int(np.prod(X.shape[1:]))
+        if y.shape != (n,):
+            raise ValueError("cuda_graph: y must have shape (%d,), got %s" % (n, tuple(y.shape)))
+        self.X = cp.ascontiguousarray(X).reshape(n, d)
+        self.y = cp.ascontiguousarray(y, dtype=np.int64)
+        self.n, self.d = n, d
+        self.batch = max(1, min(int(batch_size), n))
+        self.per_epoch = int(batches_per_epoch)
+        if self.per_epoch < 1 or self.per_epoch * self.batch > n:
+            raise ValueError("cuda_graph: %d batches of %d rows do not fit in %d rows"
+                             % (self.per_epoch, self.batch, n))
+        self.names = list(model.params)
+        L1 = model.num_layers - 1
+        self.stream_stride = L1 if (model.use_dropout and model.fresh_masks) else 0
+
+        # static buffers: allocated here, outside the private pool, referenced by self
+        # for as long as the graph may replay
+        self.Xb = cp.empty((self.batch, d), dtype=self.dtype)
+        self.yb = cp.zeros(self.batch, dtype=np.int64)
+        self.perm = cp.zeros(n, dtype=np.int64)
+        self.ctr = cp.zeros(CTR_COUNT, dtype=np.uint64)
+        self.lr = cp.zeros(len(self.names), dtype=np.float64)
+        self.loss_buf = cp.zeros(self.per_epoch, dtype=self.dtype)
+        self._params = {}      # name -> static parameter buffer
+        self._bn = {}          # (layer, key) -> static running statistic
+        self._state = {}       # (name, key) -> static optimizer state
+        self._baked = None     # what the captured graph holds by value
+
+        # host mirrors of the device counters
+        self._batch = 0
+        self._dstep = int(model.dropout_step)
+        self._t = 0
+        self._steps = 0
+        self._synced = True    # the mirrors hold nothing the model/configs lack
+
+        self._graph = None
+        self._pool = None
+        self._side = None
+        self.captures = 0      # graphs captured (1 unless something baked changed)
+        self.replays = 0       # graph launches (the first step of a capture runs plain)
+
+    # ------------------------------------------------------------- static state
+
+    def _static(self, table, key, current, shape, what):
+        """The static buffer for ``key``: ``current`` itself the first time when it
+        is a contiguous CuPy array of the model's dtype and ``shape`` (else a copy);
+        later, a different ``current`` (a checkpoint load, the Solver's restore_best)
+        is copied into the existing buffer."""
+        cp = self.cp
+        buf = table.get(key)
+        if current is None:
+            current = cp.zeros(shape, dtype=self.dtype)
+        if tuple(getattr(current, "shape", ())) != tuple(shape):
+            raise ValueError("cuda_graph: %s has shape %s, expected %s"
+                             % (what, tuple(getattr(current, "shape", ())), tuple(shape)))
+        if buf is None:
+            if (is_cupy_array(current) and current.dtype == self.dtype
+                    and current.flags.c_contiguous):
+                buf = current
+            else:
+                buf = cp.ascontiguousarray(cp.asarray(current), dtype=self.dtype)
+            table[key] = buf
+        elif current is not buf:
+            buf[...] = cp.asarray(current, dtype=self.dtype)
+        return buf
+
+    def _bind(self, configs):
+        """Make the model's and the configs' arrays the static buffers; apply the
+        rule's defaults to the configs as fcgpu.optim would; return what the graph
+        bakes in by value."""
+        model = self.model
+        state_keys, defaults = _RULES[self.rule]
+        if set(configs) != set(self.names) or set(model.params) != set(self.names):
+            raise ValueError("cuda_graph: the parameters changed (%s); build a new Solver"
+                             % ", ".join(sorted(set(configs) ^ set(self.names))))
+        baked = []
+        for name in self.names:
+            w = self._static(self._params, name, model.params[name],
+                             model.params[name].shape, "parameter " + name)
+            model.params[name] = w
+            cfg = configs[name]
+            for key, value in defaults:
+                cfg.setdefault(key, value)
+            for key in state_keys:
+                cfg[key] = self._static(self._state, (name, key), cfg.get(key), w.shape,
+                                        "%s of %s" % (key, name))
+            baked.append(tuple(float(cfg[k]) for k, _ in defaults
+                               if k not in ("learning_rate", "t")))
+        for i, bp in enumerate(model.bn_params):
+            dim = model.hidden_dims[i]
+            for key in ("running_mean", "running_var"):
+                bp[key] = self._static(self._bn, (i, key), bp.get(key), (dim,),
+                                       "bn_params[%d][%r]" % (i, key))
+        bn_consts = tuple((bp.get("eps", 1e-5), bp.get("momentum", 0.9))
+                          for bp in model.bn_params)
+        return (tuple(baked), bn_consts, model.reg, dict(model.dropout_param).get("p"),
+                model.dropout_key, model.fresh_masks, model.use_dropout, model.use_batchnorm)
+
+    def begin_epoch(self, order, configs):
+        """Before an epoch's steps: bind the static buffers, upload the permutation
+        ``order`` (host integers, a permutation of range(N)), the learning rates and
+        the counters (batch 0, the model's dropout_step, the configs' t)."""
+        cp = self.cp
+        self._synced = True
+        order = np.asarray(order, dtype=np.int64)
+        if order.shape != (self.n,):
+            raise ValueError("cuda_graph: the permutation has shape %s, expected (%d,)"
+                             % (order.shape, self.n))
+        baked = self._bind(configs)
+        if self._baked is not None and baked != self._baked:
+            self._graph = None  # a hyperparameter baked into the graph changed: recapture
+        self._baked = baked
+        if self.rule == "adam":
+            ts = {int(configs[name]["t"]) for name in self.names}
+            if len(ts) != 1:
+                raise ValueError("cuda_graph: Adam's step counters differ between parameters "
+                                 "(%s); the graph keeps one" % sorted(ts))
+            self._t = ts.pop()
+        self._dstep = int(self.model.dropout_step)
+        self._batch = 0
+        stream = cp.cuda.get_current_stream()
+        self.perm.set(order, stream=stream)
+        self.lr.set(np.array([float(configs[name]["learning_rate"]) for name in self.names],
+                             dtype=np.float64), stream=stream)
+        self.ctr.set(self._counters(), stream=stream)
+        self._synced = False
+        # the host arrays above may be freed once set() returns: pageable copies are
+        # staged before it does
+
+    def _counters(self):
+        c = np.zeros(CTR_COUNT, dtype=np.uint64)
+        c[CTR_BATCH] = self._batch
+        c[CTR_STREAM] = self._dstep * self.stream_stride
+        c[CTR_T] = self._t + 1
+        c[CTR_STEPS] = self._steps
+        return c
+
+    def counters(self):
+        """The device counters, read back (synchronizes; for tests and diagnostics)."""
+        return {k: int(v) for k, v in zip(("batch", "stream", "t", "steps"), self.ctr.get())}
+
+    def host_counters(self):
+        """The host mirrors of :meth:`counters`."""
+        return {k: int(v) for k, v in zip(("batch", "stream", "t", "steps"), self._counters())}
+
+    def sync_out(self, configs):
+        """Write the host mirrors into the model (``dropout_step``) and the optimizer
+        configs (Adam's ``t``): what the uncaptured path would hold after as many
+        steps. The arrays already are the model's and the configs' own. (A no-op
+        unless :meth:`begin_epoch` completed since the last call.)"""
+        if self._synced:
+            return
+        self._synced = True
+        if self.stream_stride:
+            self.model.dropout_step = self._dstep
+        if self.rule == "adam":
+            for name in self.names:
+                configs[name]["t"] = self._t
+
+    # ------------------------------------------------------------- the step
+
+    def _body(self):
+        """Gather, forward/backward, update in place, record the loss, advance."""
+        from . import ops
+        model = self.model
+        ops.gather_rows(self.X, self.y, self.perm, self.ctr[CTR_BATCH:CTR_BATCH + 1],
+                        self.Xb, self.yb)
+        prev = model._device_stream_base
+        model._device_stream_base = (self.ctr[CTR_STREAM:CTR_STREAM + 1]
+                                     if self.stream_stride else None)
+        try:
+            loss, grads = model.loss(self.Xb, self.yb)
+        finally:
+            model._device_stream_base = prev
+        t_ptr = self.ctr[CTR_T:CTR_T + 1]
+        hyper = dict(zip(self.names, self._baked[0]))
+        for k, name in enumerate(self.names):
+            w = self._params[name]
+            g = grads[name]
+            lr_ptr = self.lr[k:k + 1]
+            h = hyper[name]
+            if self.rule == "adam":
+                beta1, beta2, eps = h
+                ops.adam_step_device(w, g, self._state[(name, "m")], self._state[(name, "v")],
+                                     lr_ptr, t_ptr, beta1, beta2, eps)
+            elif self.rule == "sgd":
+                ops.rule_step_device(ops.RULE_SGD, w, g, None, lr_ptr)
+            elif self.rule == "sgd_momentum":
+                ops.rule_step_device(ops.RULE_SGD_MOMENTUM, w, g,
+                                     self._state[(name, "velocity")], lr_ptr, h=h[0])
+            else:
+                decay, eps = h
+                ops.rule_step_device(ops.RULE_RMSPROP, w, g, self._state[(name, "cache")],
+                                     lr_ptr, h=decay, eps=eps)
+        if not is_cupy_array(loss):  # (a host value would be baked into the graph)
+            raise TypeError("cuda_graph: the model's loss must be a device array, got %s"
+                            % type(loss).__name__)
+        if loss.dtype != self.dtype:
+            loss = loss.astype(self.dtype)
+        ops.graph_advance(self.ctr, loss, self.loss_buf, self.per_epoch, self.stream_stride)
+
+    def _capture(self):
+        """Run the step once uncaptured (warm-up: compiles kernels, creates library
+        handles and workspaces, fills the private pool), then capture it. Both on a
+        side stream with the private pool. The warm-up is a real step."""
+        cp = self.cp
+        model = self.model
+        self._graph = None
+        if self._pool is None:
+            self._pool = cp.cuda.MemoryPool()
+        if self._side is None:
+            self._side = cp.cuda.Stream(non_blocking=True)
+        cp.cuda.get_current_stream().synchronize()  # uploads and earlier steps done
+        saved = model.dropout_step
+        graph = None
+        try:
+            with cp.cuda.using_allocator(self._pool.malloc), self._side:
+                self._body()
+                model.dropout_step = saved  # (loss() counts its calls on the host)
+                self._side.synchronize()
+                self._side.begin_capture()
+                try:
+                    self._body()
+                except BaseException:
+                    try:
+                        self._side.end_capture()
+                    except Exception:
+                        pass
+                    raise
+                graph = self._side.end_capture()
+            self._side.synchronize()
+        finally:
+            model.dropout_step = saved
+        self._graph = graph
+        self.captures += 1
+
+    def step(self):
+        """One training step: the first after a (re)capture runs uncaptured, the rest
+        replay the graph on the current stream. Returns the loss as a 0-d view of
+        ``loss_buf``."""
+        b = self._batch
+        if self._graph is None:
+            self._capture()
+        else:
+            self._graph.launch(stream=self.cp.cuda.get_current_stream())
+            self.replays += 1
+        self._batch = 0 if b + 1 >= self.per_epoch else b + 1
+        self._dstep += 1 if self.stream_stride else 0
+        self._t += 1
+        self._steps += 1
+        return self.loss_buf[b]
+
+    def close(self):
+        """Drop the graph and the private pool (the static buffers stay with the model
+        and the configs)."""
+        self._graph = None
+        if self._pool is not None:
+            self._pool.free_all_blocks()
+        self._pool = None

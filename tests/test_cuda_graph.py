@@ -1,0 +1,813 @@
+"""CUDA-graph capture of the training step (fcgpu.cuda.graph), its kernels
+(kernels/optim.cu, kernels/graph.cu, the dropout stream pointer), and the plumbing
+(``Solver(cuda_graph=...)``, ``TrainConfig.cuda_graph``, ``fcgpu train --cuda-graph``).
+
+Three layers, so that most of it runs without a GPU:
+
+* plain CPU tests: errors on NumPy, config and CLI plumbing;
+* emulated (no GPU): the kernels built for the host (tests/host/kernel_emu.cpp) run
+  behind the NumPy stand-in for CuPy of tests/test_kernels_host.py: Adam and the
+  device-lr rules bit for bit against the xp references, the stream-pointer dropout
+  against the by-value one, the gather and advance kernels, and whole Solver runs
+  with ``cuda_graph=True`` against the uncaptured Solver on the same stand-in. There
+  a "capture" records the launches without running them (as CUDA does) and a
+  "replay" runs the step's code again, checking that every launch repeats the
+  captured one (same kernels, grids, scalar arguments and static buffers): nothing
+  that changes between steps may be baked into a launch;
+* GPU (``-m gpu``, skip without CuPy and a device): real capture and replay against
+  the uncaptured Solver, the kernels against float64 references.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from fcgpu import fused, fused_optim, optim
+from fcgpu import random as frandom
+from fcgpu.fc_net import FullyConnectedNet
+from fcgpu.solver import Solver
+from gpu_util import CUPY_OK, CUPY_WHY, assert_close, bits_equal
+import test_kernels_host as hk
+from test_kernels_host import FakeArray, _fake, _misaligned, emu_lib, nvcc_reports  # noqa: F401
+
+DTYPES = [np.float32, np.float64]
+RULES = ["sgd", "sgd_momentum", "rmsprop", "adam"]
+
+
+def _np(a):
+    return np.array(a).view(np.ndarray)
+
+
+def blobs(rng, n=120, d=12, c=3):
+    centers = rng.standard_normal((c, d)) * 2
+    y = rng.integers(c, size=n)
+    X = centers[y] + rng.standard_normal((n, d))
+    return {"X_train": X[: n - 40], "y_train": y[: n - 40],
+            "X_val": X[n - 40:], "y_val": y[n - 40:]}
+
+
+# ----------------------------------------------------------------- plain CPU
+
+def test_solver_cuda_graph_on_numpy_is_a_clear_error():
+    rng = np.random.default_rng(0)
+    model = FullyConnectedNet([8], input_dim=12, num_classes=3, seed=0, xp=np)
+    with pytest.raises(ValueError, match="cuda_graph=True.*CuPy.*NumPy"):
+        Solver(model, blobs(rng), cuda_graph=True)
+    Solver(model, blobs(rng), cuda_graph=False)  # the default path is untouched
+
+
+def test_check_supported_names_the_supported_rules():
+    from fcgpu.cuda.graph import SUPPORTED_RULES, check_supported
+    model = FullyConnectedNet([8], input_dim=12, num_classes=3, seed=0, xp=np)
+    assert set(SUPPORTED_RULES) == set(optim.RULES)
+    for rule in SUPPORTED_RULES:
+        check_supported(model, rule)
+    def my_rule(w, dw, config=None):
+        return w, config
+    with pytest.raises(ValueError, match="my_rule.*sgd, sgd_momentum, rmsprop, adam"):
+        check_supported(model, my_rule)
+    with pytest.raises(ValueError, match="'nesterov'"):
+        check_supported(model, "nesterov")
+    with pytest.raises(ValueError, match="FullyConnectedNet"):
+        check_supported(types.SimpleNamespace(params={}), "adam")
+
+
+def test_train_config_and_cli_flag():
+    import argparse
+    from fcgpu.cli import train as cli_train
+    from fcgpu.train import TrainConfig, _checkpoint_compatible
+    assert TrainConfig().cuda_graph is False
+    assert TrainConfig(cuda_graph=True).to_dict()["cuda_graph"] is True
+    p = argparse.ArgumentParser()
+    cli_train.add_arguments(p)
+    assert cli_train.config_from_args(p.parse_args([])).cuda_graph is False
+    cfg = cli_train.config_from_args(p.parse_args(["--cuda-graph", "--backend", "numpy"]))
+    assert cfg.cuda_graph is True
+    # how the step runs is not part of what a checkpoint must match
+    saved = dict(TrainConfig().to_dict(), cuda_graph=True)
+    assert _checkpoint_compatible({"train_config": saved}, TrainConfig()) is None
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k != "cuda_graph"}
+    assert _checkpoint_compatible({"train_config": old}, TrainConfig(cuda_graph=True)) is None
+
+
+def test_run_training_and_cli_refuse_cuda_graph_on_numpy(capsys):
+    from fcgpu.cli import main
+    from fcgpu.train import TrainConfig, run_training
+    cfg = TrainConfig(hidden_dims=(8,), epochs=1, backend="numpy", cuda_graph=True)
+    with pytest.raises(ValueError, match="--cuda-graph.*GPU backend.*numpy"):
+        run_training(cfg, data={}, progress=False, verbose=False)
+    assert main(["train", "--cuda-graph", "--backend", "numpy", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cuda-graph" in err[0]
+
+
+def test_device_stream_only_on_the_cuda_path():
+    ds = frandom.DeviceStream(np.zeros(1, np.uint64), 3)
+    assert ds.offset == 3 and "CuPy kernels only" in repr(ds)
+    with pytest.raises(TypeError, match="stream"):
+        fused.dropout_forward_ref(np.ones(4), 0.5, 1, ds)
+    with pytest.raises(ValueError):
+        frandom.DeviceStream(np.zeros(1, np.uint64), -1)
+
+
+# ----------------------------------------------------------------- the stand-in for CuPy
+
+class _State:
+    """What the fake CUDA runtime knows: capture and replay in progress."""
+
+    def __init__(self):
+        self.capturing = False
+        self.captured = None
+        self.replaying = None
+        self.capturer = None
+        self.captures = 0
+        self.launches = 0
+
+
+class _FakeStream:
+    def __init__(self, state, non_blocking=False, null=False):
+        self.state, self.null = state, null
+        self.ptr = 0 if null else id(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def synchronize(self):
+        pass
+
+    def begin_capture(self, mode=None):
+        st = self.state
+        assert not self.null, "capture on the legacy default stream is not allowed"
+        assert not st.capturing, "nested capture"
+        st.capturing, st.captured = True, []
+        # the object whose step is being captured (a replay runs its step again)
+        st.capturer = sys._getframe(1).f_locals["self"]
+
+    def end_capture(self):
+        st = self.state
+        assert st.capturing
+        st.capturing = False
+        st.captures += 1
+        return _FakeGraph(st, st.captured, st.capturer)
+
+
+class _FakeGraph:
+    """A replay runs the captured object's step again (kernels executing) and checks
+    that it launches exactly what the capture recorded."""
+
+    def __init__(self, state, launches, owner):
+        self.state, self.launches, self.owner = state, launches, owner
+
+    def launch(self, stream=None):
+        st = self.state
+        st.replaying = []
+        try:
+            self.owner._body()
+            replayed = st.replaying
+        finally:
+            st.replaying = None
+        _check_same_launches(self.launches, replayed, _static_ranges(self.owner))
+
+
+def _static_ranges(g):
+    arrays = [g.X, g.y, g.Xb, g.yb, g.perm, g.ctr, g.lr, g.loss_buf]
+    arrays += list(g._params.values()) + list(g._state.values()) + list(g._bn.values())
+    return [(a.data.ptr, a.data.ptr + a.nbytes) for a in arrays]
+
+
+def _launch_record(name, grid, block, args):
+    rec = []
+    for a in args:
+        if isinstance(a, FakeArray):
+            rec.append(("ptr", a.data.ptr))
+        else:
+            rec.append((type(a).__name__, a.item() if hasattr(a, "item") else a))
+    return (name, grid, block, tuple(rec))
+
+
+def _check_same_launches(captured, replayed, static):
+    def is_static(p):
+        return any(lo <= p < hi for lo, hi in static)
+    assert len(captured) == len(replayed), (len(captured), len(replayed))
+    for k, (c, r) in enumerate(zip(captured, replayed)):
+        assert c[:3] == r[:3], (k, c[:3], r[:3])
+        for (ck, cv), (rk, rv) in zip(c[3], r[3]):
+            assert ck == rk, (k, c[0], ck, rk)
+            if ck != "ptr":
+                assert cv == rv, "launch %d (%s): argument baked %r, replay %r" % (k, c[0], cv, rv)
+            elif is_static(cv):
+                assert cv == rv, "launch %d (%s): static buffer moved" % (k, c[0])
+
+
+class _GraphKernel(hk.FakeKernel):
+    """The stand-in kernel: checks the launch, runs the host build of the kernel
+    unless a capture is in progress, and records launches for capture / replay."""
+
+    def __init__(self, name, sig, log, emu, state):
+        super().__init__(name, sig, log, emu, None)
+        self.state = state
+
+    def __call__(self, grid, block, args, **kwargs):
+        st = self.state
+        rec = _launch_record(self.name, grid, block, args)
+        if st.capturing:
+            emu, self.emu = self.emu, None
+            try:
+                super().__call__(grid, block, args, **kwargs)
+            finally:
+                self.emu = emu
+            st.captured.append(rec)
+            return
+        super().__call__(grid, block, args, **kwargs)
+        st.launches += 1
+        if st.replaying is not None:
+            st.replaying.append(rec)
+
+
+class _Alloc(hk._Guards):
+    """Aligned allocations like CuPy's pool (no canaries: whole training runs)."""
+
+    def empty(self, shape, dtype):
+        dtype = np.dtype(dtype)
+        n = int(np.prod(shape, dtype=np.int64))
+        raw = np.empty(n * dtype.itemsize + 256, dtype=np.uint8)
+        off = (-raw.ctypes.data) % 256
+        buf = raw[off:off + n * dtype.itemsize].view(dtype)
+        buf[...] = np.nan if dtype.kind == "f" else 0x5A
+        return buf.reshape(shape).view(FakeArray)
+
+
+def _wrap(v):
+    if isinstance(v, np.ndarray) and not isinstance(v, FakeArray):
+        return v.view(FakeArray)
+    if isinstance(v, tuple):
+        return tuple(_wrap(x) for x in v)
+    return v
+
+
+def _make_cupy(state):
+    """tests/test_kernels_host.py's stand-in, plus what the Solver and the graph use:
+    NumPy functions as the array module (results as FakeArray), streams, capture,
+    pools, ``ndarray.get()``/``set()``."""
+    fake = hk._make_fake_cupy(_Alloc())
+
+    def fallback(name):
+        f = getattr(np, name)
+        if callable(f) and not isinstance(f, type):
+            return lambda *a, **k: _wrap(f(*a, **k))
+        return f
+    fake.__getattr__ = fallback
+    null = _FakeStream(state, null=True)
+    pool = types.SimpleNamespace(malloc=lambda size: None, free_all_blocks=lambda: None)
+    fake.cuda = types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDevice=lambda: 0),
+        get_current_stream=lambda: null,
+        Stream=lambda non_blocking=False: _FakeStream(state, non_blocking),
+        MemoryPool=lambda: pool,
+        using_allocator=lambda allocator=None: contextlib.nullcontext(),
+    )
+    fake.float32, fake.float64 = np.float32, np.float64
+    return fake
+
+
+@pytest.fixture
+def emu(nvcc_reports, emu_lib, monkeypatch):  # noqa: F811
+    """fcgpu.cuda on the host-built kernels behind a NumPy stand-in for CuPy."""
+    from fcgpu.cuda import graph as cgraph
+    from fcgpu.cuda import ops
+    sigs = hk._signatures(nvcc_reports)
+    state = _State()
+    fake = _make_cupy(state)
+    log = []
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(ops, "_cp", lambda: fake)
+    monkeypatch.setattr(ops, "sm_count", lambda: 3)
+    monkeypatch.setattr(ops, "blocks_per_sm", lambda name, threads: 2)
+    monkeypatch.setattr(ops, "get_kernel",
+                        lambda name: _GraphKernel(name, sigs[name], log, emu_lib, state))
+    monkeypatch.setattr(cgraph, "require_cupy", lambda: fake)
+    monkeypatch.setattr(FakeArray, "get", lambda self, stream=None: _np(self), raising=False)
+
+    def set_(self, arr, stream=None):
+        arr = np.asarray(arr)
+        assert arr.shape == self.shape and arr.dtype == self.dtype, (arr.shape, arr.dtype)
+        self[...] = arr
+    monkeypatch.setattr(FakeArray, "set", set_, raising=False)
+    return types.SimpleNamespace(ops=ops, cp=fake, log=log, state=state, graph=cgraph)
+
+
+# ----------------------------------------------------------------- emulated kernels
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_emulated_adam_step_bit_identical_to_reference(emu, dtype):
+    rng = np.random.default_rng(1)
+    shapes = [(1,), (3,), (4,), (1001,), (37, 11), (64, 16)]
+    for shape in shapes + ["misaligned", "transposed_dw"]:
+        if shape == "misaligned":
+            w, dw = (_misaligned((257,), dtype, rng) for _ in range(2))
+            m = _misaligned((257,), dtype, rng)
+            v = _fake(np.abs(_np(_misaligned((257,), dtype, rng))))
+        else:
+            sh = (12, 7) if shape == "transposed_dw" else shape
+            w = _fake(rng.standard_normal(sh).astype(dtype))
+            dw = _fake(rng.standard_normal(sh[::-1]).astype(dtype).T) \
+                if shape == "transposed_dw" else _fake(rng.standard_normal(sh).astype(dtype))
+            m = _fake(rng.standard_normal(sh).astype(dtype))
+            v = _fake(rng.random(sh).astype(dtype))
+        wn, dwn, mn, vn = (_np(a).copy() for a in (w, dw, m, v))
+        for t in (1, 7, 1000):
+            emu.log.clear()
+            out = fused_optim.adam_step(w, dw, m, v, 3e-3, 0.9, 0.999, 1e-8, t)
+            assert emu.log and emu.log[-1][0].startswith("fcgpu_adam<"), emu.log
+            ref = fused_optim.adam_step_ref(wn, dwn, mn, vn, 3e-3, 0.9, 0.999, 1e-8, t)
+            assert bits_equal(_np(out), ref), (shape, t)
+            assert bits_equal(_np(m), mn) and bits_equal(_np(v), vn), (shape, t)
+        vec = shape != "misaligned"
+        assert emu.log[-1][0].endswith("true>" if vec else "false>"), (shape, emu.log[-1])
+    # the optimizer rule itself dispatches to the kernel for (stand-in) CuPy arrays
+    w = _fake(rng.standard_normal((5, 4)).astype(dtype))
+    dw = _fake(rng.standard_normal((5, 4)).astype(dtype))
+    emu.log.clear()
+    nw, cfg = optim.adam(w, dw, {"learning_rate": 1e-2})
+    assert [n for n, _, _ in emu.log] == ["fcgpu_adam<%s, true>"
+                                          % ("float" if dtype == np.float32 else "double")]
+    assert cfg["t"] == 1 and isinstance(cfg["m"], FakeArray)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("in_place", [True, False])
+def test_emulated_adam_step_device(emu, dtype, in_place):
+    rng = np.random.default_rng(2)
+    ops, cp = emu.ops, emu.cp
+    for n in (1, 5, 1024, 1027):
+        w = _fake(rng.standard_normal(n).astype(dtype))
+        dw = _fake(rng.standard_normal(n).astype(dtype))
+        m = _fake(rng.standard_normal(n).astype(dtype))
+        v = _fake(rng.random(n).astype(dtype))
+        wn, dwn, mn, vn = (_np(a).copy() for a in (w, dw, m, v))
+        lr = cp.asarray(np.array([0.5, 2e-3, 7.0]))[1:2]   # a view: the pointer is offset
+        t = cp.asarray(np.array([9, 42], np.uint64))[1:]
+        out = None if in_place else cp.empty(n, dtype)
+        res = ops.adam_step_device(w, dw, m, v, lr, t, 0.8, 0.99, 1e-6, out=out)
+        assert res is (w if in_place else out)
+        ref = fused_optim.adam_step_ref(wn, dwn, mn, vn, 2e-3, 0.8, 0.99, 1e-6, 42)
+        assert bits_equal(_np(res), ref), n
+        assert bits_equal(_np(m), mn) and bits_equal(_np(v), vn)
+        if not in_place:
+            assert bits_equal(_np(w), wn)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "rmsprop"])
+def test_emulated_rule_step_device_bit_identical_to_optim(emu, dtype, rule):
+    rng = np.random.default_rng(3)
+    ops, cp = emu.ops, emu.cp
+    code = {"sgd": ops.RULE_SGD, "sgd_momentum": ops.RULE_SGD_MOMENTUM,
+            "rmsprop": ops.RULE_RMSPROP}[rule]
+    state_key = {"sgd": None, "sgd_momentum": "velocity", "rmsprop": "cache"}[rule]
+    for shape in [(1,), (6,), (8,), (33, 5), "misaligned"]:
+        if shape == "misaligned":
+            w, dw, s = (_misaligned((101,), dtype, rng) for _ in range(3))
+            s[...] = np.abs(_np(s))
+        else:
+            w, dw = (_fake(rng.standard_normal(shape).astype(dtype)) for _ in range(2))
+            s = _fake(rng.random(shape).astype(dtype))
+        wn, dwn, sn = (_np(a).copy() for a in (w, dw, s))
+        cfg = {"learning_rate": 3e-2, "momentum": 0.85, "decay_rate": 0.95, "epsilon": 1e-7}
+        if state_key:
+            cfg[state_key] = sn
+        ref, cfg = optim.RULES[rule](wn, dwn, cfg)
+        lr = cp.asarray(np.array([3e-2]))
+        h = {"sgd": 0.0, "sgd_momentum": 0.85, "rmsprop": 0.95}[rule]
+        res = ops.rule_step_device(code, w, dw, s if state_key else None, lr, h=h, eps=1e-7)
+        assert res is w
+        assert bits_equal(_np(w), ref), (rule, shape)
+        if state_key:
+            assert bits_equal(_np(s), cfg[state_key]), (rule, shape)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", [0.3, 0.8, 1.0])
+def test_emulated_device_stream_equals_stream_by_value(emu, dtype, p):
+    """stream_ptr != null: stream = *stream_ptr + offset, bit-identical to passing
+    that number (and so to the NumPy reference)."""
+    ops, cp = emu.ops, emu.cp
+    rng = np.random.default_rng(4)
+    seed, base, off = 2 ** 40 + 3, 2 ** 33 + 17, 2
+    ctr = cp.asarray(np.array([0, base, 5, 6], np.uint64))
+    ds = frandom.DeviceStream(ctr[1:2], off)
+    for shape in [(1,), (7,), (16, 8), (9, 5)]:
+        x = _fake(rng.standard_normal(shape).astype(dtype))
+        a, _ = ops.dropout_forward(x, p, seed, ds)
+        b, _ = ops.dropout_forward(x, p, seed, base + off)
+        assert bits_equal(_np(a), _np(b))
+        ref, _ = fused.dropout_forward_ref(_np(x), p, seed, base + off)
+        assert bits_equal(_np(a), ref)
+        assert bits_equal(_np(ops.dropout_backward(x, p, seed, ds)),
+                          _np(ops.dropout_backward(x, p, seed, base + off)))
+        assert bits_equal(_np(ops.relu_dropout_forward(x, p, seed, ds)),
+                          fused.relu_dropout_forward_ref(_np(x), p, seed, base + off))
+        if len(shape) == 2:
+            g = _fake(rng.uniform(0.5, 1.5, shape[1]).astype(dtype))
+            bt = _fake(rng.standard_normal(shape[1]).astype(dtype))
+            stats = [_fake(np.zeros(shape[1], dtype)) for _ in range(4)]
+            o1, _, _ = ops.bn_relu_dropout_forward(x, g, bt, 1e-5, 0.9, stats[0], stats[1],
+                                                   p, seed, ds)
+            o2, _, _ = ops.bn_relu_dropout_forward(x, g, bt, 1e-5, 0.9, stats[2], stats[3],
+                                                   p, seed, base + off)
+            assert bits_equal(_np(o1), _np(o2))
+    with pytest.raises(ValueError, match="uint64"):
+        ops.dropout_forward(_fake(np.ones(4, dtype)), 0.5, 1,
+                            frandom.DeviceStream(_fake(np.zeros(1, np.int64)), 0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [12, 7, 1])
+def test_emulated_gather_rows(emu, dtype, d):
+    ops, cp = emu.ops, emu.cp
+    rng = np.random.default_rng(d)
+    n, b = 50, 8
+    X = cp.asarray(rng.standard_normal((n, d)).astype(dtype))
+    y = cp.asarray(rng.integers(0, 10, n).astype(np.int64))
+    order = rng.permutation(n)
+    perm = cp.asarray(order.astype(np.int64))
+    idx = cp.asarray(np.array([0, 0], np.uint64))
+    Xb, yb = cp.empty((b, d), dtype), cp.empty(b, np.int64)
+    for batch in (0, 3, 5):
+        idx.set(np.array([7, batch], np.uint64))
+        emu.log.clear()
+        ops.gather_rows(X, y, perm, idx[1:], Xb, yb)
+        rows = order[batch * b:(batch + 1) * b]
+        assert np.array_equal(_np(Xb), _np(X)[rows]) and np.array_equal(_np(yb), _np(y)[rows])
+        assert emu.log[-1][0].endswith("true>" if d % 4 == 0 else "false>")
+    # a batch past the permutation writes nothing (and reads nothing out of bounds)
+    idx.set(np.array([0, 7], np.uint64))
+    before = _np(Xb).copy()
+    ops.gather_rows(X, y, perm, idx[1:], Xb, yb)
+    assert np.array_equal(_np(Xb), before)
+    with pytest.raises(ValueError, match="int64"):
+        ops.gather_rows(X, cp.asarray(np.zeros(n, np.int32)), perm, idx, Xb, yb)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_emulated_graph_advance(emu, dtype):
+    ops, cp = emu.ops, emu.cp
+    ctr = cp.asarray(np.array([0, 10, 1, 0], np.uint64))
+    buf = cp.asarray(np.zeros(3, dtype))
+    for k in range(7):
+        loss = cp.asarray(np.array(1.5 + k, dtype))
+        ops.graph_advance(ctr, loss, buf, 3, 2)
+        assert list(_np(ctr)) == [(k + 1) % 3, 10 + 2 * (k + 1), k + 2, k + 1]
+        assert _np(buf)[k % 3] == 1.5 + k
+    with pytest.raises(ValueError, match="fewer than"):
+        ops.graph_advance(ctr, loss, buf, 4, 0)
+
+
+# ----------------------------------------------------------------- emulated Solver runs
+
+CONFIGS = [
+    # (rule, batchnorm, dropout keep, fresh masks, reg)
+    ("adam", True, 0.7, True, 0.0),
+    ("adam", False, 0.6, False, 1e-3),
+    ("sgd", False, 0, True, 0.0),
+    ("sgd_momentum", False, 0.8, True, 1e-2),
+    ("rmsprop", True, 0, True, 0.0),
+]
+
+
+def _model(xp, dtype, bn, dropout, fresh, reg, seed=3):
+    return FullyConnectedNet([16, 8], input_dim=12, num_classes=3, use_batchnorm=bn,
+                             dropout=dropout, reg=reg, weight_scale=0.3, dtype=dtype, seed=seed,
+                             fresh_masks=fresh, xp=xp)
+
+
+def _solver(xp, data, dtype, rule, bn, dropout, fresh, reg, cuda_graph, epochs=2, **kw):
+    model = _model(xp, dtype, bn, dropout, fresh, reg)
+    lr = {"adam": 1e-2, "sgd": 5e-2, "sgd_momentum": 2e-2, "rmsprop": 1e-3}[rule]
+    args = dict(update_rule=rule, optim_config={"learning_rate": lr}, lr_decay=0.8,
+                batch_size=20, num_epochs=epochs, num_train_samples=40, verbose=True,
+                print_every=3, out=io.StringIO(), seed=11, cuda_graph=cuda_graph)
+    args.update(kw)
+    return Solver(model, data, **args)
+
+
+def _assert_same_training(a, b):
+    """Solver b (captured) ended exactly where solver a (uncaptured) did."""
+    assert a.loss_history == b.loss_history
+    assert a.train_acc_history == b.train_acc_history and a.val_acc_history == b.val_acc_history
+    for k in a.model.params:
+        assert bits_equal(_np(a.model.params[k]), _np(b.model.params[k])), k
+    for bpa, bpb in zip(a.model.bn_params, b.model.bn_params):
+        for key in ("running_mean", "running_var"):
+            assert bits_equal(_np(bpa[key]), _np(bpb[key])), key
+    assert a.model.dropout_step == b.model.dropout_step
+    for k, ca in a.optim_configs.items():
+        cb = b.optim_configs[k]
+        assert set(ca) == set(cb), (k, set(ca) ^ set(cb))
+        for key, va in ca.items():
+            if hasattr(va, "shape"):
+                assert bits_equal(_np(va), _np(cb[key])), (k, key)
+            else:
+                assert va == cb[key], (k, key, va, cb[key])
+
+
+@pytest.mark.parametrize("rule,bn,dropout,fresh,reg", CONFIGS)
+def test_emulated_graphed_solver_equals_uncaptured(emu, rule, bn, dropout, fresh, reg):
+    dtype = np.float64 if rule == "rmsprop" else np.float32
+    data = blobs(np.random.default_rng(5))
+    plain = _solver(emu.cp, data, dtype, rule, bn, dropout, fresh, reg, cuda_graph=False)
+    plain.train()
+    graphed = _solver(emu.cp, data, dtype, rule, bn, dropout, fresh, reg, cuda_graph=True)
+    captures = emu.state.captures
+    graphed.train()
+    _assert_same_training(plain, graphed)
+    g = graphed._graph_step
+    steps = 2 * (80 // 20)
+    assert emu.state.captures == captures + 1 and g.captures == 1
+    assert g.replays == steps - 1  # the first step runs uncaptured, then the capture
+    assert g.counters() == g.host_counters()
+    assert g.counters()["steps"] == steps and g.counters()["batch"] == 0
+    if dropout and fresh:
+        assert g.counters()["stream"] == graphed.model.dropout_step * 2 == steps * 2
+    # the learning rate decayed on the host each epoch and reached the device: it
+    # holds the last epoch's (the host has decayed it once more since)
+    lrs = np.array([c["learning_rate"] for c in graphed.optim_configs.values()])
+    np.testing.assert_allclose(_np(g.lr), lrs / 0.8, rtol=1e-15)
+    assert lrs[0] == plain.optim_configs["W1"]["learning_rate"]
+    # the static buffers are the model's and the configs' own arrays while training
+    # (train() ends by restoring the best parameters as copies, like the plain loop)
+    if rule == "adam":
+        assert graphed.optim_configs["W1"]["m"] is g._state[("W1", "m")]
+
+
+def test_emulated_graphed_solver_continues_and_resumes(emu, tmp_path):
+    """A second train() (more epochs) after restore_best replaced the parameters,
+    and a checkpoint round trip: the graph copies the new arrays into its static
+    buffers and carries on exactly like the uncaptured Solver."""
+    data = blobs(np.random.default_rng(6))
+    cfg = ("adam", True, 0.7, True, 0.0)
+    plain = _solver(emu.cp, data, np.float32, *cfg, cuda_graph=False, epochs=1)
+    graphed = _solver(emu.cp, data, np.float32, *cfg, cuda_graph=True, epochs=1)
+    for s in (plain, graphed):
+        s.train()
+        s.num_epochs = 2
+        s.train()
+    _assert_same_training(plain, graphed)
+    assert graphed._graph_step.captures == 1
+    ck = tmp_path / "ck.pkl"
+    graphed.save_checkpoint(str(ck))
+    plain.num_epochs = graphed.num_epochs = 3
+    graphed2 = _solver(emu.cp, data, np.float32, *cfg, cuda_graph=True, epochs=3)
+    graphed2.load_checkpoint(str(ck))
+    plain.train()
+    graphed2.train()
+    _assert_same_training(plain, graphed2)
+
+
+def test_emulated_graph_recaptures_when_a_baked_hyperparameter_changes(emu):
+    data = blobs(np.random.default_rng(7))
+    s = _solver(emu.cp, data, np.float32, "adam", False, 0, True, 0.0, cuda_graph=True,
+                epochs=1)
+    s.train()
+    for c in s.optim_configs.values():
+        c["beta1"] = 0.5
+    s.num_epochs = 2
+    s.train()
+    assert s._graph_step.captures == 2
+
+
+def test_emulated_solver_cuda_graph_refuses_a_custom_rule(emu):
+    data = blobs(np.random.default_rng(8))
+    model = _model(emu.cp, np.float32, False, 0, True, 0.0)
+    with pytest.raises(ValueError, match="cannot be captured.*adam"):
+        Solver(model, data, update_rule=optim.sgd, cuda_graph=True)
+
+
+# ----------------------------------------------------------------- on a GPU
+
+requires_gpu = pytest.mark.skipif(not CUPY_OK, reason="needs CuPy and a CUDA device: %s"
+                                  % (CUPY_WHY,))
+
+
+@pytest.fixture(scope="module")
+def cp():
+    from gpu_util import cupy
+    return cupy()
+
+
+def _tol(dtype):
+    return 1e-5 if np.dtype(dtype) == np.float32 else 1e-12
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rule,bn,dropout,fresh,reg", CONFIGS)
+def test_gpu_graphed_solver_matches_uncaptured(cp, rule, bn, dropout, fresh, reg, dtype):
+    data = blobs(np.random.default_rng(5), n=440)
+    plain = _solver(cp, data, dtype, rule, bn, dropout, fresh, reg, cuda_graph=False, epochs=3)
+    plain.train()
+    graphed = _solver(cp, data, dtype, rule, bn, dropout, fresh, reg, cuda_graph=True, epochs=3)
+    graphed.train()
+    g = graphed._graph_step
+    steps = 3 * (400 // 20)
+    # one capture for the whole run (the lr decays through device memory), every
+    # step after the first a replay, device counters where the host expects them
+    assert g.captures == 1 and g.replays == steps - 1
+    assert g.counters() == g.host_counters()
+    assert g.counters()["steps"] == steps
+    assert g._pool.total_bytes() > 0  # the step's temporaries live in the private pool
+    # the same minibatches and dropout masks: the first step is bit-identical; later
+    # steps agree to rounding (Adam's bias corrections use the device's pow)
+    tol = _tol(dtype)
+    assert plain.loss_history[0] == graphed.loss_history[0]
+    np.testing.assert_allclose(graphed.loss_history, plain.loss_history, rtol=100 * tol)
+    for k in plain.model.params:
+        a, b = cp.asnumpy(plain.model.params[k]), cp.asnumpy(graphed.model.params[k])
+        np.testing.assert_allclose(b, a, rtol=100 * tol,
+                                   atol=100 * tol * max(float(np.abs(a).max()), 1e-30),
+                                   err_msg=k)
+    for bpa, bpb in zip(plain.model.bn_params, graphed.model.bn_params):
+        for key in ("running_mean", "running_var"):
+            a, b = cp.asnumpy(bpa[key]), cp.asnumpy(bpb[key])
+            np.testing.assert_allclose(b, a, rtol=100 * tol, atol=100 * tol, err_msg=key)
+    assert plain.model.dropout_step == graphed.model.dropout_step
+    for k, ca in plain.optim_configs.items():
+        cb = graphed.optim_configs[k]
+        assert ca["learning_rate"] == cb["learning_rate"]
+        if rule == "adam":
+            assert ca["t"] == cb["t"] == steps
+        for key in ("m", "v", "velocity", "cache"):
+            if key in ca:
+                np.testing.assert_allclose(cp.asnumpy(cb[key]), cp.asnumpy(ca[key]),
+                                           rtol=1000 * tol, atol=1000 * tol, err_msg=key)
+    lrs = np.array([c["learning_rate"] for c in graphed.optim_configs.values()])
+    np.testing.assert_allclose(cp.asnumpy(g.lr), lrs / 0.8, rtol=1e-15)  # last epoch's
+    assert lrs[0] == {"adam": 1e-2, "sgd": 5e-2, "sgd_momentum": 2e-2,
+                      "rmsprop": 1e-3}[rule] * 0.8 ** 3
+
+
+@pytest.mark.gpu
+@requires_gpu
+def test_gpu_graphed_solver_continues_after_restore_best(cp):
+    data = blobs(np.random.default_rng(6), n=240)
+    cfg = ("adam", True, 0.7, True, 0.0)
+    plain = _solver(cp, data, np.float32, *cfg, cuda_graph=False, epochs=1)
+    graphed = _solver(cp, data, np.float32, *cfg, cuda_graph=True, epochs=1)
+    for s in (plain, graphed):
+        s.train()
+        s.num_epochs = 2
+        s.train()
+    assert graphed._graph_step.captures == 1
+    np.testing.assert_allclose(graphed.loss_history, plain.loss_history, rtol=1e-3)
+    for k in plain.model.params:
+        np.testing.assert_allclose(cp.asnumpy(graphed.model.params[k]),
+                                   cp.asnumpy(plain.model.params[k]), rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_adam_kernels_vs_float64_reference(cp, dtype):
+    from fcgpu.cuda import ops
+    rng = np.random.default_rng(9)
+    for n in (1, 3, 4, 5, 1001, 1 << 20):
+        for misaligned in (False, True):
+            h = [rng.standard_normal(n + 1).astype(dtype) for _ in range(3)]
+            h.append(rng.random(n + 1).astype(dtype))
+            d = [cp.asarray(a) for a in h]
+            if misaligned:
+                h, d = [a[1:] for a in h], [a[1:] for a in d]
+            else:
+                h, d = [a[:n] for a in h], [a[:n] for a in d]
+            w, dw, m, v = d
+            out = ops.adam_step(w, dw, m, v, 3e-3, 0.9, 0.999, 1e-8, 17)
+            h64 = [a.astype(np.float64) for a in h]
+            ref = fused_optim.adam_step_ref(h64[0], h64[1], h64[2], h64[3], 3e-3, 0.9, 0.999,
+                                            1e-8, 17)
+            tag = "%s n=%d%s" % (np.dtype(dtype).name, n, " misaligned" if misaligned else "")
+            assert_close(cp.asnumpy(out), ref, dtype, "adam next_w " + tag)
+            assert_close(cp.asnumpy(m), h64[2], dtype, "adam m " + tag)
+            assert_close(cp.asnumpy(v), h64[3], dtype, "adam v " + tag)
+            # in the array dtype, the kernel rounds like NumPy: bit-identical
+            hm, hv = h[2].copy(), h[3].copy()
+            d2 = [cp.asarray(a) for a in (h[0], h[1], hm, hv)]
+            out2 = ops.adam_step(*d2, 3e-3, 0.9, 0.999, 1e-8, 17)
+            assert bits_equal(cp.asnumpy(out2),
+                              fused_optim.adam_step_ref(h[0], h[1], hm, hv, 3e-3, 0.9, 0.999,
+                                                        1e-8, 17)), tag
+            # the device variant: t and lr from device memory
+            hm, hv = h[2].copy(), h[3].copy()
+            d3 = [cp.asarray(a) for a in (h[0], h[1], hm, hv)]
+            ops.adam_step_device(d3[0], d3[1], d3[2], d3[3], cp.asarray([3e-3]),
+                                 cp.asarray(np.array([17], np.uint64)), 0.9, 0.999, 1e-8)
+            assert_close(cp.asnumpy(d3[0]), ref, dtype, "adam_dev next_w " + tag)
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "rmsprop"])
+def test_gpu_rule_kernels_bit_identical_to_optim(cp, dtype, rule):
+    from fcgpu.cuda import ops
+    rng = np.random.default_rng(10)
+    code = {"sgd": ops.RULE_SGD, "sgd_momentum": ops.RULE_SGD_MOMENTUM,
+            "rmsprop": ops.RULE_RMSPROP}[rule]
+    key = {"sgd": None, "sgd_momentum": "velocity", "rmsprop": "cache"}[rule]
+    h = {"sgd": 0.0, "sgd_momentum": 0.85, "rmsprop": 0.95}[rule]
+    for n in (1, 7, 4096, 100003):
+        w, dw, s = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype), \
+            rng.random(n).astype(dtype)
+        cfg = {"learning_rate": 3e-2, "momentum": 0.85, "decay_rate": 0.95, "epsilon": 1e-7}
+        if key:
+            cfg[key] = s.copy()
+        ref, cfg = optim.RULES[rule](w, dw, cfg)
+        dwd, sd, wd = cp.asarray(dw), cp.asarray(s), cp.asarray(w)
+        ops.rule_step_device(code, wd, dwd, sd if key else None, cp.asarray([3e-2]), h=h,
+                             eps=1e-7)
+        assert bits_equal(cp.asnumpy(wd), ref), (rule, n)
+        if key:
+            assert bits_equal(cp.asnumpy(sd), cfg[key]), (rule, n)
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_device_stream_dropout_bit_identical(cp, dtype):
+    from fcgpu.cuda import ops
+    rng = np.random.default_rng(11)
+    seed, base, off = 2 ** 40 + 3, 2 ** 33 + 17, 2
+    ctr = cp.asarray(np.array([0, base, 0, 0], np.uint64))
+    ds = frandom.DeviceStream(ctr[1:2], off)
+    for shape in [(1,), (7,), (1 << 16,), (490, 500), (33, 7)]:
+        xh = rng.standard_normal(shape).astype(dtype)
+        x = cp.asarray(xh)
+        for p in (0.3, 0.8):
+            a, _ = ops.dropout_forward(x, p, seed, ds)
+            ref, _ = fused.dropout_forward_ref(xh, p, seed, base + off)
+            assert bits_equal(cp.asnumpy(a), ref), (shape, p)
+            assert bits_equal(cp.asnumpy(ops.relu_dropout_forward(x, p, seed, ds)),
+                              fused.relu_dropout_forward_ref(xh, p, seed, base + off))
+            if len(shape) == 2:
+                d = shape[1]
+                g, bt = cp.ones(d, dtype), cp.zeros(d, dtype)
+                o1, _, _ = ops.bn_relu_dropout_forward(x, g, bt, 1e-5, 0.9, cp.zeros(d, dtype),
+                                                       cp.ones(d, dtype), p, seed, ds)
+                o2, _, _ = ops.bn_relu_dropout_forward(x, g, bt, 1e-5, 0.9, cp.zeros(d, dtype),
+                                                       cp.ones(d, dtype), p, seed, base + off)
+                assert bits_equal(cp.asnumpy(o1), cp.asnumpy(o2)), (shape, p)
+    ctr[1] = base + 100  # the kernels read the counter when they run
+    a, _ = ops.dropout_forward(x, 0.5, seed, ds)
+    assert bits_equal(cp.asnumpy(a), fused.dropout_forward_ref(xh, 0.5, seed, base + 102)[0])
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_gather_rows_and_advance(cp, dtype):
+    from fcgpu.cuda import ops
+    rng = np.random.default_rng(12)
+    for d in (3072, 12, 7):
+        n, b = 300, 49
+        Xh = rng.standard_normal((n, d)).astype(dtype)
+        yh = rng.integers(0, 10, n).astype(np.int64)
+        order = rng.permutation(n)
+        X, y, perm = cp.asarray(Xh), cp.asarray(yh), cp.asarray(order)
+        ctr = cp.zeros(4, np.uint64)
+        Xb, yb = cp.empty((b, d), dtype), cp.empty(b, np.int64)
+        loss_buf = cp.zeros(n // b, dtype)
+        for step in range(n // b + 2):
+            batch = step % (n // b)
+            ops.gather_rows(X, y, perm, ctr[0:1], Xb, yb)
+            rows = order[batch * b:(batch + 1) * b]
+            assert np.array_equal(cp.asnumpy(Xb), Xh[rows]), (d, step)
+            assert np.array_equal(cp.asnumpy(yb), yh[rows]), (d, step)
+            ops.graph_advance(ctr, cp.asarray(np.array(step, dtype)), loss_buf, n // b, 3)
+        assert list(cp.asnumpy(ctr)) == [2, 3 * (n // b + 2), n // b + 2, n // b + 2]
+
+
+def test_emulated_gpu_smoke_sections(emu):
+    """bench/gpu_smoke.py's optimizer and graph sections (run under the sanitizers on
+    the GPU machine) pass on the host-built kernels."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "bench" / "gpu_smoke.py"
+    spec = importlib.util.spec_from_file_location("fcgpu_gpu_smoke", path)
+    smoke = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smoke)
+    rng = np.random.default_rng(0)
+    for dtype in DTYPES:
+        smoke.run_optim(emu.cp, dtype, rng)
+        smoke.run_graph(emu.cp, dtype, rng)
+    assert smoke.FAILURES == []
+    launched = {name for name, _, _ in emu.log}
+    from fcgpu.cuda import module as cmod
+    assert launched >= set(cmod.MODULES["optim"][1]) | set(cmod.MODULES["graph"][1])
