@@ -103,53 +103,98 @@ def dropout_regularizer(path=None, backend_name="numpy", num_train=500, epochs=2
 
 
 # ----------------------------------------------------------------- time to accuracy
+#
+# Each backend trains in its own process; the parent lets them run one epoch at a time,
+# in turn, so that load from elsewhere on a shared machine hits all backends alike.
+# A child answers every "go" with one JSON line: the epoch's validation accuracy and its
+# active seconds so far (time spent waiting for its turn is not counted), or, once the
+# target is reached or the epochs are used up, the final result with "done": true.
 
 TTA_BACKENDS = ("numpy", "torch_cpu", "fcgpu", "torch_cuda")
 
 
-class _Reached(Exception):
+class _Turns:
+    """The child's side: wait for "go", account active time, report epochs."""
+
+    def __init__(self, proto, target, max_epochs):
+        self.proto = proto
+        self.target = target
+        self.max_epochs = max_epochs
+        self.active = 0.0
+        self.train_s = 0.0
+        self.hist = []
+        self.t_go = None
+
+    def send(self, obj):
+        self.proto.write(json.dumps(obj) + "\n")
+        self.proto.flush()
+
+    def wait_go(self):
+        line = sys.stdin.readline()
+        if line.strip() != "go":
+            raise SystemExit(0)
+        self.t_go = time.perf_counter()
+
+    def epoch_done(self, val_acc, train_s):
+        """Report one epoch; True when the run is over (target reached or last epoch)."""
+        self.active += time.perf_counter() - self.t_go
+        self.train_s += train_s
+        self.hist.append(float(val_acc))
+        epoch = len(self.hist)
+        if val_acc >= self.target or epoch >= self.max_epochs:
+            return True
+        self.send({"epoch": epoch, "val_acc": float(val_acc), "active_s": self.active})
+        self.wait_go()
+        return False
+
+    def result(self, device):
+        reached = bool(self.hist) and self.hist[-1] >= self.target
+        return {"done": True, "reached": reached, "epochs": len(self.hist) if reached else None,
+                "seconds": self.active if reached else None,
+                "train_seconds": self.train_s if reached else None,
+                "active_seconds": self.active, "val_acc_history": self.hist,
+                "best_val_acc": max(self.hist) if self.hist else None, "device": device}
+
+
+class _Stop(Exception):
     pass
 
 
-def _tta_fcgpu(backend_name, src, max_epochs, target):
+def _tta_fcgpu(turns, backend_name, src, max_epochs):
+    from .. import backend
     from ..train import TrainConfig, load_data, run_training
     cfg = TrainConfig(backend=backend_name, epochs=max_epochs, data=src)
     data = load_data(cfg, progress=False)
-    hist = []
-    state = {}
+    backend.set_backend(backend_name)
+    device = backend.device_name(backend.get_xp())
+    turns.send({"ready": True, "device": device})
+    turns.wait_go()
 
     def cb(solver):
-        hist.append(solver.val_acc_history[-1])
-        if solver.val_acc_history[-1] >= target:
-            state["t"] = time.perf_counter() - t0
-            state["train_s"] = sum(solver.epoch_seconds)
-            state["epochs"] = solver.epoch
-            raise _Reached()
+        if turns.epoch_done(solver.val_acc_history[-1], solver.epoch_seconds[-1]):
+            raise _Stop()
 
-    from .. import backend
-    t0 = time.perf_counter()
     try:
         run_training(cfg, data=data, progress=False, verbose=False, epoch_callback=cb)
-    except _Reached:
+    except _Stop:
         pass
-    out = {"val_acc_history": hist, "device": backend.device_name(backend.get_xp()),
-           "reached": "t" in state, "best_val_acc": max(hist) if hist else None}
-    if "t" in state:
-        out.update(seconds=state["t"], train_seconds=state["train_s"], epochs=state["epochs"])
-    else:
-        out.update(seconds=None, epochs=None, wall_seconds=time.perf_counter() - t0)
-    return out
+    return device
 
 
-def _tta_torch(device, src, max_epochs, target):
+def _tta_torch(turns, device, src, max_epochs):
     import torch
     import torch.nn.functional as F
     from ..train import TrainConfig, load_data
-    from . import models
 
+    if device == "cuda" and not torch.cuda.is_available():
+        turns.send({"skipped": "torch.cuda.is_available() is False"})
+        raise SystemExit(0)
     cfg = TrainConfig(epochs=max_epochs, data=src)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     data = load_data(cfg, progress=False)
+    name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+    turns.send({"ready": True, "device": name})
+    turns.wait_go()
     torch.manual_seed(cfg.seed)
     layers = []
     d = 3 * 32 * 32
@@ -174,11 +219,8 @@ def _tta_torch(device, src, max_epochs, target):
     g = torch.Generator().manual_seed(cfg.seed)
     n = Xt.shape[0]
     steps = max(n // cfg.batch_size, 1)
-    hist = []
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    t0 = time.perf_counter()
-    train_s = 0.0
-    for epoch in range(1, max_epochs + 1):
+    for _ in range(max_epochs):
         model.train()
         order = torch.randperm(n, generator=g).to(device)
         e0 = time.perf_counter()
@@ -189,64 +231,72 @@ def _tta_torch(device, src, max_epochs, target):
             loss.backward()
             opt.step()
         sync()
-        train_s += time.perf_counter() - e0
+        train_s = time.perf_counter() - e0
         sched.step()
         model.eval()
         with torch.no_grad():
             acc = float((model(Xv).argmax(1) == yv).float().mean())
-        hist.append(acc)
-        if acc >= target:
-            return {"val_acc_history": hist, "reached": True, "epochs": epoch,
-                    "seconds": time.perf_counter() - t0, "train_seconds": train_s,
-                    "device": device, "best_val_acc": max(hist)}
-    return {"val_acc_history": hist, "reached": False, "epochs": None, "seconds": None,
-            "wall_seconds": time.perf_counter() - t0, "device": device,
-            "best_val_acc": max(hist) if hist else None}
+        if turns.epoch_done(acc, train_s):
+            break
+    return name
 
 
-def _tta_one(name, src, max_epochs, target):
-    if name == "numpy":
-        return _tta_fcgpu("numpy", src, max_epochs, target)
-    if name == "fcgpu":
-        return _tta_fcgpu("cupy", src, max_epochs, target)
-    if name == "torch_cpu":
-        return _tta_torch("cpu", src, max_epochs, target)
-    if name == "torch_cuda":
-        import torch
-        if not torch.cuda.is_available():
-            return {"skipped": "torch.cuda.is_available() is False"}
-        return _tta_torch("cuda", src, max_epochs, target)
-    raise ValueError(name)
+def _tta_child(name, src, max_epochs, target):
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    turns = _Turns(proto, target, max_epochs)
+    if name in ("numpy", "fcgpu"):
+        device = _tta_fcgpu(turns, "numpy" if name == "numpy" else "cupy", src, max_epochs)
+    elif name in ("torch_cpu", "torch_cuda"):
+        device = _tta_torch(turns, "cpu" if name == "torch_cpu" else "cuda", src, max_epochs)
+    else:
+        raise ValueError(name)
+    turns.send(turns.result(device))
 
 
-def _run_sampling_load(cmd, timeout, every=5.0):
-    """Run ``cmd``; return (stdout, stderr, exit code, 1-minute load averages sampled
-    every ``every`` seconds while it ran)."""
-    import tempfile
-    from .worker import _worker_env
-    loads = [os.getloadavg()[0]]
-    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
-        proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, text=True, env=_worker_env())
-        t0 = time.monotonic()
-        while True:
+class _Child:
+    def __init__(self, name, cmd):
+        from .worker import _worker_env
+        self.name = name
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, env=_worker_env(), bufsize=1)
+        self.loads = []
+
+    def read(self, timeout):
+        import select
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if not ready:
+            self.proc.kill()
+            self.proc.wait()
+            return {"skipped": "no answer within %d s; stopped it" % timeout}
+        line = self.proc.stdout.readline()
+        if not line:
+            return {"skipped": "failed (exit %s)" % self.proc.wait()}
+        return json.loads(line)
+
+    def go(self, timeout):
+        try:
+            self.proc.stdin.write("go\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return {"skipped": "failed (exit %s)" % self.proc.wait()}
+        return self.read(timeout)
+
+    def close(self):
+        if self.proc.poll() is None:
             try:
-                proc.wait(every)
-                break
-            except subprocess.TimeoutExpired:
-                loads.append(os.getloadavg()[0])
-                if time.monotonic() - t0 > timeout:
-                    proc.kill()
-                    proc.wait()
-                    raise
-        loads.append(os.getloadavg()[0])
-        fo.seek(0)
-        fe.seek(0)
-        return fo.read(), fe.read(), proc.returncode, loads
+                self.proc.stdin.close()
+                self.proc.wait(30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
 
 
 def time_to_accuracy(path=None, enabled=False, backends=None, max_epochs=17,
-                     target=TTA_TARGET, timeout=1800):
-    """Seconds of training until validation accuracy >= ``target``, per backend."""
+                     target=TTA_TARGET, epoch_timeout=900):
+    """Seconds of training until validation accuracy >= ``target``, per backend, with
+    the backends taking turns epoch by epoch."""
     if not enabled:
         return {"skipped": "not run: opt in with `fcgpu bench --time-to-accuracy` (it trains "
                            "the default net to %.0f%% on every backend: minutes)" % (100 * target)}
@@ -255,34 +305,50 @@ def time_to_accuracy(path=None, enabled=False, backends=None, max_epochs=17,
         return {"skipped": "needs the real CIFAR-10 data: set FCGPU_DATA (or pass --data)"}
     from .. import backend
     gpu_ok, gpu_why = backend.cupy_status()
-    results = {}
+    results, children = {}, []
     for name in backends or TTA_BACKENDS:
         if name == "fcgpu" and not gpu_ok:
             results[name] = {"skipped": "no GPU backend: %s" % gpu_why}
             continue
         cmd = [sys.executable, "-m", "fcgpu.bench.experiments", "tta", name, src,
                str(max_epochs), str(target)]
-        try:
-            out, err, code, loads = _run_sampling_load(cmd, timeout)
-        except subprocess.TimeoutExpired:
-            results[name] = {"skipped": "did not finish within %d s" % timeout}
-            continue
-        lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-        if code != 0 or not lines:
-            tail = (err or "").strip().splitlines()[-1:] or ["no output"]
-            results[name] = {"skipped": "failed (exit %d): %s" % (code, tail[0])}
-            continue
-        results[name] = json.loads(lines[-1])
-        results[name]["loadavg"] = [min(loads), sum(loads) / len(loads), max(loads)]
+        children.append(_Child(name, cmd))
+    live = []
+    for c in children:  # all start (and load the data) at once
+        resp = c.read(epoch_timeout)
+        if resp.get("ready"):
+            live.append(c)
+        else:
+            results[c.name] = {"skipped": resp.get("skipped", "did not start")}
+            c.close()
+    turn = 0
+    while live:
+        order = live[turn % len(live):] + live[:turn % len(live)]
+        turn += 1
+        for c in order:
+            resp = c.go(epoch_timeout)
+            c.loads.append(os.getloadavg()[0])
+            if "epoch" in resp:
+                continue
+            live.remove(c)
+            if resp.get("done"):
+                resp.pop("done")
+                results[c.name] = resp
+                results[c.name]["loadavg"] = [min(c.loads), sum(c.loads) / len(c.loads),
+                                              max(c.loads)]
+            else:
+                results[c.name] = {"skipped": resp.get("skipped", "failed")}
+            c.close()
     return {"target": target, "max_epochs": max_epochs, "config": "fcgpu train defaults "
             "(3x500, batchnorm, keep 0.8, Adam 5e-3, decay 0.9, batch 490)",
-            "backends": results}
+            "interleaved": True, "backends": {n: results[n] for n in (backends or TTA_BACKENDS)
+                                              if n in results}}
 
 
 def _main(argv):
     if argv[:1] == ["tta"]:
         name, src, max_epochs, target = argv[1], argv[2], int(argv[3]), float(argv[4])
-        print(json.dumps(_tta_one(name, src, max_epochs, target)))
+        _tta_child(name, src, max_epochs, target)
         return 0
     print("usage: python -m fcgpu.bench.experiments tta BACKEND DATA MAX_EPOCHS TARGET",
           file=sys.stderr)

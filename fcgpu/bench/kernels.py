@@ -159,12 +159,28 @@ class Case:
         return self.fn(i)
 
 
-def _host_inputs(op, shape, seed=0):
+TILE = 1 << 22  # large inputs repeat a random block of this many elements (fast to make)
+
+
+def host_randn(shape, seed):
+    """Standard-normal fp32 of ``shape``; beyond 2^22 elements a random block is tiled
+    (values do not change the timings, and 2^28 normals take seconds to draw)."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape, dtype=np.float32)
-    dout = rng.standard_normal(shape, dtype=np.float32) if op not in ("copy", "dropout_fwd",
-                                                                      "bn_fwd",
-                                                                      "fused_fwd") else None
+    n = numel(shape)
+    if n <= TILE:
+        return rng.standard_normal(shape, dtype=np.float32)
+    block = rng.standard_normal(TILE, dtype=np.float32)
+    out = np.empty(n, dtype=np.float32)
+    full = n // TILE * TILE
+    out[:full].reshape(-1, TILE)[...] = block
+    out[full:] = block[:n - full]
+    return out.reshape(shape)
+
+
+def _host_inputs(op, shape, seed=0):
+    x = host_randn(shape, seed)
+    dout = host_randn(shape, seed + 1) if op not in ("copy", "dropout_fwd", "bn_fwd",
+                                                     "fused_fwd") else None
     return x, dout
 
 
@@ -292,9 +308,13 @@ def build_torch_case(variant, op, shape, torch, device, k):
 
     g = torch.Generator(device=device)
     g.manual_seed(0)
+    n = numel(shape)
 
     def randn():
-        return torch.randn(shape, generator=g, device=device, dtype=torch.float32)
+        if n <= TILE:
+            return torch.randn(shape, generator=g, device=device, dtype=torch.float32)
+        block = torch.randn(TILE, generator=g, device=device, dtype=torch.float32)
+        return block.repeat(-(-n // TILE))[:n].reshape(shape).contiguous()
 
     def sets(base):
         return [base] + [base.clone() for _ in range(k - 1)]

@@ -116,10 +116,17 @@ def pytest_generate_tests(metafunc):
 
 # ----------------------------------------------------------------- workers
 
+QUICK_CPU_MAX = 1 << 24  # with --quick, CPU variants stop at this many elements
+
+
 def _start(variants, opts):
     """Start one worker per variant (all at once, then wait for each hello)."""
     started = {}
     for v in variants:
+        if opts.quick and v == "numpy_ref" and (opts.only is None or v not in opts.only):
+            RECORD["variant_skips"][v] = ("not measured with --quick (the plain NumPy "
+                                          "reference; select it with --variants)")
+            continue
         if opts.only is not None and v not in opts.only:
             RECORD["variant_skips"][v] = "not selected (--fcgpu-variants / --variants)"
             continue
@@ -259,6 +266,10 @@ def measure_kernel_case(benchmark, pool, opts, op, shape):
     max_call = 4.0 if opts.full else 2.0
     for v in list(pool):
         if not _kernels.applicable(v, op):
+            continue
+        if opts.quick and _kernels.VARIANTS[v][0] == "cpu" and \
+                _kernels.numel(shape) > QUICK_CPU_MAX:
+            skipped[v] = "CPU variants stop at 2^24 elements with --quick"
             continue
         w = _revive(pool, v)
         if w is None:

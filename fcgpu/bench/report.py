@@ -565,10 +565,13 @@ def _tta_md(tta):
         else:
             rows.append([b, "not reached", "—", "—", load, "best val %.3f in %d epochs" % (
                 r["best_val_acc"] or 0, len(r["val_acc_history"]))])
+    how = ("The backends took turns epoch by epoch, each in its own process; a backend's "
+           "time counts only its own turns (model build, training steps, accuracy checks)."
+           if tta.get("interleaved") else
+           "Backends ran one after the other, not interleaved: compare them only where the "
+           "load average was alike.")
     return ["%s; stops at the first epoch whose validation accuracy is ≥ %.2f (at most %d "
-            "epochs). Backends ran one after the other, not interleaved: compare them only "
-            "where the load average was alike." % (tta["config"], tta["target"],
-                                                   tta["max_epochs"]), "",
+            "epochs). %s" % (tta["config"], tta["target"], tta["max_epochs"], how), "",
             table(["Backend", "Wall time to target", "Of which training steps", "Epochs",
                    "Load average: mean (min–max)", "Note"], rows), ""]
 
