@@ -81,9 +81,9 @@ def gpu_results():
                                          "cupy_curand": 30e-6}),
         _kcase("fused_fwd", (65536, 4096), {"fcgpu": 1e-3, "cupy_unfused": 3e-3}),
         _kcase("bn_fwd", (490, 500), {"fcgpu": 8e-6, "torch_cuda": 12e-6}),
-        _tcase("default", {"fcgpu": 300000.0, "torch_cuda": 100000.0, "numpy": 20000.0,
-                           "torch_cpu": 25000.0}),
-        _tcase("wide", {"fcgpu": 30000.0, "torch_cuda": 20000.0},
+        _tcase("default", {"fcgpu": 240000.0, "fcgpu_graph": 300000.0,
+                           "torch_cuda": 100000.0, "numpy": 20000.0, "torch_cpu": 25000.0}),
+        _tcase("wide", {"fcgpu": 30000.0, "torch_cuda": 20000.0},  # no graph variant here
                skipped={"numpy": "one step takes 30 s, over the limit"}),
     ]
     raw = _raw(cases, variant_skips={"fcgpu_graph": "fcgpu has no CUDA-graph capture"},
@@ -159,8 +159,11 @@ def test_summary_keys_from_the_right_rows():
     assert r["summary_details"]["fused_vs_unfused_490x500"] == pytest.approx(4.0)
     assert r["summary_details"]["fused_vs_unfused_65536x4096"] == pytest.approx(3.0)
     assert s["fused_vs_unfused"] == pytest.approx(3.0)
+    # fcgpu on the GPU is the faster of the plain and the graph-captured step
     assert s["train_vs_torch"] == pytest.approx(3.0)
     assert s["train_vs_cpu"] == pytest.approx(15.0)
+    assert r["summary_details"]["fcgpu_gpu_variant"] == "fcgpu_graph"
+    assert r["summary_details"]["train_vs_torch_fcgpu"] == pytest.approx(2.4)
     assert s["cpu_train_vs_torch"] == pytest.approx(0.8)
     assert r["summary_details"]["train_vs_torch_wide"] == pytest.approx(1.5)
     assert r["summary_notes"] == {}

@@ -97,7 +97,27 @@ def build_fcgpu(variant, net):
         backend.synchronize(xp)
 
     nparams = int(sum(int(np.prod(v.shape)) for v in model.params.values()))
+    if variant == "fcgpu_graph":
+        step = _graphed_step(model, configs, X, y, batch, rng)
     return TrainCase(step, sync, VARIANTS[variant][1], {"params": nparams})
+
+
+def _graphed_step(model, configs, X, y, batch, rng):
+    """The same step captured as one CUDA graph (``fcgpu.cuda.graph``, what
+    ``Solver(cuda_graph=True)`` uses): one epoch = one pass over the pool."""
+    from ..cuda.graph import GraphedTrainStep
+    pool = X.shape[0]
+    g = GraphedTrainStep(model, "adam", X, y, batch, POOL_BATCHES)
+    state = {"left": 0}
+
+    def step():
+        if state["left"] == 0:
+            g.sync_out(configs)
+            g.begin_epoch(rng.permutation(pool), configs)
+            state["left"] = POOL_BATCHES
+        state["left"] -= 1
+        return g.step()
+    return step
 
 
 def build_torch(variant, net, torch):

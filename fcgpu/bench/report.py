@@ -27,7 +27,8 @@ TARGET_ROWS = [
      "frac"),
     ("fused_vs_unfused", "Fused BN-ReLU-dropout forward vs the unfused CuPy ops "
      "(smaller of 490x500 and 65536x4096)", "ratio"),
-    ("train_vs_torch", "GPU training samples/s, fcgpu / PyTorch eager (default net)", "ratio"),
+    ("train_vs_torch", "GPU training samples/s, fcgpu / PyTorch eager (default net; fcgpu: "
+     "the faster of fused and fused + CUDA graph)", "ratio"),
     ("train_vs_cpu", "GPU training samples/s, fcgpu / NumPy path (default net)", "ratio"),
     ("cpu_train_vs_torch", "CPU training samples/s, NumPy path / PyTorch CPU (default net)",
      "ratio"),

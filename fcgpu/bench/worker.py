@@ -140,8 +140,10 @@ class _Server:
             info["cupy"] = cp.__version__
             info["cache_bytes"] = _gpu_l2_bytes(cp)
             if self.variant == "fcgpu_graph":
-                return {"ok": False, "skip": "fcgpu has no CUDA-graph capture of the training "
-                                             "step yet"}
+                try:
+                    from ..cuda import graph  # noqa: F401
+                except ImportError as exc:
+                    return {"ok": False, "skip": "no CUDA-graph step in this fcgpu (%s)" % exc}
         else:
             import numpy as np
             self.xp = np
