@@ -127,6 +127,9 @@ def _start(variants, opts):
             RECORD["variant_skips"][v] = ("not measured with --quick (the plain NumPy "
                                           "reference; select it with --variants)")
             continue
+        if opts.quick and v.endswith("_compile"):
+            RECORD["variant_skips"][v] = "not measured with --quick (torch.compile takes minutes)"
+            continue
         if opts.only is not None and v not in opts.only:
             RECORD["variant_skips"][v] = "not selected (--fcgpu-variants / --variants)"
             continue
