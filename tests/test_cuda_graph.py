@@ -612,23 +612,24 @@ def _tol(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rule,bn,dropout,fresh,reg", CONFIGS)
 def test_gpu_graphed_solver_matches_uncaptured(cp, rule, bn, dropout, fresh, reg, dtype):
-    data = blobs(np.random.default_rng(5), n=440)
+    data = blobs(np.random.default_rng(5), n=240)
     plain = _solver(cp, data, dtype, rule, bn, dropout, fresh, reg, cuda_graph=False, epochs=3)
     plain.train()
     graphed = _solver(cp, data, dtype, rule, bn, dropout, fresh, reg, cuda_graph=True, epochs=3)
     graphed.train()
     g = graphed._graph_step
-    steps = 3 * (400 // 20)
+    steps = 3 * (200 // 20)
     # one capture for the whole run (the lr decays through device memory), every
     # step after the first a replay, device counters where the host expects them
     assert g.captures == 1 and g.replays == steps - 1
     assert g.counters() == g.host_counters()
     assert g.counters()["steps"] == steps
     assert g._pool.total_bytes() > 0  # the step's temporaries live in the private pool
-    # the same minibatches and dropout masks: the first step is bit-identical; later
-    # steps agree to rounding (Adam's bias corrections use the device's pow)
+    # the same minibatches and dropout masks (other masks would move the losses by far
+    # more): the losses agree to rounding. (cuBLAS may pick another GEMM algorithm on
+    # the side stream of the warm-up step; Adam's bias corrections use the device pow.)
     tol = _tol(dtype)
-    assert plain.loss_history[0] == graphed.loss_history[0]
+    np.testing.assert_allclose(graphed.loss_history[0], plain.loss_history[0], rtol=tol)
     np.testing.assert_allclose(graphed.loss_history, plain.loss_history, rtol=100 * tol)
     for k in plain.model.params:
         a, b = cp.asnumpy(plain.model.params[k]), cp.asnumpy(graphed.model.params[k])
@@ -651,8 +652,8 @@ def test_gpu_graphed_solver_matches_uncaptured(cp, rule, bn, dropout, fresh, reg
                                            rtol=1000 * tol, atol=1000 * tol, err_msg=key)
     lrs = np.array([c["learning_rate"] for c in graphed.optim_configs.values()])
     np.testing.assert_allclose(cp.asnumpy(g.lr), lrs / 0.8, rtol=1e-15)  # last epoch's
-    assert lrs[0] == {"adam": 1e-2, "sgd": 5e-2, "sgd_momentum": 2e-2,
-                      "rmsprop": 1e-3}[rule] * 0.8 ** 3
+    assert lrs[0] == pytest.approx({"adam": 1e-2, "sgd": 5e-2, "sgd_momentum": 2e-2,
+                                    "rmsprop": 1e-3}[rule] * 0.8 ** 3, rel=1e-14)
 
 
 @pytest.mark.gpu
