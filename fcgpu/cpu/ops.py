@@ -4,7 +4,7 @@ Same names and signatures as ``fcgpu.fused`` documents (and as ``fcgpu.cuda.ops`
 Inputs the loops are not written for (non-contiguous views, integer dtypes, other
 ranks) take the plain reference code, so every input is handled.
 
-Per-feature reductions accumulate in float64, over column chunks in parallel; the
+Per-feature reductions accumulate in float64, over row blocks in parallel; the
 elementwise passes run over rows in parallel and draw Philox blocks as they go (the
 dropout mask of the CPU path is never materialized in the fused passes).
 """
@@ -18,7 +18,10 @@ from ..random import check_seed, dropout_scale, keep_threshold
 from . import philox as _philox
 from .philox import _LO, _S32, philox_block
 
-_COLS = 64  # columns per parallel chunk in the reductions
+# Per-feature reductions split the rows into this many blocks (run in parallel, each
+# summing whole contiguous rows, which vectorizes), then add the block sums. This was
+# 2.3x faster than parallel column chunks on (490, 500) float32.
+_PARTS = 8
 
 
 def _ok(*arrays, ndim=2):
@@ -46,25 +49,34 @@ def _dropout_consts(p, dtype):
 
 @njit(parallel=True, cache=True)
 def _col_mean_var(x, mean, var):
+    """Two-pass per-column mean and biased variance, float64 partial sums."""
     n, d = x.shape
-    nchunks = (d + _COLS - 1) // _COLS
-    for c in prange(nchunks):
-        j0 = c * _COLS
-        j1 = min(d, j0 + _COLS)
-        acc = np.zeros(j1 - j0, np.float64)
-        for i in range(n):
-            for j in range(j0, j1):
-                acc[j - j0] += x[i, j]
-        for j in range(j0, j1):
-            acc[j - j0] /= n
-        acc2 = np.zeros(j1 - j0, np.float64)
-        for i in range(n):
-            for j in range(j0, j1):
-                dv = x[i, j] - acc[j - j0]
-                acc2[j - j0] += dv * dv
-        for j in range(j0, j1):
-            mean[j] = acc[j - j0]
-            var[j] = acc2[j - j0] / n
+    rows = (n + _PARTS - 1) // _PARTS
+    part = np.zeros((_PARTS, d), np.float64)
+    for p in prange(_PARTS):
+        acc = part[p]
+        for i in range(p * rows, min(n, (p + 1) * rows)):
+            for j in range(d):
+                acc[j] += x[i, j]
+    mu = np.zeros(d, np.float64)
+    for p in range(_PARTS):
+        for j in range(d):
+            mu[j] += part[p, j]
+    for j in range(d):
+        mu[j] /= n
+    part[:, :] = 0.0
+    for p in prange(_PARTS):
+        acc = part[p]
+        for i in range(p * rows, min(n, (p + 1) * rows)):
+            for j in range(d):
+                dv = x[i, j] - mu[j]
+                acc[j] += dv * dv
+    for j in range(d):
+        m2 = 0.0
+        for p in range(_PARTS):
+            m2 += part[p, j]
+        mean[j] = mu[j]
+        var[j] = m2 / n
 
 
 @njit(parallel=True, cache=True)
@@ -108,24 +120,31 @@ def _affine_relu_dropout(x, mean, g, beta, out, has_affine, relu, dropout, t, s,
 
 @njit(parallel=True, cache=True)
 def _bn_grad_reduce(dout, out, x, mean, inv_std, s, gated, dbeta, dgamma):
+    """dbeta = sum(dy), dgamma = sum(dy * xhat) over rows, with dy = dout, or
+    (out > 0) * dout * s when ``gated``; float64 partial sums per row block."""
     n, d = x.shape
-    nchunks = (d + _COLS - 1) // _COLS
+    rows = (n + _PARTS - 1) // _PARTS
+    pb = np.zeros((_PARTS, d), np.float64)
+    pg = np.zeros((_PARTS, d), np.float64)
     zero = dout.dtype.type(0)
-    for c in prange(nchunks):
-        j0 = c * _COLS
-        j1 = min(d, j0 + _COLS)
-        ab = np.zeros(j1 - j0, np.float64)
-        ag = np.zeros(j1 - j0, np.float64)
-        for i in range(n):
-            for j in range(j0, j1):
+    for p in prange(_PARTS):
+        ab = pb[p]
+        ag = pg[p]
+        for i in range(p * rows, min(n, (p + 1) * rows)):
+            for j in range(d):
                 dy = dout[i, j]
                 if gated:
                     dy = dy * s if out[i, j] > zero else zero
-                ab[j - j0] += dy
-                ag[j - j0] += dy * ((x[i, j] - mean[j]) * inv_std[j])
-        for j in range(j0, j1):
-            dbeta[j] = ab[j - j0]
-            dgamma[j] = ag[j - j0]
+                ab[j] += dy
+                ag[j] += dy * ((x[i, j] - mean[j]) * inv_std[j])
+    for j in range(d):
+        sb = 0.0
+        sg = 0.0
+        for p in range(_PARTS):
+            sb += pb[p, j]
+            sg += pg[p, j]
+        dbeta[j] = sb
+        dgamma[j] = sg
 
 
 @njit(parallel=True, cache=True)
