@@ -121,6 +121,7 @@ def summarize(kernels, kskips, train, tskips, variant_skips, copy_ref, settings=
     """The ``summary`` keys, with notes for the nulls and the details behind them."""
     summary, notes, details = {}, {}, {}
     gpu_ref = copy_ref.get("gpu")
+    kernels_ran, train_ran = bool(kernels or kskips), bool(train or tskips)
 
     for key, op in (("dropout_fwd_bw_frac", "dropout_fwd"), ("dropout_bwd_bw_frac", "dropout_bwd")):
         row = _find(kernels, op=op, variant="fcgpu", n=BIG_FLAT)
@@ -130,7 +131,9 @@ def summarize(kernels, kskips, train, tskips, variant_skips, copy_ref, settings=
                             "copy_method": gpu_ref["method"], "time_s": row["time_s"]}
         else:
             summary[key] = None
-            if not row:
+            if not kernels_ran:
+                notes[key] = "the kernel suite did not run"
+            elif not row:
                 notes[key] = _why_missing("fcgpu", kskips, variant_skips, op=op,
                                           shape=(BIG_FLAT,))
             else:
@@ -166,7 +169,8 @@ def summarize(kernels, kskips, train, tskips, variant_skips, copy_ref, settings=
             notes["fused_vs_unfused"] = "measured at %s only" % ", ".join(ratios)
     else:
         summary["fused_vs_unfused"] = None
-        notes["fused_vs_unfused"] = details.get("fused_vs_unfused_490x500_note")
+        notes["fused_vs_unfused"] = ("the kernel suite did not run" if not kernels_ran else
+                                     details.get("fused_vs_unfused_490x500_note"))
 
     def sps(net, variant):
         if variant == "fcgpu":  # fcgpu on the GPU: the faster of plain and graph-captured
@@ -192,7 +196,8 @@ def summarize(kernels, kskips, train, tskips, variant_skips, copy_ref, settings=
         else:
             summary[key] = None
             missing = num if not a else den
-            notes[key] = _why_missing(missing, tskips, variant_skips, net="default")
+            notes[key] = ("the training suite did not run" if not train_ran else
+                          _why_missing(missing, tskips, variant_skips, net="default"))
     for v in ("fcgpu", "fcgpu_graph"):
         a, b = _find(train, net="default", variant=v), _find(train, net="default",
                                                              variant="torch_cuda")
