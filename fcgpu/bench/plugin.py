@@ -41,6 +41,12 @@ def pytest_addoption(parser):
                      "torch.compile on the wide net")
     g.addoption("--fcgpu-variants", default=None,
                 help="comma-separated variants to run (default: all that apply)")
+    g.addoption("--fcgpu-partial", default=None, metavar="PATH",
+                help="append each case's measurements to PATH as a JSON line as soon as it "
+                     "is done (survives a run that is stopped before pytest-benchmark writes "
+                     "its JSON)")
+    g.addoption("--fcgpu-deadline", type=float, default=None,
+                help="a Unix time: cases not started by then are skipped, with that reason")
     g.addoption("--fcgpu-budget", type=float, default=None,
                 help="seconds of measurement per case (default: kernels 2, training 30; "
                      "quick: 1 and 10)")
@@ -54,6 +60,8 @@ class Options:
         only = config.getoption("--fcgpu-variants")
         self.only = set(v.strip() for v in only.split(",")) if only else None
         self.budget = config.getoption("--fcgpu-budget")
+        self.deadline = config.getoption("--fcgpu-deadline")
+        self.partial = config.getoption("--fcgpu-partial")
         self.gpu, self.gpu_reason = backend.cupy_status()
 
     def kernel_budget(self):
@@ -263,7 +271,40 @@ def _plan(est, budget, rounds, cap):
     return {v: int(max(1, min(cap, share // (rounds * max(t, 1e-7))))) for v, t in est.items()}
 
 
+def _keep(opts, case):
+    """Append a finished (or skipped) case to the --fcgpu-partial file."""
+    if not opts.partial:
+        return
+    import json
+    line = {"case": case, "variant_skips": RECORD["variant_skips"], "workers": RECORD["workers"],
+            "settings": RECORD["settings"]}
+    with open(opts.partial, "a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def _fit_rounds(opts, rounds, round_s, least=3):
+    """Fewer rounds when the deadline would pass before they are done (at least 3)."""
+    import time
+    if not opts.deadline or round_s <= 0:
+        return rounds
+    left = opts.deadline - time.time()
+    return int(max(least, min(rounds, left // round_s)))
+
+
+def _past_deadline(opts, case):
+    import time
+    if opts.deadline and time.time() > opts.deadline:
+        case["skipped"] = {"*": "not started: the run's deadline was reached"}
+        RECORD["case_skips"].append(case)
+        RECORD["settings"]["deadline_reached"] = True
+        _keep(opts, case)
+        pytest.skip("the run's deadline was reached")
+
+
 def measure_kernel_case(benchmark, pool, opts, op, shape):
+    _past_deadline(opts, {"suite": "kernels", "op": op, "shape": list(shape),
+                          "dtype": "float32", "bytes": _kernels.op_bytes(op, shape),
+                          "measurements": {}})
     nbytes = _kernels.op_bytes(op, shape)
     skipped, est, active, labels, rot = {}, {}, {}, {}, {}
     max_call = 4.0 if opts.full else 2.0
@@ -306,11 +347,13 @@ def measure_kernel_case(benchmark, pool, opts, op, shape):
     benchmark.extra_info.update(case)
     if not active:
         RECORD["case_skips"].append(case)
+        _keep(opts, case)
         pytest.skip("no variant can run %s %s: %s" % (op, _kernels.shape_label(shape),
                                                       "; ".join("%s: %s" % kv
                                                                 for kv in skipped.items())))
     rounds = 6 if opts.quick else 10
     chunks = _plan(est, opts.kernel_budget(), rounds, 500)
+    rounds = _fit_rounds(opts, rounds, sum(chunks[v] * est[v] for v in active))
     data, failed = run_interleaved(
         benchmark, {v: (active[v], chunks[v]) for v in active},
         lambda k: {"cmd": "kernel_run", "calls": k},
@@ -334,9 +377,12 @@ def measure_kernel_case(benchmark, pool, opts, op, shape):
         _req(w, {"cmd": "free"}, 60)
     case["loadavg"] = _load_sample()
     benchmark.extra_info.update(case)
+    _keep(opts, case)
 
 
 def measure_train_case(benchmark, pool, opts, net):
+    _past_deadline(opts, {"suite": "train", "net": net, "hidden": _models.NETS[net]["hidden"],
+                          "batch": _models.NETS[net]["batch"], "measurements": {}})
     spec = _models.NETS[net]
     batch = spec["batch"]
     skipped, est, active, info = {}, {}, {}, {}
@@ -377,10 +423,12 @@ def measure_train_case(benchmark, pool, opts, net):
     benchmark.extra_info.update(case)
     if not active:
         RECORD["case_skips"].append(case)
+        _keep(opts, case)
         pytest.skip("no variant can train the %s net: %s"
                     % (net, "; ".join("%s: %s" % kv for kv in skipped.items())))
     rounds = 6 if opts.quick else 12
     chunks = _plan(est, opts.train_budget(), rounds, 200)
+    rounds = _fit_rounds(opts, rounds, sum(chunks[v] * est[v] for v in active))
     data, failed = run_interleaved(
         benchmark, {v: (active[v], chunks[v]) for v in active},
         lambda k: {"cmd": "train_run", "steps": k},
@@ -400,6 +448,7 @@ def measure_train_case(benchmark, pool, opts, net):
         _req(w, {"cmd": "free"}, 60)
     case["loadavg"] = _load_sample()
     benchmark.extra_info.update(case)
+    _keep(opts, case)
 
 
 # ----------------------------------------------------------------- reporting

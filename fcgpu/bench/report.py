@@ -456,7 +456,8 @@ def skipped_section(results, names, kind):
                      else "%s net" % s["net"])
             groups.setdefault((s["variant"], s["reason"]), []).append(where)
         for (v, why), where in sorted(groups.items()):
-            lines.append("- %s`%s` skipped on %s: %s" % (prefix, v, ", ".join(where), why))
+            who = "every variant" if v == "*" else "`%s`" % v
+            lines.append("- %s%s skipped on %s: %s" % (prefix, who, ", ".join(where), why))
     if lines:
         out += ["### Skipped (%s)" % ("kernel variants" if kind == "kernel"
                                       else "training variants"), ""] + lines + [""]

@@ -109,7 +109,7 @@ def _why_missing(variant, kskips_or_tskips, variant_skips, **where):
     if variant in variant_skips:
         return "%s did not run: %s" % (variant, variant_skips[variant])
     for s in kskips_or_tskips:
-        if s["variant"] == variant and all(
+        if s["variant"] in (variant, "*") and all(
                 (tuple(s[k]) if isinstance(s[k], list) else s[k]) == v
                 for k, v in where.items()):
             return "%s skipped: %s" % (variant, s["reason"])

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 
 def add_arguments(p):
@@ -28,6 +29,10 @@ def add_arguments(p):
     p.add_argument("--time-to-accuracy", action="store_true",
                    help="also train the default net to 60%% validation on every backend "
                         "(minutes; needs the data)")
+    p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
+                   help="finish within about this many seconds: cases not started by then "
+                        "are reported as not run (kernels get half, training up to 90%%); a "
+                        "suite still running 15 s past it is stopped")
     p.add_argument("--report", action="store_true",
                    help="also write report.md and the plots into --out")
     p.add_argument("--pytest-args", default="",
@@ -35,15 +40,16 @@ def add_arguments(p):
 
 
 def _suite_files(only):
+    """``{suite: test file}`` of the suites to run, in order."""
     from ..bench import suites
     here = os.path.dirname(os.path.abspath(suites.__file__))
     files = {"kernels": os.path.join(here, "test_kernels.py"),
              "train": os.path.join(here, "test_train.py")}
     if only == "experiments":
-        return []
+        return {}
     if only:
-        return [files[only]]
-    return [files["kernels"], files["train"]]
+        return {only: files[only]}
+    return files
 
 
 def run(args):
@@ -52,10 +58,14 @@ def run(args):
     except ImportError:
         raise ValueError("fcgpu bench needs pytest-benchmark: pip install 'fcgpu[bench]'") \
             from None
+    from ..atomic import atomic_write_bytes
     from ..bench import experiments
     from ..bench.machine import machine_info
     from ..bench.results import build_results
+    from ..bench.worker import _worker_env
 
+    t0 = time.time()
+    deadline = t0 + args.deadline if args.deadline else None
     try:
         load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
         if load > 1.5 * cores:
@@ -67,14 +77,41 @@ def run(args):
     out = os.path.abspath(args.out)
     raw_dir = os.path.join(out, "raw")
     os.makedirs(raw_dir, exist_ok=True)
-    files = _suite_files(args.only)
-    raw_path = os.path.join(raw_dir, "pytest-benchmark.json")
+    path = os.path.join(out, "results.json")
+    machine = machine_info()
+    suites = _suite_files(args.only)
+    raw_list, raw_paths, not_run, exps = [], [], {}, {}
     rc = 0
-    raw_list = []
-    if files:
-        cmd = [sys.executable, "-m", "pytest", *files, "-p", "no:cacheprovider", "-q",
+
+    def write(complete):
+        results = build_results(raw_list, experiments=exps, machine=machine, settings={
+            "command": " ".join(sys.argv), "only": args.only,
+            "time_to_accuracy": args.time_to_accuracy, "deadline_s": args.deadline,
+            "raw": [os.path.relpath(p, out) for p in raw_paths], "complete": complete,
+            "suites_not_run": not_run})
+        for key, note in results["summary_notes"].items():
+            for suite, why in not_run.items():
+                if note == "the %s suite did not run" % ("kernel" if suite == "kernels"
+                                                         else "training"):
+                    results["summary_notes"][key] = note + ": " + why
+        atomic_write_bytes(json.dumps(results, indent=1).encode(), path)
+        return results
+
+    # each suite in its own pytest run, and results.json rewritten after each, so that a
+    # run cut short still leaves what it measured
+    share = {"kernels": 0.5, "train": 0.9} if len(suites) > 1 else {k: 0.9 for k in suites}
+    for name, file in suites.items():
+        if deadline and time.time() > deadline - 10:
+            not_run[name] = "the run's --deadline was reached first"
+            continue
+        raw_path = os.path.join(raw_dir, "%s.json" % name)
+        partial = os.path.join(raw_dir, "%s.partial.jsonl" % name)
+        for p in (raw_path, partial):
+            if os.path.exists(p):
+                os.remove(p)
+        cmd = [sys.executable, "-m", "pytest", file, "-p", "no:cacheprovider", "-q",
                "-o", "addopts=", "--benchmark-json", raw_path, "--benchmark-columns",
-               "median,rounds", "--benchmark-sort", "name"]
+               "median,rounds", "--benchmark-sort", "name", "--fcgpu-partial", partial]
         if args.quick:
             cmd.append("--fcgpu-quick")
         if args.full:
@@ -83,38 +120,54 @@ def run(args):
             cmd += ["--fcgpu-variants", args.variants]
         if args.budget:
             cmd += ["--fcgpu-budget", str(args.budget)]
+        timeout = None
+        if deadline:
+            suite_deadline = t0 + share[name] * args.deadline
+            cmd += ["--fcgpu-deadline", "%.3f" % suite_deadline]
+            timeout = max(30.0, deadline + 15 - time.time())  # a hard stop after the soft one
         if args.pytest_args:
             import shlex
             cmd += shlex.split(args.pytest_args)
         print("fcgpu bench: %s" % " ".join(cmd), file=sys.stderr, flush=True)
-        from ..bench.worker import _worker_env
-        rc = subprocess.call(cmd, env=_worker_env(), cwd=os.path.dirname(files[0]))
-        if os.path.exists(raw_path):
+        try:
+            code = subprocess.call(cmd, env=_worker_env(), cwd=os.path.dirname(file),
+                                   timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = 124
+            not_run.setdefault(name, "stopped at the run's --deadline")
+        if code not in (0, 5):
+            rc = code
+            print("fcgpu bench: the %s suite's pytest exited with %d; keeping what was "
+                  "measured" % (name, code), file=sys.stderr)
+        try:
             with open(raw_path) as f:
                 raw_list.append(json.load(f))
-        if rc not in (0, 5):
-            print("fcgpu bench: pytest exited with %d; writing what was measured" % rc,
-                  file=sys.stderr)
+            raw_paths.append(raw_path)
+        except (OSError, ValueError):
+            raw = _from_partial(partial)
+            if raw is not None:  # stopped before pytest-benchmark wrote its JSON
+                raw_list.append(raw)
+                raw_paths.append(partial)
+                not_run.setdefault(name + "_partial", "the %s suite was stopped (exit %d); "
+                                   "the cases it finished are kept" % (name, code))
+            else:
+                not_run.setdefault(name, "pytest wrote no results (exit %d)" % code)
+        write(complete=False)
 
-    exps = {}
     if args.only in (None, "experiments"):
-        print("fcgpu bench: notebook experiments", file=sys.stderr, flush=True)
-        exps["dropout_stats"] = _guard(experiments.dropout_stats)
-        exps["dropout_regularizer"] = _guard(
-            lambda: experiments.dropout_regularizer(args.data, backend_name="auto"))
-        exps["time_to_accuracy"] = _guard(
-            lambda: experiments.time_to_accuracy(args.data, enabled=args.time_to_accuracy))
-    machine = machine_info()
-    results = build_results(raw_list, experiments=exps, machine=machine,
-                            settings={"command": " ".join(sys.argv),
-                                      "only": args.only, "time_to_accuracy":
-                                      args.time_to_accuracy})
-    if raw_list:
-        results["settings"]["raw"] = os.path.relpath(raw_path, out)
-    from ..atomic import atomic_write_bytes
-    path = os.path.join(out, "results.json")
-    atomic_write_bytes(json.dumps(results, indent=1, sort_keys=False).encode(), path)
-    print("fcgpu bench: wrote %s" % path)
+        if deadline and time.time() > deadline - 5:
+            why = "not run: the run's --deadline was reached first"
+            exps = {k: {"skipped": why} for k in ("dropout_stats", "dropout_regularizer",
+                                                  "time_to_accuracy")}
+        else:
+            print("fcgpu bench: notebook experiments", file=sys.stderr, flush=True)
+            exps["dropout_stats"] = _guard(experiments.dropout_stats)
+            exps["dropout_regularizer"] = _guard(
+                lambda: experiments.dropout_regularizer(args.data, backend_name="auto"))
+            exps["time_to_accuracy"] = _guard(
+                lambda: experiments.time_to_accuracy(args.data, enabled=args.time_to_accuracy))
+    results = write(complete=True)
+    print("fcgpu bench: wrote %s (%.0f s)" % (path, time.time() - t0))
     s = results["summary"]
     for k, v in s.items():
         print("  %-22s %s%s" % (k, "null" if v is None else "%.3f" % v,
@@ -127,6 +180,25 @@ def run(args):
         res = report.load([path])
         print("fcgpu bench: wrote %s" % report.render(res, out))
     return 0 if rc in (0, 5) else 1
+
+
+def _from_partial(path):
+    """A pytest-benchmark-like dict from the per-case lines of ``--fcgpu-partial``."""
+    try:
+        with open(path) as f:
+            lines = [json.loads(ln) for ln in f if ln.strip()]
+    except (OSError, ValueError):
+        return None
+    if not lines:
+        return None
+    last = lines[-1]
+    return {"benchmarks": [{"name": "partial", "extra_info": ln["case"]} for ln in lines
+                           if ln["case"].get("measurements")],
+            "fcgpu": {"variant_skips": last.get("variant_skips", {}),
+                      "workers": last.get("workers", {}), "settings": last.get("settings", {}),
+                      "case_skips": [ln["case"] for ln in lines
+                                     if not ln["case"].get("measurements")],
+                      "machine": None}}
 
 
 def _guard(fn):
