@@ -175,7 +175,7 @@ fi
 
 # ---------------------------------------------------------------- benchmarks (if present)
 if ls bench/test_bench_*.py >/dev/null 2>&1 && [ -f fcgpu/cli/bench.py ]; then
-    run_step bench 170 "0" "$PY" -m fcgpu.cli bench --out "$WORK/bench" --quick --report
+    run_step bench 170 "0" "$PY" -m fcgpu.cli bench --out "$WORK/bench" --quick --report --deadline 150
     if [ -d "$WORK/bench" ]; then
         [ -f "$WORK/bench/results.json" ] && cp "$WORK/bench/results.json" "$OUT/bench-results.json"
         [ -f "$WORK/bench/report.md" ] && cp "$WORK/bench/report.md" "$OUT/bench-report.md"
