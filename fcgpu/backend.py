@@ -23,7 +23,7 @@ import numpy
 __all__ = [
     "BackendUnavailable", "set_backend", "get_backend", "get_xp", "get_array_module",
     "is_cupy_array", "asnumpy", "to_backend", "require_cupy", "cupy_status",
-    "device_name", "synchronize",
+    "device_name", "cpu_model", "synchronize",
 ]
 
 ENV_VAR = "FCGPU_BACKEND"
@@ -164,6 +164,11 @@ def device_name(xp=None):
         props = xp.cuda.runtime.getDeviceProperties(dev.id)
         name = props.get("name", b"GPU")
         return name.decode() if isinstance(name, bytes) else str(name)
+    return cpu_model()
+
+
+def cpu_model():
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

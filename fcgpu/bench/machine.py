@@ -76,14 +76,8 @@ def blas_info():
 
 
 def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from ..backend import cpu_model
+    return cpu_model()
 
 
 def _mem_total():
