@@ -4,7 +4,7 @@ import pytest
 
 from fcgpu.fc_net import FullyConnectedNet
 from fcgpu.gradient_check import eval_numerical_gradient
-from helpers import rel_error
+from fcgpu.backend import asnumpy
 
 
 def _check_net_gradients(xp, rng, dropout, use_batchnorm, reg=0.0):
@@ -19,8 +19,8 @@ def _check_net_gradients(xp, rng, dropout, use_batchnorm, reg=0.0):
                               use_batchnorm=use_batchnorm, reg=reg, xp=xp)
     loss, grads = model.loss(X, y)
     worst = {}
+    f = lambda _: model.loss(X, y)[0]
     for name in sorted(grads):
-        f = lambda _: model.loss(X, y)[0]
         num = eval_numerical_gradient(f, model.params[name], verbose=False, h=1e-5)
         if use_batchnorm and name in ("b1", "b2"):
             # a bias in front of batchnorm cannot change the loss: its true gradient
@@ -28,8 +28,26 @@ def _check_net_gradients(xp, rng, dropout, use_batchnorm, reg=0.0):
             assert float(abs(grads[name]).max()) < 1e-12
             assert float(abs(num).max()) < 1e-8
             continue
-        worst[name] = rel_error(num, grads[name])
+        err = scaled_rel_errors(num, grads[name])
+        if err.max() >= 1e-5:
+            # On fresh random inputs a step of 1e-5 now and then straddles a ReLU kink
+            # (seen: 0.2 "error" at h=1e-5, 3e-6 at h=1e-7 for the same entry); an
+            # entry passes if the centered difference agrees at either step size.
+            num2 = eval_numerical_gradient(f, model.params[name], verbose=False, h=1e-7)
+            err = np.minimum(err, scaled_rel_errors(num2, grads[name]))
+        worst[name] = float(err.max())
     return float(loss), worst
+
+
+def scaled_rel_errors(num, ana):
+    """The notebook's relative error, elementwise, with the floor raised from 1e-8 to
+    1e-4 of the gradient's largest entry: on fresh random inputs some entries are ~1e-7,
+    where the centered differences carry ~1e-11 of rounding noise (a 1e-4 'error' that
+    says nothing about the analytic gradient). The notebook's own cell, with its seed,
+    is checked with the plain formula in test_notebook.py."""
+    num, ana = asnumpy(num), asnumpy(ana)
+    floor = max(1e-8, 1e-4 * float(np.abs(ana).max()))
+    return np.abs(num - ana) / np.maximum(floor, np.abs(num) + np.abs(ana))
 
 
 @pytest.mark.parametrize("dropout", [0, 0.25, 0.5])
