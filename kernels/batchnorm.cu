@@ -113,12 +113,10 @@ fcgpu_bn_bwd_sums(const T* __restrict__ dout, const T* __restrict__ out,
   s_b[ty][tx] = acc.sdyx;
   __syncthreads();
   if (ty == 0 && d < D) {
-    T a = (s_a[0][tx] + s_a[1][tx]) + (s_a[2][tx] + s_a[3][tx]) +
-          ((s_a[4][tx] + s_a[5][tx]) + (s_a[6][tx] + s_a[7][tx]));
-    T b = (s_b[0][tx] + s_b[1][tx]) + (s_b[2][tx] + s_b[3][tx]) +
-          ((s_b[4][tx] + s_b[5][tx]) + (s_b[6][tx] + s_b[7][tx]));
-    ws_sdy[g * D + d] = a;
-    ws_sdyx[g * D + d] = b;
+    ws_sdy[g * D + d] = fcgpu::sum8(s_a[0][tx], s_a[1][tx], s_a[2][tx], s_a[3][tx],
+                                    s_a[4][tx], s_a[5][tx], s_a[6][tx], s_a[7][tx]);
+    ws_sdyx[g * D + d] = fcgpu::sum8(s_b[0][tx], s_b[1][tx], s_b[2][tx], s_b[3][tx],
+                                     s_b[4][tx], s_b[5][tx], s_b[6][tx], s_b[7][tx]);
   }
 }
 
@@ -132,13 +130,8 @@ fcgpu_bn_bwd_finalize(const T* __restrict__ ws_sdy, const T* __restrict__ ws_sdy
                       T* __restrict__ k3) {
   const u64 d = fcgpu::global_thread_id();
   if (d >= D) return;
-  double sdy = 0.0, sdyx = 0.0;
-  for (u64 g = 0; g < G; ++g) {
-    sdy += (double)ws_sdy[g * D + d];
-    sdyx += (double)ws_sdyx[g * D + d];
-  }
-  const fcgpu::BnBwdCoefs c =
-      fcgpu::bn_bwd_coefs(sdy, sdyx, (double)gamma[d], (double)inv_std[d], (double)N);
+  const fcgpu::BnBwdCoefs c = fcgpu::bn_bwd_finalize_column<T>(
+      ws_sdy, ws_sdyx, G, D, d, (double)gamma[d], (double)inv_std[d], (double)N);
   dgamma[d] = (T)c.dgamma;
   dbeta[d] = (T)c.dbeta;
   k1[d] = (T)c.k1;

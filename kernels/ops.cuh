@@ -314,6 +314,25 @@ FCGPU_HD BnBwdCoefs bn_bwd_coefs(double sdy, double sdyx, double gamma, double i
   return c;
 }
 
+// The pairwise sum of the 8 row lanes of a reduction block, in a fixed order.
+template <typename T>
+FCGPU_HD T sum8(T a0, T a1, T a2, T a3, T a4, T a5, T a6, T a7) {
+  return (a0 + a1) + (a2 + a3) + ((a4 + a5) + (a6 + a7));
+}
+
+// Column d's backward coefficients from the G chunk partials of its sums (workspace
+// rows of length D), added in double.
+template <typename T>
+FCGPU_HD BnBwdCoefs bn_bwd_finalize_column(const T* ws_sdy, const T* ws_sdyx, u64 G, u64 D,
+                                           u64 d, double gamma, double inv_std, double n) {
+  double sdy = 0.0, sdyx = 0.0;
+  for (u64 g = 0; g < G; ++g) {
+    sdy += (double)ws_sdy[g * D + d];
+    sdyx += (double)ws_sdyx[g * D + d];
+  }
+  return bn_bwd_coefs(sdy, sdyx, gamma, inv_std, n);
+}
+
 }  // namespace fcgpu
 
 #endif  // FCGPU_OPS_CUH

@@ -213,21 +213,17 @@ static void bn_bwd_run(u64 N, u64 D, u64 R, u64 G, T s) {
       for (u64 ty = 0; ty < 8; ++ty)
         lanes[ty] = fcgpu::column_bwd_sums<T, FUSED>(dout.data(), outp, x.data(), mean[d], s, d, D,
                                                     r0 + ty, r1, 8);
-      ws_a[g * D + d] = (lanes[0].sdy + lanes[1].sdy) + (lanes[2].sdy + lanes[3].sdy) +
-                        ((lanes[4].sdy + lanes[5].sdy) + (lanes[6].sdy + lanes[7].sdy));
-      ws_b[g * D + d] = (lanes[0].sdyx + lanes[1].sdyx) + (lanes[2].sdyx + lanes[3].sdyx) +
-                        ((lanes[4].sdyx + lanes[5].sdyx) + (lanes[6].sdyx + lanes[7].sdyx));
+      ws_a[g * D + d] = fcgpu::sum8(lanes[0].sdy, lanes[1].sdy, lanes[2].sdy, lanes[3].sdy,
+                                    lanes[4].sdy, lanes[5].sdy, lanes[6].sdy, lanes[7].sdy);
+      ws_b[g * D + d] = fcgpu::sum8(lanes[0].sdyx, lanes[1].sdyx, lanes[2].sdyx,
+                                    lanes[3].sdyx, lanes[4].sdyx, lanes[5].sdyx,
+                                    lanes[6].sdyx, lanes[7].sdyx);
     }
   }
   std::vector<T> dgamma(D), dbeta(D), k1(D), k2(D), k3(D), dx(N * D);
   for (u64 d = 0; d < D; ++d) {
-    double sdy = 0.0, sdyx = 0.0;
-    for (u64 g = 0; g < G; ++g) {
-      sdy += (double)ws_a[g * D + d];
-      sdyx += (double)ws_b[g * D + d];
-    }
-    const fcgpu::BnBwdCoefs c =
-        fcgpu::bn_bwd_coefs(sdy, sdyx, (double)gamma[d], (double)inv_std[d], (double)N);
+    const fcgpu::BnBwdCoefs c = fcgpu::bn_bwd_finalize_column<T>(
+        ws_a.data(), ws_b.data(), G, D, d, (double)gamma[d], (double)inv_std[d], (double)N);
     dgamma[d] = (T)c.dgamma;
     dbeta[d] = (T)c.dbeta;
     k1[d] = (T)c.k1;
