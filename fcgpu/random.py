@@ -116,12 +116,16 @@ def _shape_size(shape):
     return shape, math.prod(shape)
 
 
+def mask_args(shape, p, seed, stream):
+    """``(shape, n, seed, stream, threshold)`` checked for a keep mask; the threshold
+    is None when ``p >= 1`` (everything is kept). Every mask maker starts here."""
+    shape, n = _shape_size(shape)
+    return shape, n, check_seed(seed), check_seed(stream, "stream"), keep_threshold(p)
+
+
 def dropout_mask_reference(shape, p, seed, stream, xp=np):
     """The keep mask of the spec in plain array code (the reference)."""
-    shape, n = _shape_size(shape)
-    seed = check_seed(seed)
-    stream = check_seed(stream, "stream")
-    t = keep_threshold(p)
+    shape, n, seed, stream, t = mask_args(shape, p, seed, stream)
     if t is None:
         return xp.ones(shape, dtype=bool)
     blocks = (n + 3) // 4

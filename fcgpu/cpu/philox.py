@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..random import _shape_size, check_seed, keep_threshold, dropout_scale
+from ..random import check_seed, dropout_scale, keep_threshold, mask_args
 
 _M0 = np.uint64(0xD2511F53)
 _M1 = np.uint64(0xCD9E8D57)
@@ -87,10 +87,7 @@ def _dropout_kernel(x, out, mask, t, scale, seed, stream):
 
 def dropout_mask(shape, p, seed, stream):
     """Boolean keep mask (NumPy), bit-identical to the reference."""
-    shape, n = _shape_size(shape)
-    seed = check_seed(seed)
-    stream = check_seed(stream, "stream")
-    t = keep_threshold(p)
+    shape, n, seed, stream, t = mask_args(shape, p, seed, stream)
     if t is None:
         return np.ones(shape, dtype=bool)
     out = np.empty(n, dtype=np.bool_)

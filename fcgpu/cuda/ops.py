@@ -30,7 +30,7 @@ import contextlib
 import numpy as np
 
 from ..backend import is_cupy_array, require_cupy
-from ..random import DeviceStream, _shape_size, check_seed, dropout_scale, keep_threshold
+from ..random import DeviceStream, check_seed, dropout_scale, keep_threshold, mask_args
 from .module import blocks_per_sm, get_kernel, sm_count
 
 __all__ = [
@@ -204,10 +204,8 @@ def _flat(op, a, b, seed, stream, threshold, s, stream_ptr=_NULL):
 def dropout_mask(shape, p, seed, stream):
     """Boolean keep mask (CuPy), equal to :func:`fcgpu.random.dropout_mask_reference`."""
     cp = _cp()
-    shape, n = _shape_size(shape)
-    seed, stream = check_seed(seed), check_seed(stream, "stream")
-    t, keep_all = _threshold(p)
-    if keep_all:
+    shape, n, seed, stream, t = mask_args(shape, p, seed, stream)
+    if t is None:
         return cp.ones(shape, dtype=bool)
     mask = cp.empty(shape, dtype=bool)
     if n:
