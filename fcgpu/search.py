@@ -1102,12 +1102,8 @@ def _importance_blocker(study):
 
 
 def _write_public(data, path):
-    """Atomic write, then the usual mode for a new file (not mkstemp's 0600)."""
     from .atomic import atomic_write_bytes
     atomic_write_bytes(data, path)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def write_report(study, folder, storage_url=None, top=10):

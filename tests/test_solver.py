@@ -147,3 +147,14 @@ def test_load_checkpoint_rejects_garbage(tmp_path, rng):
     solver = Solver(small_model(), blobs(rng), verbose=False)
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         solver.load_checkpoint(path)
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    from fcgpu.atomic import atomic_write_bytes
+    umask = os.umask(0o022)
+    try:
+        atomic_write_bytes(b"x", tmp_path / "f.json")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "f.json").read_bytes() == b"x"
