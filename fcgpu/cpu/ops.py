@@ -16,7 +16,7 @@ from numba import njit, prange
 from .. import fused_ref as _ref
 from ..random import check_seed, dropout_scale, keep_threshold
 from . import philox as _philox
-from .philox import _LO, _S32, philox_block
+from .philox import key_words, philox_block
 
 # Per-feature reductions split the rows into this many blocks (run in parallel, each
 # summing whole contiguous rows, which vectorizes), then add the block sums. This was
@@ -84,10 +84,7 @@ def _affine_relu_dropout(x, mean, g, beta, out, has_affine, relu, dropout, t, s,
                          seed, stream):
     """out = drop(relu((x - mean) * g + beta)) row-wise; each flag switches a step."""
     n, d = x.shape
-    k0 = seed & _LO
-    k1 = seed >> _S32
-    s0 = stream & _LO
-    s1 = stream >> _S32
+    k0, k1, s0, s1 = key_words(seed, stream)
     zero = x.dtype.type(0)
     for i in prange(n):
         base = i * d

@@ -11,11 +11,7 @@ from .space import default_space, normalize
 
 
 DEFAULT_STORAGE = "sqlite:///fcgpu-search.db"
-
-
 DEFAULT_STUDY = "fcgpu"
-
-
 DEFAULT_N_TRIALS = 20          # when neither --n-trials nor --timeout is given
 
 
