@@ -5,19 +5,14 @@ from __future__ import annotations
 import os
 import warnings
 
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_save_figure, atomic_write_bytes
 from .storage import mask_url
 from .summary import count_states, counts_text, fail_reason, fmt_value, retrain_command
 
 
 def _save_fig(ax, path):
-    import io
-    import matplotlib.pyplot as plt
     fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(buf.getvalue(), path)
+    atomic_save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def _importance_blocker(study):

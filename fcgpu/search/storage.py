@@ -78,6 +78,18 @@ def _prepare_sqlite(url, masked):
         pass  # e.g. a read-only folder: SQLite's default journal still works
 
 
+def _cannot_open(url, exc):
+    """The one-line error for a storage that cannot be opened, with a hint where one
+    helps (a missing PostgreSQL driver, the ``postgres://`` spelling)."""
+    hint = ""
+    if "postgres" in str(url).split(":", 1)[0] and isinstance(exc, ImportError):
+        hint = " (pip install psycopg2-binary, or fcgpu[search])"
+    if str(url).startswith("postgres://"):
+        hint = " (write postgresql://, not postgres://)"
+    return ValueError("cannot open the study storage %s: %s%s"
+                      % (mask_url(url), short_error(exc, url), hint))
+
+
 def open_storage(url, heartbeat_interval=60, grace_period=None, stale_callback=None):
     """An :class:`optuna.storages.RDBStorage` for ``url`` with the heartbeat on.
 
@@ -91,11 +103,7 @@ def open_storage(url, heartbeat_interval=60, grace_period=None, stale_callback=N
     try:
         kwargs = _engine_kwargs(url)
     except Exception as exc:
-        hint = ""
-        if str(url).startswith("postgres://"):
-            hint = " (write postgresql://, not postgres://)"
-        raise ValueError("cannot open the study storage %s: %s%s"
-                         % (masked, short_error(exc, url), hint)) from None
+        raise _cannot_open(url, exc) from None
     _prepare_sqlite(url, masked)
     for attempt in range(6):
         with warnings.catch_warnings():
@@ -110,13 +118,7 @@ def open_storage(url, heartbeat_interval=60, grace_period=None, stale_callback=N
                     # another worker is creating the same tables right now
                     time.sleep(0.2 * (attempt + 1) + 0.3 * (os.getpid() % 7) / 7)
                     continue
-                hint = ""
-                if "postgres" in str(url).split(":", 1)[0] and isinstance(exc, ImportError):
-                    hint = " (pip install psycopg2-binary, or fcgpu[search])"
-                if str(url).startswith("postgres://"):
-                    hint = " (write postgresql://, not postgres://)"
-                raise ValueError("cannot open the study storage %s: %s%s"
-                                 % (masked, short_error(exc, url), hint)) from None
+                raise _cannot_open(url, exc) from None
 
 
 def _creation_race(exc):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from ...atomic import atomic_save_figure
 from ..kernels import OP_TITLES, ROW_OPS, VARIANTS as KVARIANTS
 from .format import KERNEL_ORDER, TRAIN_ORDER, fmt_num, variant_label
 
@@ -86,7 +87,7 @@ def plot_dropout(results, names, path, frac=False):
     fig.suptitle("Dropout: %s vs size" % ("fraction of the copy bandwidth" if frac
                                            else "achieved bandwidth"))
     fig.tight_layout(rect=(0, 0.06 + 0.035 * math.ceil(len(labels if any_line else []) / 4), 1, 1))
-    _save(fig, path)
+    atomic_save_figure(fig, path, dpi=100)
     return any_line
 
 
@@ -126,7 +127,7 @@ def plot_rowops(results, names, path):
     ax.grid(alpha=0.3, axis="y", which="both")
     ax.legend(fontsize=8, ncol=min(4, len(variants)), loc="upper left", frameon=False)
     fig.tight_layout()
-    _save(fig, path)
+    atomic_save_figure(fig, path, dpi=100)
     return True
 
 
@@ -172,7 +173,7 @@ def plot_train(results, names, path):
     axes[-1, 0].set_xlabel("training samples/s (median over interleaved chunks; higher is "
                            "better)")
     fig.tight_layout()
-    _save(fig, path)
+    atomic_save_figure(fig, path, dpi=100)
     return True
 
 
@@ -198,7 +199,7 @@ def plot_regularizer(res_list, names, path):
     a1.set_ylabel("accuracy")
     fig.suptitle("Dropout as a regularizer: 500 training images, 25 epochs")
     fig.tight_layout()
-    _save(fig, path)
+    atomic_save_figure(fig, path, dpi=100)
     return True
 
 
@@ -226,15 +227,5 @@ def plot_tta(res_list, names, path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    atomic_save_figure(fig, path, dpi=100)
     return True
-
-
-def _save(fig, path):
-    import io
-    from ...atomic import atomic_write_bytes
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    import matplotlib.pyplot as plt
-    plt.close(fig)
-    atomic_write_bytes(buf.getvalue(), path)
