@@ -9,7 +9,7 @@ import os
 import pickle
 import tempfile
 
-__all__ = ["atomic_write_bytes", "atomic_pickle"]
+__all__ = ["atomic_write_bytes", "atomic_pickle", "atomic_save_figure"]
 
 
 def atomic_write_bytes(data, path):
@@ -40,3 +40,16 @@ def _umask():
 
 def atomic_pickle(obj, path):
     atomic_write_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), path)
+
+
+def atomic_save_figure(fig, path, **savefig_kwargs):
+    """Render a matplotlib figure as PNG in memory, close it, then write it atomically
+    (``savefig_kwargs`` go to ``fig.savefig``: ``dpi``, ``bbox_inches``...)."""
+    import io
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", **savefig_kwargs)
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(buf.getvalue(), path)

@@ -184,3 +184,15 @@ def synchronize(xp):
     """Wait for queued device work (a no-op on NumPy)."""
     if xp is not numpy:
         xp.cuda.get_current_stream().synchronize()
+
+
+def free_cached_memory():
+    """Give the blocks CuPy's memory pools keep cached back to the device (after an
+    out-of-memory error, say). A no-op where nothing has imported CuPy."""
+    cp = sys.modules.get("cupy")
+    if cp is not None:
+        try:
+            cp.get_default_memory_pool().free_all_blocks()
+            cp.get_default_pinned_memory_pool().free_all_blocks()
+        except Exception:
+            pass

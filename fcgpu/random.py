@@ -6,8 +6,10 @@ One stream on every backend: element ``i`` of a flattened (C-order) tensor uses 
 (seed, stream) gives the same mask on NumPy, in the compiled CPU path and on the GPU.
 
 :func:`philox4x32_10` and :func:`dropout_mask_reference` are the plain, vectorized
-array-module reference; :func:`dropout_mask` picks the compiled path for the backend
-of ``xp`` (Numba on the CPU, the CUDA kernel on CuPy).
+array-module reference. This module is the spec: it imports nothing of fcgpu but the
+backend, and the compiled paths (:mod:`fcgpu.cpu.philox`, :mod:`fcgpu.cuda.ops`)
+import their argument checks from it. :func:`fcgpu.fused.dropout_mask`, above them,
+picks the compiled path for the backend of ``xp`` (Numba on the CPU, CUDA on CuPy).
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ import numpy as np
 
 from .backend import get_array_module
 
-__all__ = ["philox4x32_10", "dropout_mask", "dropout_mask_reference", "keep_threshold",
-           "dropout_scale", "check_seed", "fresh_stream", "DeviceStream"]
+__all__ = ["philox4x32_10", "dropout_mask_reference", "keep_threshold", "dropout_scale",
+           "check_seed", "mask_args", "fresh_stream", "DeviceStream"]
 
 PHILOX_M0 = 0xD2511F53
 PHILOX_M1 = 0xCD9E8D57
@@ -136,20 +138,6 @@ def dropout_mask_reference(shape, p, seed, stream, xp=np):
     key = xp.asarray([seed & _MASK32, seed >> 32], dtype=xp.uint64)
     r = philox4x32_10(counter, key).reshape(-1)[:n]
     return (r < xp.uint32(t)).reshape(shape)
-
-
-def dropout_mask(shape, p, seed, stream, xp=None):
-    """Boolean keep mask for ``shape``: True where the unit is kept.
-
-    ``xp`` (default NumPy) picks where it is made: NumPy uses the compiled CPU path,
-    CuPy the CUDA kernel. Results are bit-identical to :func:`dropout_mask_reference`.
-    """
-    xp = np if xp is None else xp
-    if xp is np:
-        from .cpu import philox as cpu_philox
-        return cpu_philox.dropout_mask(shape, p, seed, stream)
-    from .cuda import ops as cuda_ops
-    return cuda_ops.dropout_mask(shape, p, seed, stream)
 
 
 # Streams for dropout calls that name no seed: one random key per process and a

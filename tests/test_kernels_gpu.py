@@ -107,9 +107,9 @@ def test_dropout_mask_equals_cpu(cp, ops, shape, seed, stream):
     for p in (0.25, 0.8):
         gpu = ops.dropout_mask(shape, p, seed, stream)
         assert gpu.dtype == cp.bool_ and gpu.shape == shape
-        cpu = frandom.dropout_mask(shape, p, seed, stream)
+        cpu = fused.dropout_mask(shape, p, seed, stream)
         assert np.array_equal(gpu.get(), cpu)
-        assert np.array_equal(frandom.dropout_mask(shape, p, seed, stream, xp=cp).get(), cpu)
+        assert np.array_equal(fused.dropout_mask(shape, p, seed, stream, xp=cp).get(), cpu)
     assert bool(ops.dropout_mask(shape, 1.0, seed, stream).all())
 
 
@@ -196,7 +196,7 @@ def test_bn_relu_dropout_fused(cp, ops, dtype, shape, p):
     assert_close(rm.get(), rm64, dtype, "running_mean")
     assert_close(rv.get(), rv64, dtype, "running_var")
     # the dropped units are exactly the mask's
-    mask = frandom.dropout_mask(shape, p, seed, stream)
+    mask = fused.dropout_mask(shape, p, seed, stream)
     assert not np.any(out.get()[~mask])
 
     douth = rng.standard_normal(shape).astype(dtype)

@@ -6,8 +6,8 @@
     ``fcgpu.cuda.module`` expands them compile with NVRTC and every name expression
     resolves (what ``cupy.RawModule`` does at run time);
 (b) ``kernels/philox.cuh`` built by the host C++ compiler reproduces the Random123
-    known-answer vectors, the keep thresholds, and ``fcgpu.random.dropout_mask`` /
-    ``dropout_mask_reference`` on large arrays;
+    known-answer vectors, the keep thresholds, and ``fcgpu.fused.dropout_mask`` /
+    ``fcgpu.random.dropout_mask_reference`` on large arrays;
 (c) the kernels' per-element math and reduction steps (``kernels/ops.cuh``), built for
     the host and driven like the kernels drive them, match the xp references of
     ``fcgpu.fused`` on random inputs (bit-identical for dropout).
@@ -264,7 +264,7 @@ def test_host_philox_mask_matches_python(philox_exe, n, seed, stream, p):
     host = np.frombuffer(res.stdout, dtype=np.uint8)
     assert host.size == n
     host = host.astype(bool)
-    compiled = frandom.dropout_mask((n,), p, seed, stream)
+    compiled = fused.dropout_mask((n,), p, seed, stream)
     ref = frandom.dropout_mask_reference((n,), p, seed, stream)
     assert np.array_equal(host, ref)
     assert np.array_equal(compiled, ref)
@@ -318,9 +318,8 @@ def test_host_flat_ops_bit_identical(elem_exe, tmp_path, dtype, n, p):
     x = rng.standard_normal(n).astype(dtype)
     seed, stream = 2 ** 40 + n, 12345
     t = frandom.keep_threshold(p)
+    s = 1.0 if t is None else float(frandom.dropout_scale(p, dtype))
     t = 1 << 32 if t is None else t
-    s = fused._scale(p, np.dtype(dtype))
-    s = 1.0 if s is None else float(s)
     # dropout forward (and backward: the same op on dout)
     y = _run_elem(elem_exe, tmp_path, "flat", dtype, {"a": x}, ["y"], op=0, n=n, seed=seed,
                   stream=stream, t=t, s=s)["y"]
@@ -895,7 +894,7 @@ def test_emulated_dropout_and_relu_dropout(emu_cuda, dtype, p):
                               fused.relu_dropout_backward_ref(np.asarray(dout).view(np.ndarray),
                                                               yref, p)), label
         m = ops.dropout_mask(xn.shape, p, seed, stream)
-        assert np.array_equal(np.asarray(m), frandom.dropout_mask(xn.shape, p, seed, stream)), label
+        assert np.array_equal(np.asarray(m), fused.dropout_mask(xn.shape, p, seed, stream)), label
 
 
 def test_emulated_mask_tails(emu_cuda):

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from fcgpu.random import (dropout_mask, dropout_mask_reference, dropout_scale, fresh_stream,
-                          keep_threshold, philox4x32_10)
+from fcgpu.fused import dropout_mask
+from fcgpu.random import (dropout_mask_reference, dropout_scale, fresh_stream, keep_threshold,
+                          philox4x32_10)
 
 KAT = [
     ([0, 0, 0, 0], [0, 0], [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]),

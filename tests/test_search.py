@@ -55,10 +55,10 @@ if os.environ.get("FCGPU_TEST_FAKE_DATA"):
                 "CUDA_VISIBLE_DEVICES", "FCGPU_SEARCH_CPUS")
         with open(os.path.join(env_dir, "env-%d.json" % os.getpid()), "w") as f:
             json.dump({k: os.environ.get(k) for k in keys}, f)
-    import fcgpu.search
+    import fcgpu.search.run
     import fcgpu.train
     fcgpu.train.load_data = fake_data
-    fcgpu.search._prefetch_data = lambda settings: None
+    fcgpu.search.run.prefetch_data = lambda settings: None
 '''
 
 
@@ -67,7 +67,7 @@ def _isolate(monkeypatch, tmp_path):
     """Synthetic data, the backend restored afterwards, run in tmp_path."""
     import fcgpu.train
     monkeypatch.setattr(fcgpu.train, "load_data", fake_data)
-    monkeypatch.setattr(search, "_prefetch_data", lambda settings: None)
+    monkeypatch.setattr(search.run, "prefetch_data", lambda settings: None)
     monkeypatch.setattr(backend, "_backend", backend._backend)
     monkeypatch.chdir(tmp_path)
 
@@ -386,7 +386,7 @@ def test_workers_option_shares_the_trial_budget(tmp_path):
     assert set(states(s)) <= {"COMPLETE", "PRUNED"}
     # each worker process saw its share of the cores before importing anything
     import json
-    cpus = search._usable_cpus()
+    cpus = search.workers.usable_cpus()
     seen = [json.loads(p.read_text()) for p in envdir.glob("env-*.json")]
     workers = [e for e in seen if e["OMP_NUM_THREADS"] == str(max(1, len(cpus) // 2))
                and e["NUMBA_NUM_THREADS"] == str(max(1, len(cpus) // 2))]

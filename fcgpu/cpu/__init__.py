@@ -1,7 +1,7 @@
 """The compiled CPU path (Numba): Philox masks and fused elementwise passes.
 
 Each function here has a plain array-code reference (``fcgpu.random``,
-``fcgpu.fused``) that the tests compare it with.
+``fcgpu.fused_ref``) that the tests compare it with.
 
 Threads. Numba's parallel loops run between OpenBLAS calls on the same cores, and
 idle threads of either pool that spin-wait steal the cores from the other. Measured on

@@ -2,7 +2,7 @@
 
 Same names and signatures as ``fcgpu.fused`` documents (and as ``fcgpu.cuda.ops``).
 Inputs the loops are not written for (non-contiguous views, integer dtypes, other
-ranks) take the plain reference code, so every input is handled.
+ranks) take the plain reference code (``fcgpu.fused_ref``), so every input is handled.
 
 Per-feature reductions accumulate in float64, over row blocks in parallel; the
 elementwise passes run over rows in parallel and draw Philox blocks as they go (the
@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .. import fused as _fused
+from .. import fused_ref as _ref
 from ..random import check_seed, dropout_scale, keep_threshold
 from . import philox as _philox
-from .philox import _LO, _S32, philox_block
+from .philox import key_words, philox_block
 
 # Per-feature reductions split the rows into this many blocks (run in parallel, each
 # summing whole contiguous rows, which vectorizes), then add the block sums. This was
@@ -84,10 +84,7 @@ def _affine_relu_dropout(x, mean, g, beta, out, has_affine, relu, dropout, t, s,
                          seed, stream):
     """out = drop(relu((x - mean) * g + beta)) row-wise; each flag switches a step."""
     n, d = x.shape
-    k0 = seed & _LO
-    k1 = seed >> _S32
-    s0 = stream & _LO
-    s1 = stream >> _S32
+    k0, k1, s0, s1 = key_words(seed, stream)
     zero = x.dtype.type(0)
     for i in prange(n):
         base = i * d
@@ -202,7 +199,7 @@ def dropout_backward(dout, p, seed, stream, mask=None):
     if mask is None:
         mask = _philox.dropout_mask(dout.shape, p, seed, stream)
     if not _ok(dout, ndim=None) or mask.shape != dout.shape:
-        return _fused.dropout_backward_ref(dout, p, seed, stream, mask)
+        return _ref.dropout_backward_ref(dout, p, seed, stream, mask)
     dx = np.empty_like(dout)
     _masked_scale(dout.reshape(-1), np.ascontiguousarray(mask).reshape(-1), s, dx.reshape(-1))
     return dx
@@ -222,10 +219,10 @@ def bn_forward_train(x, gamma, beta, eps, momentum, running_mean, running_var):
 
 def _bn_train(x, gamma, beta, eps, momentum, running_mean, running_var, relu, p, seed, stream):
     if not _ok(x):
-        y, mean, inv_std = _fused.bn_forward_train_ref(x, gamma, beta, eps, momentum,
+        y, mean, inv_std = _ref.bn_forward_train_ref(x, gamma, beta, eps, momentum,
                                                        running_mean, running_var)
         if relu:
-            y = _fused.relu_dropout_forward_ref(y, p, seed, stream)
+            y = _ref.relu_dropout_forward_ref(y, p, seed, stream)
         return y, mean, inv_std
     dt = x.dtype
     mean, var = _stats(x)
@@ -244,7 +241,7 @@ def _bn_train(x, gamma, beta, eps, momentum, running_mean, running_var, relu, p,
 
 def bn_forward_infer(x, gamma, beta, eps, running_mean, running_var):
     if not _ok(x):
-        return _fused.bn_forward_infer_ref(x, gamma, beta, eps, running_mean, running_var)
+        return _ref.bn_forward_infer_ref(x, gamma, beta, eps, running_mean, running_var)
     dt = x.dtype
     inv_std = (1.0 / np.sqrt(np.asarray(running_var, np.float64) + eps)).astype(dt)
     out = np.empty_like(x)
@@ -268,7 +265,7 @@ def _bn_grad(dout, out, x, gamma, mean, inv_std, p, gated):
 
 def bn_backward(dout, x, gamma, mean, inv_std):
     if not _ok(dout, x):
-        return _fused.bn_backward_ref(dout, x, gamma, mean, inv_std)
+        return _ref.bn_backward_ref(dout, x, gamma, mean, inv_std)
     return _bn_grad(dout, x, x, gamma, mean, inv_std, 1.0, False)
 
 
@@ -280,13 +277,13 @@ def bn_relu_dropout_forward(x, gamma, beta, eps, momentum, running_mean, running
 
 def bn_relu_dropout_backward(dout, out, x, gamma, mean, inv_std, p):
     if not _ok(dout, out, x):
-        return _fused.bn_relu_dropout_backward_ref(dout, out, x, gamma, mean, inv_std, p)
+        return _ref.bn_relu_dropout_backward_ref(dout, out, x, gamma, mean, inv_std, p)
     return _bn_grad(dout, out, x, gamma, mean, inv_std, p, True)
 
 
 def relu_dropout_forward(x, p, seed, stream):
     if not _ok(x):
-        return _fused.relu_dropout_forward_ref(x, p, seed, stream)
+        return _ref.relu_dropout_forward_ref(x, p, seed, stream)
     dt = x.dtype
     dropout, t, s = _dropout_consts(p, dt)
     out = np.empty_like(x)
@@ -298,7 +295,7 @@ def relu_dropout_forward(x, p, seed, stream):
 
 def relu_dropout_backward(dout, out, p):
     if not _ok(dout, out, ndim=None):
-        return _fused.relu_dropout_backward_ref(dout, out, p)
+        return _ref.relu_dropout_backward_ref(dout, out, p)
     dropout, _, s = _dropout_consts(p, dout.dtype)
     dx = np.empty_like(dout)
     _gate(dout.reshape(-1), out.reshape(-1), s, dropout, dx.reshape(-1))

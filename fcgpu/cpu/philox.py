@@ -36,13 +36,19 @@ def philox_block(j, s0, s1, k0, k1):
     return c0, c1, c2, c3
 
 
+@njit(inline="always", cache=True)
+def key_words(seed, stream):
+    """The 32-bit words ``(k0, k1, s0, s1)`` (as uint64) of a seed and a stream: the
+    key, and the stream half of every counter."""
+    seed = np.uint64(seed)
+    stream = np.uint64(stream)
+    return seed & _LO, seed >> _S32, stream & _LO, stream >> _S32
+
+
 @njit(parallel=True, cache=True)
 def _mask_kernel(out, t, seed, stream):
     n = out.size
-    k0 = np.uint64(seed) & _LO
-    k1 = np.uint64(seed) >> _S32
-    s0 = np.uint64(stream) & _LO
-    s1 = np.uint64(stream) >> _S32
+    k0, k1, s0, s1 = key_words(seed, stream)
     tt = np.uint64(t)
     nblocks = (n + 3) // 4
     for jb in prange(nblocks):
@@ -66,10 +72,7 @@ def _mask_kernel(out, t, seed, stream):
 def _dropout_kernel(x, out, mask, t, scale, seed, stream):
     """out = x * scale where kept, else 0; records the mask. x, out, mask flat."""
     n = x.size
-    k0 = np.uint64(seed) & _LO
-    k1 = np.uint64(seed) >> _S32
-    s0 = np.uint64(stream) & _LO
-    s1 = np.uint64(stream) >> _S32
+    k0, k1, s0, s1 = key_words(seed, stream)
     tt = np.uint64(t)
     zero = x.dtype.type(0)
     nblocks = (n + 3) // 4

@@ -1,0 +1,76 @@
+"""Formatting shared by the report's sections and plots: numbers, times and ratios,
+Markdown tables, machine and variant names, the order variants are listed in."""
+from __future__ import annotations
+
+import math
+
+from ..kernels import VARIANTS as KVARIANTS
+
+
+KERNEL_ORDER = ["numpy_ref", "numba", "torch_cpu", "cupy_unfused", "cupy_curand", "fcgpu",
+                "torch_cuda"]
+TRAIN_ORDER = ["numpy_ref", "numpy", "torch_cpu", "torch_cpu_compile", "cupy_unfused",
+               "fcgpu", "fcgpu_graph", "torch_cuda", "torch_cuda_compile"]
+
+
+def fmt_time(s):
+    if s is None:
+        return "—"
+    if s < 1e-3:
+        return "%.1f µs" % (s * 1e6)
+    if s < 1:
+        return "%.2f ms" % (s * 1e3)
+    return "%.2f s" % s
+
+
+def fmt_num(x, digits=3):
+    if x is None:
+        return "—"
+    if x == 0:
+        return "0"
+    mag = int(math.floor(math.log10(abs(x))))
+    dec = max(0, digits - 1 - mag)
+    return "{:,.{d}f}".format(x, d=dec)
+
+
+def fmt_ratio(x):
+    return "—" if x is None else "%.2f×" % x
+
+
+def fmt_frac(x):
+    return "—" if x is None else "%.2f" % x
+
+
+def pow2(n):
+    k = int(round(math.log2(n))) if n else 0
+    return "2^%d" % k if (1 << k) == n else str(n)
+
+
+def short_device(res):
+    d = res.get("device") or "?"
+    for junk in ("NVIDIA ", "(R)", "(TM)", " CPU", " Processor"):
+        d = d.replace(junk, "")
+    return " ".join(d.split())
+
+
+def machine_names(results):
+    names = [short_device(r) for r in results]
+    if len(set(names)) < len(names):
+        names = ["%s #%d" % (n, i + 1) for i, n in enumerate(names)]
+    return names
+
+
+def table(header, rows, align=None):
+    align = align or (["l"] + ["r"] * (len(header) - 1))
+    sep = ["---:" if a == "r" else ":---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
+    for r in rows:
+        lines.append("| " + " | ".join("" if c is None else str(c) for c in r) + " |")
+    return "\n".join(lines)
+
+
+def variant_label(res, v, op=None):
+    for r in res.get("kernels") or []:
+        if r["variant"] == v and (r["op"] == op if op else r["op"] != "copy"):
+            return r["label"]
+    return KVARIANTS.get(v, (None, v))[1]

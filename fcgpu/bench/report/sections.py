@@ -1,0 +1,367 @@
+"""The report's Markdown sections after the summary: the machine, the kernels, training,
+the notebook experiments, and how it was all measured."""
+from __future__ import annotations
+
+import os
+
+from ..kernels import OP_TITLES, ROW_OPS, VARIANTS as KVARIANTS
+from ..models import VARIANTS as TVARIANTS
+from .format import (KERNEL_ORDER, TRAIN_ORDER, fmt_frac, fmt_num, fmt_ratio, fmt_time, pow2,
+                     table, variant_label)
+
+
+def machine_section(results, names):
+    def row(label, fn):
+        vals = []
+        for r in results:
+            try:
+                v = fn(r.get("machine") or {}, r)
+            except (KeyError, TypeError, AttributeError):
+                v = None
+            vals.append("—" if v in (None, "") else v)
+        return [label] + vals
+
+    def gpu(m, key):
+        g = m.get("gpu") or {}
+        return g.get(key) if g.get("available") else None
+
+    def threads(r, family, key):
+        vals = set()
+        for v, w in (r.get("workers") or {}).items():
+            t = (w.get("threads_end") or w.get("threads") or {})
+            if key in t and t[key] is not None and (family is None or v.startswith(family)):
+                vals.add(str(t[key]))
+        return ", ".join(sorted(vals)) or None
+
+    def blas(m, r):
+        b = m.get("blas") or {}
+        if not b.get("name"):
+            return None
+        s = "%s %s" % (b["name"], b.get("version") or "")
+        if b.get("threads") is not None:
+            s += ", %s threads" % b["threads"]
+        return s
+
+    def commit(m, r):
+        c = m.get("fcgpu_commit")
+        if not c:
+            return None
+        return "`%s`%s" % (c[:12], " (with uncommitted changes)" if m.get("fcgpu_dirty") else "")
+
+    rows = [
+        row("Device", lambda m, r: r.get("device")),
+        row("CPU", lambda m, r: m.get("cpu")),
+        row("Cores (usable)", lambda m, r: "%s (%s)" % (m.get("cpu_count"), m.get("cpu_affinity"))),
+        row("Memory", lambda m, r: "%.0f GiB" % (m["memory_bytes"] / 2 ** 30)),
+        row("GPU", lambda m, r: gpu(m, "name") or "none: %s" % (m.get("gpu") or {}).get("reason", "")),
+        row("GPU memory / SMs / L2", lambda m, r: "%.0f GiB / %s / %.0f MiB" % (
+            gpu(m, "memory_bytes") / 2 ** 30, gpu(m, "sm_count"), gpu(m, "l2_bytes") / 2 ** 20)
+            if gpu(m, "name") else None),
+        row("Compute capability", lambda m, r: gpu(m, "compute_capability")),
+        row("Driver", lambda m, r: gpu(m, "driver")),
+        row("CUDA (driver API / runtime)", lambda m, r: "%s / %s" % (
+            gpu(m, "cuda_driver_api"), gpu(m, "cuda_runtime")) if gpu(m, "name") else None),
+        row("NumPy BLAS", blas),
+        row("Numba threads (layer)", lambda m, r: (threads(r, None, "numba") or "—") + (
+            " (%s)" % threads(r, None, "numba_layer") if threads(r, None, "numba_layer") else "")),
+        row("PyTorch threads", lambda m, r: threads(r, "torch", "torch")),
+        row("Load average (1 min) during the run", lambda m, r: "%.1f–%.1f" % (
+            min(r["settings"]["loadavg"]), max(r["settings"]["loadavg"]))
+            if (r.get("settings") or {}).get("loadavg") else None),
+        row("Python", lambda m, r: m.get("python")),
+    ]
+    libs = ["numpy", "numba", "cupy", "torch", "matplotlib", "pytest-benchmark"]
+    for lib in libs:
+        rows.append(row(lib, lambda m, r, lib=lib: (m.get("libraries") or {}).get(lib)
+                        or "not installed"))
+    rows += [
+        row("fcgpu commit", commit),
+        row("Date (UTC)", lambda m, r: m.get("date")),
+        row("Thread/env settings", lambda m, r: ", ".join("%s=%s" % kv for kv in
+                                                          sorted((m.get("env") or {}).items()))
+            or "none set"),
+        row("Results file", lambda m, r: "`%s`" % os.path.basename(r.get("_path", ""))),
+    ]
+    return ["## Machine", "", table(["", *names], rows, ["l"] * (1 + len(names))), ""]
+
+
+def kernel_section(results, names):
+    out = ["## Kernels", ""]
+    multi = len(results) > 1
+    any_rows = any(r.get("kernels") for r in results)
+    if not any_rows:
+        out += ["No kernel measurements in these results.", ""]
+        return out
+    # copy reference
+    rows = []
+    for res, name in zip(results, names):
+        for dev, ref in sorted((res.get("copy_bandwidth") or {}).items()):
+            for v, g in sorted(ref.get("all", {}).items(), key=lambda kv: -kv[1]):
+                rows.append(([name] if multi else []) + [
+                    dev.upper(), variant_label(res, v, "copy"), pow2(ref["n"]) + " fp32",
+                    fmt_num(g), "**reference**" if v == ref["variant"] else ""])
+    out += ["### Copy bandwidth (the reference)", "",
+            "Bytes moved count the read and the write. The fastest copy at the largest size is "
+            "each device's reference for the bandwidth fractions below.", "",
+            table((["Machine"] if multi else []) + ["Device", "Copy", "Size", "GB/s", ""], rows),
+            ""]
+    # dropout tables
+    for op in ("dropout_fwd", "dropout_bwd"):
+        out += ["### %s: GB/s (fraction of copy bandwidth)" % OP_TITLES[op].capitalize(), ""]
+        for res, name in zip(results, names):
+            rows_k = [r for r in res.get("kernels") or [] if r["op"] == op]
+            if not rows_k:
+                continue
+            variants = [v for v in KERNEL_ORDER if any(r["variant"] == v for r in rows_k)]
+            sizes = sorted({r["n"] for r in rows_k})
+            body, tbody = [], []
+            for n in sizes:
+                cells, tcells = [pow2(n)], [pow2(n)]
+                for v in variants:
+                    r = next((r for r in rows_k if r["n"] == n and r["variant"] == v), None)
+                    cells.append("%s (%s)" % (fmt_num(r["gbps"]), fmt_frac(r["bw_frac"]))
+                                 if r else "—")
+                    tcells.append(fmt_time(r["time_s"]) if r else "—")
+                body.append(cells)
+                tbody.append(tcells)
+            head = ["Elements"] + [variant_label(res, v, op) for v in variants]
+            if multi:
+                out += ["*%s*" % name, ""]
+            out += [table(head, body), "", "<details><summary>Median time per call</summary>",
+                    "", table(head, tbody), "", "</details>", ""]
+    # batchnorm and fused
+    out += ["### Batchnorm and the fused pass: median time per call (GB/s)", ""]
+    for res, name in zip(results, names):
+        rows_k = [r for r in res.get("kernels") or [] if r["op"] in ROW_OPS]
+        if not rows_k:
+            continue
+        variants = [v for v in KERNEL_ORDER if any(r["variant"] == v for r in rows_k)]
+        body = []
+        for op in ROW_OPS:
+            for shape in sorted({tuple(r["shape"]) for r in rows_k if r["op"] == op}):
+                cells = [OP_TITLES[op], "x".join(map(str, shape))]
+                for v in variants:
+                    r = next((r for r in rows_k if r["op"] == op and tuple(r["shape"]) == shape
+                              and r["variant"] == v), None)
+                    cells.append("%s (%s)" % (fmt_time(r["time_s"]), fmt_num(r["gbps"]))
+                                 if r else "—")
+                body.append(cells)
+        if multi:
+            out += ["*%s*" % name, ""]
+        out += [table(["Op", "N x D"] + [variant_label(res, v) for v in variants], body,
+                      ["l", "l"] + ["r"] * len(variants)), ""]
+        # fused speedups
+        fr = []
+        for shape in sorted({tuple(r["shape"]) for r in rows_k if r["op"] == "fused_fwd"}):
+            def t(v, op="fused_fwd"):
+                r = next((r for r in rows_k if r["op"] == op and tuple(r["shape"]) == shape
+                          and r["variant"] == v), None)
+                return r["time_s"] if r else None
+            f = t("fcgpu")
+            cells = ["x".join(map(str, shape))]
+            for base in ("cupy_unfused", "cupy_curand", "torch_cuda"):
+                b = t(base)
+                cells.append(fmt_ratio(b / f) if f and b else "—")
+            n_, c_ = t("numba"), t("numpy_ref")
+            cells.append(fmt_ratio(c_ / n_) if n_ and c_ else "—")
+            cells.append(fmt_ratio(t("torch_cpu") / n_) if n_ and t("torch_cpu") else "—")
+            fr.append(cells)
+        if fr:
+            out += ["Speedups of the fused forward (time of the alternative / time of fcgpu's "
+                    "fused pass on the same device):", "",
+                    table(["N x D", "GPU: vs CuPy unfused (*_ref)", "GPU: vs CuPy + cuRAND",
+                           "GPU: vs PyTorch", "CPU: Numba vs NumPy ref",
+                           "CPU: Numba vs PyTorch"], fr), ""]
+    out += skipped_section(results, names, "kernel")
+    return out
+
+
+def skipped_section(results, names, kind):
+    out = []
+    lines = []
+    for res, name in zip(results, names):
+        prefix = "%s: " % name if len(results) > 1 else ""
+        vs = res.get("variant_skips") or {}
+        relevant = KVARIANTS if kind == "kernel" else TVARIANTS
+        for v, why in vs.items():
+            if v in relevant:
+                lines.append("- %s`%s` did not run at all: %s" % (prefix, v, why))
+        groups = {}
+        skips = res.get("kernel_skips" if kind == "kernel" else "train_skips") or []
+        for s in skips:
+            if s["variant"] in vs:
+                continue
+            where = (("%s %s" % (s["op"], s["shape_label"])) if kind == "kernel"
+                     else "%s net" % s["net"])
+            groups.setdefault((s["variant"], s["reason"]), []).append(where)
+        for (v, why), where in sorted(groups.items()):
+            who = "every variant" if v == "*" else "`%s`" % v
+            lines.append("- %s%s skipped on %s: %s" % (prefix, who, ", ".join(where), why))
+    if lines:
+        out += ["### Skipped (%s)" % ("kernel variants" if kind == "kernel"
+                                      else "training variants"), ""] + lines + [""]
+    return out
+
+
+def train_section(results, names):
+    out = ["## Training", ""]
+    multi = len(results) > 1
+    rows = []
+    for res, name in zip(results, names):
+        tr = res.get("train") or []
+        for net in ("default", "wide"):
+            sub = [r for r in tr if r["net"] == net]
+            if not sub:
+                continue
+            ref = {dev: next((r["samples_per_s"] for r in sub if r["variant"] == v), None)
+                   for dev, v in (("cpu", "torch_cpu"), ("gpu", "torch_cuda"))}
+            npy = next((r["samples_per_s"] for r in sub if r["variant"] == "numpy"), None)
+            for v in TRAIN_ORDER:
+                r = next((r for r in sub if r["variant"] == v), None)
+                if r is None:
+                    continue
+                st = r.get("step_s") or {}
+                base = ref.get(r["device"])
+                rows.append(([name] if multi else []) + [
+                    "%s (%s)" % (net, "×".join(map(str, r["hidden"][:1])) + " × %d" % len(r["hidden"])),
+                    r.get("label") or TVARIANTS.get(v, (None, v))[1], r["device"].upper(),
+                    "**%s**" % fmt_num(r["samples_per_s"]),
+                    "%s [%s–%s]" % (fmt_time(st.get("median")), fmt_time(st.get("q1")),
+                                    fmt_time(st.get("q3"))),
+                    fmt_time(st.get("min")),
+                    fmt_ratio(r["samples_per_s"] / base) if base else "—",
+                    fmt_ratio(r["samples_per_s"] / npy) if npy else "—",
+                    r.get("steps", "—"),
+                    fmt_time(r.get("first_step_s")),
+                ])
+    if not rows:
+        out += ["No training measurements in these results.", ""]
+    else:
+        head = (["Machine"] if multi else []) + [
+            "Net", "Variant", "Device", "Samples/s", "Step: median [q1–q3]", "Fastest step",
+            "vs PyTorch eager (same device)", "vs NumPy path", "Steps timed",
+            "First step (compile)"]
+        out += ["Batch 490, fp32, batchnorm, dropout keep 0.8, Adam; synthetic CIFAR-shaped "
+                "data on the device; variants interleaved in the same run.", "",
+                table(head, rows, ["l"] * (len(head) - 8) + ["r"] * 8), ""]
+    out += skipped_section(results, names, "train")
+    return out
+
+
+def _not_run(reason):
+    reason = reason or "not in these results"
+    if reason.lower().startswith("not run: "):
+        reason = reason[len("not run: "):]
+    return "Not run: %s." % reason.rstrip(".")
+
+
+def _dropout_stats_md(ds):
+    if not ds or "skipped" in ds:
+        return [_not_run((ds or {}).get("skipped")), ""]
+    rows = [[r["p"], "%.4f" % r["input_mean"], "%.4f" % r["train_mean"],
+             "%.4f" % r["test_mean"], "%.4f" % r["train_zero_frac"],
+             "%.4f" % r["test_zero_frac"]] for r in ds["rows"]]
+    out = ["x = %s; `dropout_forward` with `p` the probability of keeping a unit "
+           "(inverted dropout, seed %s): the train-time mean stays at the input's and about "
+           "1 − p of the units are zeroed; test time is the identity." % (ds.get("x"),
+                                                                           ds.get("seed")), "",
+           table(["p (keep)", "Mean of input", "Mean of train output", "Mean of test output",
+                  "Zeroed (train)", "Zeroed (test)"], rows), ""]
+    g = ds.get("gpu") or {}
+    if g.get("checked"):
+        out += ["Same masks on the GPU: **%s**%s." % (
+            "bit-identical" if g.get("identical") else "DIFFERENT",
+            " (%s)" % g["error"] if g.get("error") else ""), ""]
+    else:
+        out += ["GPU masks not compared: %s." % g.get("reason", "no GPU"), ""]
+    return out
+
+
+def _regularizer_md(rg):
+    if not rg or "skipped" in rg:
+        return [_not_run((rg or {}).get("skipped")), ""]
+    rows = [[r["label"], "%.3f" % r["final_train_acc"], "%.3f" % r["final_val_acc"],
+             "%.3f" % r["best_val_acc"], "%.3f" % (r["final_train_acc"] - r["final_val_acc"])]
+            for r in rg["runs"]]
+    return ["%s on %d training images, %d epochs, %s, on %s (%s); plot "
+            "`dropout_regularizer.png` below." % (rg["net"], rg["num_train"], rg["epochs"],
+                                                  rg["solver"], rg["backend"], rg["device"]),
+            "", table(["Run", "Final train acc", "Final val acc", "Best val acc",
+                       "Train − val gap"], rows), ""]
+
+
+def _tta_md(tta):
+    if not tta or "skipped" in tta:
+        return [_not_run((tta or {}).get("skipped")), ""]
+    rows = []
+    for b, r in tta["backends"].items():
+        load = r.get("loadavg")
+        load = ("%.1f (%.1f–%.1f)" % (load[1], load[0], load[2]) if load and len(load) == 3
+                else "%.1f–%.1f" % (min(load), max(load)) if load else "—")
+        if "skipped" in r:
+            rows.append([b, "—", "—", "—", "—", _not_run(r["skipped"])])
+        elif r.get("reached"):
+            rows.append([b, fmt_time(r["seconds"]), fmt_time(r.get("train_seconds")),
+                         r["epochs"], load, "best val %.3f" % r["best_val_acc"]])
+        else:
+            rows.append([b, "not reached", "—", "—", load, "best val %.3f in %d epochs" % (
+                r["best_val_acc"] or 0, len(r["val_acc_history"]))])
+    how = ("The backends took turns epoch by epoch, each in its own process; a backend's "
+           "time counts only its own turns (model build, training steps, accuracy checks)."
+           if tta.get("interleaved") else
+           "Backends ran one after the other, not interleaved: compare them only where the "
+           "load average was alike.")
+    return ["%s; stops at the first epoch whose validation accuracy is ≥ %.2f (at most %d "
+            "epochs). %s" % (tta["config"], tta["target"], tta["max_epochs"], how), "",
+            table(["Backend", "Wall time to target", "Of which training steps", "Epochs",
+                   "Load average: mean (min–max)", "Note"], rows), ""]
+
+
+def experiments_section(results, names):
+    out = ["## Notebook experiments", ""]
+    multi = len(results) > 1
+    for title, key, fn in (("Dropout statistics", "dropout_stats", _dropout_stats_md),
+                           ("Dropout as a regularizer", "dropout_regularizer", _regularizer_md),
+                           ("Time to 60% validation accuracy", "time_to_accuracy", _tta_md)):
+        out += ["### " + title, ""]
+        for res, name in zip(results, names):
+            if multi:
+                out += ["*%s*" % name, ""]
+            out += fn((res.get("experiments") or {}).get(key))
+    return out
+
+
+def method_section(results):
+    return ["## How this was measured", "",
+            "- Every variant runs in its own worker process (`fcgpu.bench.worker`), so "
+            "OpenBLAS, Numba and PyTorch thread pools never share a process. Each test is one "
+            "case (an op at one size, or one net); within it the variants run in interleaved "
+            "rounds, one chunk of calls each, in an order that rotates every round, so noise "
+            "on a shared machine hits all of them alike. Ratios come from the same run.",
+            "- Kernel times are medians over all calls. On a GPU each call is bracketed by CUDA "
+            "events on its stream, after a device synchronize (the host clock, read after the "
+            "device finished, is kept too); on a CPU the host clock times each call. One "
+            "untimed warm-up call (compilation) and three calls to size the chunks come first.",
+            "- Bytes counted: each input read once and each output written once, by the op's "
+            "contract (dropout: x in, out out; batchnorm forward: x in, out out, plus the "
+            "per-feature vectors; backward: dout and x in, dx out; the fused backward also "
+            "reads the forward's output). Masks an implementation stores are its own cost, "
+            "not counted. GB/s = bytes / median time (10^9 bytes).",
+            "- Copy bandwidth is measured by the suite itself at every size (device-to-device "
+            "`cudaMemcpy` and `torch.copy_` on a GPU; `np.copyto` and a Numba parallel copy "
+            "on a CPU); the fastest at the largest size is the reference of the fractions.",
+            "- Inputs rotate through enough buffers that consecutive calls span 4× the last-level "
+            "cache (the GPU's L2; the CPU's L3), so small sizes are not served from cache. "
+            "Outputs are allocated by each op, as in training.",
+            "- Training: one step = gather a batch of 490 from a device-resident synthetic pool, "
+            "forward, backward, Adam update of every parameter. A chunk of steps ends with one "
+            "device synchronize; step time = chunk time / steps; samples/s = 490 / median step "
+            "time. PyTorch uses as many threads as there are usable cores "
+            "(`torch.set_num_threads`); NumPy's BLAS and Numba use their defaults (all cores).",
+            "- `CuPy unfused` is fcgpu on CuPy with `fcgpu.fused.impl_for` patched, inside that "
+            "worker only, to return the plain xp references (every fusable step as separate "
+            "CuPy operations; the Philox mask as array code). `CuPy + cuRAND` is what a plain "
+            "CuPy user would write: batchnorm in xp code, `maximum`, and a `cupy.random` mask.",
+            "- Tests never time anything; only these benchmarks do. Variants that cannot run are "
+            "listed with the reason, never dropped silently.",
+            ""]

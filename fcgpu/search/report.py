@@ -1,0 +1,123 @@
+"""``fcgpu search --report DIR``: ``report.md`` (best trials, failures, the retrain
+command), ``trials.csv`` and Optuna's standard plots as PNG."""
+from __future__ import annotations
+
+import os
+import warnings
+
+from ..atomic import atomic_save_figure, atomic_write_bytes
+from .storage import mask_url
+from .summary import count_states, counts_text, fail_reason, fmt_value, retrain_command
+
+
+def _save_fig(ax, path):
+    fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+    atomic_save_figure(fig, path, dpi=110, bbox_inches="tight")
+
+
+def _importance_blocker(study):
+    """Why parameter importances cannot be computed, or None if they can."""
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if len(complete) < 2:
+        return ("parameter importances need at least 2 completed trials; the study has %d"
+                % len(complete))
+    common = set(complete[0].params)
+    for t in complete[1:]:
+        common &= set(t.params)
+    varying = [p for p in common if len({repr(t.params[p]) for t in complete}) > 1]
+    if not varying:
+        return ("parameter importances need parameters that vary across the completed "
+                "trials; these %d all share the same values" % len(complete))
+    return None
+
+
+def write_report(study, folder, storage_url=None, top=10):
+    """``report.md`` (best trials, failures, retrain command), ``trials.csv`` and
+    Optuna's standard plots as PNG in ``folder``. Returns the Markdown file's path."""
+    import csv
+    import io
+    os.makedirs(folder, exist_ok=True)
+    trials = study.get_trials(deepcopy=False)
+    counts = count_states(trials)
+    complete = sorted((t for t in trials if t.state.name == "COMPLETE"),
+                      key=lambda t: t.value, reverse=True)
+    lines = ["# fcgpu search: study `%s`" % study.study_name, ""]
+    if storage_url:
+        lines += ["Storage: `%s`" % mask_url(storage_url), ""]
+    lines += ["%d trials: %s." % (len(trials), counts_text(counts) or "none"), ""]
+    lines += ["## Best trials", ""]
+    if complete:
+        lines += ["| rank | trial | val acc | train acc | hidden | keep | lr | reg | "
+                  "weight scale | batch | epochs | time (s) | worker |",
+                  "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for rank, t in enumerate(complete[:top], 1):
+            c = t.user_attrs.get("config") or {}
+            tr = (t.user_attrs.get("metrics") or {}).get("train_acc")
+            lines.append("| %d | %d | %.4f | %s | %s | %s | %s | %s | %s | %s | %s | %.1f | %s |"
+                         % (rank, t.number, t.value, "%.4f" % tr if tr is not None else "",
+                            "x".join(str(h) for h in c.get("hidden_dims", [])),
+                            fmt_value(c.get("dropout", "")), fmt_value(c.get("learning_rate", "")),
+                            fmt_value(c.get("reg", "")), fmt_value(c.get("weight_scale", "")),
+                            c.get("batch_size", ""), len(t.intermediate_values),
+                            t.duration.total_seconds() if t.duration else float("nan"),
+                            t.user_attrs.get("worker", "")))
+        cfg = complete[0].user_attrs.get("config")
+        if cfg:
+            lines += ["", "Retrain the best trial:", "", "```", retrain_command(cfg), "```"]
+    else:
+        lines.append("No completed trial yet.")
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    if failed:
+        lines += ["", "## Failed trials", "", "| trial | reason |", "|---:|---|"]
+        for t in failed:
+            lines.append("| %d | %s |" % (t.number, fail_reason(t).replace("|", "\\|")))
+
+    lines += ["", "## Plots", ""]
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import optuna.visualization.matplotlib as ovm
+        have_mpl = True
+    except ImportError as exc:
+        have_mpl = False
+        lines.append("No plots: matplotlib is not installed (%s)." % exc)
+    if have_mpl:
+        plots = [("optimization_history.png", "Optimization history",
+                  None if complete else "it needs at least 1 completed trial",
+                  lambda: ovm.plot_optimization_history(study, target_name="val acc")),
+                 ("param_importances.png", "Parameter importances", _importance_blocker(study),
+                  lambda: ovm.plot_param_importances(study)),
+                 ("intermediate_values.png", "Validation accuracy per epoch",
+                  None if any(t.intermediate_values for t in trials)
+                  else "no trial has reported an epoch yet",
+                  lambda: ovm.plot_intermediate_values(study))]
+        for fname, title, blocker, make in plots:
+            if blocker is None:
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        _save_fig(make(), os.path.join(folder, fname))
+                except Exception as exc:
+                    blocker = "plotting failed: %s: %s" % (type(exc).__name__, exc)
+            if blocker is None:
+                lines += ["### %s" % title, "", "![%s](%s)" % (title, fname), ""]
+            else:
+                lines += ["### %s" % title, "", "Not drawn: %s." % blocker, ""]
+
+    # every trial as CSV (no pandas needed)
+    names = sorted({p for t in trials for p in t.params})
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["number", "state", "value", "duration_s", *names, "epochs", "worker",
+                "fail_reason"])
+    for t in trials:
+        w.writerow([t.number, t.state.name, "" if t.value is None else t.value,
+                    "" if t.duration is None else round(t.duration.total_seconds(), 3),
+                    *[t.params.get(n, "") for n in names], len(t.intermediate_values),
+                    t.user_attrs.get("worker", ""),
+                    fail_reason(t) if t.state.name == "FAIL" else ""])
+    atomic_write_bytes(buf.getvalue().encode(), os.path.join(folder, "trials.csv"))
+    lines += ["All trials: [trials.csv](trials.csv).", ""]
+    path = os.path.join(folder, "report.md")
+    atomic_write_bytes("\n".join(lines).encode(), path)
+    return path

@@ -1,0 +1,105 @@
+"""Running a search: one worker's loop over trials, a worker process's entry point,
+and the command as a whole (study, workers, summary, report)."""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+
+from .objective import TrialFailed, load_search_data, make_objective, prefetch_data
+from .report import write_report
+from .settings import SearchSettings
+from .storage import make_pruner, make_sampler, mask_url, open_storage, open_study, quiet_optuna, \
+    short_error
+from .summary import progress_callback, stale_callback, summarize
+from .workers import LocalTickets, TermAsInterrupt, Tickets, pin_this_process, plan_workers, \
+    spawn_workers
+
+
+def run_worker(settings, index=0, tickets=None, data=None, out=None, pruner=None, tag="",
+               storage=None):
+    """Run trials of the study until the budget (tickets), the deadline or an interrupt
+    ends them. Returns the number of trials this worker ran."""
+    out = out or sys.stdout
+    quiet_optuna(settings.verbose)
+    if storage is None:
+        storage = open_storage(settings.storage, settings.heartbeat, settings.grace,
+                               stale_callback=stale_callback(out))
+    seed = None if settings.seed is None else int(settings.seed) + index
+    study = open_study(storage, settings.study, sampler=make_sampler(settings.sampler, seed),
+                       pruner=pruner or make_pruner(settings.pruner), url=settings.storage)
+    if tickets is None:
+        tickets = LocalTickets(settings.trial_budget())
+    if data is None:
+        data = load_search_data(settings)
+    objective = make_objective(settings, data, out=out)
+    callbacks = [progress_callback(out, tag)]
+    ran = 0
+    import sqlalchemy.exc
+    with TermAsInterrupt():
+        try:
+            while True:
+                if settings.deadline is not None and time.time() >= settings.deadline:
+                    break
+                if not tickets.claim():
+                    break
+                study.optimize(objective, n_trials=1, catch=(TrialFailed,),
+                               callbacks=callbacks, gc_after_trial=True)
+                ran += 1
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            raise ValueError("lost the study storage %s: %s"
+                             % (mask_url(settings.storage), short_error(exc, settings.storage))
+                             ) from None
+    return ran
+
+
+def worker_main(spec_path, index, tickets_path, out=None):
+    """Entry point of a worker process (``fcgpu search --worker SPEC``)."""
+    pin_this_process()
+    if threading.current_thread() is threading.main_thread():
+        # a shell's background job starts with SIGINT ignored: take Ctrl-C seriously
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    with open(spec_path) as f:
+        settings = SearchSettings.from_json(f.read())
+    tickets = Tickets(tickets_path, settings.trial_budget())
+    run_worker(settings, index=index, tickets=tickets, out=out, tag="[w%d] " % index)
+    return 0
+
+
+def run_search(settings, workers=None, data=None, out=None, pruner=None, report=None):
+    """Open (or create) the study, run this command's trials on ``workers`` processes
+    (in this process when there is one), print the summary and the best trial's
+    ``fcgpu train`` command, and write the report. Returns ``(study, exit_code)``."""
+    out = out or sys.stdout
+    quiet_optuna(settings.verbose)
+    if settings.timeout is not None and settings.deadline is None:
+        settings.deadline = time.time() + settings.timeout
+    storage = open_storage(settings.storage, settings.heartbeat, settings.grace,
+                           stale_callback=stale_callback(out))
+    study = open_study(storage, settings.study, url=settings.storage)
+    before = len(study.get_trials(deepcopy=False))
+    budget = settings.trial_budget()
+    print("study %r in %s: %d trial%s so far; this run: %s trial%s, %d epoch%s on %d images"
+          % (settings.study, mask_url(settings.storage), before, "" if before == 1 else "s",
+             "unlimited" if budget is None else budget, "" if budget == 1 else "s",
+             settings.epochs, "" if settings.epochs == 1 else "s", settings.num_train),
+          file=out, flush=True)
+    code = 0
+    if budget != 0:
+        k, envs, descs = plan_workers(workers, settings.backend)
+        if k == 1:
+            run_worker(settings, data=data, out=out, pruner=pruner, storage=storage)
+        else:
+            if data is not None or pruner is not None:
+                raise ValueError("data= and pruner= only apply to a single in-process worker")
+            prefetch_data(settings)
+            codes = spawn_workers(settings, envs, descs, out)
+            if any(c != 0 for c in codes):
+                code = 1
+    study = open_study(storage, settings.study, url=settings.storage)
+    summarize(study, out=out, run_id=settings.run_id, storage_url=settings.storage)
+    if report:
+        path = write_report(study, report, storage_url=settings.storage)
+        print("report: %s" % path, file=out, flush=True)
+    return study, code

@@ -1,0 +1,168 @@
+"""The study's storage and the study itself: an Optuna RDB storage (SQLite on one
+machine, PostgreSQL or MySQL shared by many) with its URL handling and one-line
+errors that never show a password, and the study with its sampler and pruner."""
+from __future__ import annotations
+
+import os
+import re
+import time
+import warnings
+
+
+def mask_url(url):
+    """``url`` with its password replaced by ``***``."""
+    try:
+        from sqlalchemy.engine import make_url
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", str(url))
+
+
+def short_error(exc, url=None):
+    """A one-line reason from a (SQLAlchemy/driver) exception, without secrets."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc) or type(exc).__name__
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith(("(Background on this error",
+                                                       "[SQL:", "[parameters:"))]
+    text = " ".join(lines[:3]) or type(exc).__name__
+    if url:
+        text = text.replace(str(url), mask_url(url))
+        try:
+            from sqlalchemy.engine import make_url
+            pw = make_url(url).password
+            if pw:
+                text = text.replace(str(pw), "***")
+        except Exception:
+            pass
+    return text
+
+
+def _engine_kwargs(url):
+    from sqlalchemy.engine import make_url
+    u = make_url(url)
+    backend, driver = u.get_backend_name(), u.get_driver_name()
+    if backend == "sqlite":
+        # several processes share the file: wait for its lock instead of failing
+        return {"connect_args": {"timeout": 60}}
+    kw = {"pool_pre_ping": True}
+    if driver in ("psycopg2", "psycopg", "pymysql", "mysqldb"):
+        kw["connect_args"] = {"connect_timeout": 10}
+    return kw
+
+
+def _prepare_sqlite(url, masked):
+    """A SQLite file: check its folder, and switch it to write-ahead logging once (readers
+    no longer block the writer, and a commit costs one fsync instead of three): several
+    worker processes on one machine share it smoothly. Keep it on a local disk."""
+    from sqlalchemy.engine import make_url
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" \
+            or u.database.startswith("file:"):
+        return
+    folder = os.path.dirname(os.path.abspath(u.database))
+    if not os.path.isdir(folder):
+        raise ValueError("cannot open the study storage %s: the folder %s does not exist"
+                         % (masked, folder))
+    import sqlite3
+    try:
+        con = sqlite3.connect(u.database, timeout=60)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        if "not a database" in str(exc) or "malformed" in str(exc):
+            raise ValueError("cannot open the study storage %s: %s" % (masked, exc)) from None
+    except sqlite3.Error:
+        pass  # e.g. a read-only folder: SQLite's default journal still works
+
+
+def _cannot_open(url, exc):
+    """The one-line error for a storage that cannot be opened, with a hint where one
+    helps (a missing PostgreSQL driver, the ``postgres://`` spelling)."""
+    hint = ""
+    if "postgres" in str(url).split(":", 1)[0] and isinstance(exc, ImportError):
+        hint = " (pip install psycopg2-binary, or fcgpu[search])"
+    if str(url).startswith("postgres://"):
+        hint = " (write postgresql://, not postgres://)"
+    return ValueError("cannot open the study storage %s: %s%s"
+                      % (mask_url(url), short_error(exc, url), hint))
+
+
+def open_storage(url, heartbeat_interval=60, grace_period=None, stale_callback=None):
+    """An :class:`optuna.storages.RDBStorage` for ``url`` with the heartbeat on.
+
+    Any problem (unparseable URL, unknown dialect, missing driver, unreachable or
+    refusing server, missing folder) raises ``ValueError`` naming the URL with its
+    password masked.
+    """
+    import optuna
+
+    masked = mask_url(url)
+    try:
+        kwargs = _engine_kwargs(url)
+    except Exception as exc:
+        raise _cannot_open(url, exc) from None
+    _prepare_sqlite(url, masked)
+    for attempt in range(6):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=kwargs, heartbeat_interval=int(heartbeat_interval),
+                    grace_period=int(grace_period) if grace_period else None,
+                    heartbeat_stale_trial_callback=stale_callback)
+            except Exception as exc:
+                if attempt < 5 and _creation_race(exc):
+                    # another worker is creating the same tables right now
+                    time.sleep(0.2 * (attempt + 1) + 0.3 * (os.getpid() % 7) / 7)
+                    continue
+                raise _cannot_open(url, exc) from None
+
+
+def _creation_race(exc):
+    """Whether ``exc`` is two processes initializing a fresh database at once."""
+    import sqlalchemy.exc
+    if isinstance(exc, sqlalchemy.exc.IntegrityError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, sqlalchemy.exc.DBAPIError) and (
+        "already exists" in text or "duplicate key" in text or "database is locked" in text)
+
+
+def make_sampler(name, seed=None):
+    import optuna
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # constant_liar: running trials count as bad, so parallel workers spread out
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
+def make_pruner(name):
+    import optuna
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+
+
+def open_study(storage, name, sampler=None, pruner=None, url=None):
+    """Create the study (maximizing validation accuracy) or load the existing one."""
+    import optuna
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                    sampler=sampler, pruner=pruner, load_if_exists=True)
+    except Exception as exc:
+        raise ValueError("cannot open study %r in %s: %s"
+                         % (name, mask_url(url or "the storage"), short_error(exc, url))) from None
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise ValueError("study %r in %s minimizes its objective; fcgpu search maximizes the "
+                         "validation accuracy: pick another --study name"
+                         % (name, mask_url(url or "the storage")))
+    return study
+
+
+def quiet_optuna(verbose):
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
