@@ -14,6 +14,7 @@ import sys
 
 SUBCOMMANDS = {
     "train": ("fcgpu.cli.train", "train the CIFAR-10 net (defaults: the course's final run)"),
+    "evaluate": ("fcgpu.cli.evaluate", "test accuracy and confusion matrix of a checkpoint"),
     "bench": ("fcgpu.cli.bench", "run the benchmark suites that fit this machine"),
     "report": ("fcgpu.cli.report", "turn benchmark results JSON into a Markdown report"),
     "search": ("fcgpu.cli.search", "hyperparameter search with Optuna"),
