@@ -91,6 +91,9 @@ def format_report(result, class_names=None):
         lines.append("%-*s  %8d  %8s" % (w, n, c, "%.4f" % a if a is not None else "-"))
     cm = result["confusion"]
     cw = max(len(str(int(cm.max()))), len(str(C - 1)))
+    if class_names is not None:  # columns are numbered: number the rows to match
+        names = ["%d %s" % (i, n) for i, n in enumerate(names)]
+        w = max(w, max(len(n) for n in names))
     lines += ["", "confusion matrix (rows: true class, columns: predicted class)",
               "%-*s  %s" % (w, "", " ".join("%*d" % (cw, j) for j in range(C)))]
     for n, row in zip(names, cm):

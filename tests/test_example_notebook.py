@@ -101,9 +101,10 @@ def test_notebook_runs_small_on_numpy(tmp_path, monkeypatch):
     errors = [float(e) for e in re.findall(r"relative error: (\S+)\n", out)]
     assert len(errors) == 3 * 6, errors  # W1..3, b1..3 for each of three dropout values
     assert max(errors) < 1e-4, errors
-    # the small runs train: the final net beats chance (0.1) on the test images
+    # the small run trains: the final net (4900 images, 2 epochs) beats chance (0.1) on
+    # the test images; measured 0.35-0.36 in three runs
     test_acc = float(re.search(r"^Test set accuracy:  (\S+)", out, re.M).group(1))
-    assert test_acc > 0.2, test_acc
+    assert test_acc > 0.25, test_acc
     assert re.search(r"^accuracy (\S+) \(1000 examples, 10 classes\)", out, re.M)
     images = [o for c in nb.cells for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]
