@@ -184,6 +184,13 @@ def test_cli_trains_on_npz_with_classes_and_features_from_the_data(tmp_path, rng
     assert metrics["test_acc"] > 0.8  # chance is 0.2
 
 
+def test_cli_quiet_without_a_test_split(tmp_path, rng, capsys):
+    path = save(tmp_path, dataset(rng, n=300, d=6, c=3))
+    assert main(["train", "--data", path, "--hidden", "16", "--batch-size", "30",
+                 "--epochs", "1", "--backend", "numpy", "--quiet"]) == 0
+    assert re.fullmatch(r"val_acc \d\.\d{4} test_acc n/a", capsys.readouterr().out.strip())
+
+
 def _docs_example():
     text = DOCS.read_text()
     code = re.findall(r"```python\n(.*?)```", text, re.S)

@@ -101,5 +101,7 @@ def run(args):
     if args.plot:
         plot_history(metrics, args.plot)
     if args.quiet:
-        print("val_acc %.4f test_acc %.4f" % (metrics["val_acc"], metrics["test_acc"]))
+        test = metrics["test_acc"]  # None for an .npz without a test split
+        print("val_acc %.4f test_acc %s" % (metrics["val_acc"],
+                                            "n/a" if test is None else "%.4f" % test))
     return 0
