@@ -153,6 +153,26 @@ class FullyConnectedNet:
                 grads["W%d" % i] += self.reg * W
         return loss, grads
 
+    def predict_proba(self, X, batch_size=1000):
+        """Class probabilities ``(N, C)`` for ``X`` (NumPy or CuPy, ``(N, ...)`` with
+        ``input_dim`` features), in test mode (running batchnorm statistics, no
+        dropout), ``batch_size`` rows at a time. The result is an array of the
+        model's module (NumPy or CuPy) in its dtype; rows sum to 1."""
+        xp = self.xp
+        shape = getattr(X, "shape", None)
+        if shape is None or len(shape) < 2 or int(np.prod(shape[1:])) != self.input_dim:
+            raise ValueError("predict_proba: X must be (N, ...) with %d features per row, got "
+                             "shape %s" % (self.input_dim, shape))
+        if int(batch_size) < 1:
+            raise ValueError("predict_proba: batch_size must be >= 1, got %r" % (batch_size,))
+        n, batch_size = shape[0], int(batch_size)
+        out = xp.empty((n, self.num_classes), self.dtype)
+        for start in range(0, n, batch_size):
+            scores = self.loss(X[start:start + batch_size])
+            e = xp.exp(scores - scores.max(axis=1, keepdims=True))
+            out[start:start + batch_size] = e / e.sum(axis=1, keepdims=True)
+        return out
+
     # ------------------------------------------------------------- state
 
     def state_dict(self):

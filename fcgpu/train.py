@@ -31,13 +31,14 @@ class TrainConfig:
     reg: float = 0.0
     batch_size: int = 490
     epochs: int = 17
-    num_train: int = 49000        # the first M of the 49000 training images
+    num_train: int | None = 49000  # the first M training examples (None: all of an .npz)
     num_val: int = 1000           # validation is always train[49000:50000]
     seed: int = 0
     backend: str = "auto"
     data: str | None = None
     dtype: str = "float32"
     cuda_graph: bool = False      # capture the training step as a CUDA graph (CuPy only)
+    image_shape: tuple | None = None  # an .npz's image_shape; reserved for augmentation
 
     def __post_init__(self):
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
@@ -52,10 +53,17 @@ class TrainConfig:
         if self.reg < 0:
             raise ValueError("reg must be >= 0, got %r" % self.reg)
         for name in ("batch_size", "num_train", "num_val"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError("%s must be >= 1, got %r" % (name, getattr(self, name)))
         if self.epochs < 0:
             raise ValueError("epochs must be >= 0, got %r" % self.epochs)
+        if self.image_shape is not None:
+            self.image_shape = tuple(int(v) for v in self.image_shape)
+        from .data_npz import is_npz
+        if is_npz(self.data):
+            return
+        if self.num_train is None:
+            self.num_train = 49000
         if self.num_train > 49000 or self.num_val > 1000:
             raise ValueError("num_train must be <= 49000 and num_val <= 1000 (validation is "
                              "train[49000:50000]), got %d and %d" % (self.num_train, self.num_val))
@@ -63,12 +71,22 @@ class TrainConfig:
     def to_dict(self):
         d = dataclasses.asdict(self)
         d["hidden_dims"] = list(self.hidden_dims)
+        if self.image_shape is not None:
+            d["image_shape"] = list(self.image_shape)
         return d
 
 
 def load_data(cfg, progress=True):
     """The CIFAR-10 splits for ``cfg``: the first ``num_train`` training images, the
-    validation images train[49000:49000+num_val], and all 10000 test images."""
+    validation images train[49000:49000+num_val], and all 10000 test images.
+    An ``.npz`` ``cfg.data`` is the user's own data (:mod:`fcgpu.data_npz`)."""
+    from .data_npz import is_npz, load_npz
+    if is_npz(cfg.data):
+        data = load_npz(cfg.data, batch_size=cfg.batch_size)
+        if cfg.num_train is not None and cfg.num_train < len(data["X_train"]):
+            data["X_train"] = data["X_train"][:cfg.num_train]
+            data["y_train"] = data["y_train"][:cfg.num_train]
+        return data
     from .data import get_CIFAR10_data
     data = get_CIFAR10_data(num_training=49000, num_validation=1000, num_test=10000,
                             path=cfg.data)
@@ -115,8 +133,10 @@ def run_training(cfg, data=None, checkpoint=None, resume=False, progress=True, v
                          % (backend.cupy_status()[1] or "selected explicitly"))
     if data is None:
         data = load_data(cfg, progress=progress)
+    if data.get("image_shape") is not None and cfg.image_shape is None:
+        cfg = dataclasses.replace(cfg, image_shape=data["image_shape"])
     model = FullyConnectedNet(cfg.hidden_dims, input_dim=int(np.prod(data["X_train"].shape[1:])),
-                              num_classes=10, dropout=cfg.dropout,
+                              num_classes=int(data.get("num_classes", 10)), dropout=cfg.dropout,
                               use_batchnorm=cfg.batchnorm, reg=cfg.reg,
                               weight_scale=cfg.weight_scale, dtype=np.dtype(cfg.dtype),
                               seed=cfg.seed, fresh_masks=True, xp=xp)

@@ -12,8 +12,12 @@ import importlib
 import os
 import sys
 
+# --help shows plain text (the module docstring is reStructuredText)
+DESCRIPTION = "fcgpu: train fully-connected nets on NVIDIA GPUs (CuPy) or the CPU (NumPy)."
+
 SUBCOMMANDS = {
     "train": ("fcgpu.cli.train", "train the CIFAR-10 net (defaults: the course's final run)"),
+    "evaluate": ("fcgpu.cli.evaluate", "test accuracy and confusion matrix of a checkpoint"),
     "bench": ("fcgpu.cli.bench", "run the benchmark suites that fit this machine"),
     "report": ("fcgpu.cli.report", "turn benchmark results JSON into a Markdown report"),
     "search": ("fcgpu.cli.search", "hyperparameter search with Optuna"),
@@ -22,7 +26,7 @@ SUBCOMMANDS = {
 
 def build_parser():
     from .. import __version__
-    parser = argparse.ArgumentParser(prog="fcgpu", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fcgpu", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version="fcgpu " + __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (modname, help_text) in SUBCOMMANDS.items():

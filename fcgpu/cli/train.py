@@ -36,15 +36,16 @@ def add_arguments(p):
                    help="learning-rate factor per epoch (default %(default)s)")
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--num-train", type=int, default=d.num_train,
-                   help="train on the first M of the 49000 training images")
+    g.add_argument("--num-train", type=int, default=None,
+                   help="train on the first M training examples (default: all; the 49000 "
+                        "CIFAR-10 training images)")
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("where")
     g.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"],
                    help="array backend (default: FCGPU_BACKEND, else auto)")
     g.add_argument("--data", default=None,
                    help="CIFAR-10 archive or folder (default: FCGPU_DATA, the cache, "
-                        "else download)")
+                        "else download), or your own data as FILE.npz (see docs/data.md)")
     g.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
     g.add_argument("--cuda-graph", action="store_true", default=d.cuda_graph,
                    help="capture the whole training step as one CUDA graph and replay it "
@@ -100,5 +101,7 @@ def run(args):
     if args.plot:
         plot_history(metrics, args.plot)
     if args.quiet:
-        print("val_acc %.4f test_acc %.4f" % (metrics["val_acc"], metrics["test_acc"]))
+        test = metrics["test_acc"]  # None for an .npz without a test split
+        print("val_acc %.4f test_acc %s" % (metrics["val_acc"],
+                                            "n/a" if test is None else "%.4f" % test))
     return 0
