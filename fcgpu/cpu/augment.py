@@ -11,24 +11,59 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ..augment_spec import (MODE_CODES, augment_stream, check_gather_args, check_rows)
+from ..augment_spec import MODE_CODES, augment_stream, check_gather_args, check_rows
 from .philox import _LO, _S32, philox_block
 
 __all__ = ["augment_gather"]
 
-_ONE = np.uint64(1)
 _S31 = np.uint64(31)
+
+
+@njit(cache=True)
+def _augment_row(xs, orow, mean, C, H, W, pad, flip, dx, dy):
+    """One image: orow = the crop of xs (mirrored when flip != 0) minus mean."""
+    T = orow.dtype.type
+    zero = T(0)
+    # output columns [j0, j1) have their source inside the image, read forwards from
+    # column s_first (no flip) or backwards from it (flip); output rows [i0, i1) too
+    if flip == 0:
+        j0 = max(0, pad - dx)
+        j1 = min(W, W + pad - dx)
+        s_first = j0 + dx - pad
+    else:
+        j0 = max(0, dx - pad)
+        j1 = min(W, W + dx - pad)
+        s_first = W - 1 - j0 + dx - pad
+    n = j1 - j0
+    i0 = max(0, pad - dy)
+    i1 = min(H, H + pad - dy)
+    for c in range(C):
+        for i in range(H):
+            o = (c * H + i) * W
+            if i < i0 or i >= i1:
+                for j in range(W):
+                    orow[o + j] = zero
+                continue
+            s = (c * H + i + dy - pad) * W + s_first
+            for j in range(j0):
+                orow[o + j] = zero
+            o2 = o + j0
+            if flip == 0:
+                for k in range(n):
+                    orow[o2 + k] = T(xs[s + k]) - mean[o2 + k]
+            else:
+                for k in range(n):
+                    orow[o2 + k] = T(xs[s - k]) - mean[o2 + k]
+            for j in range(j1, W):
+                orow[o + j] = zero
 
 
 @njit(parallel=True, cache=True)
 def _augment_rows(X, y, idx, start, C, H, W, mode, pad, k0, k1, s0, s1, mean, out, yout,
                   with_labels):
     """out[r] = the augmented row X[idx[r]] minus mean; yout[r] = y[idx[r]]."""
-    B = out.shape[0]
-    T = out.dtype.type
-    zero = T(0)
     span = np.uint64(2 * pad + 1)
-    for r in prange(B):
+    for r in prange(out.shape[0]):
         src = idx[r]
         flip = 0
         dx = pad
@@ -41,35 +76,7 @@ def _augment_rows(X, y, idx, start, C, H, W, mode, pad, k0, k1, s0, s1, mean, ou
                 dy = np.int64((q2 * span) >> _S32)
         if with_labels:
             yout[r] = y[src]
-        # columns j whose source column sj lies in [0, W): [j0, j1); the source of j0
-        # is s_first, stepping +1 (no flip) or -1 (flip)
-        if flip == 0:
-            j0 = max(0, pad - dx)
-            j1 = min(W, W + pad - dx)
-            s_first = j0 + dx - pad
-        else:
-            j0 = max(0, dx - pad)
-            j1 = min(W, W + dx - pad)
-            s_first = W - 1 - j0 + dx - pad
-        for c in range(C):
-            for i in range(H):
-                o = (c * H + i) * W
-                si = i + dy - pad
-                if si < 0 or si >= H:
-                    for j in range(W):
-                        out[r, o + j] = zero
-                    continue
-                s = (c * H + si) * W + s_first
-                for j in range(j0):
-                    out[r, o + j] = zero
-                if flip == 0:
-                    for j in range(j0, j1):
-                        out[r, o + j] = T(X[src, s + (j - j0)]) - mean[o + j]
-                else:
-                    for j in range(j0, j1):
-                        out[r, o + j] = T(X[src, s - (j - j0)]) - mean[o + j]
-                for j in range(j1, W):
-                    out[r, o + j] = zero
+        _augment_row(X[src], out[r], mean, C, H, W, pad, flip, dx, dy)
 
 
 def augment_gather(X, y, perm, b, batch_size, image_shape, mode="crop", pad=4, seed=0,
