@@ -16,7 +16,7 @@ import pytest
 from fcgpu import augment, augment_spec, fused
 from fcgpu import random as frandom
 from fcgpu.cpu import augment as cpu_augment
-from gpu_util import bits_equal
+from gpu_util import bits_equal, cupy, requires_gpu
 
 MODES = ("none", "flip", "crop")
 SHAPES = [(3, 7, 5), (2, 6, 9)]     # H != W, so a swapped axis shows
@@ -311,11 +311,11 @@ def test_argument_errors(rng):
 # ----------------------------------------------------------------- the GPU
 
 @pytest.mark.gpu
+@requires_gpu
 @pytest.mark.parametrize("in_dtype", [np.uint8, np.float32, np.float64])
 @pytest.mark.parametrize("out_dtype", [np.float32, np.float64])
 def test_cuda_bit_identical_to_reference(rng, in_dtype, out_dtype):
-    from conftest import cupy_or_skip
-    cp = cupy_or_skip()
+    cp = cupy()
     for shape in [(3, 7, 5), (3, 32, 32)]:
         n = 600
         X = _images(rng, n, shape, in_dtype, specials=True)
