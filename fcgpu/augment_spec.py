@@ -67,7 +67,7 @@ from .random import check_seed, philox4x32_10
 __all__ = ["MODES", "DEFAULT_PAD", "AUGMENT_STREAM_BASE", "INPUT_DTYPES", "OUTPUT_DTYPES",
            "augment_stream", "check_mode", "check_image_shape", "check_pad", "check_epoch",
            "check_out_dtype", "check_input_dtype", "batch_positions", "draws_reference",
-           "augment_gather_reference", "check_gather_args", "GatherArgs"]
+           "augment_gather_reference", "check_gather_args", "check_rows", "GatherArgs"]
 
 MODES = ("none", "flip", "crop")
 MODE_CODES = {"none": 0, "flip": 1, "crop": 2}   # kernels/augment.cu AugmentMode
