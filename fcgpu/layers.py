@@ -174,17 +174,40 @@ def svm_loss(x, y):
     return loss, positive / n
 
 
-def softmax_loss(x, y):
-    """Softmax cross-entropy: ``(loss, dx)`` averaged over the batch."""
+def _check_smoothing(eps):
+    try:
+        eps = float(eps)
+    except (TypeError, ValueError):
+        raise ValueError("softmax_loss: label_smoothing must be a number, got %r" % (eps,)) from None
+    if not 0.0 <= eps < 1.0:  # also rejects NaN
+        raise ValueError("softmax_loss: label_smoothing must be in [0, 1), got %r" % (eps,))
+    return eps
+
+
+def softmax_loss(x, y, label_smoothing=0.0):
+    """Softmax cross-entropy: ``(loss, dx)`` averaged over the batch.
+
+    ``label_smoothing`` = eps > 0 trains against the target distribution
+    ``q = (1 - eps) * onehot(y) + eps / C`` instead of ``onehot(y)``: the loss is
+    ``-sum_k q_k log p_k`` averaged over the batch and ``dx = (p - q) / N``. The
+    default (0) is the course's loss, computed exactly as before."""
     _check_scores(x, y, "softmax_loss")
+    eps = _check_smoothing(label_smoothing)
     xp = get_array_module(x)
-    n = x.shape[0]
+    n, c = x.shape
     rows = xp.arange(n)
     shifted = x - x.max(axis=1, keepdims=True)
     log_z = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
     log_probs = shifted - log_z
-    loss = -log_probs[rows, y].sum() / n
+    if eps == 0.0:
+        loss = -log_probs[rows, y].sum() / n
+        dx = xp.exp(log_probs)
+        dx[rows, y] -= 1
+        dx /= n
+        return loss, dx
+    loss = -((1.0 - eps) * log_probs[rows, y].sum() + (eps / c) * log_probs.sum()) / n
     dx = xp.exp(log_probs)
-    dx[rows, y] -= 1
+    dx -= eps / c
+    dx[rows, y] -= 1.0 - eps
     dx /= n
     return loss, dx

@@ -3,6 +3,7 @@ backend the machine has (the ``xp`` fixture)."""
 import numpy as np
 import pytest
 
+from fcgpu.backend import get_array_module
 from fcgpu.gradient_check import eval_numerical_gradient, eval_numerical_gradient_array
 from fcgpu.layers import (affine_backward, affine_forward, batchnorm_backward,
                           batchnorm_forward, dropout_backward, dropout_forward, relu_backward,
@@ -176,6 +177,61 @@ def test_softmax_loss(xp, rng):
     # numerically stable for huge scores
     big_loss, _ = softmax_loss(x * 1e6, y)
     assert np.isfinite(float(big_loss))
+
+
+def _course_softmax_loss(x, y):
+    """The course framework's softmax_loss, verbatim in xp code."""
+    xp = get_array_module(x)
+    shifted_logits = x - xp.max(x, axis=1, keepdims=True)
+    Z = xp.sum(xp.exp(shifted_logits), axis=1, keepdims=True)
+    log_probs = shifted_logits - xp.log(Z)
+    probs = xp.exp(log_probs)
+    N = x.shape[0]
+    loss = -xp.sum(log_probs[xp.arange(N), y]) / N
+    dx = probs.copy()
+    dx[xp.arange(N), y] -= 1
+    dx /= N
+    return loss, dx
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_loss_default_is_the_course_loss(xp, rng, dtype):
+    x = randn(xp, rng, 37, 10, scale=3.0).astype(dtype)
+    y = xp.asarray(rng.integers(10, size=37))
+    loss, dx = softmax_loss(x, y)
+    ref_loss, ref_dx = _course_softmax_loss(x, y)
+    assert float(loss) == float(ref_loss)
+    assert dx.dtype == ref_dx.dtype and bool((dx == ref_dx).all())
+    loss0, dx0 = softmax_loss(x, y, label_smoothing=0.0)
+    assert float(loss0) == float(loss) and bool((dx0 == dx).all())
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.37])
+def test_softmax_loss_label_smoothing(xp, rng, eps):
+    n, c = 23, 7
+    x = randn(xp, rng, n, c, scale=2.0)
+    y = xp.asarray(rng.integers(c, size=n))
+    loss, dx = softmax_loss(x, y, label_smoothing=eps)
+    # cross-entropy against the smoothed targets, written out in float64
+    xh, yh = np.asarray(x.get() if hasattr(x, "get") else x), np.asarray(
+        y.get() if hasattr(y, "get") else y)
+    logp = xh - xh.max(axis=1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    q = np.full((n, c), eps / c)
+    q[np.arange(n), yh] += 1 - eps
+    assert abs(float(loss) - float(-(q * logp).sum() / n)) < 1e-12
+    assert rel_error(dx, (np.exp(logp) - q) / n) < 1e-10
+    dx_num = eval_numerical_gradient(lambda v: softmax_loss(v, y, label_smoothing=eps)[0], x,
+                                     verbose=False)
+    # entries near p = eps / C are close to 0: measured against the largest entry
+    assert max_rel_error(dx, dx_num) < 1e-7
+
+
+def test_softmax_loss_label_smoothing_errors(xp):
+    x, y = xp.ones((4, 3)), xp.zeros(4, dtype=int)
+    for bad in (-0.1, 1.0, float("nan"), "a", None):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            softmax_loss(x, y, label_smoothing=bad)
 
 
 def test_svm_loss(xp, rng):

@@ -58,12 +58,18 @@ def _graph_names():
     return names
 
 
+def _augment_names():
+    return [f"fcgpu_augment_gather<{ti}, {to}>" for ti in ("unsigned char",) + CTYPES
+            for to in CTYPES]
+
+
 # module name -> (source file in kernels/, the kernels' name expressions)
 MODULES = {
     "dropout": ("dropout.cu", tuple(_flat_names())),
     "batchnorm": ("batchnorm.cu", tuple(_bn_names())),
     "optim": ("optim.cu", tuple(_optim_names())),
     "graph": ("graph.cu", tuple(_graph_names())),
+    "augment": ("augment.cu", tuple(_augment_names())),
 }
 
 

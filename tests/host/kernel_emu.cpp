@@ -23,6 +23,7 @@ std::barrier<>* emu_block_barrier = nullptr;
 #include "batchnorm.cu"
 #include "optim.cu"
 #include "graph.cu"
+#include "augment.cu"
 
 namespace {
 
@@ -74,11 +75,15 @@ struct Entry {
   EMU_REG(false, fcgpu_gather_rows<T, true>), EMU_REG(false, fcgpu_gather_rows<T, false>), \
       EMU_REG(false, fcgpu_graph_advance<T>)
 
+#define EMU_AUGMENT(TI) \
+  EMU_REG(false, fcgpu_augment_gather<TI, float>), EMU_REG(false, fcgpu_augment_gather<TI, double>)
+
 const std::map<std::string, Entry>& registry() {
   static const std::map<std::string, Entry> reg = {
       EMU_FLAT(float), EMU_FLAT(double), EMU_REG(false, fcgpu_dropout_mask),
       EMU_BN(float), EMU_BN(double), EMU_OPTIM(float), EMU_OPTIM(double),
       EMU_GRAPH(float), EMU_GRAPH(double),
+      EMU_AUGMENT(unsigned char), EMU_AUGMENT(float), EMU_AUGMENT(double),
   };
   return reg;
 }

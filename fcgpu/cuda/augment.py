@@ -1,0 +1,103 @@
+"""Launcher of ``kernels/augment.cu``: the augmenting minibatch gather on CuPy arrays.
+
+Same signature and results (bit for bit) as :func:`fcgpu.augment_spec.augment_gather_reference`.
+For a step captured in a CUDA graph, ``b`` and ``epoch`` may be one-element uint64
+device arrays: the kernel reads them when it runs, and with ``out``/``y_out`` given
+(static buffers) a launch allocates nothing and does no host work beyond the launch.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from ..augment_spec import MODE_CODES, check_gather_args
+from ..backend import is_cupy_array, require_cupy
+from .module import get_kernel
+
+__all__ = ["augment_gather", "kernel_name"]
+
+THREADS = 256
+ELEMS_PER_THREAD = 4    # output elements of one row per thread (the row's draw is redone per thread)
+MAX_GRID_X = 64
+MAX_GRID_Y = 65535
+_CTYPE = {np.dtype(np.uint8): "unsigned char", np.dtype(np.float32): "float",
+          np.dtype(np.float64): "double"}
+_u64 = np.uint64
+_NULL = np.uint64(0)
+
+
+def _cp():
+    return require_cupy()
+
+
+def kernel_name(in_dtype, out_dtype):
+    return "fcgpu_augment_gather<%s, %s>" % (_CTYPE[np.dtype(in_dtype)], _CTYPE[np.dtype(out_dtype)])
+
+
+def _device_array(a, what, dtype=None):
+    """``a`` as a C-contiguous CuPy array (converted to ``dtype`` if it differs)."""
+    cp = _cp()
+    if not is_cupy_array(a):
+        raise ValueError("%s must be a CuPy array on the CUDA path, got %s"
+                         % (what, type(a).__name__))
+    if (dtype is not None and a.dtype != dtype) or not a.flags.c_contiguous:
+        a = cp.ascontiguousarray(a, dtype=dtype)
+    return a
+
+
+def _counter(value, what):
+    """``(value, pointer)`` for a kernel argument given as an int (by value) or as a
+    one-element uint64 device array (read when the kernel runs)."""
+    if isinstance(value, numbers.Integral):
+        return _u64(int(value)), _NULL
+    if (not is_cupy_array(value) or value.dtype != np.uint64 or value.size < 1
+            or not value.flags.c_contiguous):
+        raise ValueError("%s must be an integer or a contiguous uint64 CuPy array of at least "
+                         "one element, got %s" % (what, getattr(value, "dtype", type(value).__name__)))
+    return _NULL, value
+
+
+def _out(buf, shape, dtype, what):
+    cp = _cp()
+    if buf is None:
+        return cp.empty(shape, dtype=dtype)
+    if (not is_cupy_array(buf) or tuple(buf.shape) != shape or buf.dtype != dtype
+            or not buf.flags.c_contiguous):
+        raise ValueError("%s must be a C-contiguous %s CuPy array of %s"
+                         % (what, shape, np.dtype(dtype).name))
+    return buf
+
+
+def augment_gather(X, y, perm, b, batch_size, image_shape, mode="crop", pad=4, seed=0,
+                   epoch=0, mean=None, out_dtype=np.float32, out=None, y_out=None):
+    """``(Xb, yb)`` on the device (see :mod:`fcgpu.augment_spec`)."""
+    a = check_gather_args(X, y, perm, b, batch_size, image_shape, mode, pad, seed, epoch, mean,
+                          out_dtype, device_counters=True)
+    B, d, T = a.batch, a.d, a.out_dtype
+    if d >= 2 ** 32:
+        raise ValueError("augment: images of %d values are too large (the kernel indexes a "
+                         "row with 32 bits)" % d)
+    Xc = _device_array(a.X, "X")
+    perm_d = _device_array(a.perm, "perm", np.int64)
+    b_val, b_ptr = _counter(a.b, "batch index b")
+    e_val, e_ptr = _counter(a.epoch, "epoch")
+    mean_d = _NULL if a.mean is None else _device_array(a.mean, "mean")
+    Xb = _out(out, (B, d), T, "out")
+    if a.y is None:
+        y_d, yb = _NULL, None
+    else:
+        y_d = _device_array(a.y, "y", np.int64)
+        yb = _out(y_out, (B,), np.int64, "y_out")
+    if d == 0:
+        return Xb, yb
+    C, H, W = a.image_shape
+    gx = max(1, min(-(-d // (THREADS * ELEMS_PER_THREAD)), MAX_GRID_X))
+    gy = max(1, min(B, MAX_GRID_Y))
+    with Xc.device:
+        get_kernel(kernel_name(Xc.dtype, T))(
+            (gx, gy), (THREADS,),
+            (Xc, y_d, perm_d, b_ptr, e_ptr, mean_d, _u64(a.n), _u64(perm_d.size), _u64(C),
+             _u64(H), _u64(W), _u64(B), b_val, e_val, _u64(MODE_CODES[a.mode]), _u64(a.pad),
+             _u64(a.seed), Xb, _NULL if yb is None else yb))
+    return Xb, yb

@@ -1,0 +1,144 @@
+// The augmenting minibatch gather (fcgpu/augment_spec.py has the spec; its reference
+// and the Numba pass give the same bits):
+//
+//   fcgpu_augment_gather<TI, TO>  Xb (B, D) of TO from rows perm[b*B + r] of X (N, D)
+//                                 of TI, each row a C x H x W image: per-sample random
+//                                 horizontal flip and crop with padding, minus the
+//                                 mean image; yb[r] = y[perm[b*B + r]].
+//
+// Sample position q = b*B + r draws philox_block(q, seed, 2^63 + epoch):
+//   flip = r0 >> 31, dx = (r1 * (2*pad + 1)) >> 32, dy = (r2 * (2*pad + 1)) >> 32.
+// Output pixel (c, i, j) reads source (c, i + dy - pad, jj + dx - pad), jj = W-1-j when
+// flipped; outside the image it is 0 (the padding is the mean image).
+//
+// b and epoch come by value, or from device memory when their pointer is not null
+// (a step captured in a CUDA graph reads them when it runs; no host work per step).
+// TI: unsigned char, float, double; TO: float, double.
+#include "philox.cuh"
+
+using fcgpu::u32;
+using fcgpu::u64;
+typedef long long i64;
+
+namespace fcgpu {
+
+// Modes (fcgpu/augment_spec.py: MODE_CODES).
+enum AugmentMode { AUG_NONE = 0, AUG_FLIP = 1, AUG_CROP = 2 };
+
+static constexpr u64 AUGMENT_STREAM_BASE = 0x8000000000000000ull;
+
+// Conversions and the subtraction, rounded to nearest with subnormals kept: CuPy
+// compiles with -ftz=true, which would flush them in plain float arithmetic (and in
+// the float -> double conversion: cvt.ftz.f64.f32).
+template <typename TO>
+struct AugConvert;
+
+template <>
+struct AugConvert<float> {
+  static FCGPU_HD float from(unsigned char v) { return (float)v; }
+  static FCGPU_HD float from(float v) { return v; }
+  static FCGPU_HD float from(double v) {
+#if defined(__CUDA_ARCH__)
+    float r;
+    asm("cvt.rn.f32.f64 %0, %1;" : "=f"(r) : "d"(v));
+    return r;
+#else
+    return (float)v;
+#endif
+  }
+  static FCGPU_HD float sub(float a, float b) {
+#if defined(__CUDA_ARCH__)
+    float r;
+    asm("sub.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+#else
+    return a - b;
+#endif
+  }
+};
+
+template <>
+struct AugConvert<double> {
+  static FCGPU_HD double from(unsigned char v) { return (double)v; }
+  static FCGPU_HD double from(float v) {
+#if defined(__CUDA_ARCH__)
+    double r;
+    asm("cvt.f64.f32 %0, %1;" : "=d"(r) : "f"(v));
+    return r;
+#else
+    return (double)v;
+#endif
+  }
+  static FCGPU_HD double from(double v) { return v; }
+  static FCGPU_HD double sub(double a, double b) { return a - b; }
+};
+
+}  // namespace fcgpu
+
+// grid (gx, gy): blockIdx.y strides over the B rows, x threads over the D = C*H*W
+// output elements of a row (D < 2^32: the launcher checks). Every thread draws its
+// row's Philox block itself (10 rounds, cheaper than a block-wide exchange). Rows past
+// the permutation or with a source outside [0, N) are skipped, as in
+// fcgpu_gather_rows.
+template <typename TI, typename TO>
+__global__ void __launch_bounds__(256)
+fcgpu_augment_gather(const TI* __restrict__ X, const i64* __restrict__ y,
+                     const i64* __restrict__ perm, const u64* __restrict__ b_ptr,
+                     const u64* __restrict__ epoch_ptr, const TO* __restrict__ mean, u64 N,
+                     u64 nperm, u64 C, u64 H, u64 W, u64 B, u64 b_val, u64 epoch_val,
+                     u64 mode, u64 pad, u64 seed, TO* __restrict__ Xb, i64* __restrict__ yb) {
+  typedef fcgpu::AugConvert<TO> cv;
+  const u64 b = b_ptr != nullptr ? *b_ptr : b_val;
+  const u64 stream = fcgpu::AUGMENT_STREAM_BASE + (epoch_ptr != nullptr ? *epoch_ptr : epoch_val);
+  const u32 h = (u32)H, w = (u32)W, p = (u32)pad;
+  const u32 d = (u32)(C * H * W);
+  const u64 span = 2 * pad + 1;
+  const u32 e0 = blockIdx.x * blockDim.x + threadIdx.x;
+  const u32 estride = gridDim.x * blockDim.x;
+  for (u64 r = blockIdx.y; r < B; r += gridDim.y) {
+    const u64 pos = b * B + r;
+    if (pos >= nperm) continue;
+    const i64 src = perm[pos];
+    if (src < 0 || (u64)src >= N) continue;
+    u32 flip = 0, dx = p, dy = p;
+    if (mode != fcgpu::AUG_NONE) {
+      const fcgpu::philox4 q = fcgpu::philox_block(pos, seed, stream);
+      flip = q.v[0] >> 31;
+      if (mode == fcgpu::AUG_CROP) {
+        dx = (u32)(((u64)q.v[1] * span) >> 32);
+        dy = (u32)(((u64)q.v[2] * span) >> 32);
+      }
+    }
+    if (e0 == 0 && yb != nullptr) yb[r] = y[src];
+    const TI* xs = X + (u64)src * d;
+    TO* xd = Xb + r * d;
+    for (u32 e = e0; e < d; e += estride) {
+      const u32 j = e % w;
+      const u32 line = e / w;  // c * H + i
+      const u32 i = line % h;
+      const u32 jj = flip ? w - 1 - j : j;
+      // unsigned: a position above the image wraps to a huge value, so one test each
+      const u32 si = i + dy - p;
+      const u32 sj = jj + dx - p;
+      TO v = TO(0);
+      if (si < h && sj < w) {
+        v = cv::from(xs[(line - i + si) * w + sj]);
+        if (mean != nullptr) v = cv::sub(v, mean[e]);
+      }
+      xd[e] = v;
+    }
+  }
+}
+
+// Explicit instantiations: the set fcgpu/cuda/augment.py asks NVRTC for by name.
+#define FCGPU_AUGMENT_INST(TI, TO)                                                         \
+  template __global__ void fcgpu_augment_gather<TI, TO>(                                   \
+      const TI* __restrict__, const i64* __restrict__, const i64* __restrict__,            \
+      const u64* __restrict__, const u64* __restrict__, const TO* __restrict__, u64, u64,  \
+      u64, u64, u64, u64, u64, u64, u64, u64, u64, TO* __restrict__, i64* __restrict__);
+FCGPU_AUGMENT_INST(unsigned char, float)
+FCGPU_AUGMENT_INST(unsigned char, double)
+FCGPU_AUGMENT_INST(float, float)
+FCGPU_AUGMENT_INST(float, double)
+FCGPU_AUGMENT_INST(double, float)
+FCGPU_AUGMENT_INST(double, double)

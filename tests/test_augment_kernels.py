@@ -1,0 +1,177 @@
+"""kernels/augment.cu without a GPU: the launcher (fcgpu.cuda.augment) against the
+CuPy stand-in of tests/test_kernels_host.py, first checking only its launches (the
+parameter list as nvcc compiled it, grid, block, null pointers), then running the
+kernel itself compiled for the host (tests/host/kernel_emu.cpp) and comparing with
+the reference bit for bit. The nvcc/NVRTC builds, the spill check and the kernel
+list of the emulator are checked in tests/test_kernels_host.py for every kernels/*.cu.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+import test_kernels_host as tkh
+from fcgpu import augment, augment_spec
+from fcgpu.cuda import augment as cuda_augment
+from gpu_util import bits_equal
+from test_kernels_host import emu_lib  # noqa: F401  (the emulator library fixture)
+
+# pointer arguments the augment kernel accepts as null: y, b_ptr, epoch_ptr, mean, yb
+_NULLABLE = {1, 3, 4, 5, 18}
+
+
+@pytest.fixture(scope="module")
+def augment_sigs():
+    if tkh.NVCC is None:
+        pytest.skip("nvcc not found on PATH (CUDA toolkit absent): launch checks skipped")
+    cu = tkh.KERNELS / "augment.cu"
+    res = subprocess.run([tkh.NVCC, "-arch=sm_90", "-std=c++17", "-I%s" % tkh.KERNELS,
+                          "-Xptxas", "-v", "-c", str(cu), "-o", os.devnull],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    text = res.stdout + res.stderr
+    return tkh._signatures({"augment.cu": (text, tkh._parse_ptxas(text))})
+
+
+def _install(monkeypatch, sigs, emu=None):
+    log = []
+    fake = tkh._make_fake_cupy()
+    monkeypatch.setitem(__import__("sys").modules, "cupy", fake)
+    monkeypatch.setattr(cuda_augment, "_cp", lambda: fake)
+    allowed = tkh._null_allowed
+    monkeypatch.setattr(tkh, "_null_allowed", lambda name, k, sig: allowed(name, k, sig) or (
+        name.startswith("fcgpu_augment_gather<") and k in _NULLABLE))
+
+    def get_kernel(name):
+        assert name in sigs, "no compiled kernel named %r" % name
+        return tkh.FakeKernel(name, sigs[name], log, emu, fake.guards)
+    monkeypatch.setattr(cuda_augment, "get_kernel", get_kernel)
+    return log, fake
+
+
+@pytest.fixture
+def fake_launch(augment_sigs, monkeypatch):
+    return _install(monkeypatch, augment_sigs)
+
+
+@pytest.fixture
+def emu_augment(augment_sigs, monkeypatch, emu_lib):  # noqa: F811
+    return _install(monkeypatch, augment_sigs, emu_lib)
+
+
+def _dev(fake, a):
+    out = fake.guards.empty(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
+def test_launch_arguments(fake_launch):
+    log, fake = fake_launch
+    rng = np.random.default_rng(1)
+    for in_dtype, out_dtype in itertools.product((np.uint8, np.float32, np.float64),
+                                                 (np.float32, np.float64)):
+        X = _dev(fake, rng.integers(0, 255, (12, 3 * 32 * 32)).astype(in_dtype))
+        perm = _dev(fake, rng.permutation(12))
+        y = _dev(fake, rng.integers(0, 10, 12))
+        mean = _dev(fake, rng.random(3072).astype(out_dtype))
+        log.clear()
+        augment.augment_gather(X, y, perm, 1, 5, (3, 32, 32), "crop", 4, 3, 2, mean, out_dtype)
+        augment.augment_gather(X, None, perm, _dev(fake, np.array([0], np.uint64)), 5,
+                               (3, 32, 32), "flip", 4, 3, _dev(fake, np.array([7], np.uint64)))
+        names = [entry[0] for entry in log]
+        assert names == [cuda_augment.kernel_name(in_dtype, out_dtype),
+                         cuda_augment.kernel_name(in_dtype, np.float32)]
+        for _, grid, block in log:
+            assert block == (256,) and grid == (3, 5)
+
+
+def test_launch_errors(fake_launch):
+    _, fake = fake_launch
+    X = _dev(fake, np.zeros((6, 12), np.uint8))
+    perm = _dev(fake, np.arange(6))
+    with pytest.raises(ValueError, match="batch index b must be an integer or a contiguous uint64"):
+        augment.augment_gather(X, None, perm, _dev(fake, np.zeros(1, np.int64)), 2, (3, 2, 2),
+                               "none")
+    with pytest.raises(ValueError, match="epoch must be an integer or"):
+        augment.augment_gather(X, None, perm, 0, 2, (3, 2, 2), "none",
+                               epoch=_dev(fake, np.zeros(1, np.float64)))
+    with pytest.raises(ValueError, match="perm must be a CuPy array"):
+        augment.augment_gather(X, None, np.arange(6), 0, 2, (3, 2, 2), "none")
+    with pytest.raises(ValueError, match="out must be a C-contiguous"):
+        augment.augment_gather(X, None, perm, 0, 2, (3, 2, 2), "none",
+                               out=_dev(fake, np.zeros((2, 12), np.float64)))
+
+
+@pytest.mark.parametrize("in_dtype", [np.uint8, np.float32, np.float64])
+def test_emulated_kernel_bit_identical_to_reference(emu_augment, in_dtype):
+    log, fake = emu_augment
+    rng = np.random.default_rng(17)
+    for shape in [(3, 7, 5), (2, 6, 9)]:
+        n = 40
+        d = int(np.prod(shape))
+        if in_dtype == np.uint8:
+            X = rng.integers(0, 256, (n, d)).astype(np.uint8)
+        else:
+            X = (rng.standard_normal((n, d)) * 50).astype(in_dtype)
+            X[0, :4] = [-0.0, np.finfo(in_dtype).tiny / 5, np.inf, 1e30]
+        y = rng.integers(0, 10, n)
+        perm = rng.permutation(n)
+        Xd, yd, pd = _dev(fake, X), _dev(fake, y), _dev(fake, perm)
+        for out_dtype, B, pad, mode, with_mean in itertools.product(
+                (np.float32, np.float64), (1, 7, 33), (0, 1, 4), ("none", "flip", "crop"),
+                (False, True)):
+            b = int(rng.integers(0, n // B))
+            seed, epoch = int(rng.integers(0, 2 ** 64, dtype=np.uint64)), int(rng.integers(0, 99))
+            mean = rng.uniform(0, 255, d) if with_mean else None
+            want, ywant = augment_spec.augment_gather_reference(
+                X, y, perm, b, B, shape, mode, pad, seed, epoch, mean, out_dtype)
+            md = None if mean is None else _dev(fake, mean.astype(out_dtype))
+            got, yb = augment.augment_gather(Xd, yd, pd, b, B, shape, mode, pad, seed, epoch, md,
+                                             out_dtype)
+            assert bits_equal(np.asarray(got).view(np.ndarray), want), (shape, B, pad, mode)
+            assert np.array_equal(np.asarray(yb), ywant)
+            # b and epoch from "device memory", into given buffers
+            out = fake.guards.empty(want.shape, want.dtype)
+            y_out = fake.guards.empty((B,), np.int64)
+            augment.augment_gather(Xd, yd, pd, _dev(fake, np.array([b], np.uint64)), B, shape,
+                                   mode, pad, seed, _dev(fake, np.array([epoch], np.uint64)),
+                                   md, out_dtype, out, y_out)
+            assert bits_equal(np.asarray(out).view(np.ndarray), want)
+            assert np.array_equal(np.asarray(y_out), ywant)
+
+
+def test_emulated_kernel_skips_rows_past_the_permutation(emu_augment):
+    """A device batch index past the permutation leaves those rows untouched (as
+    fcgpu_gather_rows does), and rows whose source is out of range too."""
+    _, fake = emu_augment
+    X = _dev(fake, np.full((4, 12), 7, np.uint8))
+    perm = _dev(fake, np.array([0, 1, 2, 9]))
+    out = fake.guards.empty((2, 12), np.float32)
+    out[...] = -1
+    augment.augment_gather(X, None, perm, _dev(fake, np.array([1], np.uint64)), 2, (3, 2, 2),
+                           "none", out=out)
+    assert np.all(np.asarray(out)[0] == 7) and np.all(np.asarray(out)[1] == -1)
+    out[...] = -1
+    augment.augment_gather(X, None, perm, _dev(fake, np.array([2], np.uint64)), 2, (3, 2, 2),
+                           "none", out=out)
+    assert np.all(np.asarray(out) == -1)
+
+
+def test_ptx_keeps_subnormals_under_ftz():
+    """CuPy compiles with -ftz=true; the kernel's float arithmetic must not flush
+    (its conversions and subtraction are written in PTX without .ftz)."""
+    if tkh.NVCC is None:
+        pytest.skip("nvcc not found on PATH (CUDA toolkit absent)")
+    res = subprocess.run([tkh.NVCC, "-arch=sm_90", "-std=c++17", "-I%s" % tkh.KERNELS,
+                          "-ftz=true", "--ptx", str(tkh.KERNELS / "augment.cu"), "-o", "-"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    float_ops = [line.split()[0] for line in res.stdout.splitlines()
+                 if line.strip().startswith(("sub.", "cvt.", "add.", "mul.", "fma."))
+                 and ".f32" in line]
+    assert float_ops, "no float instructions found in the PTX"
+    assert not [op for op in float_ops if ".ftz" in op], float_ops
