@@ -163,7 +163,8 @@ def run_optim(cp, dtype, rng):
                   and rel(d[3].get(), h[3]) < tol(dtype), "adam_step " + tag)
             d, h = _views(cp, hosts, n, misaligned)
             ops.adam_step_device(d[0], d[1], d[2], d[3], cp.asarray([1e-3]),
-                                 cp.asarray(np.array([3], np.uint64)), 0.9, 0.999, 1e-8)
+                                 cp.asarray(ops.bias_corrections(0.9, 0.999, 1, 4)),
+                                 cp.asarray(np.array([2], np.uint64)), 0.9, 0.999, 1e-8)
             ref = fused_optim.adam_step_ref(h[0], h[1], h[2], h[3], 1e-3, 0.9, 0.999, 1e-8, 3)
             check(rel(d[0].get(), ref) < tol(dtype), "adam_step_device " + tag)
             for code, rule, key in ((ops.RULE_SGD, "sgd", None),
