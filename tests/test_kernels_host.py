@@ -26,6 +26,7 @@ from fcgpu import random as frandom
 from fcgpu.cuda import module as cmod
 from fcgpu.cuda.ops import chunk_layout
 from gpu_util import assert_close, bits_equal, bn_backward_magnitudes, mask_window
+from helpers import check_exact_steps_on_edge_values
 from test_kernels_nvcc import CXXFILT, nvcc_reports  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -738,6 +739,16 @@ def test_emulated_dropout_and_relu_dropout(emu_cuda, dtype, p):
                                                               yref, p)), label
         m = ops.dropout_mask(xn.shape, p, seed, stream)
         assert np.array_equal(np.asarray(m), frandom.dropout_mask(xn.shape, p, seed, stream)), label
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_emulated_exact_steps_on_edge_values(emu_cuda, dtype):
+    """Subnormals, signed zeros, NaN and infinities through the host build of the
+    kernels: relu is numpy.maximum(x, 0) exactly (-0.0 gives +0.0). (On the GPU the
+    same check, tests/test_kernels_gpu.py, also meets CuPy's -ftz=true.)"""
+    ops, _ = emu_cuda
+    check_exact_steps_on_edge_values(ops, _fake, lambda a: np.asarray(a).view(np.ndarray),
+                                     dtype)
 
 
 def test_emulated_mask_tails(emu_cuda):
