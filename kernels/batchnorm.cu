@@ -143,11 +143,25 @@ fcgpu_bn_bwd_finalize(const T* __restrict__ ws_sdy, const T* __restrict__ ws_sdy
 
 // 2-D vector path. Requires D % 4 == 0 and a, b, c, y 16-byte aligned. Thread
 // (x, y) owns columns 4q .. 4q+3 (q < D/4) and rows y, y + stride, ...
-// Launch bounds: the fp32 forward passes are held to 32 registers (8 blocks of 256
-// per SM, full occupancy), the fp32 backward ones to 6 blocks and fp64 to 3, all
-// without spilling (tests/test_kernels_host.py checks it).
+// Launch bounds: the fp32 forward passes are held to full occupancy (as many blocks of
+// 256 as the SM has threads for: 8 on sm_80/90/100, 6 on sm_86/89/120, 4 on sm_75),
+// the fp32 backward ones to 6 blocks (4 on sm_75) and fp64 to 3, all without spilling
+// (tests/test_kernels_nvcc.py checks it for each architecture).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 750
+#define FCGPU_SM_BLOCKS_256 4
+#elif defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 860 || __CUDA_ARCH__ == 870 || \
+                                 __CUDA_ARCH__ == 890 || __CUDA_ARCH__ == 1200 ||  \
+                                 __CUDA_ARCH__ == 1210)
+#define FCGPU_SM_BLOCKS_256 6
+#else
+#define FCGPU_SM_BLOCKS_256 8
+#endif
+#define FCGPU_COL_VEC_BLOCKS(T, OP)                                                     \
+  (sizeof(T) == 4 ? ((OP) <= 2 ? FCGPU_SM_BLOCKS_256                                    \
+                               : (FCGPU_SM_BLOCKS_256 < 6 ? FCGPU_SM_BLOCKS_256 : 6)) \
+                  : 3)
 template <typename T, int OP>
-__global__ void __launch_bounds__(256, sizeof(T) == 4 ? (OP <= 2 ? 8 : 6) : 3)
+__global__ void __launch_bounds__(256, FCGPU_COL_VEC_BLOCKS(T, OP))
 fcgpu_col_vec(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ c,
               T* __restrict__ y, u64 N, u64 D, const T* __restrict__ p0,
               const T* __restrict__ p1, const T* __restrict__ p2, const T* __restrict__ p3,

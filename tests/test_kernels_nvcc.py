@@ -1,8 +1,8 @@
 """The kernels as the CUDA compilers see them (no GPU needed).
 
 * every ``kernels/*.cu`` compiles with the local ``nvcc`` (``-Xptxas -v``) for each
-  architecture of ``ARCHS`` with no register spills, and instantiates exactly the
-  kernels that ``fcgpu.cuda`` asks NVRTC for;
+  architecture of ``ARCHS`` with no register spills and no warning, and instantiates
+  exactly the kernels that ``fcgpu.cuda`` asks NVRTC for;
 * built the way CuPy builds them (it appends ``-ftz=true`` to every NVRTC compile),
   the modules whose float32 results must equal NumPy's bit for bit contain no
   ``.ftz`` instruction: float32 subnormals are kept (kernels/ops.cuh);
@@ -189,6 +189,15 @@ def test_nvcc_no_spills(nvcc_matrix, arch):
                 bad.append("%s: %s" % (name, st))
     print("\n%s:\n  %s" % (arch, "\n  ".join(lines)))
     assert not bad, "%s: kernels spill registers:\n  %s" % (arch, "\n  ".join(bad))
+
+
+def test_nvcc_matrix_builds_without_warnings(nvcc_matrix):
+    """No compiler or ptxas warning on any architecture (e.g. launch bounds asking an
+    SM for more resident threads than it has, which ptxas then ignores)."""
+    _, reports = nvcc_matrix
+    for cu, (text, _) in sorted(reports.items()):
+        warnings = sorted({ln.strip() for ln in text.splitlines() if "warning" in ln.lower()})
+        assert not warnings, "%s:\n  %s" % (cu, "\n  ".join(warnings[:10]))
 
 
 def test_nvcc_instantiates_every_name_expression(nvcc_reports):
