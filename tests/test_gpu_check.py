@@ -128,7 +128,8 @@ def test_tests_skipped_for_time_make_the_run_incomplete(tmp_path):
 
 def test_other_skips_in_a_test_step_that_ran_are_listed_not_fatal(tmp_path):
     rc, rows, verdict, out = run_check(
-        tmp_path, {"kernels": junit(passed=30, skipped=2, skip_msg="needs 34.0 GiB of free GPU memory")})
+        tmp_path, {"kernels": junit(passed=30, skipped=2,
+                                    skip_msg="needs 34.0 GiB of free GPU memory")})
     assert (rc, verdict) == (0, "PASSED"), out
     assert "2 skipped" in rows["kernels"][1] and "GiB" in rows["kernels"][1]
 
@@ -151,7 +152,8 @@ def test_failure_outranks_incomplete(tmp_path):
 
 def test_chosen_steps_only_and_the_bench_takes_the_time_left(tmp_path):
     rc, rows, verdict, out = run_check(
-        tmp_path, {"bench": '[ "$STEP_SECONDS" -ge 25 ] || { echo "bench got $STEP_SECONDS s"; exit 1; }'},
+        tmp_path,
+        {"bench": '[ "$STEP_SECONDS" -ge 25 ] || { echo "bench got $STEP_SECONDS s"; exit 1; }'},
         steps="bench,graph", GPU_CHECK_BUDGET_S=40)
     assert (rc, verdict) == (0, "PASSED"), out
     assert list(rows) == ["graph", "bench"]  # the script's order, not the caller's

@@ -64,8 +64,8 @@ def adam_step(w, dw, m, v, lr, beta1, beta2, eps, t):
     """Adam in one kernel (the math of :func:`fcgpu.fused_optim.adam_step_ref`):
     ``m`` and ``v`` are updated in place, a new ``next_w`` is returned. The bias
     corrections ``1 - beta**t`` are :func:`bias_corrections`' float64 numbers, those
-    of the CPU path and of the CUDA-graph step. ``m`` and ``v`` must be C-contiguous arrays of ``w``'s dtype
-    and shape."""
+    of the CPU path and of the CUDA-graph step. ``m`` and ``v`` must be C-contiguous
+    arrays of ``w``'s dtype and shape."""
     cp = ops._cp()
     dt = ops._float_dtype(w, "w")
     w = ops._as_input(w, "w")
