@@ -254,7 +254,7 @@ fcgpu_col_flat(const T* __restrict__ a, const T* __restrict__ b, const T* __rest
 
 // ----------------------------------------------------------------- instantiations
 // The set fcgpu/cuda/ops.py asks NVRTC for by name, so that `nvcc -Xptxas -v`
-// (tests/test_kernels_host.py) reports every one of them.
+// (tests/test_kernels_nvcc.py) reports every one of them.
 #define FCGPU_COL_ARGS(T)                                                                   \
   const T* __restrict__, const T* __restrict__, const T* __restrict__, T* __restrict__, u64, \
       u64, const T* __restrict__, const T* __restrict__, const T* __restrict__,             \

@@ -116,8 +116,8 @@ fcgpu_rule_dev(T* w, const T* __restrict__ dw, T* __restrict__ s, u64 n,
   }
 }
 
-// Explicit instantiations: the set fcgpu/cuda/ops.py asks NVRTC for by name, so that
-// `nvcc -Xptxas -v` (tests/test_kernels_host.py) reports every one of them.
+// Explicit instantiations: the set fcgpu.cuda asks NVRTC for by name, so that
+// `nvcc -Xptxas -v` (tests/test_kernels_nvcc.py) reports every one of them.
 #define FCGPU_ADAM_INST(T, VEC)                                                               \
   template __global__ void fcgpu_adam<T, VEC>(T*, const T*, const T* __restrict__,            \
                                               T* __restrict__, T* __restrict__, u64, double,  \
