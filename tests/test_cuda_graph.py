@@ -613,6 +613,23 @@ def test_emulated_solver_cuda_graph_refuses_a_custom_rule(emu):
         Solver(model, data, update_rule=optim.sgd, cuda_graph=True)
 
 
+def test_emulated_graph_epoch_has_at_most_its_batches(emu):
+    """Adam's bias corrections are uploaded per epoch, one row per batch: a step past
+    the epoch's batches is refused until begin_epoch uploads the next rows."""
+    data = blobs(np.random.default_rng(9))
+    s = _solver(emu.cp, data, np.float32, "adam", True, 0, True, 0.0, cuda_graph=True,
+                epochs=1)
+    s.train()
+    g = s._graph_step
+    with pytest.raises(RuntimeError, match="begin_epoch"):
+        g.step()
+    g.begin_epoch(np.arange(80), s.optim_configs)
+    t0 = s.optim_configs["W1"]["t"]
+    assert _np(g.corr[0, :, 0]).tolist() == [1 - 0.9 ** t
+                                             for t in range(t0 + 1, t0 + 1 + g.per_epoch)]
+    g.step()
+
+
 # ----------------------------------------------------------------- on a GPU
 
 requires_gpu = pytest.mark.skipif(not CUPY_OK, reason="needs CuPy and a CUDA device: %s"
