@@ -6,11 +6,25 @@ CuPy's memory pool is switched off so that every array is its own cudaMalloc and
 access past its end is an error the sanitizer sees. Results are compared with the
 xp references (bit for bit for dropout, 1e-5 / 1e-12 relative otherwise); the
 script exits 1 on a mismatch and 2 if some kernel was never launched.
+
+``--load-times`` first times the first load of each kernel module in two fresh
+processes sharing a new, empty CuPy cache directory: cold (NVRTC compiles), then warm
+(CuPy's on-disk cache, when this CuPy keeps modules built with name expressions).
+``--warm-up`` ends with a small training on CuPy and on NumPy (float32 and float64,
+batchnorm, dropout, every update rule, a CUDA-graph step), so that CuPy's own
+kernels and the Numba CPU path are compiled into their caches before the tests run.
 """
 from __future__ import annotations
 
+import argparse
+import io
+import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
 
 import numpy as np
 
@@ -163,7 +177,8 @@ def run_optim(cp, dtype, rng):
                   and rel(d[3].get(), h[3]) < tol(dtype), "adam_step " + tag)
             d, h = _views(cp, hosts, n, misaligned)
             ops.adam_step_device(d[0], d[1], d[2], d[3], cp.asarray([1e-3]),
-                                 cp.asarray(np.array([3], np.uint64)), 0.9, 0.999, 1e-8)
+                                 cp.asarray(ops.bias_corrections(0.9, 0.999, 1, 4)),
+                                 cp.asarray(np.array([2], np.uint64)), 0.9, 0.999, 1e-8)
             ref = fused_optim.adam_step_ref(h[0], h[1], h[2], h[3], 1e-3, 0.9, 0.999, 1e-8, 3)
             check(rel(d[0].get(), ref) < tol(dtype), "adam_step_device " + tag)
             for code, rule, key in ((ops.RULE_SGD, "sgd", None),
@@ -209,7 +224,89 @@ def run_graph(cp, dtype, rng):
           "dropout_forward DeviceStream %s" % np.dtype(dtype).name)
 
 
-def main():
+def time_module_loads():
+    """``{module: seconds}``: the first ``get_kernel`` of each module in this process
+    (after the CUDA context exists), i.e. an NVRTC build or a cache load, plus the
+    module load."""
+    cp = require_cupy()
+    cp.zeros(1).sum()  # the context, and CuPy's own first kernel, outside the timing
+    cp.cuda.runtime.deviceSynchronize()
+    times = {}
+    for module, (_, names) in cmod.MODULES.items():
+        t0 = time.perf_counter()
+        cmod.get_kernel(names[0])
+        times[module] = time.perf_counter() - t0
+    return times
+
+
+def module_load_times():
+    """Print the cold and the warm load time of every module, each measured in a
+    fresh process, both with one new CuPy cache directory."""
+    version = require_cupy().__version__
+    with tempfile.TemporaryDirectory(prefix="fcgpu-cupy-cache-") as cache:
+        env = dict(os.environ, CUPY_CACHE_DIR=cache)
+        runs = {}
+        for mode in ("cold", "warm"):
+            res = subprocess.run([sys.executable, os.path.abspath(__file__), "--time-loads"],
+                                 env=env, capture_output=True, text=True, timeout=300)
+            if res.returncode != 0:
+                print("module load timing (%s) failed:\n%s%s" % (mode, res.stdout, res.stderr))
+                FAILURES.append("module load timing")
+                return
+            runs[mode] = json.loads(res.stdout.strip().splitlines()[-1])
+        shared = os.environ.get("CUPY_CACHE_DIR")
+        if shared:  # the binaries just built serve the smoke and the tests too
+            shutil.copytree(cache, shared, dirs_exist_ok=True)
+    print("kernel module first load in a fresh process (CuPy %s; cold: empty cache, "
+          "warm: the cache the cold run filled):" % version)
+    for module in cmod.MODULES:
+        cold, warm = runs["cold"][module], runs["warm"][module]
+        print("  %-10s cold %7.3f s   warm %7.3f s" % (module, cold, warm))
+    cold, warm = sum(runs["cold"].values()), sum(runs["warm"].values())
+    print("  %-10s cold %7.3f s   warm %7.3f s   (%s)" % (
+        "all", cold, warm, "the on-disk cache is used" if warm < cold / 3
+        else "NOT cached: every process recompiles (CuPy < 14.1, or 14.1 with a driver < 12.4)"))
+
+
+def warm_up(cp):
+    """Train tiny nets on CuPy and NumPy: CuPy's elementwise and reduction kernels,
+    cuBLAS, and the Numba CPU path get compiled and cached before the tests."""
+    from fcgpu.fc_net import FullyConnectedNet
+    from fcgpu.solver import Solver
+    cp.cuda.set_allocator(cp.get_default_memory_pool().malloc)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(1)
+    data = {"X_train": rng.standard_normal((120, 12)), "y_train": rng.integers(3, size=120),
+            "X_val": rng.standard_normal((40, 12)), "y_val": rng.integers(3, size=40)}
+    runs = 0
+    for xp in (cp, np):
+        for dtype in (np.float32, np.float64):
+            for rule in ("adam", "sgd", "sgd_momentum", "rmsprop"):
+                for graph in ((False, True) if xp is cp else (False,)):
+                    model = FullyConnectedNet([16, 7], input_dim=12, num_classes=3, dropout=0.7,
+                                              use_batchnorm=True, weight_scale=0.1, dtype=dtype,
+                                              seed=3, fresh_masks=True, xp=xp)
+                    Solver(model, data, update_rule=rule, batch_size=20, num_epochs=1,
+                           verbose=False, out=io.StringIO(), seed=1, cuda_graph=graph).train()
+                    model.loss(xp.asarray(data["X_val"], dtype=dtype))
+                    runs += 1
+    cp.cuda.runtime.deviceSynchronize()
+    print("warm-up: %d small trainings (CuPy, NumPy) in %.1f s" % (runs, time.perf_counter() - t0))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--load-times", action="store_true",
+                    help="first time each module's cold and warm load (two fresh processes)")
+    ap.add_argument("--warm-up", action="store_true",
+                    help="end with small trainings that compile CuPy's and Numba's kernels")
+    ap.add_argument("--time-loads", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.time_loads:  # (the child of --load-times)
+        print(json.dumps(time_module_loads()))
+        return 0
+    if args.load_times:
+        module_load_times()
     cp = require_cupy()
     cp.cuda.set_allocator(None)  # every array its own cudaMalloc: the sanitizer sees overruns
     dev = cp.cuda.Device()
@@ -225,6 +322,8 @@ def main():
     launched = {name for (d, name) in cmod._kernels if d == dev.id}
     missing = sorted(set().union(*[set(n) for _, n in cmod.MODULES.values()]) - launched)
     print("kernels launched: %d, never launched: %s" % (len(launched), missing or "none"))
+    if args.warm_up:
+        warm_up(cp)
     if FAILURES:
         print("%d check(s) FAILED" % len(FAILURES))
         return 1

@@ -34,8 +34,8 @@ def _fusable(w, dw, m, v):
 def adam_step(w, dw, m, v, lr, beta1, beta2, eps, t):
     if is_cupy_array(w):
         if all(is_cupy_array(a) for a in (dw, m, v)) and _fusable(w, dw, m, v):
-            from .cuda import ops
-            return ops.adam_step(w, dw, m, v, lr, beta1, beta2, eps, t)
+            from .cuda import train_ops
+            return train_ops.adam_step(w, dw, m, v, lr, beta1, beta2, eps, t)
         return adam_step_ref(w, dw, m, v, lr, beta1, beta2, eps, t)
     if (fused.use_compiled_cpu() and w.flags.c_contiguous and dw.flags.c_contiguous
             and _fusable(w, dw, m, v)):

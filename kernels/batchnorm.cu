@@ -143,11 +143,25 @@ fcgpu_bn_bwd_finalize(const T* __restrict__ ws_sdy, const T* __restrict__ ws_sdy
 
 // 2-D vector path. Requires D % 4 == 0 and a, b, c, y 16-byte aligned. Thread
 // (x, y) owns columns 4q .. 4q+3 (q < D/4) and rows y, y + stride, ...
-// Launch bounds: the fp32 forward passes are held to 32 registers (8 blocks of 256
-// per SM, full occupancy), the fp32 backward ones to 6 blocks and fp64 to 3, all
-// without spilling (tests/test_kernels_host.py checks it).
+// Launch bounds: the fp32 forward passes are held to full occupancy (as many blocks of
+// 256 as the SM has threads for: 8 on sm_80/90/100, 6 on sm_86/89/120, 4 on sm_75),
+// the fp32 backward ones to 6 blocks (4 on sm_75) and fp64 to 3, all without spilling
+// (tests/test_kernels_nvcc.py checks it for each architecture).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 750
+#define FCGPU_SM_BLOCKS_256 4
+#elif defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 860 || __CUDA_ARCH__ == 870 || \
+                                 __CUDA_ARCH__ == 890 || __CUDA_ARCH__ == 1200 ||  \
+                                 __CUDA_ARCH__ == 1210)
+#define FCGPU_SM_BLOCKS_256 6
+#else
+#define FCGPU_SM_BLOCKS_256 8
+#endif
+#define FCGPU_COL_VEC_BLOCKS(T, OP)                                                     \
+  (sizeof(T) == 4 ? ((OP) <= 2 ? FCGPU_SM_BLOCKS_256                                    \
+                               : (FCGPU_SM_BLOCKS_256 < 6 ? FCGPU_SM_BLOCKS_256 : 6)) \
+                  : 3)
 template <typename T, int OP>
-__global__ void __launch_bounds__(256, sizeof(T) == 4 ? (OP <= 2 ? 8 : 6) : 3)
+__global__ void __launch_bounds__(256, FCGPU_COL_VEC_BLOCKS(T, OP))
 fcgpu_col_vec(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ c,
               T* __restrict__ y, u64 N, u64 D, const T* __restrict__ p0,
               const T* __restrict__ p1, const T* __restrict__ p2, const T* __restrict__ p3,
@@ -191,7 +205,9 @@ fcgpu_col_vec(const T* __restrict__ a, const T* __restrict__ b, const T* __restr
 }
 
 // Generic path: any D, any alignment. Grid-stride over Philox blocks of the flat
-// index; the column of the first element comes from one division per block.
+// index. The column of a thread's first element takes one division; after that it
+// advances by the (precomputed) grid stride modulo D, so the loop divides nothing
+// (a 64-bit division per block cost a call, and on sm_80 a register spill).
 template <typename T, int OP>
 __global__ void __launch_bounds__(256)
 fcgpu_col_flat(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ c,
@@ -203,9 +219,12 @@ fcgpu_col_flat(const T* __restrict__ a, const T* __restrict__ b, const T* __rest
   if (traits::rng) stream = fcgpu::dropout_stream(stream_ptr, stream);
   const u64 n = N * D;
   const u64 nblk = (n + 3) >> 2;
-  const bool small = n <= 0xFFFFFFFFull;
   const u64 stride = fcgpu::grid_stride();
-  for (u64 j = fcgpu::global_thread_id(); j < nblk; j += stride) {
+  const u64 j0 = fcgpu::global_thread_id();
+  if (j0 >= nblk) return;
+  u64 col0 = (j0 << 2) % D;            // column of element 4j
+  const u64 col_step = (stride << 2) % D;
+  for (u64 j = j0; j < nblk; j += stride) {
     u32 rr[4] = {0u, 0u, 0u, 0u};
     if (traits::rng) {
       const fcgpu::philox4 ph = fcgpu::philox_block(j, seed, stream);
@@ -215,7 +234,7 @@ fcgpu_col_flat(const T* __restrict__ a, const T* __restrict__ b, const T* __rest
       rr[3] = ph.v[3];
     }
     const u64 i = j << 2;
-    u64 col = small ? (u64)((u32)i % (u32)D) : i % D;
+    u64 col = col0;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       if (i + k < n) {
@@ -228,12 +247,14 @@ fcgpu_col_flat(const T* __restrict__ a, const T* __restrict__ b, const T* __rest
       }
       col = (col + 1 == D) ? 0 : col + 1;
     }
+    col0 += col_step;
+    if (col0 >= D) col0 -= D;
   }
 }
 
 // ----------------------------------------------------------------- instantiations
 // The set fcgpu/cuda/ops.py asks NVRTC for by name, so that `nvcc -Xptxas -v`
-// (tests/test_kernels_host.py) reports every one of them.
+// (tests/test_kernels_nvcc.py) reports every one of them.
 #define FCGPU_COL_ARGS(T)                                                                   \
   const T* __restrict__, const T* __restrict__, const T* __restrict__, T* __restrict__, u64, \
       u64, const T* __restrict__, const T* __restrict__, const T* __restrict__,             \

@@ -76,7 +76,7 @@ fcgpu_dropout_mask(unsigned char* __restrict__ mask, u64 n, u64 seed, u64 stream
 }
 
 // Explicit instantiations: the set fcgpu/cuda/ops.py asks NVRTC for by name, so that
-// `nvcc -Xptxas -v` (tests/test_kernels_host.py) reports every one of them.
+// `nvcc -Xptxas -v` (tests/test_kernels_nvcc.py) reports every one of them.
 #define FCGPU_FLAT_INST(T, OP, VEC)                                                      \
   template __global__ void fcgpu_flat<T, OP, VEC>(const T* __restrict__,               \
                                                   const T* __restrict__, T* __restrict__, \

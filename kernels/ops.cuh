@@ -12,11 +12,26 @@ namespace fcgpu {
 
 // ----------------------------------------------------------------- arithmetic
 
-// A multiply rounded once and never fused into an FMA, so that `x * s` is
-// bit-identical to NumPy's. (Host builds of the tests use -ffp-contract=off.)
+// IEEE arithmetic for the steps that must equal NumPy bit for bit.
+//
+// CuPy appends -ftz=true to every NVRTC build, after the caller's options
+// (cupy/cuda/compiler.py), so in device code plain float arithmetic, float
+// comparisons and even the __fmul_rn intrinsic compile to .ftz instructions
+// (mul.rn.ftz.f32, setp.lt.ftz.f32, add.ftz.f32, ...): float32 subnormal inputs and
+// results become zero, where NumPy keeps them. The helpers below are, for float on
+// the device, single PTX instructions written without .ftz in inline asm, which the
+// compiler neither contracts into an FMA nor rewrites: they keep subnormals as
+// IEEE 754 does (subnormal numbers are supported unless .ftz is given). double never
+// flushes; its helpers are the _rn intrinsics (never contracted). Host builds of the
+// tests use the plain operators with -ffp-contract=off.
+//
+// Every multiply is rounded once and never fused into an FMA, so `x * s` is the
+// product NumPy computes.
 FCGPU_HD float mul_rn(float a, float b) {
 #if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
+  float r;
+  asm("mul.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
 #else
   return a * b;
 #endif
@@ -29,6 +44,119 @@ FCGPU_HD double mul_rn(double a, double b) {
 #endif
 }
 
+FCGPU_HD float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("add.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  return a + b;
+#endif
+}
+FCGPU_HD double add_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+FCGPU_HD float sub_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("sub.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  return a - b;
+#endif
+}
+FCGPU_HD double sub_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dsub_rn(a, b);
+#else
+  return a - b;
+#endif
+}
+
+// Correctly rounded (IEEE) division and square root.
+FCGPU_HD float div_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("div.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+#else
+  return a / b;
+#endif
+}
+FCGPU_HD double div_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __ddiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
+FCGPU_HD float sqrt_rn(float v) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("sqrt.rn.f32 %0, %1;" : "=f"(r) : "f"(v));
+  return r;
+#else
+  return __builtin_sqrtf(v);
+#endif
+}
+FCGPU_HD double sqrt_rn(double v) {
+#if defined(__CUDA_ARCH__)
+  return __dsqrt_rn(v);
+#else
+  return __builtin_sqrt(v);
+#endif
+}
+
+// v > 0 (false for NaN), with subnormals compared as themselves.
+FCGPU_HD bool gt_zero(float v) {
+#if defined(__CUDA_ARCH__)
+  unsigned r;
+  asm("{\n\t.reg .pred p;\n\tsetp.gt.f32 p, %1, 0f00000000;\n\tselp.u32 %0, 1, 0, p;\n\t}"
+      : "=r"(r) : "f"(v));
+  return r != 0u;
+#else
+  return v > 0.0f;
+#endif
+}
+FCGPU_HD bool gt_zero(double v) { return v > 0.0; }
+
+// v > 0 or v is NaN (what numpy.maximum(v, 0) passes through unchanged).
+FCGPU_HD bool gt_zero_or_nan(float v) {
+#if defined(__CUDA_ARCH__)
+  unsigned r;
+  asm("{\n\t.reg .pred p;\n\tsetp.gtu.f32 p, %1, 0f00000000;\n\tselp.u32 %0, 1, 0, p;\n\t}"
+      : "=r"(r) : "f"(v));
+  return r != 0u;
+#else
+  return !(v <= 0.0f);
+#endif
+}
+FCGPU_HD bool gt_zero_or_nan(double v) { return !(v <= 0.0); }
+
+// A double hyperparameter rounded once to T (a float subnormal stays one).
+template <typename T>
+FCGPU_HD T narrow(double v);
+template <>
+FCGPU_HD double narrow<double>(double v) {
+  return v;
+}
+template <>
+FCGPU_HD float narrow<float>(double v) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("cvt.rn.f32.f64 %0, %1;" : "=f"(r) : "d"(v));
+  return r;
+#else
+  return (float)v;
+#endif
+}
+
 // Correctly rounded 1 / sqrt(v) in double (the finalize steps run in double).
 FCGPU_HD double inv_sqrt(double v) {
 #if defined(__CUDA_ARCH__)
@@ -38,10 +166,11 @@ FCGPU_HD double inv_sqrt(double v) {
 #endif
 }
 
-// ReLU; NaN propagates like numpy.maximum(x, 0).
+// ReLU as numpy.maximum(x, 0) computes it: x where x > 0 or x is NaN, else +0
+// (so -0.0 and negative subnormals give +0.0, positive subnormals stay).
 template <typename T>
 FCGPU_HD T relu(T v) {
-  return v < T(0) ? T(0) : v;
+  return gt_zero_or_nan(v) ? v : T(0);
 }
 
 // The Philox stream of a dropout pass: the number itself (stream_ptr null), or
@@ -64,7 +193,7 @@ FCGPU_HD T dropout_elem(T x, u32 r, u64 threshold, T s) {
 // keep mask (kept outputs are relu(x) * s > 0), so no mask is needed.
 template <typename T>
 FCGPU_HD T relu_dropout_bwd_elem(T dout, T out, T s) {
-  return out > T(0) ? mul_rn(dout, s) : T(0);
+  return gt_zero(out) ? mul_rn(dout, s) : T(0);
 }
 
 // Batchnorm apply with precomputed per-column scale = gamma * inv_std.

@@ -2,10 +2,13 @@
 //
 //   fcgpu_adam<T, VEC>      Adam with its scalars by value (bias corrections computed
 //                           on the host in float64): m, v in place, next w to `out`.
-//   fcgpu_adam_dev<T, VEC>  the same, reading the step t (u64) and the learning rate
-//                           (double) from device memory: for a training step captured
+//   fcgpu_adam_dev<T, VEC>  the same, reading the learning rate (double) and the bias
+//                           corrections from device memory: for a training step captured
 //                           in a CUDA graph, whose replays must see a new t each time.
-//                           The bias corrections 1 - beta**t are computed per thread.
+//                           The host writes a table of (1 - beta1**t, 1 - beta2**t)
+//                           pairs, one per step of the epoch, computed in Python exactly
+//                           as for fcgpu_adam; the kernel takes pair *index (the graph's
+//                           batch counter).
 //   fcgpu_rule_dev<T, RULE, VEC>
 //                           SGD / SGD with momentum / RMSProp with the learning rate
 //                           read from device memory; w updated in place.
@@ -68,11 +71,12 @@ template <typename T, bool VEC>
 __global__ void __launch_bounds__(256)
 fcgpu_adam_dev(T* out, const T* w, const T* __restrict__ dw, T* __restrict__ m,
                T* __restrict__ v, u64 n, const double* __restrict__ lr_ptr,
-               const u64* __restrict__ t_ptr, double beta1, double beta2, double eps) {
-  const u64 t = *t_ptr;
+               const double* __restrict__ corr, const u64* __restrict__ index, u64 ncorr,
+               double beta1, double beta2, double eps) {
+  const u64 q = *index;
+  if (q >= ncorr) return;  // (the host keeps the index in range)
   const fcgpu::AdamCoefs<T> k =
-      fcgpu::adam_coefs<T>(*lr_ptr, beta1, beta2, eps, fcgpu::bias_correction(beta1, t),
-                           fcgpu::bias_correction(beta2, t));
+      fcgpu::adam_coefs<T>(*lr_ptr, beta1, beta2, eps, corr[2 * q], corr[2 * q + 1]);
   adam_body<T, VEC>(out, w, dw, m, v, n, k);
 }
 
@@ -83,7 +87,8 @@ __global__ void __launch_bounds__(256)
 fcgpu_rule_dev(T* w, const T* __restrict__ dw, T* __restrict__ s, u64 n,
                const double* __restrict__ lr_ptr, double h, double eps) {
   typedef fcgpu::RuleTraits<RULE> traits;
-  const T lr = (T)*lr_ptr, th = (T)h, tomh = (T)(1.0 - h), teps = (T)eps;
+  const T lr = fcgpu::narrow<T>(*lr_ptr), th = fcgpu::narrow<T>(h);
+  const T tomh = fcgpu::narrow<T>(1.0 - h), teps = fcgpu::narrow<T>(eps);
   const u64 ngrp = (n + 3) >> 2;
   const u64 stride = fcgpu::grid_stride();
   for (u64 j = fcgpu::global_thread_id(); j < ngrp; j += stride) {
@@ -111,15 +116,16 @@ fcgpu_rule_dev(T* w, const T* __restrict__ dw, T* __restrict__ s, u64 n,
   }
 }
 
-// Explicit instantiations: the set fcgpu/cuda/ops.py asks NVRTC for by name, so that
-// `nvcc -Xptxas -v` (tests/test_kernels_host.py) reports every one of them.
+// Explicit instantiations: the set fcgpu.cuda asks NVRTC for by name, so that
+// `nvcc -Xptxas -v` (tests/test_kernels_nvcc.py) reports every one of them.
 #define FCGPU_ADAM_INST(T, VEC)                                                               \
   template __global__ void fcgpu_adam<T, VEC>(T*, const T*, const T* __restrict__,            \
                                               T* __restrict__, T* __restrict__, u64, double,  \
                                               double, double, double, double, double);        \
   template __global__ void fcgpu_adam_dev<T, VEC>(                                            \
       T*, const T*, const T* __restrict__, T* __restrict__, T* __restrict__, u64,             \
-      const double* __restrict__, const u64* __restrict__, double, double, double);
+      const double* __restrict__, const double* __restrict__, const u64* __restrict__, u64,   \
+      double, double, double);
 #define FCGPU_RULE_INST(T, RULE, VEC)                                                         \
   template __global__ void fcgpu_rule_dev<T, RULE, VEC>(T*, const T* __restrict__,            \
                                                         T* __restrict__, u64,                 \

@@ -2,43 +2,19 @@
 // variants of SGD, SGD with momentum and RMSProp used inside a captured CUDA graph.
 //
 // __host__ __device__ and header-free like ops.cuh, so tests/host/ compiles the same
-// functions for the CPU. Every product goes through mul_rn (never contracted into an
-// FMA) and the operations follow the order of the xp references (fcgpu.optim,
+// functions for the CPU. Every operation is one of ops.cuh's IEEE helpers (rounded
+// once, never contracted into an FMA, float32 subnormals kept despite CuPy's
+// -ftz=true) and they follow the order of the xp references (fcgpu.optim,
 // fcgpu.fused_optim.adam_step_ref) with the hyperparameters cast to T first, as
-// NumPy/CuPy do with Python floats: the results equal the references bit for bit
-// where the bias corrections are the same numbers (division and square root are
-// correctly rounded on both sides: CuPy builds without fast math).
+// NumPy/CuPy do with Python floats: the results equal the references bit for bit,
+// given the same bias corrections (Adam's 1 - beta**t are computed on the host, in
+// Python, for the plain and the CUDA-graph step alike).
 #ifndef FCGPU_OPTIM_CUH
 #define FCGPU_OPTIM_CUH
 
 #include "ops.cuh"
 
 namespace fcgpu {
-
-FCGPU_HD float sqrt_rn(float v) {
-#if defined(__CUDA_ARCH__)
-  return __fsqrt_rn(v);
-#else
-  return __builtin_sqrtf(v);
-#endif
-}
-FCGPU_HD double sqrt_rn(double v) {
-#if defined(__CUDA_ARCH__)
-  return __dsqrt_rn(v);
-#else
-  return __builtin_sqrt(v);
-#endif
-}
-
-// 1 - beta ** t in double, as Python computes `1 - beta1 ** t` (C pow). CUDA's pow is
-// within 1 ulp of it (and so are the host builds of the tests).
-FCGPU_HD double bias_correction(double beta, u64 t) {
-#if defined(__CUDA_ARCH__)
-  return 1.0 - pow(beta, (double)t);
-#else
-  return 1.0 - __builtin_pow(beta, (double)t);
-#endif
-}
 
 // Adam's scalars, in T (fcgpu.cpu.ops.adam_step casts them the same way).
 template <typename T>
@@ -50,14 +26,14 @@ template <typename T>
 FCGPU_HD AdamCoefs<T> adam_coefs(double lr, double beta1, double beta2, double eps, double c1,
                                  double c2) {
   AdamCoefs<T> k;
-  k.lr = (T)lr;
-  k.b1 = (T)beta1;
-  k.omb1 = (T)(1.0 - beta1);
-  k.b2 = (T)beta2;
-  k.omb2 = (T)(1.0 - beta2);
-  k.c1 = (T)c1;
-  k.c2 = (T)c2;
-  k.eps = (T)eps;
+  k.lr = narrow<T>(lr);
+  k.b1 = narrow<T>(beta1);
+  k.omb1 = narrow<T>(1.0 - beta1);
+  k.b2 = narrow<T>(beta2);
+  k.omb2 = narrow<T>(1.0 - beta2);
+  k.c1 = narrow<T>(c1);
+  k.c2 = narrow<T>(c2);
+  k.eps = narrow<T>(eps);
   return k;
 }
 
@@ -66,11 +42,13 @@ FCGPU_HD AdamCoefs<T> adam_coefs(double lr, double beta1, double beta2, double e
 //   next_w = w - lr * (m / c1) / (sqrt(v / c2) + eps)
 template <typename T>
 FCGPU_HD T adam_elem(T w, T g, T& m, T& v, const AdamCoefs<T>& k) {
-  const T mi = mul_rn(k.b1, m) + mul_rn(k.omb1, g);
-  const T vi = mul_rn(k.b2, v) + mul_rn(k.omb2, mul_rn(g, g));
+  const T mi = add_rn(mul_rn(k.b1, m), mul_rn(k.omb1, g));
+  const T vi = add_rn(mul_rn(k.b2, v), mul_rn(k.omb2, mul_rn(g, g)));
   m = mi;
   v = vi;
-  return w - mul_rn(k.lr, mi / k.c1) / (sqrt_rn(vi / k.c2) + k.eps);
+  const T num = mul_rn(k.lr, div_rn(mi, k.c1));
+  const T den = add_rn(sqrt_rn(div_rn(vi, k.c2)), k.eps);
+  return sub_rn(w, div_rn(num, den));
 }
 
 // The other update rules with the learning rate read at run time (CUDA graphs).
@@ -83,15 +61,15 @@ enum UpdateRule {
 
 template <typename T, int RULE>
 FCGPU_HD T rule_elem(T w, T g, T& s, T lr, T h, T omh, T eps) {
-  if (RULE == RULE_SGD) return w - mul_rn(lr, g);
+  if (RULE == RULE_SGD) return sub_rn(w, mul_rn(lr, g));
   if (RULE == RULE_SGD_MOMENTUM) {
-    const T vel = mul_rn(s, h) - mul_rn(lr, g);
+    const T vel = sub_rn(mul_rn(s, h), mul_rn(lr, g));
     s = vel;
-    return w + vel;
+    return add_rn(w, vel);
   }
-  const T c = mul_rn(s, h) + mul_rn(mul_rn(omh, g), g);
+  const T c = add_rn(mul_rn(s, h), mul_rn(mul_rn(omh, g), g));
   s = c;
-  return w - mul_rn(lr, g) / (sqrt_rn(c) + eps);
+  return sub_rn(w, div_rn(mul_rn(lr, g), add_rn(sqrt_rn(c), eps)));
 }
 
 template <int RULE>

@@ -179,6 +179,7 @@ class _FakeGraph:
 
 def _static_ranges(g):
     arrays = [g.X, g.y, g.Xb, g.yb, g.perm, g.ctr, g.lr, g.loss_buf]
+    arrays += [g.corr] if g.corr is not None else []
     arrays += list(g._params.values()) + list(g._state.values()) + list(g._bn.values())
     return [(a.data.ptr, a.data.ptr + a.nbytes) for a in arrays]
 
@@ -354,15 +355,36 @@ def test_emulated_adam_step_device(emu, dtype, in_place):
         v = _fake(rng.random(n).astype(dtype))
         wn, dwn, mn, vn = (_np(a).copy() for a in (w, dw, m, v))
         lr = cp.asarray(np.array([0.5, 2e-3, 7.0]))[1:2]   # a view: the pointer is offset
-        t = cp.asarray(np.array([9, 42], np.uint64))[1:]
+        # the bias corrections of steps 40..44; the kernel takes row index[0] (t = 42)
+        corr = cp.asarray(ops.bias_corrections(0.8, 0.99, 40, 5))
+        index = cp.asarray(np.array([9, 2], np.uint64))[1:]
         out = None if in_place else cp.empty(n, dtype)
-        res = ops.adam_step_device(w, dw, m, v, lr, t, 0.8, 0.99, 1e-6, out=out)
+        res = ops.adam_step_device(w, dw, m, v, lr, corr, index, 0.8, 0.99, 1e-6, out=out)
         assert res is (w if in_place else out)
         ref = fused_optim.adam_step_ref(wn, dwn, mn, vn, 2e-3, 0.8, 0.99, 1e-6, 42)
         assert bits_equal(_np(res), ref), n
         assert bits_equal(_np(m), mn) and bits_equal(_np(v), vn)
         if not in_place:
             assert bits_equal(_np(w), wn)
+        # an index past the table updates nothing
+        before = [_np(a).copy() for a in (res, m, v)]
+        index.set(np.array([5], np.uint64))
+        ops.adam_step_device(w, dw, m, v, lr, corr, index, 0.8, 0.99, 1e-6, out=out)
+        assert all(bits_equal(_np(a), b) for a, b in zip((res, m, v), before))
+    with pytest.raises(ValueError, match=r"shape \(K, 2\)"):
+        ops.adam_step_device(w, dw, m, v, lr, cp.asarray(np.zeros(4)), index, 0.8, 0.99, 1e-6)
+
+
+def test_bias_corrections_are_the_python_formula():
+    """The one table the plain and the captured Adam step divide by: exactly
+    ``1 - beta**t`` in Python floats, as the references and the CPU path compute it."""
+    from fcgpu.cuda.train_ops import bias_corrections
+    for beta1, beta2 in ((0.9, 0.999), (0.5, 0.99), (0.8, 0.9999)):
+        tab = bias_corrections(beta1, beta2, 3, 2000)
+        assert tab.shape == (2000, 2) and tab.dtype == np.float64
+        for k in (0, 1, 996, 1999):
+            t = 3 + k
+            assert tab[k, 0] == 1 - beta1 ** t and tab[k, 1] == 1 - beta2 ** t
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -591,6 +613,23 @@ def test_emulated_solver_cuda_graph_refuses_a_custom_rule(emu):
         Solver(model, data, update_rule=optim.sgd, cuda_graph=True)
 
 
+def test_emulated_graph_epoch_has_at_most_its_batches(emu):
+    """Adam's bias corrections are uploaded per epoch, one row per batch: a step past
+    the epoch's batches is refused until begin_epoch uploads the next rows."""
+    data = blobs(np.random.default_rng(9))
+    s = _solver(emu.cp, data, np.float32, "adam", True, 0, True, 0.0, cuda_graph=True,
+                epochs=1)
+    s.train()
+    g = s._graph_step
+    with pytest.raises(RuntimeError, match="begin_epoch"):
+        g.step()
+    g.begin_epoch(np.arange(80), s.optim_configs)
+    t0 = s.optim_configs["W1"]["t"]
+    assert _np(g.corr[0, :, 0]).tolist() == [1 - 0.9 ** t
+                                             for t in range(t0 + 1, t0 + 1 + g.per_epoch)]
+    g.step()
+
+
 # ----------------------------------------------------------------- on a GPU
 
 requires_gpu = pytest.mark.skipif(not CUPY_OK, reason="needs CuPy and a CUDA device: %s"
@@ -605,6 +644,78 @@ def cp():
 
 def _tol(dtype):
     return 1e-5 if np.dtype(dtype) == np.float32 else 1e-12
+
+
+def _noise_drift_bound(solver):
+    """The farthest the Solver's update rule can have moved a parameter whose
+    gradient is rounding noise (|g| <= 1 per step for SGD and momentum; any g for
+    Adam and RMSProp, whose steps are normalized: Kingma & Ba's bound
+    lr * max(1, (1 - beta1) / sqrt(1 - beta2)), and lr / sqrt(1 - decay_rate))."""
+    cfg = solver.optim_configs["b1"]
+    rule = solver.update_rule_name
+    if rule == "adam":
+        k = max(1.0, (1 - cfg["beta1"]) / np.sqrt(1 - cfg["beta2"]))
+    elif rule == "rmsprop":
+        k = 1 / np.sqrt(1 - cfg["decay_rate"])
+    elif rule == "sgd_momentum":
+        k = 1 / (1 - cfg["momentum"])
+    else:
+        k = 1.0
+    per_epoch = len(solver.loss_history) // solver.epoch
+    lr_sum = per_epoch * sum(cfg["learning_rate"] / solver.lr_decay ** (solver.epoch - e)
+                             for e in range(solver.epoch))
+    return k * lr_sum
+
+
+def _assert_close_training(host, a, b, rtol):
+    """Solvers a (uncaptured) and b (captured) trained alike, up to rounding: losses,
+    weights, gammas, betas, the last bias and the running variances within ``rtol``.
+    cuBLAS may choose other GEMM algorithms for a captured step, so gradients can
+    differ in the last bits. The biases that feed a batchnorm have a true gradient of
+    zero: Adam and RMSProp turn their noise into full-size steps, different on each
+    side, and batchnorm removes them again. Those biases, and the running means they
+    shift, are compared on the absolute scale of how far noise can move them."""
+    np.testing.assert_allclose(b.loss_history, a.loss_history, rtol=rtol)
+    model = a.model
+    bn_fed = {"b%d" % (i + 1) for i in range(len(model.hidden_dims))} \
+        if model.use_batchnorm else set()
+    drift = 2 * max(_noise_drift_bound(a), _noise_drift_bound(b))
+    for k in model.params:
+        pa, pb = host(a.model.params[k]), host(b.model.params[k])
+        if k in bn_fed:
+            np.testing.assert_allclose(pb, pa, rtol=0, atol=drift, err_msg=k)
+        else:
+            np.testing.assert_allclose(pb, pa, rtol=rtol,
+                                       atol=rtol * max(float(np.abs(pa).max()), 1e-30),
+                                       err_msg=k)
+    for bpa, bpb in zip(a.model.bn_params, b.model.bn_params):
+        ma, mb = host(bpa["running_mean"]), host(bpb["running_mean"])
+        np.testing.assert_allclose(mb, ma, rtol=rtol, atol=drift, err_msg="running_mean")
+        va, vb = host(bpa["running_var"]), host(bpb["running_var"])
+        np.testing.assert_allclose(vb, va, rtol=rtol, atol=rtol, err_msg="running_var")
+
+
+def test_close_training_comparison_can_fail(emu):
+    """The GPU comparison above, on two emulated runs: it passes when only the
+    batchnorm-fed biases (and so the running means) differ by noise-sized steps, and
+    fails when anything else moves, or those biases move farther than noise can."""
+    data = blobs(np.random.default_rng(5))
+    a = _solver(emu.cp, data, np.float32, "adam", True, 0.7, True, 0.0, cuda_graph=False)
+    b = _solver(emu.cp, data, np.float32, "adam", True, 0.7, True, 0.0, cuda_graph=True)
+    a.train()
+    b.train()
+    _assert_close_training(_np, a, b, 1e-3)
+    drift = _noise_drift_bound(a)
+    assert 0 < drift < 1
+    b.model.params["b1"] = b.model.params["b1"] + drift
+    b.model.bn_params[0]["running_mean"] = b.model.bn_params[0]["running_mean"] - drift
+    _assert_close_training(_np, a, b, 1e-3)
+    for key, bump in (("b1", 2.5 * drift), ("W1", 1e-2), ("gamma2", 1e-2), ("b3", 1e-2)):
+        c = _solver(emu.cp, data, np.float32, "adam", True, 0.7, True, 0.0, cuda_graph=False)
+        c.train()
+        c.model.params[key] = c.model.params[key] + bump
+        with pytest.raises(AssertionError, match=key):
+            _assert_close_training(_np, a, c, 1e-3)
 
 
 @pytest.mark.gpu
@@ -626,20 +737,10 @@ def test_gpu_graphed_solver_matches_uncaptured(cp, rule, bn, dropout, fresh, reg
     assert g.counters()["steps"] == steps
     assert g._pool.total_bytes() > 0  # the step's temporaries live in the private pool
     # the same minibatches and dropout masks (other masks would move the losses by far
-    # more): the losses agree to rounding. (cuBLAS may pick another GEMM algorithm on
-    # the side stream of the warm-up step; Adam's bias corrections use the device pow.)
+    # more): the losses agree to rounding
     tol = _tol(dtype)
     np.testing.assert_allclose(graphed.loss_history[0], plain.loss_history[0], rtol=tol)
-    np.testing.assert_allclose(graphed.loss_history, plain.loss_history, rtol=100 * tol)
-    for k in plain.model.params:
-        a, b = cp.asnumpy(plain.model.params[k]), cp.asnumpy(graphed.model.params[k])
-        np.testing.assert_allclose(b, a, rtol=100 * tol,
-                                   atol=100 * tol * max(float(np.abs(a).max()), 1e-30),
-                                   err_msg=k)
-    for bpa, bpb in zip(plain.model.bn_params, graphed.model.bn_params):
-        for key in ("running_mean", "running_var"):
-            a, b = cp.asnumpy(bpa[key]), cp.asnumpy(bpb[key])
-            np.testing.assert_allclose(b, a, rtol=100 * tol, atol=100 * tol, err_msg=key)
+    _assert_close_training(cp.asnumpy, plain, graphed, 100 * tol)
     assert plain.model.dropout_step == graphed.model.dropout_step
     for k, ca in plain.optim_configs.items():
         cb = graphed.optim_configs[k]
@@ -668,10 +769,7 @@ def test_gpu_graphed_solver_continues_after_restore_best(cp):
         s.num_epochs = 2
         s.train()
     assert graphed._graph_step.captures == 1
-    np.testing.assert_allclose(graphed.loss_history, plain.loss_history, rtol=1e-3)
-    for k in plain.model.params:
-        np.testing.assert_allclose(cp.asnumpy(graphed.model.params[k]),
-                                   cp.asnumpy(plain.model.params[k]), rtol=1e-3, atol=1e-5)
+    _assert_close_training(cp.asnumpy, plain, graphed, 1e-3)
 
 
 @pytest.mark.gpu
@@ -709,7 +807,8 @@ def test_gpu_adam_kernels_vs_float64_reference(cp, dtype):
             hm, hv = h[2].copy(), h[3].copy()
             d3 = [cp.asarray(a) for a in (h[0], h[1], hm, hv)]
             ops.adam_step_device(d3[0], d3[1], d3[2], d3[3], cp.asarray([3e-3]),
-                                 cp.asarray(np.array([17], np.uint64)), 0.9, 0.999, 1e-8)
+                                 cp.asarray(ops.bias_corrections(0.9, 0.999, 16, 2)),
+                                 cp.asarray(np.array([1], np.uint64)), 0.9, 0.999, 1e-8)
             assert_close(cp.asnumpy(d3[0]), ref, dtype, "adam_dev next_w " + tag)
 
 

@@ -1,10 +1,7 @@
 """CPU-side checks of the CUDA kernels (CI has no GPU).
 
-(a) every ``kernels/*.cu`` compiles with the local ``nvcc`` for sm_90 with
-    ``-Xptxas -v`` and no register spills, and instantiates exactly the kernels that
-    ``fcgpu.cuda`` asks NVRTC for; where libnvrtc is present, the sources as
-    ``fcgpu.cuda.module`` expands them compile with NVRTC and every name expression
-    resolves (what ``cupy.RawModule`` does at run time);
+(a) the nvcc and NVRTC builds: tests/test_kernels_nvcc.py (whose ptxas reports give
+    the kernels' parameter lists used here);
 (b) ``kernels/philox.cuh`` built by the host C++ compiler reproduces the Random123
     known-answer vectors, the keep thresholds, and ``fcgpu.fused.dropout_mask`` /
     ``fcgpu.random.dropout_mask_reference`` on large arrays;
@@ -15,10 +12,7 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import glob
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -32,164 +26,13 @@ from fcgpu import random as frandom
 from fcgpu.cuda import module as cmod
 from fcgpu.cuda.ops import chunk_layout
 from gpu_util import assert_close, bits_equal, bn_backward_magnitudes, mask_window
+from helpers import check_exact_steps_on_edge_values
+from test_kernels_nvcc import CXXFILT, nvcc_reports  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 KERNELS = REPO / "kernels"
 HOST = Path(__file__).resolve().parent / "host"
-CU_FILES = sorted(KERNELS.glob("*.cu"))
-
-NVCC = shutil.which("nvcc") or (
-    "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
 CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-CXXFILT = shutil.which("c++filt")
-
-
-# ----------------------------------------------------------------- (a) nvcc
-
-def _parse_ptxas(text):
-    """{mangled entry: {'regs': int, 'spill_stores': int, 'spill_loads': int}}."""
-    info = {}
-    current = None
-    for line in text.splitlines():
-        m = re.search(r"Compiling entry function '([^']+)'", line)
-        if m:
-            current = m.group(1)
-            info[current] = {}
-            continue
-        if current is None:
-            continue
-        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
-        if m:
-            info[current]["spill_stores"] = int(m.group(1))
-            info[current]["spill_loads"] = int(m.group(2))
-        m = re.search(r"Used (\d+) registers", line)
-        if m:
-            info[current]["regs"] = int(m.group(1))
-    return info
-
-
-def _demangle(names):
-    if not CXXFILT:
-        return None
-    res = subprocess.run([CXXFILT], input="\n".join(names), capture_output=True, text=True,
-                         check=True)
-    out = {}
-    for mangled, pretty in zip(names, res.stdout.splitlines()):
-        pretty = pretty.strip()
-        if pretty.startswith("void "):
-            pretty = pretty[5:]
-        out[mangled] = pretty.split("(", 1)[0]
-    return out
-
-
-@pytest.fixture(scope="module")
-def nvcc_reports():
-    if NVCC is None:
-        pytest.skip("nvcc not found on PATH (CUDA toolkit absent): kernel compile check skipped")
-    reports = {}
-    for cu in CU_FILES:
-        cmd = [NVCC, "-arch=sm_90", "-std=c++17", "-I%s" % KERNELS, "-Xptxas", "-v",
-               "-c", str(cu), "-o", os.devnull]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        assert res.returncode == 0, "nvcc failed on %s:\n%s%s" % (cu.name, res.stdout, res.stderr)
-        reports[cu.name] = (res.stdout + res.stderr, _parse_ptxas(res.stdout + res.stderr))
-    return reports
-
-
-def test_kernel_sources_are_cuda_only():
-    files = sorted(p.name for p in KERNELS.iterdir() if not p.name.startswith("."))
-    assert files, "kernels/ is empty"
-    assert all(f.endswith((".cu", ".cuh")) for f in files), files
-    for p in KERNELS.iterdir():
-        text = p.read_text()
-        # NVRTC has no host headers: only our own local includes are allowed
-        for inc in re.findall(r'^\s*#\s*include\s*(\S+)', text, re.M):
-            assert inc.startswith('"'), "%s includes %s (not NVRTC-safe)" % (p.name, inc)
-
-
-@pytest.mark.parametrize("cu", [p.name for p in CU_FILES])
-def test_nvcc_sm90_no_spills(nvcc_reports, cu):
-    text, info = nvcc_reports[cu]
-    assert info, "no ptxas report for %s:\n%s" % (cu, text)
-    pretty = _demangle(list(info)) or {}
-    lines = []
-    for mangled, st in sorted(info.items()):
-        name = pretty.get(mangled, mangled)
-        lines.append("%-45s %3s regs  spill %s/%s" % (name, st.get("regs"), st.get("spill_stores"),
-                                                      st.get("spill_loads")))
-        assert st.get("spill_stores") == 0 and st.get("spill_loads") == 0, \
-            "%s spills registers: %s" % (name, st)
-        assert st.get("regs", 999) <= 255
-    print("\n%s (sm_90):\n  %s" % (cu, "\n  ".join(lines)))
-
-
-def test_nvcc_instantiates_every_name_expression(nvcc_reports):
-    if CXXFILT is None:
-        pytest.skip("c++filt not found: cannot demangle the ptxas entry names")
-    for module, (fname, names) in cmod.MODULES.items():
-        _, info = nvcc_reports[fname]
-        compiled = set(_demangle(list(info)).values())
-        assert set(names) == compiled, (module, sorted(set(names) ^ compiled))
-
-
-def _find_nvrtc():
-    cands = []
-    lib = ctypes.util.find_library("nvrtc")
-    if lib:
-        cands.append(lib)
-    for base in sys.path:
-        cands += sorted(glob.glob(os.path.join(base, "nvidia", "cu1*", "lib", "libnvrtc.so*")))
-        cands += sorted(glob.glob(os.path.join(base, "nvidia", "cuda_nvrtc", "lib", "libnvrtc.so*")))
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home:
-            cands += sorted(glob.glob(os.path.join(home, "lib64", "libnvrtc.so*")))
-    for c in cands:
-        if "builtins" in os.path.basename(c):
-            continue
-        try:
-            return ctypes.CDLL(c)
-        except OSError:
-            continue
-    return None
-
-
-@pytest.mark.parametrize("module", sorted(cmod.MODULES))
-def test_nvrtc_compiles_expanded_source_with_name_expressions(module):
-    """What cupy.RawModule(code=..., options=..., name_expressions=...) does."""
-    lib = _find_nvrtc()
-    if lib is None:
-        pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc for this check)")
-    fname, names = cmod.MODULES[module]
-    src = cmod.expand_source(fname, KERNELS)
-    assert "#include" not in re.sub(r"//.*", "", src), "local includes must be expanded"
-    prog = ctypes.c_void_p()
-    assert lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), fname.encode(), 0,
-                                  None, None) == 0
-    try:
-        for n in names:
-            assert lib.nvrtcAddNameExpression(prog, n.encode()) == 0, n
-        opts = list(cmod.compile_options(KERNELS)) + ["-arch=sm_90"]
-        arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
-        rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
-        size = ctypes.c_size_t()
-        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-        log = ctypes.create_string_buffer(max(1, size.value))
-        lib.nvrtcGetProgramLog(prog, log)
-        assert rc == 0, "NVRTC failed on %s:\n%s" % (fname, log.value.decode(errors="replace"))
-        for n in names:
-            lowered = ctypes.c_char_p()
-            assert lib.nvrtcGetLoweredName(prog, n.encode(), ctypes.byref(lowered)) == 0, n
-            assert lowered.value and lowered.value.startswith(b"_Z") or n == "fcgpu_dropout_mask"
-    finally:
-        lib.nvrtcDestroyProgram(ctypes.byref(prog))
-
-
-def test_expand_source_inlines_each_header_once():
-    src = cmod.expand_source("batchnorm.cu", KERNELS)
-    assert src.count("#define FCGPU_PHILOX_CUH") == 1
-    assert src.count("#define FCGPU_OPS_CUH") == 1
-    assert '#line 1 "philox.cuh"' in src
-    assert cmod.kernels_dir() == KERNELS or (cmod.kernels_dir() / "philox.cuh").is_file()
 
 
 # ----------------------------------------------------------------- host builds
@@ -895,6 +738,16 @@ def test_emulated_dropout_and_relu_dropout(emu_cuda, dtype, p):
                                                               yref, p)), label
         m = ops.dropout_mask(xn.shape, p, seed, stream)
         assert np.array_equal(np.asarray(m), fused.dropout_mask(xn.shape, p, seed, stream)), label
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_emulated_exact_steps_on_edge_values(emu_cuda, dtype):
+    """Subnormals, signed zeros, NaN and infinities through the host build of the
+    kernels: relu is numpy.maximum(x, 0) exactly (-0.0 gives +0.0). (On the GPU the
+    same check, tests/test_kernels_gpu.py, also meets CuPy's -ftz=true.)"""
+    ops, _ = emu_cuda
+    check_exact_steps_on_edge_values(ops, _fake, lambda a: np.asarray(a).view(np.ndarray),
+                                     dtype)
 
 
 def test_emulated_mask_tails(emu_cuda):

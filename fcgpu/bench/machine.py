@@ -130,14 +130,49 @@ def gpu_info():
         "driver": None,   # the driver's version as nvidia-smi reports it
     }
     try:
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version",
-                              "--format=csv,noheader", "-i", str(dev.id)],
+        info["pci_bus_id"] = dev.pci_bus_id
+    except Exception:  # (a CuPy or driver that cannot say)
+        info["pci_bus_id"] = None
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=pci.bus_id,driver_version",
+                              "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=20)
-        if smi.returncode == 0 and smi.stdout.strip():
-            info["driver"] = smi.stdout.strip().splitlines()[0].strip()
+        if smi.returncode == 0:
+            info["driver"] = smi_driver_for(info["pci_bus_id"], smi.stdout)
     except (OSError, subprocess.SubprocessError):
         pass
     return info
+
+
+def _bus_key(bus_id):
+    """(domain, bus, device, function) of a PCI bus id such as CUDA's "0000:65:00.0"
+    or nvidia-smi's "00000000:65:00.0" (domains differ in width), or None."""
+    try:
+        head, func = bus_id.strip().rsplit(".", 1)
+        parts = head.split(":")
+        if len(parts) == 2:
+            parts = ["0"] + parts
+        domain, bus, device = parts
+        return int(domain, 16), int(bus, 16), int(device, 16), int(func, 16)
+    except (AttributeError, ValueError):
+        return None
+
+
+def smi_driver_for(pci_bus_id, smi_csv):
+    """The driver version of the GPU at ``pci_bus_id`` in the output of
+    ``nvidia-smi --query-gpu=pci.bus_id,driver_version --format=csv,noheader``.
+
+    nvidia-smi numbers GPUs its own way (PCI order, all of them), the CUDA device id
+    counts the GPUs CUDA_VISIBLE_DEVICES leaves in CUDA's order: the PCI bus id is
+    what both name alike. None when no line matches."""
+    want = _bus_key(pci_bus_id) if pci_bus_id else None
+    if want is None:
+        return None
+    for line in smi_csv.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) >= 2 and _bus_key(fields[0]) == want and fields[1]:
+            return fields[1]
+    return None
 
 
 def machine_info():

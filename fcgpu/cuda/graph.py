@@ -14,6 +14,13 @@ read it when they run:
   static buffers ``Xb`` (B, D) and ``yb`` (B,) (``fcgpu_gather_rows``);
 * ``lr`` (float64[P]): each parameter's learning rate, written by the host once per
   epoch (after the Solver's per-epoch decay), never recaptured for it;
+* ``corr`` (Adam only, float64[P, batches per epoch, 2]): the bias corrections
+  ``(1 - beta1**t, 1 - beta2**t)`` of each step of the epoch, computed on the host
+  by :func:`fcgpu.cuda.train_ops.bias_corrections` (the numbers the uncaptured step
+  uses) and written once per epoch; the step reads its row at ``ctr[0]``. (A device
+  ``pow`` can differ from the host's in the last bit, and Adam turns the last-bit
+  noise of a parameter whose true gradient is zero, such as a bias feeding a
+  batchnorm, into full-size steps.)
 * ``loss_buf`` (one value per batch of the epoch): the step's loss, at ``ctr[0]``;
 * the parameters, the batchnorm running statistics and the optimizer state (Adam's
   m and v, the velocity, the RMSProp cache) are static buffers updated in place: the
@@ -121,6 +128,8 @@ class GraphedTrainStep:
         self.perm = cp.zeros(n, dtype=np.int64)
         self.ctr = cp.zeros(CTR_COUNT, dtype=np.uint64)
         self.lr = cp.zeros(len(self.names), dtype=np.float64)
+        self.corr = (cp.zeros((len(self.names), self.per_epoch, 2), dtype=np.float64)
+                     if update_rule == "adam" else None)
         self.loss_buf = cp.zeros(self.per_epoch, dtype=self.dtype)
         self._params = {}      # name -> static parameter buffer
         self._bn = {}          # (layer, key) -> static running statistic
@@ -129,6 +138,7 @@ class GraphedTrainStep:
 
         # host mirrors of the device counters
         self._batch = 0
+        self._epoch_steps = 0  # steps since begin_epoch (at most per_epoch)
         self._dstep = int(model.dropout_step)
         self._t = 0
         self._steps = 0
@@ -199,8 +209,9 @@ class GraphedTrainStep:
 
     def begin_epoch(self, order, configs):
         """Before an epoch's steps: bind the static buffers, upload the permutation
-        ``order`` (host integers, a permutation of range(N)), the learning rates and
-        the counters (batch 0, the model's dropout_step, the configs' t)."""
+        ``order`` (host integers, a permutation of range(N)), the learning rates,
+        Adam's bias corrections for the epoch's steps and the counters (batch 0, the
+        model's dropout_step, the configs' t)."""
         cp = self.cp
         self._synced = True
         order = np.asarray(order, dtype=np.int64)
@@ -219,10 +230,16 @@ class GraphedTrainStep:
             self._t = ts.pop()
         self._dstep = int(self.model.dropout_step)
         self._batch = 0
+        self._epoch_steps = 0
         stream = cp.cuda.get_current_stream()
         self.perm.set(order, stream=stream)
         self.lr.set(np.array([float(configs[name]["learning_rate"]) for name in self.names],
                              dtype=np.float64), stream=stream)
+        if self.corr is not None:
+            from .train_ops import bias_corrections
+            self.corr.set(np.stack([
+                bias_corrections(configs[name]["beta1"], configs[name]["beta2"], self._t + 1,
+                                 self.per_epoch) for name in self.names]), stream=stream)
         self.ctr.set(self._counters(), stream=stream)
         self._synced = False
         # the host arrays above may be freed once set() returns: pageable copies are
@@ -262,7 +279,7 @@ class GraphedTrainStep:
 
     def _body(self):
         """Gather, forward/backward, update in place, record the loss, advance."""
-        from . import ops
+        from . import train_ops as ops
         model = self.model
         ops.gather_rows(self.X, self.y, self.perm, self.ctr[CTR_BATCH:CTR_BATCH + 1],
                         self.Xb, self.yb)
@@ -273,7 +290,7 @@ class GraphedTrainStep:
             loss, grads = model.loss(self.Xb, self.yb)
         finally:
             model._device_stream_base = prev
-        t_ptr = self.ctr[CTR_T:CTR_T + 1]
+        batch = self.ctr[CTR_BATCH:CTR_BATCH + 1]
         hyper = dict(zip(self.names, self._baked[0]))
         for k, name in enumerate(self.names):
             w = self._params[name]
@@ -283,7 +300,7 @@ class GraphedTrainStep:
             if self.rule == "adam":
                 beta1, beta2, eps = h
                 ops.adam_step_device(w, g, self._state[(name, "m")], self._state[(name, "v")],
-                                     lr_ptr, t_ptr, beta1, beta2, eps)
+                                     lr_ptr, self.corr[k], batch, beta1, beta2, eps)
             elif self.rule == "sgd":
                 ops.rule_step_device(ops.RULE_SGD, w, g, None, lr_ptr)
             elif self.rule == "sgd_momentum":
@@ -338,7 +355,12 @@ class GraphedTrainStep:
     def step(self):
         """One training step: the first after a (re)capture runs uncaptured, the rest
         replay the graph on the current stream. Returns the loss as a 0-d view of
-        ``loss_buf``."""
+        ``loss_buf``. An epoch has at most ``batches_per_epoch`` steps (the rows of
+        its permutation, and of Adam's bias corrections): :meth:`begin_epoch` starts
+        the next."""
+        if self._epoch_steps >= self.per_epoch:
+            raise RuntimeError("cuda_graph: %d steps already ran in this epoch (batches per "
+                               "epoch); call begin_epoch() first" % self._epoch_steps)
         b = self._batch
         if self._graph is None:
             self._capture()
@@ -349,6 +371,7 @@ class GraphedTrainStep:
         self._dstep += 1 if self.stream_stride else 0
         self._t += 1
         self._steps += 1
+        self._epoch_steps += 1
         return self.loss_buf[b]
 
     def close(self):

@@ -1,8 +1,13 @@
 """Loading ``kernels/`` into CuPy: sources, name expressions, per-device caches.
 
 Nothing here compiles or imports CuPy at import time. The first launch of a kernel
-on a device builds its whole ``.cu`` file with NVRTC through ``cupy.RawModule``
-(CuPy also keeps the binary in its on-disk kernel cache) and later launches reuse it.
+on a device builds its whole ``.cu`` file with NVRTC through ``cupy.RawModule`` and
+later launches in the process reuse it. Whether the next process compiles again
+depends on CuPy: a module built with ``name_expressions`` (all of ours) is kept in
+CuPy's on-disk kernel cache (``CUPY_CACHE_DIR``) by CuPy 14.2 and later, and by 14.1
+under a CUDA driver >= 12.4; CuPy 13.x to 14.0.x recompile it in every process (so
+the extras require 14.1/14.2). ``bench/gpu_check.sh`` logs the cold and warm load
+times of each module.
 
 Local ``#include "x.cuh"`` lines are expanded here, in Python, before the source goes
 to NVRTC. CuPy's on-disk cache is keyed on the source text and the options, so an

@@ -14,11 +14,13 @@ docstring), plus :func:`dropout_mask`. Differences that callers can see:
 * ``stream`` may be a :class:`fcgpu.random.DeviceStream`: the kernels then read the
   stream from device memory when they run (a step captured in a CUDA graph).
 
-Also here: :func:`adam_step` (Adam in one kernel per parameter), and the launches of
-the CUDA-graph training step (:mod:`fcgpu.cuda.graph`): :func:`adam_step_device` and
-:func:`rule_step_device` (step counter and learning rate read from device memory),
-:func:`gather_rows` (the minibatch at a batch index held on the device) and
-:func:`graph_advance` (the step's loss recorded, the counters advanced).
+The launch plumbing lives here too (``get_kernel``, grid sizing from the device's
+occupancy, argument checks); :mod:`fcgpu.cuda.train_ops` launches the training
+step's kernels (Adam and the other updates, the CUDA-graph step's bookkeeping)
+through it, and its public names (:func:`adam_step`, :func:`adam_step_device`,
+:func:`rule_step_device`, :func:`gather_rows`, :func:`graph_advance`,
+:func:`bias_corrections`, ``RULE_*``)
+are importable from this module as well.
 
 Importing this module compiles nothing: each kernel module is built on its first
 launch on a device and cached (see :mod:`fcgpu.cuda.module`).
@@ -33,18 +35,21 @@ from ..backend import is_cupy_array, require_cupy
 from ..random import DeviceStream, check_seed, dropout_scale, keep_threshold, mask_args
 from .module import blocks_per_sm, get_kernel, sm_count
 
+# the training step's launches, defined in fcgpu.cuda.train_ops (see __getattr__)
+_TRAIN_OPS = ("adam_step", "adam_step_device", "rule_step_device", "gather_rows",
+              "graph_advance", "bias_corrections", "RULE_SGD", "RULE_SGD_MOMENTUM",
+              "RULE_RMSPROP")
+
 __all__ = [
     "dropout_forward", "dropout_backward", "dropout_mask", "bn_forward_train",
     "bn_forward_infer", "bn_backward", "bn_relu_dropout_forward",
     "bn_relu_dropout_backward", "relu_dropout_forward", "relu_dropout_backward",
-    "adam_step", "adam_step_device", "rule_step_device", "gather_rows", "graph_advance",
+    *_TRAIN_OPS,
 ]
 
 # op codes: kernels/ops.cuh (FlatOp, ColOp)
 FLAT_DROPOUT, FLAT_RELU_DROPOUT, FLAT_RELU, FLAT_RELU_DROPOUT_BWD = 0, 1, 2, 3
 COL_BN, COL_BN_RELU, COL_BN_RELU_DROPOUT, COL_BN_BWD, COL_BN_RELU_DROPOUT_BWD = 0, 1, 2, 3, 4
-# kernels/optim.cuh (UpdateRule)
-RULE_SGD, RULE_SGD_MOMENTUM, RULE_RMSPROP = 0, 1, 2
 
 KEEP_ALL = 1 << 32          # threshold meaning p >= 1
 THREADS = 256
@@ -56,6 +61,15 @@ _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _u64 = np.uint64
 _f64 = np.float64
 _NULL = np.uint64(0)        # a null pointer argument (8 bytes of zero)
+
+
+def __getattr__(name):
+    # train_ops launches through this module, so it is imported on first use of one
+    # of its names rather than here
+    if name in _TRAIN_OPS:
+        from . import train_ops
+        return getattr(train_ops, name)
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 
 # ----------------------------------------------------------------- helpers
@@ -455,159 +469,3 @@ def bn_relu_dropout_backward(dout, out, x, gamma, mean, inv_std, p):
     """``(dx, dgamma, dbeta)`` through dropout, ReLU and batchnorm; ``out > 0`` gives
     the ReLU gate and the keep mask together."""
     return _bn_bwd(dout, out, x, gamma, mean, inv_std, p)
-
-
-# ----------------------------------------------------------------- optimizer steps
-
-def _same_as(a, w, what, contiguous=False):
-    """``a`` checked against ``w``: a CuPy array of the same shape and dtype
-    (C-contiguous when it is updated in place)."""
-    if not is_cupy_array(a):
-        raise ValueError("%s must be a CuPy array on the CUDA path, got %s"
-                         % (what, type(a).__name__))
-    if a.dtype != w.dtype:
-        raise ValueError("%s has dtype %s, expected %s" % (what, a.dtype, w.dtype))
-    _same_shape(w, a, "w", what)
-    if contiguous and not a.flags.c_contiguous:
-        raise ValueError("%s must be C-contiguous (it is updated in place)" % what)
-    return a
-
-
-def _grouped(name, n):
-    """Grid of the optimizer kernels: one thread per group of 4 elements."""
-    return (_grid_1d(name, (n + 3) // 4),), (THREADS,)
-
-
-def adam_step(w, dw, m, v, lr, beta1, beta2, eps, t):
-    """Adam in one kernel (the math of :func:`fcgpu.fused_optim.adam_step_ref`):
-    ``m`` and ``v`` are updated in place, a new ``next_w`` is returned. The bias
-    corrections ``1 - beta**t`` are computed here in float64, as the CPU path does.
-    ``m`` and ``v`` must be C-contiguous arrays of ``w``'s dtype and shape."""
-    cp = _cp()
-    dt = _float_dtype(w, "w")
-    w = _as_input(w, "w")
-    dw = _as_input(_same_as(dw, w, "dw"), "dw")
-    m = _same_as(m, w, "m", contiguous=True)
-    v = _same_as(v, w, "v", contiguous=True)
-    t = int(t)
-    beta1, beta2 = float(beta1), float(beta2)
-    c1, c2 = 1 - beta1 ** t, 1 - beta2 ** t
-    with _device_of(w):
-        out = cp.empty(w.shape, dtype=dt)
-        n = w.size
-        if n == 0:
-            return out
-        vec = "true" if _aligned(out, w, dw, m, v) else "false"
-        name = "fcgpu_adam<%s, %s>" % (_CTYPE[dt], vec)
-        grid, block = _grouped(name, n)
-        get_kernel(name)(grid, block,
-                         (out, w, dw, m, v, _u64(n), _f64(lr), _f64(beta1), _f64(beta2),
-                          _f64(eps), _f64(c1), _f64(c2)))
-    return out
-
-
-def adam_step_device(w, dw, m, v, lr_ptr, t_ptr, beta1, beta2, eps, out=None):
-    """Adam with the step ``t`` (``t_ptr[0]``, uint64, 1-based) and the learning rate
-    (``lr_ptr[0]``, float64) read from device memory when the kernel runs: for a step
-    captured in a CUDA graph. ``m``, ``v`` in place; next w into ``out`` (default:
-    ``w`` itself, in place). ``w``, ``m``, ``v``, ``out`` must be C-contiguous."""
-    dt = _float_dtype(w, "w")
-    w = _same_as(w, w, "w", contiguous=True)
-    dw = _as_input(_same_as(dw, w, "dw"), "dw")
-    m = _same_as(m, w, "m", contiguous=True)
-    v = _same_as(v, w, "v", contiguous=True)
-    out = w if out is None else _same_as(out, w, "out", contiguous=True)
-    lr_ptr = _device_scalar(lr_ptr, np.float64, "lr_ptr")
-    t_ptr = _device_scalar(t_ptr, np.uint64, "t_ptr")
-    n = w.size
-    if n == 0:
-        return out
-    with _device_of(w):
-        vec = "true" if _aligned(out, w, dw, m, v) else "false"
-        name = "fcgpu_adam_dev<%s, %s>" % (_CTYPE[dt], vec)
-        grid, block = _grouped(name, n)
-        get_kernel(name)(grid, block,
-                         (out, w, dw, m, v, _u64(n), lr_ptr, t_ptr, _f64(beta1), _f64(beta2),
-                          _f64(eps)))
-    return out
-
-
-def rule_step_device(rule, w, dw, state, lr_ptr, h=0.0, eps=0.0):
-    """``w`` updated in place by SGD (``rule`` RULE_SGD: ``w - lr*dw``), SGD with
-    momentum (RULE_SGD_MOMENTUM: ``state`` is the velocity, ``h`` the momentum) or
-    RMSProp (RULE_RMSPROP: ``state`` is the cache, ``h`` the decay rate, ``eps``), with
-    the learning rate read from device memory (``lr_ptr[0]``, float64) when the
-    kernel runs. The math and rounding of :mod:`fcgpu.optim`'s rules."""
-    if rule not in (RULE_SGD, RULE_SGD_MOMENTUM, RULE_RMSPROP):
-        raise ValueError("unknown update rule code %r" % (rule,))
-    dt = _float_dtype(w, "w")
-    w = _same_as(w, w, "w", contiguous=True)
-    dw = _as_input(_same_as(dw, w, "dw"), "dw")
-    if rule == RULE_SGD:
-        state = w  # not read
-    else:
-        state = _same_as(state, w, "state", contiguous=True)
-    lr_ptr = _device_scalar(lr_ptr, np.float64, "lr_ptr")
-    n = w.size
-    if n == 0:
-        return w
-    with _device_of(w):
-        vec = "true" if _aligned(w, dw, state) else "false"
-        name = "fcgpu_rule_dev<%s, %d, %s>" % (_CTYPE[dt], rule, vec)
-        grid, block = _grouped(name, n)
-        get_kernel(name)(grid, block, (w, dw, state, _u64(n), lr_ptr, _f64(h), _f64(eps)))
-    return w
-
-
-# ----------------------------------------------------------------- CUDA-graph step
-
-def gather_rows(X, y, perm, batch_index, Xb, yb):
-    """``Xb[r] = X[perm[b*B + r]]``, ``yb[r] = y[perm[b*B + r]]`` for r < B, with
-    ``b = batch_index[0]`` read on the device. ``X`` (N, D) and ``Xb`` (B, D) of one
-    float dtype, ``y``, ``perm``, ``yb`` int64, ``batch_index`` uint64; all contiguous."""
-    dt = _check_2d(X, "X")
-    if Xb.ndim != 2 or Xb.shape[1] != X.shape[1] or Xb.dtype != dt:
-        raise ValueError("Xb must be (B, %d) of dtype %s, got %s %s"
-                         % (X.shape[1], dt, tuple(Xb.shape), Xb.dtype))
-    for a, what in ((X, "X"), (Xb, "Xb")):
-        if not is_cupy_array(a) or not a.flags.c_contiguous:
-            raise ValueError("%s must be a C-contiguous CuPy array" % what)
-    n_rows, d = X.shape
-    b_rows = Xb.shape[0]
-    y = _device_scalar(y, np.int64, "y")
-    perm = _device_scalar(perm, np.int64, "perm")
-    yb = _device_scalar(yb, np.int64, "yb")
-    batch_index = _device_scalar(batch_index, np.uint64, "batch_index")
-    if y.size != n_rows or yb.size != b_rows:
-        raise ValueError("y must have %d labels and yb %d, got %d and %d"
-                         % (n_rows, b_rows, y.size, yb.size))
-    if b_rows == 0 or d == 0:
-        return Xb, yb
-    with _device_of(X):
-        vec = d % 4 == 0 and _aligned(X, Xb)
-        name = "fcgpu_gather_rows<%s, %s>" % (_CTYPE[dt], "true" if vec else "false")
-        ncol = d // 4 if vec else d
-        gx = max(1, min((ncol + THREADS - 1) // THREADS, 64))
-        gy = max(1, min(b_rows, MAX_GRID_Y))
-        get_kernel(name)((gx, gy), (THREADS,),
-                         (X, y, perm, batch_index, _u64(n_rows), _u64(perm.size), _u64(d),
-                          _u64(b_rows), Xb, yb))
-    return Xb, yb
-
-
-def graph_advance(ctr, loss, loss_buf, batches_per_epoch, stream_stride):
-    """End of a graph step (one thread): ``loss_buf[ctr[0]] = loss``, then the batch
-    index ``ctr[0]`` advances (wrapping at ``batches_per_epoch``), the dropout stream
-    base ``ctr[1]`` by ``stream_stride``, ``ctr[2]`` (t) and ``ctr[3]`` (steps) by 1."""
-    ctr = _device_scalar(ctr, np.uint64, "ctr")
-    if ctr.size < 4:
-        raise ValueError("ctr must hold 4 counters, got %d" % ctr.size)
-    dt = _float_dtype(loss_buf, "loss_buf")
-    loss_buf = _device_scalar(loss_buf, dt, "loss_buf")
-    loss = _device_scalar(loss, dt, "loss")
-    if loss_buf.size < int(batches_per_epoch):
-        raise ValueError("loss_buf holds %d values, fewer than the %d batches per epoch"
-                         % (loss_buf.size, batches_per_epoch))
-    with _device_of(ctr):
-        get_kernel("fcgpu_graph_advance<%s>" % _CTYPE[dt])(
-            (1,), (32,), (ctr, loss, loss_buf, _u64(batches_per_epoch), _u64(stream_stride)))
