@@ -35,7 +35,6 @@ import hashlib
 import http.client
 import operator
 import os
-import pickle
 import posixpath
 import shutil
 import tarfile
@@ -46,6 +45,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from .safepickle import NumpyUnpickler
 
 __all__ = [
     "DataError",
@@ -200,39 +201,6 @@ def _download(cache: Path, progress: bool) -> Path:
 # Decoding and checking the batches
 # --------------------------------------------------------------------------
 
-def _numpy_globals() -> dict:
-    """The only callables a CIFAR-10 batch pickle needs (found version-proof)."""
-    rebuild = np.empty(0).__reduce__()[0]
-    scalar = np.int64(0).__reduce__()[0]
-    frombuffer = np.zeros(1).__reduce_ex__(5)[0]
-    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    for mod in ("numpy.core", "numpy._core"):
-        allowed[(f"{mod}.multiarray", "_reconstruct")] = rebuild
-        allowed[(f"{mod}.multiarray", "scalar")] = scalar
-        allowed[(f"{mod}.numeric", "_frombuffer")] = frombuffer
-    allowed[("_codecs", "encode")] = __import__("codecs").encode
-    return allowed
-
-
-class _BatchUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler(f, encoding='bytes')`` that only rebuilds NumPy data."""
-
-    _allowed = None
-
-    def __init__(self, f):
-        super().__init__(f, encoding="bytes")
-
-    def find_class(self, module, name):
-        if _BatchUnpickler._allowed is None:
-            _BatchUnpickler._allowed = _numpy_globals()
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to load global {module}.{name} (not NumPy array data)"
-            ) from None
-
-
 def _corrupt(where: str, what: str, e: BaseException) -> DataError:
     return DataError(
         f"{where}: {what} ({type(e).__name__}: {e}). The file is truncated or "
@@ -250,7 +218,7 @@ def _bad(where: str, problem: str) -> DataError:
 
 def _unpickle(f, where: str):
     try:
-        return _BatchUnpickler(f).load()
+        return NumpyUnpickler(f, encoding="bytes").load()
     except Exception as e:  # pickle can raise nearly anything on bad input
         raise _corrupt(where, "cannot unpickle the batch", e) from e
 
