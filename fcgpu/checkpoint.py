@@ -423,6 +423,11 @@ def _check_config(config, what, shape, dtype):
         if k in config:
             _need(_finite(config[k]) and config[k] >= 0, "%s %s is %r, not a finite number "
                   ">= 0", what, k, config[k])
+    for k, top in (("beta1", 1), ("beta2", 1), ("decay_rate", 1), ("momentum", 1)):
+        if k in config:  # (Adam divides by 1 - beta**t)
+            _need(config[k] < top or (config[k] == top and not k.startswith("beta")),
+                  "%s %s is %r, outside [0, 1%s", what, k, config[k],
+                  ")" if k.startswith("beta") else "]")
     if "t" in config:
         _need(_is_int(config["t"]) and 0 <= config["t"] < 2 ** 63,
               "%s t (Adam's step) is %r", what, config["t"])
