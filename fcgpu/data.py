@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import lzma
 import operator
 import os
 import posixpath
@@ -74,7 +75,11 @@ _HINT = (
 
 
 class DataError(ValueError):
-    """The CIFAR-10 data is missing, unreadable or not shaped as expected."""
+    """The CIFAR-10 data is missing, unreadable or not shaped as expected. The
+    message is one line (whatever the underlying error's message looked like)."""
+
+    def __init__(self, message):
+        super().__init__(" ".join(str(message).split()))
 
 
 def cache_dir() -> Path:
@@ -202,8 +207,11 @@ def _download(cache: Path, progress: bool) -> Path:
 # --------------------------------------------------------------------------
 
 def _corrupt(where: str, what: str, e: BaseException) -> DataError:
+    detail = " ".join(str(e).split())
+    if len(detail) > 300:
+        detail = detail[:297] + "..."
     return DataError(
-        f"{where}: {what} ({type(e).__name__}: {e}). The file is truncated or "
+        f"{where}: {what} ({type(e).__name__}: {detail}). The file is truncated or "
         f"corrupt: delete it and download it again, or point --data / FCGPU_DATA "
         f"at a good copy of {ARCHIVE_NAME}."
     )
@@ -239,7 +247,11 @@ def _check_batch(d, where: str) -> tuple[np.ndarray, np.ndarray]:
                           f"expected uint8 and ({rows}, 3072)")
     if labels is None:
         raise _bad(where, "no b'labels' entry")
-    y = np.asarray(labels)
+    try:
+        y = np.asarray(labels)
+    except (ValueError, TypeError, OverflowError) as e:  # e.g. ragged nested lists
+        raise _bad(where, f"b'labels' is not a list of {rows} integers "
+                          f"({type(e).__name__})") from e
     if y.shape != (rows,) or y.dtype.kind not in "iu":
         raise _bad(where, f"b'labels' has shape {y.shape} and dtype {y.dtype}, "
                           f"expected {rows} integers")
@@ -265,8 +277,9 @@ def _read_archive(src: Path) -> dict:
                 pass
     except DataError:
         raise
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise _corrupt(str(src), "cannot read the .tar.gz archive", e) from e
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as e:
+        # (tarfile's "r:*" also opens .tar.xz, whose errors are not OSErrors)
+        raise _corrupt(str(src), "cannot read the archive", e) from e
     missing = [n for n in (*TRAIN_BATCHES, TEST_BATCH) if n not in found]
     if missing:
         raise _bad(str(src), f"archive lacks {', '.join(missing)} (expected "
