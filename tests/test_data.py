@@ -410,7 +410,7 @@ def test_bad_batch_content(tmp_path, small, change, words):
 def test_corrupt_xz_archive(tmp_path, tiny):
     """tarfile's "r:*" reads .tar.xz too, and lzma's errors are not OSErrors: a
     damaged xz block check (39 bytes before the end here) escaped as a bare
-    LZMAError traceback (found by the archive fuzzer)."""
+    LZMAError traceback (found by flipping bits along a .tar.xz)."""
     path = tmp_path / "c.tar.xz"
     with tarfile.open(path, "w:xz") as tf:
         for name, d in make_batches(seed=3, rows=TINY).items():
