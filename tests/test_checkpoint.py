@@ -477,7 +477,10 @@ def load_or_refuse(blob, solver):
     try:
         with Watchdog(30):
             state = checkpoint.decode(blob, "fuzzed")
-            solver.load_state_dict(state)
+            try:  # (as Solver.load_checkpoint does)
+                solver.load_state_dict(state)
+            except CheckpointError as e:
+                raise CheckpointError(e.problem, "fuzzed") from e
     except CheckpointError as e:
         assert "\n" not in str(e) and str(e).startswith("checkpoint fuzzed: "), str(e)
         record("refused: " + e.problem)
