@@ -40,7 +40,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .backend import asnumpy
-from .safepickle import NumpyUnpickler, is_pickle
+from .safepickle import is_pickle, load_numpy_pickle
 
 __all__ = ["CheckpointError", "FORMAT", "VERSION", "SOLVER_STATE", "encode", "save",
            "decode", "load", "check_state", "convert_pickle"]
@@ -548,7 +548,7 @@ def convert_pickle(old, new):
             raise CheckpointError(problem, old)
         f.seek(0)
         try:
-            state = NumpyUnpickler(f).load()
+            state = load_numpy_pickle(f.read())
         except Exception as e:  # unpickling can raise nearly anything on bad input
             raise CheckpointError("cannot unpickle it (%s: %s)" % (type(e).__name__, e),
                                   old) from e

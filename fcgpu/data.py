@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .safepickle import NumpyUnpickler
+from .safepickle import load_numpy_pickle
 
 __all__ = [
     "DataError",
@@ -225,8 +225,9 @@ def _bad(where: str, problem: str) -> DataError:
 
 
 def _unpickle(f, where: str):
+    blob = f.read()  # (a damaged stream raises here, for the caller to report)
     try:
-        return NumpyUnpickler(f, encoding="bytes").load()
+        return load_numpy_pickle(blob, encoding="bytes")
     except Exception as e:  # pickle can raise nearly anything on bad input
         raise _corrupt(where, "cannot unpickle the batch", e) from e
 

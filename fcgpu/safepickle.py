@@ -4,6 +4,9 @@ A pickle names the callables that rebuild its objects, and ``pickle.load`` calls
 them: a file can run any code it likes while it is read. :class:`NumpyUnpickler`
 resolves only the few globals that NumPy arrays, dtypes and scalars need and
 refuses every other one, so reading cannot execute anything beyond them.
+:func:`load_numpy_pickle` adds a scan of the opcodes first (``pickletools``, which
+runs nothing): CPython's C unpickler grows its memo table to the largest index a
+PUT names, so four damaged bytes can make it allocate and clear gigabytes.
 
 fcgpu reads two kinds of pickle: CIFAR-10 batch files (:mod:`fcgpu.data`) and, on
 explicit request, checkpoints written by earlier versions of fcgpu
@@ -12,11 +15,13 @@ explicit request, checkpoints written by earlier versions of fcgpu
 from __future__ import annotations
 
 import codecs
+import io
 import pickle
+import pickletools
 
 import numpy as np
 
-__all__ = ["NumpyUnpickler", "is_pickle"]
+__all__ = ["NumpyUnpickler", "load_numpy_pickle", "is_pickle"]
 
 _allowed = None
 
@@ -32,8 +37,17 @@ def _numpy_globals() -> dict:
         allowed[(f"{mod}.multiarray", "_reconstruct")] = rebuild
         allowed[(f"{mod}.multiarray", "scalar")] = scalar
         allowed[(f"{mod}.numeric", "_frombuffer")] = frombuffer
-    allowed[("_codecs", "encode")] = codecs.encode  # how protocol 2 spells bytes
+    allowed[("_codecs", "encode")] = _latin1  # how protocol 2 spells bytes
     return allowed
+
+
+def _latin1(text, encoding="utf-8", errors="strict"):
+    """``_codecs.encode`` as protocol 2 uses it for bytes (latin-1), and no other
+    codec (some, such as punycode, take quadratic time)."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode(..., {encoding!r}) "
+                                     "(bytes in a protocol-2 pickle are latin-1)")
+    return codecs.encode(text, encoding, errors)
 
 
 class NumpyUnpickler(pickle.Unpickler):
@@ -50,6 +64,21 @@ class NumpyUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(
                 f"refusing to load global {module}.{name} (not NumPy array data)"
             ) from None
+
+
+_MEMO_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
+
+
+def load_numpy_pickle(data: bytes, encoding="ASCII"):
+    """Unpickle ``data`` with :class:`NumpyUnpickler`, after checking that no PUT
+    names a memo index beyond the number of opcodes before it (a real pickle
+    memoizes objects it has made, numbered from 0). Raises what unpickling raises
+    on bad input (``pickle.UnpicklingError``, ``ValueError`` and others)."""
+    for count, (op, arg, pos) in enumerate(pickletools.genops(data)):
+        if op.name in _MEMO_PUTS and arg > count:
+            raise pickle.UnpicklingError(f"memo index {arg} at byte {pos} is larger than "
+                                         "the pickle could need (damaged file)")
+    return NumpyUnpickler(io.BytesIO(data), encoding=encoding).load()
 
 
 def is_pickle(head: bytes) -> bool:

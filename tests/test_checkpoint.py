@@ -467,10 +467,13 @@ def test_convert_checkpoint_bad_inputs(tmp_path, trained, capsys):
     current.write_bytes(blob)
     old = old_pickle(tmp_path, make_solver(epochs=0).state_dict())
     notdict = old_pickle(tmp_path, [1, 2], "list.pkl")
+    memo = tmp_path / "memo.pkl"  # LONG_BINPUT 2**31-1 (see test_data)
+    memo.write_bytes(b"\x80\x02}r\xff\xff\xff\x7f.")
     for args, words in [
         ([str(current), str(tmp_path / "x")], "already a checkpoint in the current format"),
         ([str(old), str(old)], "same file"),
         ([str(notdict), str(tmp_path / "y")], "cannot convert it"),
+        ([str(memo), str(tmp_path / "m")], "memo index 2147483647"),
         ([str(tmp_path / "nothing.pkl"), str(tmp_path / "z")], "No such file"),
     ]:
         assert main(["convert-checkpoint", "--trust"] + args) == 2

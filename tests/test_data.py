@@ -430,6 +430,28 @@ def test_corrupt_xz_archive(tmp_path, tiny):
         assert str(bad) in str(e.value) and "\n" not in str(e.value)
 
 
+def test_pickle_with_a_huge_memo_index(tmp_path, small):
+    """LONG_BINPUT 2**31-1: CPython's C unpickler would grow its memo table to that
+    many entries (16 GiB) before failing. Found by the batch-pickle fuzzer, where
+    four damaged bytes took 70 s and 19 GB; the opcodes are now scanned first."""
+    evil = b"\x80\x02}r\xff\xff\xff\x7f."  # PROTO 2, EMPTY_DICT, LONG_BINPUT, STOP
+    folder = write_folder(tmp_path / data.FOLDER_NAME, make_batches())
+    (folder / "test_batch").write_bytes(evil)
+    t0 = time.perf_counter()
+    _raises_naming(folder, "test_batch", "memo index 2147483647", chained=True)
+    assert time.perf_counter() - t0 < 10
+
+
+def test_pickle_codecs_other_than_latin1_are_refused(tmp_path, small):
+    """Protocol 2 spells bytes as _codecs.encode(text, 'latin1'); other codecs are
+    not needed, and some (punycode) take quadratic time."""
+    evil = (b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x08\x00\x00\x00punycode"
+            b"\x86R.")
+    folder = write_folder(tmp_path / data.FOLDER_NAME, make_batches())
+    (folder / "test_batch").write_bytes(evil)
+    _raises_naming(folder, "test_batch", "refusing _codecs.encode", chained=True)
+
+
 def test_member_not_a_pickle_or_not_a_dict(tmp_path, small):
     arc = write_archive(tmp_path / "a.tgz", make_batches(), raw={"test_batch": b"xyz"})
     _raises_naming(arc, "test_batch", "unpickle", chained=True)
