@@ -6,10 +6,9 @@ process is killed mid-way.
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
 
-__all__ = ["atomic_write_bytes", "atomic_pickle"]
+__all__ = ["atomic_write_bytes"]
 
 
 def atomic_write_bytes(data, path):
@@ -36,7 +35,3 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def atomic_pickle(obj, path):
-    atomic_write_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), path)
