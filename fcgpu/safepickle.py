@@ -18,6 +18,7 @@ import codecs
 import io
 import pickle
 import pickletools
+import warnings
 
 import numpy as np
 
@@ -74,10 +75,12 @@ def load_numpy_pickle(data: bytes, encoding="ASCII"):
     names a memo index beyond the number of opcodes before it (a real pickle
     memoizes objects it has made, numbered from 0). Raises what unpickling raises
     on bad input (``pickle.UnpicklingError``, ``ValueError`` and others)."""
-    for count, (op, arg, pos) in enumerate(pickletools.genops(data)):
-        if op.name in _MEMO_PUTS and arg > count:
-            raise pickle.UnpicklingError(f"memo index {arg} at byte {pos} is larger than "
-                                         "the pickle could need (damaged file)")
+    with warnings.catch_warnings():  # (genops decodes STRING args, warning on bad escapes)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for count, (op, arg, pos) in enumerate(pickletools.genops(data)):
+            if op.name in _MEMO_PUTS and arg > count:
+                raise pickle.UnpicklingError(f"memo index {arg} at byte {pos} is larger "
+                                             "than the pickle could need (damaged file)")
     return NumpyUnpickler(io.BytesIO(data), encoding=encoding).load()
 
 
