@@ -6,10 +6,9 @@ process is killed mid-way.
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
 
-__all__ = ["atomic_write_bytes", "atomic_pickle", "atomic_save_figure"]
+__all__ = ["atomic_write_bytes", "atomic_save_figure"]
 
 
 def atomic_write_bytes(data, path):
@@ -36,10 +35,6 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def atomic_pickle(obj, path):
-    atomic_write_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), path)
 
 
 def atomic_save_figure(fig, path, **savefig_kwargs):

@@ -33,9 +33,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import lzma
 import operator
 import os
-import pickle
 import posixpath
 import shutil
 import tarfile
@@ -46,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from .safepickle import load_numpy_pickle
 
 __all__ = [
     "DataError",
@@ -73,7 +75,11 @@ _HINT = (
 
 
 class DataError(ValueError):
-    """The CIFAR-10 data is missing, unreadable or not shaped as expected."""
+    """The CIFAR-10 data is missing, unreadable or not shaped as expected. The
+    message is one line (whatever the underlying error's message looked like)."""
+
+    def __init__(self, message):
+        super().__init__(" ".join(str(message).split()))
 
 
 def cache_dir() -> Path:
@@ -200,42 +206,12 @@ def _download(cache: Path, progress: bool) -> Path:
 # Decoding and checking the batches
 # --------------------------------------------------------------------------
 
-def _numpy_globals() -> dict:
-    """The only callables a CIFAR-10 batch pickle needs (found version-proof)."""
-    rebuild = np.empty(0).__reduce__()[0]
-    scalar = np.int64(0).__reduce__()[0]
-    frombuffer = np.zeros(1).__reduce_ex__(5)[0]
-    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    for mod in ("numpy.core", "numpy._core"):
-        allowed[(f"{mod}.multiarray", "_reconstruct")] = rebuild
-        allowed[(f"{mod}.multiarray", "scalar")] = scalar
-        allowed[(f"{mod}.numeric", "_frombuffer")] = frombuffer
-    allowed[("_codecs", "encode")] = __import__("codecs").encode
-    return allowed
-
-
-class _BatchUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler(f, encoding='bytes')`` that only rebuilds NumPy data."""
-
-    _allowed = None
-
-    def __init__(self, f):
-        super().__init__(f, encoding="bytes")
-
-    def find_class(self, module, name):
-        if _BatchUnpickler._allowed is None:
-            _BatchUnpickler._allowed = _numpy_globals()
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to load global {module}.{name} (not NumPy array data)"
-            ) from None
-
-
 def _corrupt(where: str, what: str, e: BaseException) -> DataError:
+    detail = " ".join(str(e).split())
+    if len(detail) > 300:
+        detail = detail[:297] + "..."
     return DataError(
-        f"{where}: {what} ({type(e).__name__}: {e}). The file is truncated or "
+        f"{where}: {what} ({type(e).__name__}: {detail}). The file is truncated or "
         f"corrupt: delete it and download it again, or point --data / FCGPU_DATA "
         f"at a good copy of {ARCHIVE_NAME}."
     )
@@ -249,8 +225,9 @@ def _bad(where: str, problem: str) -> DataError:
 
 
 def _unpickle(f, where: str):
+    blob = f.read()  # (a damaged stream raises here, for the caller to report)
     try:
-        return _BatchUnpickler(f).load()
+        return load_numpy_pickle(blob, encoding="bytes")
     except Exception as e:  # pickle can raise nearly anything on bad input
         raise _corrupt(where, "cannot unpickle the batch", e) from e
 
@@ -271,7 +248,11 @@ def _check_batch(d, where: str) -> tuple[np.ndarray, np.ndarray]:
                           f"expected uint8 and ({rows}, 3072)")
     if labels is None:
         raise _bad(where, "no b'labels' entry")
-    y = np.asarray(labels)
+    try:
+        y = np.asarray(labels)
+    except (ValueError, TypeError, OverflowError) as e:  # e.g. ragged nested lists
+        raise _bad(where, f"b'labels' is not a list of {rows} integers "
+                          f"({type(e).__name__})") from e
     if y.shape != (rows,) or y.dtype.kind not in "iu":
         raise _bad(where, f"b'labels' has shape {y.shape} and dtype {y.dtype}, "
                           f"expected {rows} integers")
@@ -297,8 +278,9 @@ def _read_archive(src: Path) -> dict:
                 pass
     except DataError:
         raise
-    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise _corrupt(str(src), "cannot read the .tar.gz archive", e) from e
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as e:
+        # (tarfile's "r:*" also opens .tar.xz, whose errors are not OSErrors)
+        raise _corrupt(str(src), "cannot read the archive", e) from e
     missing = [n for n in (*TRAIN_BATCHES, TEST_BATCH) if n not in found]
     if missing:
         raise _bad(str(src), f"archive lacks {', '.join(missing)} (expected "

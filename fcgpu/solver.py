@@ -13,22 +13,25 @@ The API is the course framework's (``train()``, ``check_accuracy()``, the histor
 * a loss that turns NaN or inf stops training with :class:`NonFiniteLossError`; the
   best parameters so far are kept;
 * ``state_dict()`` / ``load_state_dict()`` capture everything needed to continue a
-  run bit for bit (model, optimizer state, RNG positions, histories), and
-  checkpoints are written atomically.
+  run bit for bit (model, optimizer state, RNG positions, histories);
+  ``save_checkpoint()`` / ``load_checkpoint()`` store them as safetensors files
+  (:mod:`fcgpu.checkpoint`: arrays and plain data, nothing that can run code),
+  written atomically and checked against the model before anything is loaded.
 """
 from __future__ import annotations
 
-import pickle
 import sys
 import time
 
 import numpy as np
 
 from . import optim
-from .atomic import atomic_pickle
+from . import checkpoint
 from .backend import asnumpy, get_array_module, synchronize, to_backend
 
-__all__ = ["Solver", "NonFiniteLossError"]
+__all__ = ["Solver", "NonFiniteLossError", "CheckpointError"]
+
+CheckpointError = checkpoint.CheckpointError
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -81,12 +84,29 @@ def _check_split(X, y, name, model):
     return y
 
 
+def _host_copy(a):
+    """A host (NumPy) array that shares no memory with ``a``."""
+    h = asnumpy(a)
+    return h.copy() if h is a or h.base is not None else h
+
+
+def _copy_arrays(obj):
+    if isinstance(obj, dict):
+        return {k: _copy_arrays(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_copy_arrays(v) for v in obj]
+    return np.array(obj) if isinstance(obj, np.ndarray) else obj
+
+
 class Solver:
     """Trains a model with minibatch gradient descent.
 
     ``Solver(model, data, update_rule='sgd', optim_config={}, lr_decay=1.0,
     batch_size=100, num_epochs=10, num_train_samples=1000, num_val_samples=None,
-    checkpoint_name=None, print_every=10, verbose=True)``, plus fcgpu's own keywords:
+    checkpoint_name=None, print_every=10, verbose=True)``. With ``checkpoint_name``
+    the state is saved after every epoch to ``<checkpoint_name>_epoch_<N>.safetensors``
+    (:meth:`save_checkpoint`; the course pickled it to ``.pkl``, but a pickle can run
+    code when loaded, so fcgpu writes none). fcgpu's own keywords:
 
     * ``seed``: seeds the minibatch order and accuracy subsamples;
     * ``progress``: show a progress bar per epoch (tqdm);
@@ -165,14 +185,18 @@ class Solver:
         self._pending = []
 
     def state_dict(self):
-        """Everything needed to continue training, on the host."""
+        """Everything needed to continue training, on the host: NumPy arrays, numbers,
+        strings, lists and dicts (what :mod:`fcgpu.checkpoint` stores). The arrays
+        are copies: training on does not change a state taken earlier (Adam's
+        moments, for one, are updated in place)."""
         self._flush_losses()
-        configs = {p: {k: (asnumpy(v) if hasattr(v, "shape") else v) for k, v in c.items()}
+        configs = {p: {k: (_host_copy(v) if hasattr(v, "shape") else v) for k, v in c.items()}
                    for p, c in self.optim_configs.items()}
-        model_state = (self.model.state_dict() if hasattr(self.model, "state_dict")
-                       else {"params": {k: asnumpy(v) for k, v in self.model.params.items()}})
+        model_state = _copy_arrays(
+            self.model.state_dict() if hasattr(self.model, "state_dict")
+            else {"params": {k: asnumpy(v) for k, v in self.model.params.items()}})
         return {
-            "format": "fcgpu-solver-1",
+            "format": checkpoint.SOLVER_STATE,
             "model": model_state,
             "optim_configs": configs,
             "update_rule": self.update_rule_name if isinstance(self.update_rule_name, str)
@@ -184,8 +208,8 @@ class Solver:
             "epoch": self.epoch,
             "rng": self.rng.bit_generator.state,
             "best_val_acc": self.best_val_acc,
-            "best_params": {k: asnumpy(v) for k, v in self.best_params.items()},
-            "best_bn": [{k: asnumpy(v) for k, v in snap.items()} for snap in self._best_bn],
+            "best_params": {k: _host_copy(v) for k, v in self.best_params.items()},
+            "best_bn": [{k: _host_copy(v) for k, v in snap.items()} for snap in self._best_bn],
             "loss_history": list(self.loss_history),
             "train_acc_history": list(self.train_acc_history),
             "val_acc_history": list(self.val_acc_history),
@@ -193,8 +217,14 @@ class Solver:
         }
 
     def load_state_dict(self, state):
-        if state.get("format") != "fcgpu-solver-1":
-            raise ValueError("not an fcgpu Solver checkpoint (format %r)" % state.get("format"))
+        """Continue from ``state`` (from :meth:`state_dict` or a checkpoint). The whole
+        state is checked against the model and the update rule first
+        (:func:`fcgpu.checkpoint.check_state`); on any problem a
+        :class:`CheckpointError` is raised and the Solver and model are unchanged.
+        The arrays are copied in: ``state`` is not changed by training on."""
+        rule = self.update_rule_name if isinstance(self.update_rule_name, str) else None
+        checkpoint.check_state(state, self.model, rule)
+        state = _copy_arrays(state)  # training on must not write into the caller's state
         xp = self.xp
         if hasattr(self.model, "load_state_dict"):
             self.model.load_state_dict(state["model"])
@@ -203,35 +233,38 @@ class Solver:
         self.optim_configs = {p: {k: (to_backend(v, xp) if hasattr(v, "shape") else v)
                                   for k, v in c.items()}
                               for p, c in state["optim_configs"].items()}
-        self.epoch = state["epoch"]
+        self.epoch = int(state["epoch"])
         self.rng = np.random.default_rng()
         self.rng.bit_generator.state = state["rng"]
         self.best_val_acc = state["best_val_acc"]
         self.best_params = {k: to_backend(v, xp) for k, v in state["best_params"].items()}
         self._best_bn = [{k: to_backend(v, xp) for k, v in snap.items()}
-                         for snap in state.get("best_bn", [])]
+                         for snap in state["best_bn"]]
         self.loss_history = list(state["loss_history"])
         self.train_acc_history = list(state["train_acc_history"])
         self.val_acc_history = list(state["val_acc_history"])
-        self.epoch_seconds = list(state.get("epoch_seconds", []))
+        self.epoch_seconds = list(state["epoch_seconds"])
         self._pending = []
 
     def save_checkpoint(self, path):
-        """Write :meth:`state_dict` to ``path`` atomically."""
-        atomic_pickle(self.state_dict(), path)
+        """Write :meth:`state_dict` to ``path`` atomically, as a safetensors file."""
+        checkpoint.save(self.state_dict(), path)
 
     def load_checkpoint(self, path):
-        with open(path, "rb") as f:
-            try:
-                state = pickle.load(f)
-            except Exception as exc:
-                raise ValueError("cannot read checkpoint %s: %s" % (path, exc)) from exc
-        self.load_state_dict(state)
+        """Continue from the checkpoint at ``path``. A file that is unreadable,
+        corrupt, of an old pickle format, or that does not fit this model raises
+        :class:`CheckpointError` (one line naming the file and the problem); the
+        Solver, the model and the file are then left as they were."""
+        state = checkpoint.load(path)
+        try:
+            self.load_state_dict(state)
+        except CheckpointError as e:
+            raise CheckpointError(e.problem, path) from e
 
     def _save_checkpoint(self):
         if self.checkpoint_name is None:
             return
-        self.save_checkpoint("%s_epoch_%d.pkl" % (self.checkpoint_name, self.epoch))
+        self.save_checkpoint("%s_epoch_%d.safetensors" % (self.checkpoint_name, self.epoch))
 
     # ------------------------------------------------------------- training
 

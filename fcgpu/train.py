@@ -117,11 +117,15 @@ def run_training(cfg, data=None, checkpoint=None, resume=False, progress=True, v
                  epoch_callback=None, out=None):
     """Train per ``cfg``; returns the metrics dict (see ``fcgpu train --metrics``).
 
-    ``checkpoint``: a path written atomically after every epoch; with ``resume`` an
-    existing one is loaded first and training continues where it stopped.
+    ``checkpoint``: a path written atomically after every epoch (a safetensors file,
+    :mod:`fcgpu.checkpoint`); with ``resume`` an existing one is loaded first and
+    training continues where it stopped. A checkpoint that is corrupt, an old pickle,
+    or from other settings raises :class:`fcgpu.checkpoint.CheckpointError` before
+    anything is trained or written.
     ``epoch_callback(solver)`` runs after each epoch (Optuna pruning uses it).
     """
     from . import backend
+    from .checkpoint import CheckpointError, load as load_checkpoint, save as save_checkpoint
     from .fc_net import FullyConnectedNet
     from .solver import Solver
 
@@ -149,8 +153,7 @@ def run_training(cfg, data=None, checkpoint=None, resume=False, progress=True, v
         if checkpoint:
             state = solver.state_dict()
             state["train_config"] = cfg.to_dict()
-            from .atomic import atomic_pickle
-            atomic_pickle(state, checkpoint)
+            save_checkpoint(state, checkpoint)
         log("epoch %2d/%d  loss %.4f  train acc %.4f  val acc %.4f  (%.1f s)"
             % (solver.epoch, solver.num_epochs, solver.loss_history[-1],
                solver.train_acc_history[-1], solver.val_acc_history[-1],
@@ -165,17 +168,15 @@ def run_training(cfg, data=None, checkpoint=None, resume=False, progress=True, v
                     epoch_callback=on_epoch, cuda_graph=cfg.cuda_graph)
     resumed_from = None
     if resume and checkpoint and os.path.exists(checkpoint):
-        import pickle
-        try:
-            with open(checkpoint, "rb") as f:
-                state = pickle.load(f)
-        except Exception as exc:
-            raise ValueError("cannot resume from %s: the file is unreadable (%s); delete it "
-                             "to start over" % (checkpoint, exc)) from exc
+        # every check (file, settings, model) passes before the run changes
+        state = load_checkpoint(checkpoint)
         why = _checkpoint_compatible(state, cfg)
         if why:
-            raise ValueError("cannot resume from %s: %s" % (checkpoint, why))
-        solver.load_state_dict(state)
+            raise CheckpointError("cannot resume from it: %s" % why, checkpoint)
+        try:
+            solver.load_state_dict(state)
+        except CheckpointError as e:
+            raise CheckpointError("cannot resume from it: %s" % e.problem, checkpoint) from e
         resumed_from = solver.epoch
         log("resumed from %s at epoch %d" % (checkpoint, solver.epoch))
 

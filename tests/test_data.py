@@ -47,6 +47,17 @@ def small(monkeypatch):
     monkeypatch.setattr(data, "ROWS_PER_BATCH", ROWS)
 
 
+TINY = 2  # rows per batch in the fuzzed data: small files, so most bytes are structure
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """Two rows per batch, and no decoded-array cache (every input is decoded)."""
+    monkeypatch.setattr(data, "ROWS_PER_BATCH", TINY)
+    monkeypatch.setattr(data, "_read_cache", lambda entry: None)
+    monkeypatch.setattr(data, "_write_cache", lambda entry, arrays: None)
+
+
 def cache_root(tmp_path) -> Path:
     return tmp_path / "xdg" / "fcgpu"
 
@@ -384,12 +395,61 @@ def test_missing_batch_in_folder(tmp_path, small):
     (lambda d: d[b"labels"].pop(), ["labels", "(19,)"]),
     (lambda d: d.pop(b"labels"), ["labels"]),
     (lambda d: d.update({b"labels": ["a"] * ROWS}), ["labels"]),
+    # ragged: np.asarray raises ValueError (it escaped as a bare ValueError)
+    (lambda d: d.update({b"labels": [1, [2, 3]] + [0] * (ROWS - 2)}),
+     ["labels", "not a list of 20 integers"]),
+    (lambda d: d.update({b"labels": [2 ** 80] * ROWS}), ["labels", "object"]),
 ])
 def test_bad_batch_content(tmp_path, small, change, words):
     batches = make_batches()
     change(batches["data_batch_2"])
     _raises_naming(write_archive(tmp_path / "c.tgz", batches), "data_batch_2", *words)
     _raises_naming(write_folder(tmp_path / "f", batches), "data_batch_2", *words)
+
+
+def test_corrupt_xz_archive(tmp_path, tiny):
+    """tarfile's "r:*" reads .tar.xz too, and lzma's errors are not OSErrors: a
+    damaged xz block check (39 bytes before the end here) escaped as a bare
+    LZMAError traceback (found by flipping bits along a .tar.xz)."""
+    path = tmp_path / "c.tar.xz"
+    with tarfile.open(path, "w:xz") as tf:
+        for name, d in make_batches(seed=3, rows=TINY).items():
+            blob = pickle.dumps(d, protocol=2)
+            info = tarfile.TarInfo(f"{data.FOLDER_NAME}/{name}")
+            info.size = len(blob)
+            tf.addfile(info, io.BytesIO(blob))
+    good = path.read_bytes()
+    assert_same(data.load_CIFAR10(path)[:1], expected(make_batches(seed=3, rows=TINY))[:1])
+    for back in range(1, 65):
+        blob = bytearray(good)
+        blob[-back] ^= 0x40
+        bad = tmp_path / f"bad{back}.tar.xz"
+        bad.write_bytes(bytes(blob))
+        with pytest.raises(DataError) as e:
+            data.load_CIFAR10(bad)
+        assert str(bad) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_pickle_with_a_huge_memo_index(tmp_path, small):
+    """LONG_BINPUT 2**31-1: CPython's C unpickler would grow its memo table to that
+    many entries (16 GiB) before failing. Found by the batch-pickle fuzzer, where
+    four damaged bytes took 70 s and 19 GB; the opcodes are now scanned first."""
+    evil = b"\x80\x02}r\xff\xff\xff\x7f."  # PROTO 2, EMPTY_DICT, LONG_BINPUT, STOP
+    folder = write_folder(tmp_path / data.FOLDER_NAME, make_batches())
+    (folder / "test_batch").write_bytes(evil)
+    t0 = time.perf_counter()
+    _raises_naming(folder, "test_batch", "memo index 2147483647", chained=True)
+    assert time.perf_counter() - t0 < 10
+
+
+def test_pickle_codecs_other_than_latin1_are_refused(tmp_path, small):
+    """Protocol 2 spells bytes as _codecs.encode(text, 'latin1'); other codecs are
+    not needed, and some (punycode) take quadratic time."""
+    evil = (b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x08\x00\x00\x00punycode"
+            b"\x86R.")
+    folder = write_folder(tmp_path / data.FOLDER_NAME, make_batches())
+    (folder / "test_batch").write_bytes(evil)
+    _raises_naming(folder, "test_batch", "refusing _codecs.encode", chained=True)
 
 
 def test_member_not_a_pickle_or_not_a_dict(tmp_path, small):
@@ -578,3 +638,114 @@ def test_real_archive(tmp_path, monkeypatch):
     np.testing.assert_array_equal(d["y_val"], ytr[49000:])
     np.testing.assert_array_equal(d["y_test"], yte[:1000])
     assert abs(d["X_train"].mean()) < 1e-3
+
+
+# --------------------------------------------------------------------------
+# fuzzing: damaged archives and batch pickles
+# --------------------------------------------------------------------------
+
+def _structure(blob, batches):
+    """Byte ranges of ``blob`` that are not image bytes: tar headers, pickle opcodes,
+    labels (where a fuzzer's edits matter most)."""
+    cuts = sorted((blob.find(b[b"data"].tobytes()), len(b[b"data"].tobytes()))
+                  for b in batches.values())
+    ranges, start = [], 0
+    for at, n in cuts:
+        if at >= 0:
+            ranges.append((start, at))
+            start = at + n
+    return ranges + [(start, len(blob))]
+
+
+def _load_or_refuse(path):
+    """load_CIFAR10 on a damaged input: the arrays, or one DataError line naming
+    the path; anything else (another exception, a hang) fails the test."""
+    from fuzzing import Watchdog, record
+    try:
+        with Watchdog(30):
+            arrays = data.load_CIFAR10(path)
+    except DataError as e:
+        msg = str(e)
+        assert "\n" not in msg and str(path) in msg, msg
+        record("refused: " + msg.replace(str(path), "PATH").split(". ")[0])
+        return None
+    record("loaded")
+    return arrays
+
+
+@pytest.fixture(scope="module")
+def fuzz_sources(tmp_path_factory):
+    """The fuzzers' starting points: one tiny data set as a .tar, .tar.gz, .tar.bz2
+    and .tar.xz archive (tarfile's "r:*" reads all four) and as batch pickles."""
+    folder = tmp_path_factory.mktemp("fuzz-src")
+    batches = make_batches(seed=3, rows=TINY)
+    out = {}
+    for ext, mode in (("tar", "w"), ("tar.gz", "w:gz"), ("tar.bz2", "w:bz2"),
+                      ("tar.xz", "w:xz")):
+        path = folder / f"c.{ext}"
+        with tarfile.open(path, mode) as tf:
+            for name in NAMES:
+                blob = pickle.dumps(batches[name], protocol=2)
+                info = tarfile.TarInfo(f"{data.FOLDER_NAME}/{name}")
+                info.size = len(blob)
+                tf.addfile(info, io.BytesIO(blob))
+        blob = path.read_bytes()
+        out[ext] = (blob, _structure(blob, batches) if ext == "tar" else [])
+    pickles = {name: pickle.dumps(batches[name], protocol=p)
+               for name, p in zip(NAMES, (2, 4, 5, 2, 3, 4))}
+    return _Sources(out, pickles, batches)
+
+
+class _Sources(tuple):
+    def __new__(cls, *parts):
+        return super().__new__(cls, parts)
+
+    def __repr__(self):  # (hypothesis prints the arguments of a failing example)
+        return "<fuzz sources>"
+
+
+def test_fuzz_sources_load(tmp_path, tiny, fuzz_sources):
+    """Undamaged, every starting point loads: the fuzzers start from good files."""
+    archives, pickles, batches = fuzz_sources
+    want = expected(batches)
+    for ext, (blob, _) in archives.items():
+        (tmp_path / f"a.{ext}").write_bytes(blob)
+        got = _load_or_refuse(tmp_path / f"a.{ext}")
+        assert got is not None, ext
+        np.testing.assert_array_equal(got[0], want[0])
+    folder = tmp_path / "f"
+    folder.mkdir()
+    for name, blob in pickles.items():
+        (folder / name).write_bytes(blob)
+    assert _load_or_refuse(folder) is not None
+
+
+from fuzzing import FUZZ, mutate, mutations, tally_report  # noqa: E402  (fuzz helpers)
+from hypothesis import given, strategies as st  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fuzz_tally():
+    yield from tally_report()
+
+
+@FUZZ
+@given(ext=st.sampled_from(["tar", "tar.gz", "tar.bz2", "tar.xz"]), ops=mutations())
+def test_fuzz_archives(tmp_path, tiny, fuzz_sources, ext, ops):
+    blob, hot = fuzz_sources[0][ext]
+    path = tmp_path / f"fuzzed.{ext}"
+    path.write_bytes(mutate(blob, ops, hot))
+    _load_or_refuse(path)
+
+
+@FUZZ
+@given(which=st.sampled_from(NAMES), ops=mutations())
+def test_fuzz_batch_pickles(tmp_path, tiny, fuzz_sources, which, ops):
+    _, pickles, batches = fuzz_sources
+    folder = tmp_path / "batches"
+    folder.mkdir(exist_ok=True)
+    for name, blob in pickles.items():
+        if name == which:
+            blob = mutate(blob, ops, _structure(blob, {name: batches[name]}))
+        (folder / name).write_bytes(blob)
+    _load_or_refuse(folder)

@@ -1,13 +1,13 @@
 """Solver: the course API, input checks, NaN stops, float32 end to end, resume."""
 import io
 import os
-import pickle
 
 import numpy as np
 import pytest
 
 from fcgpu.fc_net import FullyConnectedNet
-from fcgpu.solver import NonFiniteLossError, Solver
+from fcgpu import checkpoint
+from fcgpu.solver import CheckpointError, NonFiniteLossError, Solver
 
 
 def blobs(rng, n=600, d=12, c=3, xp=np):
@@ -108,15 +108,37 @@ def test_checkpoints_are_written_atomically_per_epoch(tmp_path, rng):
                     checkpoint_name=str(tmp_path / "ck"))
     solver.train()
     names = sorted(os.listdir(tmp_path))
-    assert names == ["ck_epoch_1.pkl", "ck_epoch_2.pkl"]  # no temporary files left over
-    with open(tmp_path / "ck_epoch_2.pkl", "rb") as f:
-        state = pickle.load(f)
+    # safetensors files, and no temporary files left over
+    assert names == ["ck_epoch_1.safetensors", "ck_epoch_2.safetensors"]
+    blob = (tmp_path / "ck_epoch_2.safetensors").read_bytes()
+    header_len = int.from_bytes(blob[:8], "little")
+    assert blob[8:9] == b"{" and b'"fcgpu-checkpoint"' in blob[8:8 + header_len]
+    state = checkpoint.load(tmp_path / "ck_epoch_2.safetensors")
     assert state["epoch"] == 2 and len(state["loss_history"]) == 2 * (500 // 100)
 
 
-def test_resume_equals_uninterrupted_run(tmp_path, rng):
+def assert_same_state(a, b, where="state"):
+    """Equal nested states: arrays bit for bit with the same dtype, the rest ==."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and sorted(a) == sorted(b), (where, sorted(a), sorted(b))
+        for k in a:
+            if k != "epoch_seconds":  # wall-clock times
+                assert_same_state(a[k], b[k], "%s.%s" % (where, k))
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, "%s[%d]" % (where, i))
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert np.array_equal(a, b), where
+    else:
+        assert type(a) is type(b) and a == b, (where, a, b)
+
+
+@pytest.mark.parametrize("rule", ["adam", "sgd_momentum", "rmsprop"])
+def test_resume_equals_uninterrupted_run(tmp_path, rng, rule):
     data = blobs(rng)
-    kw = dict(update_rule="adam", optim_config={"learning_rate": 5e-3}, lr_decay=0.9,
+    kw = dict(update_rule=rule, optim_config={"learning_rate": 5e-3}, lr_decay=0.9,
               batch_size=50, verbose=False, seed=3)
 
     def fresh():
@@ -125,7 +147,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, rng):
     full = Solver(fresh(), data, num_epochs=4, **kw)
     full.train()
 
-    path = tmp_path / "state.pkl"
+    path = tmp_path / "state.safetensors"
     # a run killed after epoch 2: its checkpoint is written from the epoch callback,
     # before train() restores the best parameters, as `fcgpu train` does
     first = Solver(fresh(), data, num_epochs=2, epoch_callback=lambda s: s.save_checkpoint(path),
@@ -139,13 +161,16 @@ def test_resume_equals_uninterrupted_run(tmp_path, rng):
     assert resumed.val_acc_history == full.val_acc_history
     for k in full.model.params:
         assert np.array_equal(resumed.model.params[k], full.model.params[k]), k
+    # everything else too: optimizer state (Adam's m, v, t; velocities; caches),
+    # batchnorm running statistics, the dropout and minibatch generator positions
+    assert_same_state(resumed.state_dict(), full.state_dict())
 
 
 def test_load_checkpoint_rejects_garbage(tmp_path, rng):
-    path = tmp_path / "bad.pkl"
-    path.write_bytes(b"not a pickle")
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(b"not a checkpoint")
     solver = Solver(small_model(), blobs(rng), verbose=False)
-    with pytest.raises(ValueError, match="cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="bad.safetensors.*not a safetensors file"):
         solver.load_checkpoint(path)
 
 

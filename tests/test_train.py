@@ -83,6 +83,29 @@ def test_resume_refuses_a_checkpoint_of_another_net(tmp_path, rng):
                      resume=True, progress=False, verbose=False)
 
 
+def test_resume_refuses_a_damaged_checkpoint_and_leaves_it(tmp_path, rng, monkeypatch, capsys):
+    """A truncated checkpoint: one line naming the file (CheckpointError from Python,
+    exit 2 from the CLI), nothing trained, the file and its folder unchanged."""
+    from fcgpu import train
+    from fcgpu.checkpoint import CheckpointError
+    data = fake_cifar(rng)
+    ck = tmp_path / "run.ckpt"
+    run_training(cfg(epochs=1), data=data, checkpoint=str(ck), progress=False, verbose=False)
+    damaged = ck.read_bytes()[:-100]
+    ck.write_bytes(damaged)
+    with pytest.raises(CheckpointError) as e:
+        run_training(cfg(epochs=2), data=data, checkpoint=str(ck), resume=True,
+                     progress=False, verbose=False)
+    assert str(e.value).startswith("checkpoint %s: the file is truncated" % ck)
+    monkeypatch.setattr(train, "load_data", lambda cfg, progress=True: data)
+    code = main(["train", "--backend", "numpy", "--epochs", "2", "--hidden", "64,64",
+                 "--batch-size", "50", "--num-train", "400", "--lr", "5e-3", "--seed", "5",
+                 "--checkpoint", str(ck), "--resume", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(ck) in err, err
+    assert ck.read_bytes() == damaged and os.listdir(tmp_path) == ["run.ckpt"]
+
+
 @pytest.mark.parametrize("kw,match", [
     (dict(dropout=1.5), "keep probability"),
     (dict(hidden_dims=(0,)), "positive"),

@@ -1,4 +1,4 @@
-"""The ``fcgpu`` command: ``train``, ``bench``, ``report``, ``search``.
+"""The ``fcgpu`` command: ``train``, ``bench``, ``report``, ``search``, ``convert-checkpoint``.
 
 Each subcommand lives in its own module here with ``add_arguments(parser)`` and
 ``run(args) -> exit code``; heavy imports happen inside ``run``. Expected failures
@@ -21,6 +21,8 @@ SUBCOMMANDS = {
     "bench": ("fcgpu.cli.bench", "run the benchmark suites that fit this machine"),
     "report": ("fcgpu.cli.report", "turn benchmark results JSON into a Markdown report"),
     "search": ("fcgpu.cli.search", "hyperparameter search with Optuna"),
+    "convert-checkpoint": ("fcgpu.cli.convert_checkpoint",
+                           "rewrite a pickle checkpoint of an earlier fcgpu (needs --trust)"),
 }
 
 
