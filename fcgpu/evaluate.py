@@ -7,7 +7,6 @@ CuPy); everything returned here is on the host.
 """
 from __future__ import annotations
 
-import io
 
 import numpy as np
 
@@ -108,7 +107,7 @@ def plot_confusion(result, path, class_names=None, title=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .atomic import atomic_write_bytes
+    from .atomic import atomic_save_figure
     cm = result["confusion"]
     C = cm.shape[0]
     names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in
@@ -133,10 +132,7 @@ def plot_confusion(result, path, class_names=None, title=None):
     ax.set_title(title or "accuracy %.4f on %d examples"
                  % (result["accuracy"], result["num_examples"]))
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(buf.getvalue(), path)
+    atomic_save_figure(fig, path, dpi=110)
 
 
 def load_model_from_checkpoint(path, xp=None):
@@ -148,24 +144,16 @@ def load_model_from_checkpoint(path, xp=None):
     running statistics (what ``fcgpu train`` reports its accuracies with; the last
     epoch's when the checkpoint has no best yet), and ``info``, a dict with
     ``train_config`` (the settings of ``fcgpu train``, or None), ``epoch`` and
-    ``best_val_acc``. The architecture is read from the parameter shapes. The file
-    is read by an unpickler that only rebuilds NumPy arrays: it cannot run code.
+    ``best_val_acc``. The architecture is read from the parameter shapes. The file is
+    read and checked by :func:`fcgpu.checkpoint.load` (a safetensors file: reading it
+    cannot run code); every problem is a one-line
+    :class:`fcgpu.checkpoint.CheckpointError` naming the file.
     """
+    from . import checkpoint
     from .backend import to_backend
-    from .data import _BatchUnpickler
     from .fc_net import FullyConnectedNet
 
-    try:
-        with open(path, "rb") as f:
-            state = _BatchUnpickler(f).load()
-    except OSError as exc:
-        raise ValueError("cannot read checkpoint %s: %s" % (path, exc)) from None
-    except Exception as exc:  # unpickling garbage raises nearly anything
-        raise ValueError("%s is not an fcgpu checkpoint (%s: %s)"
-                         % (path, type(exc).__name__, exc)) from None
-    if not isinstance(state, dict) or state.get("format") != "fcgpu-solver-1":
-        raise ValueError("%s is not an fcgpu checkpoint (no 'fcgpu-solver-1' format tag)"
-                         % path)
+    state = checkpoint.load(path)
     try:
         params = dict(state["model"]["params"])
         L = sum(1 for k in params if k.startswith("W"))
@@ -184,6 +172,7 @@ def load_model_from_checkpoint(path, xp=None):
         if set(params) != set(model.params):
             raise ValueError("its parameters are %s, not the net's %s"
                              % (sorted(params), sorted(model.params)))
+        checkpoint.check_state(state, model)
         model.load_state_dict(state["model"])
         best = state.get("best_params") or {}
         if best:
