@@ -33,7 +33,7 @@ from fcgpu.fc_net import FullyConnectedNet
 from fcgpu.solver import Solver
 from gpu_util import CUPY_OK, CUPY_WHY, assert_close, bits_equal
 import test_kernels_host as hk
-from test_kernels_host import FakeArray, _fake, _misaligned, emu_lib, nvcc_reports  # noqa: F401
+from test_kernels_host import FakeArray, _fake, _misaligned
 
 DTYPES = [np.float32, np.float64]
 RULES = ["sgd", "sgd_momentum", "rmsprop", "adam"]
@@ -211,8 +211,8 @@ class _GraphKernel(hk.FakeKernel):
     """The stand-in kernel: checks the launch, runs the host build of the kernel
     unless a capture is in progress, and records launches for capture / replay."""
 
-    def __init__(self, name, sig, log, emu, state):
-        super().__init__(name, sig, log, emu, None)
+    def __init__(self, name, sig, log, emu, state, max_threads=None):
+        super().__init__(name, sig, log, emu, None, max_threads)
         self.state = state
 
     def __call__(self, grid, block, args, **kwargs):
@@ -279,11 +279,11 @@ def _make_cupy(state):
 
 
 @pytest.fixture
-def emu(nvcc_reports, emu_lib, monkeypatch):  # noqa: F811
+def emu(kernel_signatures, launch_bounds, emu_lib, monkeypatch):
     """fcgpu.cuda on the host-built kernels behind a NumPy stand-in for CuPy."""
     from fcgpu.cuda import graph as cgraph
     from fcgpu.cuda import ops
-    sigs = hk._signatures(nvcc_reports)
+    sigs = kernel_signatures
     state = _State()
     fake = _make_cupy(state)
     log = []
@@ -292,7 +292,9 @@ def emu(nvcc_reports, emu_lib, monkeypatch):  # noqa: F811
     monkeypatch.setattr(ops, "sm_count", lambda: 3)
     monkeypatch.setattr(ops, "blocks_per_sm", lambda name, threads: 2)
     monkeypatch.setattr(ops, "get_kernel",
-                        lambda name: _GraphKernel(name, sigs[name], log, emu_lib, state))
+                        lambda name: _GraphKernel(name, sigs[name], log, emu_lib, state,
+                                                  None if launch_bounds is None
+                                                  else launch_bounds[name]))
     monkeypatch.setattr(cgraph, "require_cupy", lambda: fake)
     monkeypatch.setattr(FakeArray, "get", lambda self, stream=None: _np(self), raising=False)
 

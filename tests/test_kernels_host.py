@@ -2,9 +2,11 @@
 
 (a) every ``kernels/*.cu`` compiles with the local ``nvcc`` for sm_90 with
     ``-Xptxas -v`` and no register spills, and instantiates exactly the kernels that
-    ``fcgpu.cuda`` asks NVRTC for; where libnvrtc is present, the sources as
-    ``fcgpu.cuda.module`` expands them compile with NVRTC and every name expression
-    resolves (what ``cupy.RawModule`` does at run time);
+    ``fcgpu.cuda`` asks NVRTC for, with the parameter lists the host build has; the
+    sources as ``fcgpu.cuda.module`` expands them compile with NVRTC and every name
+    expression resolves (what ``cupy.RawModule`` does at run time), and the PTX gives
+    each kernel's ``__launch_bounds__``. (The builds are session fixtures, see
+    tests/toolchain.py; FCGPU_REQUIRE_NVCC=1 makes a missing tool a failure.)
 (b) ``kernels/philox.cuh`` built by the host C++ compiler reproduces the Random123
     known-answer vectors, the keep thresholds, and ``fcgpu.random.dropout_mask`` /
     ``dropout_mask_reference`` on large arrays;
@@ -15,11 +17,7 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import glob
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,74 +25,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import toolchain as tc
 from fcgpu import fused
 from fcgpu import random as frandom
 from fcgpu.cuda import module as cmod
 from fcgpu.cuda.ops import chunk_layout
 from gpu_util import assert_close, bits_equal, bn_backward_magnitudes, mask_window
 
-REPO = Path(__file__).resolve().parent.parent
-KERNELS = REPO / "kernels"
-HOST = Path(__file__).resolve().parent / "host"
-CU_FILES = sorted(KERNELS.glob("*.cu"))
-
-NVCC = shutil.which("nvcc") or (
-    "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
-CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
-CXXFILT = shutil.which("c++filt")
+KERNELS = tc.KERNELS
+HOST = tc.HOST
 
 
-# ----------------------------------------------------------------- (a) nvcc
-
-def _parse_ptxas(text):
-    """{mangled entry: {'regs': int, 'spill_stores': int, 'spill_loads': int}}."""
-    info = {}
-    current = None
-    for line in text.splitlines():
-        m = re.search(r"Compiling entry function '([^']+)'", line)
-        if m:
-            current = m.group(1)
-            info[current] = {}
-            continue
-        if current is None:
-            continue
-        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
-        if m:
-            info[current]["spill_stores"] = int(m.group(1))
-            info[current]["spill_loads"] = int(m.group(2))
-        m = re.search(r"Used (\d+) registers", line)
-        if m:
-            info[current]["regs"] = int(m.group(1))
-    return info
-
-
-def _demangle(names):
-    if not CXXFILT:
-        return None
-    res = subprocess.run([CXXFILT], input="\n".join(names), capture_output=True, text=True,
-                         check=True)
-    out = {}
-    for mangled, pretty in zip(names, res.stdout.splitlines()):
-        pretty = pretty.strip()
-        if pretty.startswith("void "):
-            pretty = pretty[5:]
-        out[mangled] = pretty.split("(", 1)[0]
-    return out
-
-
-@pytest.fixture(scope="module")
-def nvcc_reports():
-    if NVCC is None:
-        pytest.skip("nvcc not found on PATH (CUDA toolkit absent): kernel compile check skipped")
-    reports = {}
-    for cu in CU_FILES:
-        cmd = [NVCC, "-arch=sm_90", "-std=c++17", "-I%s" % KERNELS, "-Xptxas", "-v",
-               "-c", str(cu), "-o", os.devnull]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        assert res.returncode == 0, "nvcc failed on %s:\n%s%s" % (cu.name, res.stdout, res.stderr)
-        reports[cu.name] = (res.stdout + res.stderr, _parse_ptxas(res.stdout + res.stderr))
-    return reports
-
+# ----------------------------------------------------------------- (a) nvcc, NVRTC
 
 def test_kernel_sources_are_cuda_only():
     files = sorted(p.name for p in KERNELS.iterdir() if not p.name.startswith("."))
@@ -107,14 +49,14 @@ def test_kernel_sources_are_cuda_only():
             assert inc.startswith('"'), "%s includes %s (not NVRTC-safe)" % (p.name, inc)
 
 
-@pytest.mark.parametrize("cu", [p.name for p in CU_FILES])
+@pytest.mark.parametrize("cu", [p.name for p in tc.CU_FILES])
 def test_nvcc_sm90_no_spills(nvcc_reports, cu):
     text, info = nvcc_reports[cu]
     assert info, "no ptxas report for %s:\n%s" % (cu, text)
-    pretty = _demangle(list(info)) or {}
+    pretty = tc.demangle(list(info))
     lines = []
     for mangled, st in sorted(info.items()):
-        name = pretty.get(mangled, mangled)
+        name = tc.split_signature(pretty[mangled])[0]
         lines.append("%-45s %3s regs  spill %s/%s" % (name, st.get("regs"), st.get("spill_stores"),
                                                       st.get("spill_loads")))
         assert st.get("spill_stores") == 0 and st.get("spill_loads") == 0, \
@@ -123,65 +65,62 @@ def test_nvcc_sm90_no_spills(nvcc_reports, cu):
     print("\n%s (sm_90):\n  %s" % (cu, "\n  ".join(lines)))
 
 
+def _nvcc_signatures(nvcc_reports, fname):
+    _, info = nvcc_reports[fname]
+    return dict(tc.split_signature(p) for p in tc.demangle(list(info)).values())
+
+
 def test_nvcc_instantiates_every_name_expression(nvcc_reports):
-    if CXXFILT is None:
-        pytest.skip("c++filt not found: cannot demangle the ptxas entry names")
     for module, (fname, names) in cmod.MODULES.items():
-        _, info = nvcc_reports[fname]
-        compiled = set(_demangle(list(info)).values())
+        compiled = set(_nvcc_signatures(nvcc_reports, fname))
         assert set(names) == compiled, (module, sorted(set(names) ^ compiled))
 
 
-def _find_nvrtc():
-    cands = []
-    lib = ctypes.util.find_library("nvrtc")
-    if lib:
-        cands.append(lib)
-    for base in sys.path:
-        cands += sorted(glob.glob(os.path.join(base, "nvidia", "cu1*", "lib", "libnvrtc.so*")))
-        cands += sorted(glob.glob(os.path.join(base, "nvidia", "cuda_nvrtc", "lib", "libnvrtc.so*")))
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home:
-            cands += sorted(glob.glob(os.path.join(home, "lib64", "libnvrtc.so*")))
-    for c in cands:
-        if "builtins" in os.path.basename(c):
-            continue
-        try:
-            return ctypes.CDLL(c)
-        except OSError:
-            continue
-    return None
+def test_emulator_symbols_have_nvccs_signatures(nvcc_reports, kernel_signatures):
+    """The launch checks take parameter lists from the host build's symbols (no nvcc
+    needed); where nvcc is present they must be the device build's."""
+    nvcc = {}
+    for fname, _ in cmod.MODULES.values():
+        nvcc.update(_nvcc_signatures(nvcc_reports, fname))
+    assert kernel_signatures == nvcc
+
+
+def test_emulator_symbols_cover_every_kernel(kernel_signatures):
+    assert set(kernel_signatures) == tc.all_kernel_names()
+    for name, sig in kernel_signatures.items():
+        assert sig and all(sig), (name, sig)
 
 
 @pytest.mark.parametrize("module", sorted(cmod.MODULES))
 def test_nvrtc_compiles_expanded_source_with_name_expressions(module):
     """What cupy.RawModule(code=..., options=..., name_expressions=...) does."""
-    lib = _find_nvrtc()
-    if lib is None:
-        pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc for this check)")
-    fname, names = cmod.MODULES[module]
-    src = cmod.expand_source(fname, KERNELS)
-    assert "#include" not in re.sub(r"//.*", "", src), "local includes must be expanded"
-    prog = ctypes.c_void_p()
-    assert lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), fname.encode(), 0,
-                                  None, None) == 0
-    try:
-        for n in names:
-            assert lib.nvrtcAddNameExpression(prog, n.encode()) == 0, n
-        opts = list(cmod.compile_options(KERNELS)) + ["-arch=sm_90"]
-        arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
-        rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
-        size = ctypes.c_size_t()
-        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-        log = ctypes.create_string_buffer(max(1, size.value))
-        lib.nvrtcGetProgramLog(prog, log)
-        assert rc == 0, "NVRTC failed on %s:\n%s" % (fname, log.value.decode(errors="replace"))
-        for n in names:
-            lowered = ctypes.c_char_p()
-            assert lib.nvrtcGetLoweredName(prog, n.encode(), ctypes.byref(lowered)) == 0, n
-            assert lowered.value and lowered.value.startswith(b"_Z") or n == "fcgpu_dropout_mask"
-    finally:
-        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    ptx, lowered = tc.nvrtc_compile(module)
+    assert set(lowered) == set(cmod.MODULES[module][1])
+    for name, low in lowered.items():
+        assert low.startswith("_Z") or name == "fcgpu_dropout_mask", (name, low)
+        assert ".entry %s(" % low in ptx, name
+
+
+def test_ptx_maxntid_parser():
+    ptx = (".visible .entry _Z1a(\n\t.param .u64 p\n)\n.maxntid 256, 1, 1\n"
+           ".minnctapersm 8\n{\n\tret;\n}\n"
+           ".visible .entry _Z1b(\n)\n.maxntid 32, 8, 2\n{\n}\n"
+           ".visible .entry _Z1c(\n)\n{\n.maxntid 64, 1, 1\n}\n")
+    assert tc.ptx_maxntid(ptx) == {"_Z1a": 256, "_Z1b": 512, "_Z1c": None}
+
+
+def test_launch_bounds_from_ptx(launch_bounds):
+    """Every kernel declares __launch_bounds__; the emulated launches (section (d))
+    must fit them, as a GPU requires."""
+    if launch_bounds is None:
+        tc.unavailable("libnvrtc not found (pip install nvidia-cuda-nvrtc): launch bounds "
+                       "not checked")
+    assert set(launch_bounds) == tc.all_kernel_names()
+    missing = sorted(k for k, b in launch_bounds.items() if b is None)
+    assert not missing, "kernels without __launch_bounds__: %s" % missing
+    assert all(1 <= b <= 1024 for b in launch_bounds.values()), launch_bounds
+    assert launch_bounds["fcgpu_graph_advance<float>"] == 32
+    assert launch_bounds["fcgpu_bn_stats<double>"] == 256
 
 
 def test_expand_source_inlines_each_header_once():
@@ -195,11 +134,9 @@ def test_expand_source_inlines_each_header_once():
 # ----------------------------------------------------------------- host builds
 
 def _build(tmp_dir, source, name):
-    if CXX is None:
-        pytest.skip("no host C++ compiler (g++/clang++) found")
     exe = Path(tmp_dir) / name
-    cmd = [CXX, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off",
-           "-I%s" % KERNELS, str(HOST / source), "-o", str(exe)]
+    cmd = [tc.host_compiler(), "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror",
+           "-ffp-contract=off", "-I%s" % KERNELS, str(HOST / source), "-o", str(exe)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, "host build of %s failed:\n%s" % (source, res.stderr)
     return exe
@@ -480,8 +417,10 @@ def test_chunk_layout_covers_rows():
 # ----------------------------------------------------------------- (d) launch arguments
 # fcgpu.cuda.ops run against a stand-in for CuPy (NumPy-backed arrays, kernels that
 # only check their launch): every launch must pass exactly the kernel's parameter
-# list (count, pointer dtypes, 64-bit integers, float/double scalars by value), a
-# valid grid/block, arrays large enough and aligned where the vector path needs it.
+# list (count, pointer dtypes, 64-bit integers, float/double scalars by value; read
+# from the emulator library's symbols), a valid grid and a block within the kernel's
+# __launch_bounds__ (from NVRTC's PTX), arrays large enough and aligned where the
+# vector path needs it.
 
 class _Ptr:
     def __init__(self, ptr):
@@ -582,27 +521,15 @@ def _null_allowed(name, k, sig):
     return False
 
 
-def _signatures(nvcc_reports):
-    if CXXFILT is None:
-        pytest.skip("c++filt not found: cannot read the kernels' parameter lists")
-    sigs = {}
-    for _, info in nvcc_reports.values():
-        names = list(info)
-        res = subprocess.run([CXXFILT], input="\n".join(names), capture_output=True, text=True,
-                             check=True)
-        for pretty in res.stdout.splitlines():
-            pretty = pretty.strip()
-            if pretty.startswith("void "):
-                pretty = pretty[5:]
-            name, params = pretty.split("(", 1)
-            sigs[name] = [p.strip() for p in params.rstrip(")").split(",")]
-    return sigs
-
-
 class FakeKernel:
-    def __init__(self, name, sig, log, emu=None, guards=None):
+    """A launch checked against kernel ``name``'s parameter list ``sig`` and, when
+    known, its ``__launch_bounds__`` (``max_threads``); run on the host build of the
+    kernel when ``emu`` is given."""
+
+    def __init__(self, name, sig, log, emu=None, guards=None, max_threads=None):
         self.name, self.sig, self.log = name, sig, log
         self.emu, self.guards = emu, guards
+        self.max_threads = max_threads
 
     def __call__(self, grid, block, args, **kwargs):
         name, sig = self.name, self.sig
@@ -611,6 +538,10 @@ class FakeKernel:
         assert 1 <= len(grid) <= 3 and 1 <= len(block) <= 3, name
         assert all(isinstance(v, int) and v >= 1 for v in grid + block), (name, grid, block)
         assert int(np.prod(block)) <= 1024, (name, block)
+        if self.max_threads is not None:
+            assert int(np.prod(block)) <= self.max_threads, \
+                "%s launched with block %s, over its __launch_bounds__ of %d threads" \
+                % (name, block, self.max_threads)
         assert grid[0] < 2 ** 31 and all(v <= 65535 for v in grid[1:]), (name, grid)
         assert len(args) == len(sig), (name, len(args), sig)
         for k, (ptype, arg) in enumerate(zip(sig, args)):
@@ -696,9 +627,8 @@ class FakeKernel:
                                              args[3])
 
 
-def _install_fake_cuda(nvcc_reports, monkeypatch, emu=None):
+def _install_fake_cuda(sigs, bounds, monkeypatch, emu=None):
     from fcgpu.cuda import ops
-    sigs = _signatures(nvcc_reports)
     log = []
     fake = _make_fake_cupy()
     monkeypatch.setitem(sys.modules, "cupy", fake)
@@ -709,38 +639,21 @@ def _install_fake_cuda(nvcc_reports, monkeypatch, emu=None):
     def get_kernel(name):
         assert name in sigs, "no compiled kernel named %r" % name
         assert any(name in names for _, names in cmod.MODULES.values()), name
-        return FakeKernel(name, sigs[name], log, emu, fake.guards)
+        return FakeKernel(name, sigs[name], log, emu, fake.guards,
+                          None if bounds is None else bounds[name])
     monkeypatch.setattr(ops, "get_kernel", get_kernel)
     return ops, log, fake
 
 
 @pytest.fixture
-def fake_cuda(nvcc_reports, monkeypatch):
-    ops, log, _ = _install_fake_cuda(nvcc_reports, monkeypatch)
+def fake_cuda(kernel_signatures, launch_bounds, monkeypatch):
+    ops, log, _ = _install_fake_cuda(kernel_signatures, launch_bounds, monkeypatch)
     return ops, log
 
 
-@pytest.fixture(scope="module")
-def emu_lib(tmp_path_factory):
-    if CXX is None:
-        pytest.skip("no host C++ compiler (g++/clang++) found")
-    out = tmp_path_factory.mktemp("emu") / "libfcgpu_emu.so"
-    cmd = [CXX, "-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", "-ffp-contract=off",
-           "-fno-strict-aliasing", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas",
-           "-I%s" % KERNELS, "-I%s" % HOST, str(HOST / "kernel_emu.cpp"), "-o", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if res.returncode != 0 and "barrier" in res.stderr:
-        pytest.skip("host C++ compiler lacks C++20 <barrier>: kernel emulation skipped")
-    assert res.returncode == 0, "emulator build failed:\n%s" % res.stderr
-    lib = ctypes.CDLL(str(out))
-    lib.emu_launch.restype = ctypes.c_int
-    lib.emu_name.restype = ctypes.c_char_p
-    return lib
-
-
 @pytest.fixture
-def emu_cuda(nvcc_reports, monkeypatch, emu_lib):
-    ops, log, _ = _install_fake_cuda(nvcc_reports, monkeypatch, emu_lib)
+def emu_cuda(kernel_signatures, launch_bounds, monkeypatch, emu_lib):
+    ops, log, _ = _install_fake_cuda(kernel_signatures, launch_bounds, monkeypatch, emu_lib)
     return ops, log
 
 
