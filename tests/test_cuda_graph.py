@@ -12,8 +12,13 @@ Three layers, so that most of it runs without a GPU:
   with ``cuda_graph=True`` against the uncaptured Solver on the same stand-in. There
   a "capture" records the launches without running them (as CUDA does) and a
   "replay" runs the step's code again, checking that every launch repeats the
-  captured one (same kernels, grids, scalar arguments and static buffers): nothing
-  that changes between steps may be baked into a launch;
+  captured one (same kernels, grids, scalar arguments, and the static buffers at
+  the addresses they had when the capture began): nothing that changes between
+  steps may be baked into a launch. What CUDA refuses on a capturing stream, the
+  stand-in refuses too: any read of device memory by the host (``get``,
+  ``asnumpy``, ``float()``/``int()``/``bool()``, ``.item()``), any upload of host
+  data (``asarray``/``array`` of a host array or scalar, ``set``) and any
+  synchronize;
 * GPU (``-m gpu``, skip without CuPy and a device): real capture and replay against
   the uncaptured Solver, the kernels against float64 references.
 """
@@ -125,8 +130,19 @@ class _State:
         self.captured = None
         self.replaying = None
         self.capturer = None
+        self.static = None
         self.captures = 0
         self.launches = 0
+
+    def refuse(self, what):
+        """What CUDA answers to a synchronizing call on a capturing stream."""
+        if self.capturing:
+            raise CaptureError("cudaErrorStreamCaptureUnsupported: %s is not permitted "
+                               "while a stream is capturing" % what)
+
+
+class CaptureError(RuntimeError):
+    """The stand-in's cudaErrorStreamCaptureUnsupported (CuPy: CUDARuntimeError)."""
 
 
 class _FakeStream:
@@ -141,30 +157,33 @@ class _FakeStream:
         return False
 
     def synchronize(self):
-        pass
+        self.state.refuse("Stream.synchronize()")
 
     def begin_capture(self, mode=None):
         st = self.state
         assert not self.null, "capture on the legacy default stream is not allowed"
         assert not st.capturing, "nested capture"
         st.capturing, st.captured = True, []
-        # the object whose step is being captured (a replay runs its step again)
+        # the object whose step is being captured (a replay runs its step again), and
+        # where its static buffers are now: the graph holds these addresses
         st.capturer = sys._getframe(1).f_locals["self"]
+        st.static = _static_ranges(st.capturer)
 
     def end_capture(self):
         st = self.state
         assert st.capturing
         st.capturing = False
         st.captures += 1
-        return _FakeGraph(st, st.captured, st.capturer)
+        return _FakeGraph(st, st.captured, st.capturer, st.static)
 
 
 class _FakeGraph:
     """A replay runs the captured object's step again (kernels executing) and checks
     that it launches exactly what the capture recorded."""
 
-    def __init__(self, state, launches, owner):
+    def __init__(self, state, launches, owner, static):
         self.state, self.launches, self.owner = state, launches, owner
+        self.static = static  # (taken when the capture began, not at replay)
 
     def launch(self, stream=None):
         st = self.state
@@ -174,7 +193,7 @@ class _FakeGraph:
             replayed = st.replaying
         finally:
             st.replaying = None
-        _check_same_launches(self.launches, replayed, _static_ranges(self.owner))
+        _check_same_launches(self.launches, replayed, self.static)
 
 
 def _static_ranges(g):
@@ -253,18 +272,38 @@ def _wrap(v):
     return v
 
 
+_UPLOADS = ("array", "asarray", "asanyarray", "ascontiguousarray", "asfortranarray")
+
+
 def _make_cupy(state):
     """tests/test_kernels_host.py's stand-in, plus what the Solver and the graph use:
     NumPy functions as the array module (results as FakeArray), streams, capture,
-    pools, ``ndarray.get()``/``set()``."""
+    pools, ``ndarray.get()``/``set()``; host reads, uploads and synchronizes refused
+    while capturing."""
     fake = hk._make_fake_cupy(_Alloc())
+
+    def no_upload(name, f):
+        def call(a, *args, **kwargs):
+            if not isinstance(a, FakeArray):  # host data: a copy to the device
+                state.refuse("cupy.%s() of host data (%s)" % (name, type(a).__name__))
+            return f(a, *args, **kwargs)
+        return call
 
     def fallback(name):
         f = getattr(np, name)
         if callable(f) and not isinstance(f, type):
-            return lambda *a, **k: _wrap(f(*a, **k))
+            g = lambda *a, **k: _wrap(f(*a, **k))  # noqa: E731
+            return no_upload(name, g) if name in _UPLOADS else g
         return f
     fake.__getattr__ = fallback
+    for name in ("asarray", "ascontiguousarray"):
+        setattr(fake, name, no_upload(name, getattr(fake, name)))
+    to_host = fake.asnumpy
+
+    def asnumpy(a, *args, **kwargs):
+        state.refuse("cupy.asnumpy()")
+        return to_host(a, *args, **kwargs)
+    fake.asnumpy = asnumpy
     null = _FakeStream(state, null=True)
     pool = types.SimpleNamespace(malloc=lambda size: None, free_all_blocks=lambda: None)
     fake.cuda = types.SimpleNamespace(
@@ -296,13 +335,29 @@ def emu(kernel_signatures, launch_bounds, emu_lib, monkeypatch):
                                                   None if launch_bounds is None
                                                   else launch_bounds[name]))
     monkeypatch.setattr(cgraph, "require_cupy", lambda: fake)
-    monkeypatch.setattr(FakeArray, "get", lambda self, stream=None: _np(self), raising=False)
+
+    def get(self, stream=None):
+        state.refuse("ndarray.get()")
+        return _np(self)
+    monkeypatch.setattr(FakeArray, "get", get, raising=False)
 
     def set_(self, arr, stream=None):
+        state.refuse("ndarray.set()")
         arr = np.asarray(arr)
         assert arr.shape == self.shape and arr.dtype == self.dtype, (arr.shape, arr.dtype)
         self[...] = arr
     monkeypatch.setattr(FakeArray, "set", set_, raising=False)
+
+    def host_read(name):
+        base = getattr(np.ndarray, name)
+
+        def read(self, *args):
+            state.refuse("ndarray.%s (a read of device memory)" % name)
+            return base(self, *args)
+        return read
+    for name in ("__float__", "__int__", "__index__", "__bool__", "__complex__", "item",
+                 "tolist"):
+        monkeypatch.setattr(FakeArray, name, host_read(name))
     return types.SimpleNamespace(ops=ops, cp=fake, log=log, state=state, graph=cgraph)
 
 
