@@ -648,6 +648,66 @@ def test_emulated_solver_cuda_graph_refuses_a_custom_rule(emu):
         Solver(model, data, update_rule=optim.sgd, cuda_graph=True)
 
 
+# what a step must not do while it is captured (each one fails a real capture)
+FORBIDDEN_IN_CAPTURE = {
+    "float": lambda g, cp: float(g.loss_buf[0]),
+    "int": lambda g, cp: int(g.ctr[0]),
+    "bool": lambda g, cp: bool(g.ctr[0] == 0),
+    "item": lambda g, cp: g.ctr[0].item(),
+    "tolist": lambda g, cp: g.lr.tolist(),
+    "get": lambda g, cp: g.ctr.get(),
+    "asnumpy": lambda g, cp: cp.asnumpy(g.lr),
+    "asarray of a host array": lambda g, cp: cp.asarray(np.zeros(3)),
+    "asarray of a scalar": lambda g, cp: cp.asarray(1.5),
+    "array of a list": lambda g, cp: cp.array([1.0, 2.0]),
+    "ascontiguousarray of a host array": lambda g, cp: cp.ascontiguousarray(np.ones(2)),
+    "set": lambda g, cp: g.lr.set(np.zeros(g.lr.shape)),
+    "synchronize": lambda g, cp: cp.cuda.get_current_stream().synchronize(),
+}
+
+
+@pytest.mark.parametrize("what", sorted(FORBIDDEN_IN_CAPTURE))
+def test_emulated_capture_refuses_host_syncs(emu, monkeypatch, what):
+    """The stand-in is only as good as what it refuses: a step that reads the device,
+    uploads host data or synchronizes fails to capture, as on a GPU; the same step
+    run uncaptured (the warm-up before the capture) is fine."""
+    from fcgpu.cuda.graph import GraphedTrainStep
+    body = GraphedTrainStep._body
+    ran = []
+
+    def bad_body(self):
+        body(self)
+        FORBIDDEN_IN_CAPTURE[what](self, emu.cp)
+        ran.append(emu.state.capturing)
+    monkeypatch.setattr(GraphedTrainStep, "_body", bad_body)
+    s = _solver(emu.cp, blobs(np.random.default_rng(9)), np.float32, "adam", True, 0.7, True,
+                0.0, cuda_graph=True, epochs=1)
+    with pytest.raises(CaptureError, match="not permitted while a stream is capturing"):
+        s.train()
+    assert ran == [False]  # the warm-up ran it; the capture refused it
+    assert not emu.state.capturing  # the failed capture was ended
+
+
+def test_emulated_replay_checks_static_buffers_where_the_capture_saw_them(emu, monkeypatch):
+    """A static buffer reallocated after the capture (the graph still reads the old
+    one) fails the replay's comparison at the first launch that uses it."""
+    from fcgpu.cuda.graph import GraphedTrainStep
+    begin = GraphedTrainStep.begin_epoch
+    old = []
+
+    def realloc_perm(self, order, configs):
+        if self._graph is not None:
+            old.append(self.perm)  # (kept alive: its address cannot be reused)
+            self.perm = emu.cp.zeros_like(self.perm)
+        begin(self, order, configs)
+    monkeypatch.setattr(GraphedTrainStep, "begin_epoch", realloc_perm)
+    s = _solver(emu.cp, blobs(np.random.default_rng(10)), np.float32, "sgd", False, 0, True,
+                0.0, cuda_graph=True, epochs=2)
+    with pytest.raises(AssertionError, match="launch 0 .fcgpu_gather_rows.*static buffer moved"):
+        s.train()
+    assert old
+
+
 # ----------------------------------------------------------------- on a GPU
 
 requires_gpu = pytest.mark.skipif(not CUPY_OK, reason="needs CuPy and a CUDA device: %s"

@@ -442,6 +442,12 @@ class FakeArray(np.ndarray):
     def data(self):
         return _Ptr(self.__array_interface__["data"][0])
 
+    def __getitem__(self, key):
+        out = super().__getitem__(key)
+        if not isinstance(out, np.ndarray):  # one element: CuPy gives a 0-d device array
+            out = super().__getitem__((key if isinstance(key, tuple) else (key,)) + (Ellipsis,))
+        return out
+
     @property
     def device(self):
         return _FakeDevice()
