@@ -17,6 +17,8 @@
 from __future__ import annotations
 
 import ctypes
+import mmap
+import os
 import re
 import subprocess
 import sys
@@ -962,3 +964,109 @@ def test_emulated_empty_shapes(emu_cuda):
         out, _, _ = ops.bn_relu_dropout_forward(x, e, e, 1e-5, 0.9, _fake(np.ones(0, dtype)),
                                                 _fake(np.ones(0, dtype)), 0.5, 1, 2)
         assert out.shape == (4, 0)
+
+
+# ----------------------------------------------------------------- (f) past 2^32 elements
+# fcgpu_col_flat takes the column of a Philox block's first element with a 32-bit
+# remainder while n = N*D fits in 32 bits, and a 64-bit one past that. A whole
+# (N, D) array past 2^32 elements is far too big to emulate, so the kernel runs here
+# on a grid of one Philox block per thread (a valid launch of a grid-stride kernel)
+# of which only a few blocks execute: those around flat index 2^32 and at the end.
+# Its array arguments point at small host buffers offset by the window's start, so
+# the kernel's own 64-bit index arithmetic reaches them (and canaries around them).
+# The launch runs in a forked child: a kernel that strays far outside the window
+# fails the test (a segfault there) instead of ending the whole run.
+
+_COL_PARAMS = ["{T} const*", "{T} const*", "{T} const*", "{T}*", "unsigned long long",
+               "unsigned long long", "{T} const*", "{T} const*", "{T} const*", "{T} const*",
+               "unsigned long long", "unsigned long long", "unsigned long long", "{T}",
+               "unsigned long long const*"]
+
+
+def _window_buffer(values, guard=64):
+    """``values`` with NaN canaries on both sides, in memory shared with forked
+    children: (array, canaries)."""
+    size = (values.size + 2 * guard) * values.itemsize
+    buf = np.frombuffer(mmap.mmap(-1, size), dtype=values.dtype)
+    buf[...] = np.nan
+    buf[guard:guard + values.size] = values
+    return buf, guard
+
+
+def _in_child(fn):
+    """fn() in a forked child; its exit status (a signal: a crash) is asserted."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        code = 1
+        try:
+            code = int(fn())
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert not os.WIFSIGNALED(status), \
+        "the kernel crashed (signal %d): it reached memory outside its window" \
+        % os.WTERMSIG(status)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+@pytest.mark.parametrize("dtype,op", [(np.float32, 2), (np.float64, 2), (np.float32, 4),
+                                      (np.float64, 4)])
+@pytest.mark.parametrize("past_2_32", [False, True])
+def test_emulated_col_flat_windows_near_2_32_elements(emu_lib, kernel_signatures, launch_bounds,
+                                                       dtype, op, past_2_32):
+    T = "float" if dtype == np.float32 else "double"
+    name = "fcgpu_col_flat<%s, %d>" % (T, op)
+    assert kernel_signatures[name] == [p.format(T=T) for p in _COL_PARAMS]
+    threads = 256
+    assert launch_bounds is None or threads <= launch_bounds[name]
+    D = 5  # odd: the flat path, and columns wrap inside Philox blocks
+    N = (2 ** 32 + 4099) // D + 2 if past_2_32 else (2 ** 32 - 1) // D
+    n = N * D
+    assert (n > 2 ** 32) == past_2_32 and n % 4 != 0  # (a tail block too)
+    nblk = (n + 3) // 4
+    grid = (nblk + threads - 1) // threads
+    per_cta = 4 * threads  # elements one block of the launch covers
+    rng = np.random.default_rng(op * 2 + past_2_32)
+    p0, p1, p2, p3 = (rng.standard_normal(D).astype(dtype) for _ in range(4))
+    seed, stream, p = 2 ** 35 + 3, 2 ** 33 + 7, 0.6
+    t = frandom.keep_threshold(p)
+    s = frandom.dropout_scale(p, dtype)
+    first_ctas = [2 ** 32 // per_cta - 1, grid - 2] if past_2_32 else [grid - 2]
+    for cta in first_ctas:
+        e0 = cta * per_cta
+        e1 = min(n, (cta + 2) * per_cta)  # two blocks of the launch
+        m = e1 - e0
+        a, b, c = (rng.standard_normal(m).astype(dtype) for _ in range(3))
+        b[rng.random(m) < 0.3] = 0  # (op 4: out == 0 is a dropped or dead unit)
+        ins = [_window_buffer(v) for v in (a, b, c)]
+        ybuf, guard = _window_buffer(np.full(m, np.nan, dtype))
+        item = np.dtype(dtype).itemsize
+
+        def at(buf, g):  # a pointer that makes buf[g] element e0 of a huge array
+            return ctypes.c_void_p(buf.ctypes.data + (g - e0) * item)
+        vals = [at(*ins[0]), at(*ins[1]), at(*ins[2]), at(ybuf, guard),
+                ctypes.c_uint64(N), ctypes.c_uint64(D)]
+        vals += [ctypes.c_void_p(v.ctypes.data) for v in (p0, p1, p2, p3)]
+        vals += [ctypes.c_uint64(seed), ctypes.c_uint64(stream), ctypes.c_uint64(t),
+                 (ctypes.c_float if dtype == np.float32 else ctypes.c_double)(float(s)),
+                 ctypes.c_uint64(0)]
+        params = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
+        _in_child(lambda: emu_lib.emu_launch_blocks(name.encode(), grid, 1, 1, threads, 1, 1,
+                                                    params, ctypes.c_uint64(cta),
+                                                    ctypes.c_uint64(2)))
+        for buf, g in ins + [(ybuf, guard)]:
+            assert np.isnan(buf[:g]).all() and np.isnan(buf[g + m:]).all(), \
+                "%s wrote outside elements [%d, %d)" % (name, e0, e1)
+        y = ybuf[guard:guard + m]
+        # the reference, element by element in the array dtype (the host build does
+        # not contract a*b+c into an FMA, so it rounds the same)
+        col = np.arange(e0, e1, dtype=np.uint64) % np.uint64(D)
+        q0, q1, q2, q3 = p0[col], p1[col], p2[col], p3[col]
+        if op == 2:
+            keep = mask_window(e0, e1, p, seed, stream)
+            ref = np.where(keep, np.maximum((a - q0) * q1 + q2, dtype(0)) * s, dtype(0))
+        else:
+            dy = np.where(b > 0, a * s, dtype(0))
+            ref = q1 * dy + (q2 * (c - q0) + q3)
+        assert bits_equal(y, ref.astype(dtype)), \
+            "%s: elements [%d, %d) of n = %d differ" % (name, e0, e1, n)
