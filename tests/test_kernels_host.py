@@ -10,9 +10,12 @@
 (b) ``kernels/philox.cuh`` built by the host C++ compiler reproduces the Random123
     known-answer vectors, the keep thresholds, and ``fcgpu.random.dropout_mask`` /
     ``dropout_mask_reference`` on large arrays;
-(c) the kernels' per-element math and reduction steps (``kernels/ops.cuh``), built for
-    the host and driven like the kernels drive them, match the xp references of
-    ``fcgpu.fused`` on random inputs (bit-identical for dropout).
+(d) ``fcgpu.cuda.ops`` against a stand-in for CuPy: every launch's arguments, grid
+    and block checked against the kernel's parameter list and launch bounds;
+(e) the same with the kernels themselves built for the host (tests/host/cuda_emu.h)
+    running each launch: results against the float64 xp references of
+    ``fcgpu.fused`` (bit-identical for dropout), over chunk layouts of several device
+    sizes, and past 2^32 elements in windows (f).
 """
 from __future__ import annotations
 
@@ -149,11 +152,6 @@ def philox_exe(tmp_path_factory):
     return _build(tmp_path_factory.mktemp("philox"), "philox_kat.cpp", "philox_kat")
 
 
-@pytest.fixture(scope="module")
-def elem_exe(tmp_path_factory):
-    return _build(tmp_path_factory.mktemp("elem"), "elem_ops.cpp", "elem_ops")
-
-
 # ----------------------------------------------------------------- (b) Philox on the host
 
 KAT = [
@@ -228,183 +226,7 @@ def test_mask_window_matches_reference():
         assert np.array_equal(mask_window(a, b, 0.45, 2 ** 50, 3), ref[a:b]), (a, b)
 
 
-# ----------------------------------------------------------------- (c) element ops on the host
-
-def _hexf(v):
-    return float(v).hex()
-
-
-def _run_elem(exe, tmp, kind, dtype, arrays, outs, **params):
-    tag = "f32" if np.dtype(dtype) == np.float32 else "f64"
-    for name, arr in arrays.items():
-        np.ascontiguousarray(arr, dtype=dtype).tofile(str(tmp / (name + ".bin")))
-    args = [str(exe), kind, tag, str(tmp)]
-    for k, v in params.items():
-        args.append("%s=%s" % (k, _hexf(v) if isinstance(v, (float, np.floating)) else int(v)))
-    res = subprocess.run(args, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    return {name: np.fromfile(str(tmp / (name + ".out.bin")), dtype=dtype) for name in outs}
-
-
 DTYPES = [np.float32, np.float64]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n", [1, 3, 4, 1001, 65_537])
-@pytest.mark.parametrize("p", [0.3, 0.8, 1.0])
-def test_host_flat_ops_bit_identical(elem_exe, tmp_path, dtype, n, p):
-    rng = np.random.default_rng(n)
-    x = rng.standard_normal(n).astype(dtype)
-    seed, stream = 2 ** 40 + n, 12345
-    t = frandom.keep_threshold(p)
-    t = 1 << 32 if t is None else t
-    s = fused._scale(p, np.dtype(dtype))
-    s = 1.0 if s is None else float(s)
-    # dropout forward (and backward: the same op on dout)
-    y = _run_elem(elem_exe, tmp_path, "flat", dtype, {"a": x}, ["y"], op=0, n=n, seed=seed,
-                  stream=stream, t=t, s=s)["y"]
-    ref, _ = fused.dropout_forward_ref(x, p, seed, stream)
-    assert bits_equal(y, ref)
-    assert np.array_equal(y, fused.dropout_backward_ref(x, p, seed, stream))
-    # relu + dropout forward
-    y = _run_elem(elem_exe, tmp_path, "flat", dtype, {"a": x}, ["y"], op=1 if p < 1 else 2, n=n,
-                  seed=seed, stream=stream, t=t, s=s)["y"]
-    ref = fused.relu_dropout_forward_ref(x, p, seed, stream)
-    assert np.array_equal(y, ref)
-    # relu + dropout backward from out
-    dout = rng.standard_normal(n).astype(dtype)
-    dx = _run_elem(elem_exe, tmp_path, "flat", dtype, {"a": dout, "b": ref}, ["y"], op=3, n=n,
-                   seed=0, stream=0, t=t, s=s)["y"]
-    assert np.array_equal(dx, fused.relu_dropout_backward_ref(dout, ref, p))
-
-
-BN_SHAPES = [
-    # (N, D, sms) ; sms picks the chunk layout like a device would
-    (2, 5, 132),
-    (2, 1, 132),
-    (7, 3, 4),
-    (490, 500, 132),
-    (1000, 37, 2),
-    (513, 8, 132),
-    (3000, 4, 1),
-]
-
-
-def _bn_inputs(rng, n, d, dtype, offset=3.0):
-    x = (rng.standard_normal((n, d)) * rng.uniform(0.5, 4.0, d) + offset * rng.standard_normal(d))
-    gamma = rng.uniform(0.5, 1.5, d)
-    beta = rng.standard_normal(d)
-    rm = rng.standard_normal(d)
-    rv = rng.uniform(0.5, 2.0, d)
-    return [a.astype(dtype) for a in (x, gamma, beta, rm, rv)]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,d,sms", BN_SHAPES)
-@pytest.mark.parametrize("mode,p", [(0, 1.0), (1, 1.0), (2, 0.8), (2, 0.3)])
-def test_host_bn_forward_train(elem_exe, tmp_path, dtype, n, d, sms, mode, p):
-    rng = np.random.default_rng(n * 1000 + d)
-    x, gamma, beta, rm, rv = _bn_inputs(rng, n, d, dtype)
-    r, g = chunk_layout(n, d, sms)
-    assert (g - 1) * r < n <= g * r
-    eps, momentum, seed, stream = 1e-5, 0.9, 99, 2 ** 35 + 1
-    t = frandom.keep_threshold(p)
-    s = 1.0 if t is None else float(frandom.dropout_scale(p, dtype))
-    t = 1 << 32 if t is None else t
-    res = _run_elem(elem_exe, tmp_path, "bn_train", dtype,
-                    {"x": x, "gamma": gamma, "beta": beta, "rm": rm, "rv": rv},
-                    ["out", "mean", "inv_std", "rm", "rv"], mode=mode, N=n, D=d, R=r, G=g,
-                    eps=eps, momentum=momentum, seed=seed, stream=stream, t=t, s=s)
-    f64 = [a.astype(np.float64) for a in (x, gamma, beta, rm, rv)]
-    rm64, rv64 = f64[3].copy(), f64[4].copy()
-    if mode == 0:
-        out, mean, inv_std = fused.bn_forward_train_ref(f64[0], f64[1], f64[2], eps, momentum,
-                                                        rm64, rv64)
-    elif mode == 1:
-        out, mean, inv_std = fused.bn_forward_train_ref(f64[0], f64[1], f64[2], eps, momentum,
-                                                        rm64, rv64)
-        out = np.maximum(out, 0)
-    else:
-        out, mean, inv_std = fused.bn_relu_dropout_forward_ref(
-            f64[0], f64[1], f64[2], eps, momentum, rm64, rv64, p, seed, stream)
-    assert_close(res["out"], out.ravel(), dtype, "out")
-    assert_close(res["mean"], mean, dtype, "mean")
-    assert_close(res["inv_std"], inv_std, dtype, "inv_std")
-    assert_close(res["rm"], rm64, dtype, "running_mean")
-    assert_close(res["rv"], rv64, dtype, "running_var")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_host_bn_forward_train_large_offset_is_stable(elem_exe, tmp_path, dtype):
-    """Mean 1e4 x std: a one-pass sum-of-squares would lose every digit in fp32."""
-    rng = np.random.default_rng(5)
-    n, d = 4096, 16
-    x = (rng.standard_normal((n, d)) + 1e4).astype(dtype)
-    gamma, beta = np.ones(d, dtype), np.zeros(d, dtype)
-    rm, rv = np.zeros(d, dtype), np.ones(d, dtype)
-    r, g = chunk_layout(n, d, 132)
-    res = _run_elem(elem_exe, tmp_path, "bn_train", dtype,
-                    {"x": x, "gamma": gamma, "beta": beta, "rm": rm, "rv": rv},
-                    ["out", "mean", "inv_std", "rm", "rv"], mode=0, N=n, D=d, R=r, G=g,
-                    eps=1e-5, momentum=0.9, seed=0, stream=0, t=1 << 32, s=1.0)
-    var_ref = x.astype(np.float64).var(axis=0)
-    var_got = res["rv"].astype(np.float64) - 0.9  # running_var = 0.9 * 1 + 0.1 * var
-    assert np.allclose(var_got / 0.1, var_ref, rtol=2e-3)
-    inv_ref = 1.0 / np.sqrt(var_ref + 1e-5)
-    assert np.allclose(res["inv_std"], inv_ref, rtol=1e-3 if dtype == np.float32 else 1e-10)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,d", [(2, 5), (490, 500), (31, 1)])
-def test_host_bn_forward_infer(elem_exe, tmp_path, dtype, n, d):
-    rng = np.random.default_rng(d)
-    x, gamma, beta, rm, rv = _bn_inputs(rng, n, d, dtype)
-    res = _run_elem(elem_exe, tmp_path, "bn_infer", dtype,
-                    {"x": x, "gamma": gamma, "beta": beta, "rm": rm, "rv": rv}, ["out"],
-                    N=n, D=d, eps=1e-5)
-    f64 = [a.astype(np.float64) for a in (x, gamma, beta, rm, rv)]
-    ref = fused.bn_forward_infer_ref(f64[0], f64[1], f64[2], 1e-5, f64[3], f64[4])
-    assert_close(res["out"], ref, dtype, "out")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,d,sms", BN_SHAPES)
-@pytest.mark.parametrize("fused_mode,p", [(False, 1.0), (True, 1.0), (True, 0.8), (True, 0.3)])
-def test_host_bn_backward(elem_exe, tmp_path, dtype, n, d, sms, fused_mode, p):
-    rng = np.random.default_rng(n + 7 * d)
-    x, gamma, beta, rm, rv = _bn_inputs(rng, n, d, dtype)
-    dout = (rng.standard_normal((n, d)) + 0.25).astype(dtype)
-    x64 = x.astype(np.float64)
-    mean = x64.mean(axis=0)
-    inv_std = 1.0 / np.sqrt(x64.var(axis=0) + 1e-5)
-    r, g = chunk_layout(n, d, sms)
-    arrays = {"dout": dout, "x": x, "gamma": gamma, "mean": mean.astype(dtype),
-              "inv_std": inv_std.astype(dtype)}
-    seed, stream = 5, 6
-    if fused_mode:
-        out, _, _ = fused.bn_relu_dropout_forward_ref(x64, gamma.astype(np.float64),
-                                                      beta.astype(np.float64), 1e-5, 0.9,
-                                                      rm.astype(np.float64),
-                                                      rv.astype(np.float64), p, seed, stream)
-        out = out.astype(dtype)
-        arrays["out"] = out
-    t = frandom.keep_threshold(p)
-    s = 1.0 if t is None else float(frandom.dropout_scale(p, dtype))
-    res = _run_elem(elem_exe, tmp_path, "bn_bwd", dtype, arrays, ["dx", "dgamma", "dbeta"],
-                    fused=int(fused_mode), N=n, D=d, R=r, G=g, s=s)
-    # reference in float64 from the same (rounded) inputs
-    m64, i64, g64 = (arrays[k].astype(np.float64) for k in ("mean", "inv_std", "gamma"))
-    if fused_mode:
-        dx, dgamma, dbeta = fused.bn_relu_dropout_backward_ref(
-            dout.astype(np.float64), out.astype(np.float64), x64, g64, m64, i64, p)
-    else:
-        dx, dgamma, dbeta = fused.bn_backward_ref(dout.astype(np.float64), x64, g64, m64, i64)
-    dy = fused.relu_dropout_backward_ref(dout.astype(np.float64), out.astype(np.float64), p) \
-        if fused_mode else dout.astype(np.float64)
-    dx_mag, sums_mag = bn_backward_magnitudes(dy, x64, g64, m64, i64)
-    assert_close(res["dx"], dx, dtype, "dx", magnitude=dx_mag)
-    assert_close(np.concatenate([res["dgamma"], res["dbeta"]]), np.concatenate([dgamma, dbeta]),
-                 dtype, "dgamma/dbeta", magnitude=sums_mag)
 
 
 def test_chunk_layout_covers_rows():
@@ -913,9 +735,8 @@ def test_emulated_batchnorm(emu_cuda, dtype, shape, layout):
         assert_close(_np(out), ref_out, dtype, "fused out")
         assert_close(_np(mean), ref_mean, dtype, "fused mean")
         assert_close(_np(rv_f), rv_r, dtype, "fused running_var")
-        # masks: every unit dropped by the reference is exactly 0 on the device
-        assert np.all(_np(out)[ref_out == 0] == 0) or p == 1.0 or \
-            np.mean(_np(out)[ref_out == 0] != 0) < 1e-3
+        # the dropped units are exactly the mask's
+        assert not np.any(_np(out)[~frandom.dropout_mask(shape, p, seed, stream)])
         out64 = _np(out).astype(np.float64)
         m64, i64 = _np(mean).astype(np.float64), _np(inv_std).astype(np.float64)
         dx, dg, db = ops.bn_relu_dropout_backward(dout, out, x, gamma, mean, inv_std, p)
@@ -944,6 +765,78 @@ def test_emulated_running_stats_through_copies(emu_cuda, dtype):
     assert np.allclose(_np(big)[1::2], 0)
     assert np.allclose(_np(rv), 0.8 + 0.2 * x64.var(axis=0), rtol=1e-5)
     assert _np(rv).dtype == other
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_emulated_bn_large_offset_is_stable(emu_cuda, dtype):
+    """Mean 1e4 x std: a one-pass sum of squares (over a chunk, or inside the 8-row
+    batches) would lose every digit in fp32."""
+    ops, _ = emu_cuda
+    rng = np.random.default_rng(5)
+    n, d = 4096, 16
+    x = _fake((rng.standard_normal((n, d)) + 1e4).astype(dtype))
+    gamma, beta = _fake(np.ones(d, dtype)), _fake(np.zeros(d, dtype))
+    rm, rv = _fake(np.zeros(d, dtype)), _fake(np.ones(d, dtype))
+    _, _, inv_std = ops.bn_forward_train(x, gamma, beta, 1e-5, 0.9, rm, rv)
+    var_ref = _np(x).astype(np.float64).var(axis=0)
+    var_got = (_np(rv).astype(np.float64) - 0.9) / 0.1  # running_var = 0.9 + 0.1 * var
+    assert np.allclose(var_got, var_ref, rtol=2e-3)
+    assert np.allclose(_np(inv_std), 1.0 / np.sqrt(var_ref + 1e-5),
+                       rtol=1e-3 if dtype == np.float32 else 1e-10)
+
+
+BN_LAYOUTS = [
+    # (N, D, multiprocessors, reduction blocks per SM): chunks of the column
+    # reductions from 1 (all rows in one) to 47 (64 rows each), odd leftovers
+    (1000, 37, 132, 8), (3000, 4, 132, 8), (513, 8, 4, 8), (490, 500, 2, 1), (3000, 4, 1, 1),
+    (7, 3, 132, 8),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,d,sms,bps", BN_LAYOUTS)
+def test_emulated_bn_chunk_layouts(emu_cuda, monkeypatch, dtype, n, d, sms, bps):
+    """The two-stage reductions on the chunk layouts of other device sizes."""
+    ops, log = emu_cuda
+    monkeypatch.setattr(ops, "sm_count", lambda: sms)
+    monkeypatch.setattr(ops, "blocks_per_sm", lambda name, threads: bps)
+    r, g = chunk_layout(n, d, sms, bps)
+    rng = np.random.default_rng(n * 1000 + d)
+    x, gamma, beta = _bn_case(dtype, (n, d), rng, "contiguous")
+    x64, g64, b64 = (_np(a).astype(np.float64) for a in (x, gamma, beta))
+    rm = _fake(rng.standard_normal(d).astype(dtype))
+    rv = _fake(rng.uniform(0.5, 2, d).astype(dtype))
+    rm_ref, rv_ref = _np(rm).astype(np.float64), _np(rv).astype(np.float64)
+    p, seed, stream = 0.8, 99, 2 ** 35 + 1
+    log.clear()
+    out, mean, inv_std = ops.bn_relu_dropout_forward(x, gamma, beta, 1e-5, 0.9, rm, rv, p,
+                                                     seed, stream)
+    assert log[0][0].startswith("fcgpu_bn_stats<") and log[0][1] == ((d + 31) // 32, g), \
+        (log[0], r, g)
+    ref_out, ref_mean, ref_inv = fused.bn_relu_dropout_forward_ref(
+        x64, g64, b64, 1e-5, 0.9, rm_ref, rv_ref, p, seed, stream)
+    assert_close(_np(out), ref_out, dtype, "out")
+    assert_close(_np(mean), ref_mean, dtype, "mean")
+    assert_close(_np(inv_std), ref_inv, dtype, "inv_std")
+    assert_close(_np(rm), rm_ref, dtype, "running_mean")
+    assert_close(_np(rv), rv_ref, dtype, "running_var")
+    for fused_pass in (False, True):
+        dout = _fake((rng.standard_normal((n, d)) + 0.25).astype(dtype))
+        d64 = _np(dout).astype(np.float64)
+        m64, i64 = _np(mean).astype(np.float64), _np(inv_std).astype(np.float64)
+        if fused_pass:
+            o64 = _np(out).astype(np.float64)
+            dx, dg, db = ops.bn_relu_dropout_backward(dout, out, x, gamma, mean, inv_std, p)
+            rdx, rdg, rdb = fused.bn_relu_dropout_backward_ref(d64, o64, x64, g64, m64, i64, p)
+            dy = fused.relu_dropout_backward_ref(d64, o64, p)
+        else:
+            dx, dg, db = ops.bn_backward(dout, x, gamma, mean, inv_std)
+            rdx, rdg, rdb = fused.bn_backward_ref(d64, x64, g64, m64, i64)
+            dy = d64
+        dx_mag, sums_mag = bn_backward_magnitudes(dy, x64, g64, m64, i64)
+        assert_close(_np(dx), rdx, dtype, "dx", magnitude=dx_mag)
+        assert_close(np.concatenate([_np(dg), _np(db)]), np.concatenate([rdg, rdb]), dtype,
+                     "dgamma/dbeta", magnitude=sums_mag)
 
 
 def test_emulated_empty_shapes(emu_cuda):
