@@ -40,6 +40,7 @@ def pytest_runtest_makereport(item, call):
     if rep.skipped and item.get_closest_marker("gpu") is not None \
             and toolchain.required(REQUIRE_GPU) and not hasattr(rep, "wasxfail"):
         reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        reason = reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
         rep.outcome = "failed"
         rep.longrepr = "%s=1 but this GPU test skipped: %s" % (REQUIRE_GPU, reason)
 
