@@ -58,10 +58,11 @@ def test_kernel_sources_are_cuda_only():
 def test_nvcc_sm90_no_spills(nvcc_reports, cu):
     text, info = nvcc_reports[cu]
     assert info, "no ptxas report for %s:\n%s" % (cu, text)
-    pretty = tc.demangle(list(info))
+    # (readable names where c++filt is present; the check itself needs only nvcc)
+    pretty = tc.demangle(list(info)) if tc.CXXFILT else {}
     lines = []
     for mangled, st in sorted(info.items()):
-        name = tc.split_signature(pretty[mangled])[0]
+        name = tc.split_signature(pretty[mangled])[0] if pretty else mangled
         lines.append("%-45s %3s regs  spill %s/%s" % (name, st.get("regs"), st.get("spill_stores"),
                                                       st.get("spill_loads")))
         assert st.get("spill_stores") == 0 and st.get("spill_loads") == 0, \
