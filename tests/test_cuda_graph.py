@@ -12,8 +12,13 @@ Three layers, so that most of it runs without a GPU:
   with ``cuda_graph=True`` against the uncaptured Solver on the same stand-in. There
   a "capture" records the launches without running them (as CUDA does) and a
   "replay" runs the step's code again, checking that every launch repeats the
-  captured one (same kernels, grids, scalar arguments and static buffers): nothing
-  that changes between steps may be baked into a launch;
+  captured one (same kernels, grids, scalar arguments, and the static buffers at
+  the addresses they had when the capture began): nothing that changes between
+  steps may be baked into a launch. What CUDA refuses on a capturing stream, the
+  stand-in refuses too: any read of device memory by the host (``get``,
+  ``asnumpy``, ``float()``/``int()``/``bool()``, ``.item()``), any upload of host
+  data (``asarray``/``array`` of a host array or scalar, ``set``) and any
+  synchronize;
 * GPU (``-m gpu``, skip without CuPy and a device): real capture and replay against
   the uncaptured Solver, the kernels against float64 references.
 """
@@ -33,7 +38,7 @@ from fcgpu.fc_net import FullyConnectedNet
 from fcgpu.solver import Solver
 from gpu_util import CUPY_OK, CUPY_WHY, assert_close, bits_equal
 import test_kernels_host as hk
-from test_kernels_host import FakeArray, _fake, _misaligned, emu_lib, nvcc_reports  # noqa: F401
+from test_kernels_host import FakeArray, _fake, _misaligned
 
 DTYPES = [np.float32, np.float64]
 RULES = ["sgd", "sgd_momentum", "rmsprop", "adam"]
@@ -125,8 +130,19 @@ class _State:
         self.captured = None
         self.replaying = None
         self.capturer = None
+        self.static = None
         self.captures = 0
         self.launches = 0
+
+    def refuse(self, what):
+        """What CUDA answers to a synchronizing call on a capturing stream."""
+        if self.capturing:
+            raise CaptureError("cudaErrorStreamCaptureUnsupported: %s is not permitted "
+                               "while a stream is capturing" % what)
+
+
+class CaptureError(RuntimeError):
+    """The stand-in's cudaErrorStreamCaptureUnsupported (CuPy: CUDARuntimeError)."""
 
 
 class _FakeStream:
@@ -141,30 +157,33 @@ class _FakeStream:
         return False
 
     def synchronize(self):
-        pass
+        self.state.refuse("Stream.synchronize()")
 
     def begin_capture(self, mode=None):
         st = self.state
         assert not self.null, "capture on the legacy default stream is not allowed"
         assert not st.capturing, "nested capture"
         st.capturing, st.captured = True, []
-        # the object whose step is being captured (a replay runs its step again)
+        # the object whose step is being captured (a replay runs its step again), and
+        # where its static buffers are now: the graph holds these addresses
         st.capturer = sys._getframe(1).f_locals["self"]
+        st.static = _static_ranges(st.capturer)
 
     def end_capture(self):
         st = self.state
         assert st.capturing
         st.capturing = False
         st.captures += 1
-        return _FakeGraph(st, st.captured, st.capturer)
+        return _FakeGraph(st, st.captured, st.capturer, st.static)
 
 
 class _FakeGraph:
     """A replay runs the captured object's step again (kernels executing) and checks
     that it launches exactly what the capture recorded."""
 
-    def __init__(self, state, launches, owner):
+    def __init__(self, state, launches, owner, static):
         self.state, self.launches, self.owner = state, launches, owner
+        self.static = static  # (taken when the capture began, not at replay)
 
     def launch(self, stream=None):
         st = self.state
@@ -174,7 +193,7 @@ class _FakeGraph:
             replayed = st.replaying
         finally:
             st.replaying = None
-        _check_same_launches(self.launches, replayed, _static_ranges(self.owner))
+        _check_same_launches(self.launches, replayed, self.static)
 
 
 def _static_ranges(g):
@@ -212,8 +231,8 @@ class _GraphKernel(hk.FakeKernel):
     """The stand-in kernel: checks the launch, runs the host build of the kernel
     unless a capture is in progress, and records launches for capture / replay."""
 
-    def __init__(self, name, sig, log, emu, state):
-        super().__init__(name, sig, log, emu, None)
+    def __init__(self, name, sig, log, emu, state, max_threads=None):
+        super().__init__(name, sig, log, emu, None, max_threads)
         self.state = state
 
     def __call__(self, grid, block, args, **kwargs):
@@ -254,18 +273,38 @@ def _wrap(v):
     return v
 
 
+_UPLOADS = ("array", "asarray", "asanyarray", "ascontiguousarray", "asfortranarray")
+
+
 def _make_cupy(state):
     """tests/test_kernels_host.py's stand-in, plus what the Solver and the graph use:
     NumPy functions as the array module (results as FakeArray), streams, capture,
-    pools, ``ndarray.get()``/``set()``."""
+    pools, ``ndarray.get()``/``set()``; host reads, uploads and synchronizes refused
+    while capturing."""
     fake = hk._make_fake_cupy(_Alloc())
+
+    def no_upload(name, f):
+        def call(a, *args, **kwargs):
+            if not isinstance(a, FakeArray):  # host data: a copy to the device
+                state.refuse("cupy.%s() of host data (%s)" % (name, type(a).__name__))
+            return f(a, *args, **kwargs)
+        return call
 
     def fallback(name):
         f = getattr(np, name)
         if callable(f) and not isinstance(f, type):
-            return lambda *a, **k: _wrap(f(*a, **k))
+            g = lambda *a, **k: _wrap(f(*a, **k))  # noqa: E731
+            return no_upload(name, g) if name in _UPLOADS else g
         return f
     fake.__getattr__ = fallback
+    for name in ("asarray", "ascontiguousarray"):
+        setattr(fake, name, no_upload(name, getattr(fake, name)))
+    to_host = fake.asnumpy
+
+    def asnumpy(a, *args, **kwargs):
+        state.refuse("cupy.asnumpy()")
+        return to_host(a, *args, **kwargs)
+    fake.asnumpy = asnumpy
     null = _FakeStream(state, null=True)
     pool = types.SimpleNamespace(malloc=lambda size: None, free_all_blocks=lambda: None)
     fake.cuda = types.SimpleNamespace(
@@ -280,11 +319,11 @@ def _make_cupy(state):
 
 
 @pytest.fixture
-def emu(nvcc_reports, emu_lib, monkeypatch):  # noqa: F811
+def emu(kernel_signatures, launch_bounds, emu_lib, monkeypatch):
     """fcgpu.cuda on the host-built kernels behind a NumPy stand-in for CuPy."""
     from fcgpu.cuda import graph as cgraph
     from fcgpu.cuda import ops
-    sigs = hk._signatures(nvcc_reports)
+    sigs = kernel_signatures
     state = _State()
     fake = _make_cupy(state)
     log = []
@@ -293,15 +332,33 @@ def emu(nvcc_reports, emu_lib, monkeypatch):  # noqa: F811
     monkeypatch.setattr(ops, "sm_count", lambda: 3)
     monkeypatch.setattr(ops, "blocks_per_sm", lambda name, threads: 2)
     monkeypatch.setattr(ops, "get_kernel",
-                        lambda name: _GraphKernel(name, sigs[name], log, emu_lib, state))
+                        lambda name: _GraphKernel(name, sigs[name], log, emu_lib, state,
+                                                  None if launch_bounds is None
+                                                  else launch_bounds[name]))
     monkeypatch.setattr(cgraph, "require_cupy", lambda: fake)
-    monkeypatch.setattr(FakeArray, "get", lambda self, stream=None: _np(self), raising=False)
+
+    def get(self, stream=None):
+        state.refuse("ndarray.get()")
+        return _np(self)
+    monkeypatch.setattr(FakeArray, "get", get, raising=False)
 
     def set_(self, arr, stream=None):
+        state.refuse("ndarray.set()")
         arr = np.asarray(arr)
         assert arr.shape == self.shape and arr.dtype == self.dtype, (arr.shape, arr.dtype)
         self[...] = arr
     monkeypatch.setattr(FakeArray, "set", set_, raising=False)
+
+    def host_read(name):
+        base = getattr(np.ndarray, name)
+
+        def read(self, *args):
+            state.refuse("ndarray.%s (a read of device memory)" % name)
+            return base(self, *args)
+        return read
+    for name in ("__float__", "__int__", "__index__", "__bool__", "__complex__", "item",
+                 "tolist"):
+        monkeypatch.setattr(FakeArray, name, host_read(name))
     return types.SimpleNamespace(ops=ops, cp=fake, log=log, state=state, graph=cgraph)
 
 
@@ -628,6 +685,66 @@ def test_emulated_graph_epoch_has_at_most_its_batches(emu):
     assert _np(g.corr[0, :, 0]).tolist() == [1 - 0.9 ** t
                                              for t in range(t0 + 1, t0 + 1 + g.per_epoch)]
     g.step()
+
+
+# what a step must not do while it is captured (each one fails a real capture)
+FORBIDDEN_IN_CAPTURE = {
+    "float": lambda g, cp: float(g.loss_buf[0]),
+    "int": lambda g, cp: int(g.ctr[0]),
+    "bool": lambda g, cp: bool(g.ctr[0] == 0),
+    "item": lambda g, cp: g.ctr[0].item(),
+    "tolist": lambda g, cp: g.lr.tolist(),
+    "get": lambda g, cp: g.ctr.get(),
+    "asnumpy": lambda g, cp: cp.asnumpy(g.lr),
+    "asarray of a host array": lambda g, cp: cp.asarray(np.zeros(3)),
+    "asarray of a scalar": lambda g, cp: cp.asarray(1.5),
+    "array of a list": lambda g, cp: cp.array([1.0, 2.0]),
+    "ascontiguousarray of a host array": lambda g, cp: cp.ascontiguousarray(np.ones(2)),
+    "set": lambda g, cp: g.lr.set(np.zeros(g.lr.shape)),
+    "synchronize": lambda g, cp: cp.cuda.get_current_stream().synchronize(),
+}
+
+
+@pytest.mark.parametrize("what", sorted(FORBIDDEN_IN_CAPTURE))
+def test_emulated_capture_refuses_host_syncs(emu, monkeypatch, what):
+    """The stand-in is only as good as what it refuses: a step that reads the device,
+    uploads host data or synchronizes fails to capture, as on a GPU; the same step
+    run uncaptured (the warm-up before the capture) is fine."""
+    from fcgpu.cuda.graph import GraphedTrainStep
+    body = GraphedTrainStep._body
+    ran = []
+
+    def bad_body(self):
+        body(self)
+        FORBIDDEN_IN_CAPTURE[what](self, emu.cp)
+        ran.append(emu.state.capturing)
+    monkeypatch.setattr(GraphedTrainStep, "_body", bad_body)
+    s = _solver(emu.cp, blobs(np.random.default_rng(9)), np.float32, "adam", True, 0.7, True,
+                0.0, cuda_graph=True, epochs=1)
+    with pytest.raises(CaptureError, match="not permitted while a stream is capturing"):
+        s.train()
+    assert ran == [False]  # the warm-up ran it; the capture refused it
+    assert not emu.state.capturing  # the failed capture was ended
+
+
+def test_emulated_replay_checks_static_buffers_where_the_capture_saw_them(emu, monkeypatch):
+    """A static buffer reallocated after the capture (the graph still reads the old
+    one) fails the replay's comparison at the first launch that uses it."""
+    from fcgpu.cuda.graph import GraphedTrainStep
+    begin = GraphedTrainStep.begin_epoch
+    old = []
+
+    def realloc_perm(self, order, configs):
+        if self._graph is not None:
+            old.append(self.perm)  # (kept alive: its address cannot be reused)
+            self.perm = emu.cp.zeros_like(self.perm)
+        begin(self, order, configs)
+    monkeypatch.setattr(GraphedTrainStep, "begin_epoch", realloc_perm)
+    s = _solver(emu.cp, blobs(np.random.default_rng(10)), np.float32, "sgd", False, 0, True,
+                0.0, cuda_graph=True, epochs=2)
+    with pytest.raises(AssertionError, match="launch 0 .fcgpu_gather_rows.*static buffer moved"):
+        s.train()
+    assert old
 
 
 # ----------------------------------------------------------------- on a GPU

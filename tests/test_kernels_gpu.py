@@ -9,7 +9,8 @@ where CuPy or a device is missing. Run on a GPU machine with
 * batchnorm, fused batchnorm-ReLU-dropout, forward and backward: fp32 within 1e-5
   (normwise and max, relative), fp64 within 1e-12, of the float64 reference;
 * shapes with n % 4 != 0, misaligned and strided views, one column, N = 2, and
-  arrays past 2^31 (and 2^32) elements where the free GPU memory allows;
+  arrays past 2^31 and 2^32 elements (both elementwise batchnorm paths and dropout)
+  where the free GPU memory allows;
 * whole-net float64 gradient checks on CuPy; NumPy and CuPy training runs with the
   same seed draw the same masks and the same losses for the first steps.
 """
@@ -324,6 +325,70 @@ def test_bn_relu_dropout_past_2_31_elements(cp, ops, d):
         ref = np.where(keep, y * sc, 0.0)
         assert_close(out[rows].get(), ref, np.float32, "rows %d.." % r0)
     del x, out
+    cp.get_default_memory_pool().free_all_blocks()
+
+
+def bn_relu_dropout_flat_windows(xp, forward, limit, d=4095, period=61):
+    """The fused forward on an (n, d) fp32 array with n*d just past ``limit`` (2^32 on
+    the GPU: fcgpu_col_flat's 64-bit branch; d % 4 != 0 takes the flat path, with a
+    tail block), checked against float64 references at the rows around flat index
+    ``limit`` and at the end. (d = 4095 keeps the rows per column, and so the fp32
+    reductions, near those of the 2^31 test above.)
+
+    Cheap at 2^32 elements: the rows repeat a block of ``period`` random rows, so the
+    float64 column statistics come from that block (and the checked rows, which hold
+    fresh values of their own: a wrong row or column there shows), with no pass over
+    the whole array on the host or in float64. Returns the checked windows."""
+    rng = np.random.default_rng(21)
+    half = max(4, 2048 // d)  # rows checked on each side of flat index `limit`
+    reps = (limit // d + 3 * half) // period + 1
+    while (reps * period * d) % 4 == 0:
+        reps += 1
+    n = reps * period
+    assert n * d > limit and (n * d) % 4
+    block = (rng.standard_normal((period, d)) * rng.uniform(0.5, 2.0, d)
+             + rng.standard_normal(d)).astype(np.float32)
+    x = xp.tile(xp.asarray(block), (reps, 1))
+    r = limit // d
+    windows = [slice(r - half, r + half), slice(n - half - 1, n)]
+    assert windows[0].stop < windows[1].start
+    old, new = [], []
+    for w in windows:
+        new.append(rng.standard_normal((w.stop - w.start, d)).astype(np.float32) + 0.5)
+        old.append(block[np.arange(w.start, w.stop) % period].astype(np.float64))
+        x[w] = xp.asarray(new[-1])
+    b64 = block.astype(np.float64)
+    mean64 = (reps * b64.sum(axis=0) - sum(o.sum(axis=0) for o in old)
+              + sum(v.astype(np.float64).sum(axis=0) for v in new)) / n
+    m2 = (reps * ((b64 - mean64) ** 2).sum(axis=0) - sum(((o - mean64) ** 2).sum(axis=0)
+                                                         for o in old)
+          + sum(((v.astype(np.float64) - mean64) ** 2).sum(axis=0) for v in new))
+    var64 = m2 / n
+    g = np.linspace(0.5, 1.5, d).astype(np.float32)
+    b = np.linspace(-1.0, 1.0, d).astype(np.float32)
+    p, seed, stream = 0.7, 2 ** 33 + 5, 2 ** 32 + 11
+    out, mean, inv_std = forward(x, xp.asarray(g), xp.asarray(b), 1e-5, 0.9,
+                                 xp.zeros(d, np.float32), xp.ones(d, np.float32), p, seed,
+                                 stream)
+    host = lambda a: a.get() if hasattr(a, "get") else np.asarray(a)  # noqa: E731
+    assert_close(host(mean), mean64, np.float32, "mean", magnitude=np.sqrt(var64))
+    assert_close(host(inv_std), 1 / np.sqrt(var64 + 1e-5), np.float32, "inv_std")
+    sc = frandom.dropout_scale(p, np.float64)
+    for w, v in zip(windows, new):
+        y = np.maximum((v.astype(np.float64) - mean64) / np.sqrt(var64 + 1e-5) * g + b, 0)
+        keep = mask_window(w.start * d, w.stop * d, p, seed, stream).reshape(-1, d)
+        got = host(out[w])
+        assert not np.any(got[~keep]), "rows %d..%d: a dropped unit is not 0" % (w.start, w.stop)
+        assert_close(got, np.where(keep, y * sc, 0.0), np.float32,
+                     "rows %d..%d" % (w.start, w.stop))
+    return windows
+
+
+def test_bn_relu_dropout_flat_path_past_2_32_elements(cp, ops):
+    """fcgpu_col_flat past 2^32 elements (its 64-bit column arithmetic): 2 x 16 GiB."""
+    need_device_bytes(2 * (2 ** 32 + 2 ** 20) * 4 + (1 << 30),
+                      "batchnorm on 2^32+ fp32 elements")
+    bn_relu_dropout_flat_windows(cp, ops.bn_relu_dropout_forward, 2 ** 32)
     cp.get_default_memory_pool().free_all_blocks()
 
 

@@ -1,19 +1,28 @@
 """CPU-side checks of the CUDA kernels (CI has no GPU).
 
-(a) the nvcc and NVRTC builds: tests/test_kernels_nvcc.py (whose ptxas reports give
-    the kernels' parameter lists used here);
+(a) every ``kernels/*.cu`` compiles with the local ``nvcc`` for sm_90 with
+    ``-Xptxas -v`` and no register spills, and instantiates exactly the kernels that
+    ``fcgpu.cuda`` asks NVRTC for, with the parameter lists the host build has; the
+    sources as ``fcgpu.cuda.module`` expands them compile with NVRTC and every name
+    expression resolves (what ``cupy.RawModule`` does at run time), and the PTX gives
+    each kernel's ``__launch_bounds__``. (The builds are session fixtures, see
+    tests/toolchain.py; FCGPU_REQUIRE_NVCC=1 makes a missing tool a failure.)
 (b) ``kernels/philox.cuh`` built by the host C++ compiler reproduces the Random123
-    known-answer vectors, the keep thresholds, and ``fcgpu.fused.dropout_mask`` /
-    ``fcgpu.random.dropout_mask_reference`` on large arrays;
-(c) the kernels' per-element math and reduction steps (``kernels/ops.cuh``), built for
-    the host and driven like the kernels drive them, match the xp references of
-    ``fcgpu.fused`` on random inputs (bit-identical for dropout).
+    known-answer vectors, the keep thresholds, and ``fcgpu.random.dropout_mask`` /
+    ``dropout_mask_reference`` on large arrays;
+(d) ``fcgpu.cuda.ops`` against a stand-in for CuPy: every launch's arguments, grid
+    and block checked against the kernel's parameter list and launch bounds;
+(e) the same with the kernels themselves built for the host (tests/host/cuda_emu.h)
+    running each launch: results against the float64 xp references of
+    ``fcgpu.fused`` (bit-identical for dropout), over chunk layouts of several device
+    sizes, and past 2^32 elements in windows (f).
 """
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
-import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,28 +30,69 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import toolchain as tc
 from fcgpu import fused
 from fcgpu import random as frandom
 from fcgpu.cuda import module as cmod
 from fcgpu.cuda.ops import chunk_layout
 from gpu_util import assert_close, bits_equal, bn_backward_magnitudes, mask_window
 from helpers import check_exact_steps_on_edge_values
-from test_kernels_nvcc import CXXFILT, nvcc_reports  # noqa: F401  (fixture)
 
-REPO = Path(__file__).resolve().parent.parent
-KERNELS = REPO / "kernels"
-HOST = Path(__file__).resolve().parent / "host"
-CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+KERNELS = tc.KERNELS
+HOST = tc.HOST
+
+
+# ----------------------------------------------------------------- (a) nvcc, NVRTC
+# (the builds themselves, every architecture and -ftz=true: tests/test_kernels_nvcc.py)
+
+def _nvcc_signatures(nvcc_reports, fname):
+    _, info = nvcc_reports[fname]
+    return dict(tc.split_signature(p) for p in tc.demangle(list(info)).values())
+
+
+def test_emulator_symbols_have_nvccs_signatures(nvcc_reports, kernel_signatures):
+    """The launch checks take parameter lists from the host build's symbols (no nvcc
+    needed); where nvcc is present they must be the device build's."""
+    nvcc = {}
+    for fname, _ in cmod.MODULES.values():
+        nvcc.update(_nvcc_signatures(nvcc_reports, fname))
+    assert kernel_signatures == nvcc
+
+
+def test_emulator_symbols_cover_every_kernel(kernel_signatures):
+    assert set(kernel_signatures) == tc.all_kernel_names()
+    for name, sig in kernel_signatures.items():
+        assert sig and all(sig), (name, sig)
+
+
+def test_ptx_maxntid_parser():
+    ptx = (".visible .entry _Z1a(\n\t.param .u64 p\n)\n.maxntid 256, 1, 1\n"
+           ".minnctapersm 8\n{\n\tret;\n}\n"
+           ".visible .entry _Z1b(\n)\n.maxntid 32, 8, 2\n{\n}\n"
+           ".visible .entry _Z1c(\n)\n{\n.maxntid 64, 1, 1\n}\n")
+    assert tc.ptx_maxntid(ptx) == {"_Z1a": 256, "_Z1b": 512, "_Z1c": None}
+
+
+def test_launch_bounds_from_ptx(launch_bounds):
+    """Every kernel declares __launch_bounds__; the emulated launches (section (d))
+    must fit them, as a GPU requires."""
+    if launch_bounds is None:
+        tc.unavailable("libnvrtc not found (pip install nvidia-cuda-nvrtc): launch bounds "
+                       "not checked")
+    assert set(launch_bounds) == tc.all_kernel_names()
+    missing = sorted(k for k, b in launch_bounds.items() if b is None)
+    assert not missing, "kernels without __launch_bounds__: %s" % missing
+    assert all(1 <= b <= 1024 for b in launch_bounds.values()), launch_bounds
+    assert launch_bounds["fcgpu_graph_advance<float>"] == 32
+    assert launch_bounds["fcgpu_bn_stats<double>"] == 256
 
 
 # ----------------------------------------------------------------- host builds
 
 def _build(tmp_dir, source, name):
-    if CXX is None:
-        pytest.skip("no host C++ compiler (g++/clang++) found")
     exe = Path(tmp_dir) / name
-    cmd = [CXX, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-ffp-contract=off",
-           "-I%s" % KERNELS, str(HOST / source), "-o", str(exe)]
+    cmd = [tc.host_compiler(), "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror",
+           "-ffp-contract=off", "-I%s" % KERNELS, str(HOST / source), "-o", str(exe)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, "host build of %s failed:\n%s" % (source, res.stderr)
     return exe
@@ -51,11 +101,6 @@ def _build(tmp_dir, source, name):
 @pytest.fixture(scope="module")
 def philox_exe(tmp_path_factory):
     return _build(tmp_path_factory.mktemp("philox"), "philox_kat.cpp", "philox_kat")
-
-
-@pytest.fixture(scope="module")
-def elem_exe(tmp_path_factory):
-    return _build(tmp_path_factory.mktemp("elem"), "elem_ops.cpp", "elem_ops")
 
 
 # ----------------------------------------------------------------- (b) Philox on the host
@@ -132,182 +177,7 @@ def test_mask_window_matches_reference():
         assert np.array_equal(mask_window(a, b, 0.45, 2 ** 50, 3), ref[a:b]), (a, b)
 
 
-# ----------------------------------------------------------------- (c) element ops on the host
-
-def _hexf(v):
-    return float(v).hex()
-
-
-def _run_elem(exe, tmp, kind, dtype, arrays, outs, **params):
-    tag = "f32" if np.dtype(dtype) == np.float32 else "f64"
-    for name, arr in arrays.items():
-        np.ascontiguousarray(arr, dtype=dtype).tofile(str(tmp / (name + ".bin")))
-    args = [str(exe), kind, tag, str(tmp)]
-    for k, v in params.items():
-        args.append("%s=%s" % (k, _hexf(v) if isinstance(v, (float, np.floating)) else int(v)))
-    res = subprocess.run(args, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    return {name: np.fromfile(str(tmp / (name + ".out.bin")), dtype=dtype) for name in outs}
-
-
 DTYPES = [np.float32, np.float64]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n", [1, 3, 4, 1001, 65_537])
-@pytest.mark.parametrize("p", [0.3, 0.8, 1.0])
-def test_host_flat_ops_bit_identical(elem_exe, tmp_path, dtype, n, p):
-    rng = np.random.default_rng(n)
-    x = rng.standard_normal(n).astype(dtype)
-    seed, stream = 2 ** 40 + n, 12345
-    t = frandom.keep_threshold(p)
-    s = 1.0 if t is None else float(frandom.dropout_scale(p, dtype))
-    t = 1 << 32 if t is None else t
-    # dropout forward (and backward: the same op on dout)
-    y = _run_elem(elem_exe, tmp_path, "flat", dtype, {"a": x}, ["y"], op=0, n=n, seed=seed,
-                  stream=stream, t=t, s=s)["y"]
-    ref, _ = fused.dropout_forward_ref(x, p, seed, stream)
-    assert bits_equal(y, ref)
-    assert np.array_equal(y, fused.dropout_backward_ref(x, p, seed, stream))
-    # relu + dropout forward
-    y = _run_elem(elem_exe, tmp_path, "flat", dtype, {"a": x}, ["y"], op=1 if p < 1 else 2, n=n,
-                  seed=seed, stream=stream, t=t, s=s)["y"]
-    ref = fused.relu_dropout_forward_ref(x, p, seed, stream)
-    assert np.array_equal(y, ref)
-    # relu + dropout backward from out
-    dout = rng.standard_normal(n).astype(dtype)
-    dx = _run_elem(elem_exe, tmp_path, "flat", dtype, {"a": dout, "b": ref}, ["y"], op=3, n=n,
-                   seed=0, stream=0, t=t, s=s)["y"]
-    assert np.array_equal(dx, fused.relu_dropout_backward_ref(dout, ref, p))
-
-
-BN_SHAPES = [
-    # (N, D, sms) ; sms picks the chunk layout like a device would
-    (2, 5, 132),
-    (2, 1, 132),
-    (7, 3, 4),
-    (490, 500, 132),
-    (1000, 37, 2),
-    (513, 8, 132),
-    (3000, 4, 1),
-]
-
-
-def _bn_inputs(rng, n, d, dtype, offset=3.0):
-    x = (rng.standard_normal((n, d)) * rng.uniform(0.5, 4.0, d) + offset * rng.standard_normal(d))
-    gamma = rng.uniform(0.5, 1.5, d)
-    beta = rng.standard_normal(d)
-    rm = rng.standard_normal(d)
-    rv = rng.uniform(0.5, 2.0, d)
-    return [a.astype(dtype) for a in (x, gamma, beta, rm, rv)]
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,d,sms", BN_SHAPES)
-@pytest.mark.parametrize("mode,p", [(0, 1.0), (1, 1.0), (2, 0.8), (2, 0.3)])
-def test_host_bn_forward_train(elem_exe, tmp_path, dtype, n, d, sms, mode, p):
-    rng = np.random.default_rng(n * 1000 + d)
-    x, gamma, beta, rm, rv = _bn_inputs(rng, n, d, dtype)
-    r, g = chunk_layout(n, d, sms)
-    assert (g - 1) * r < n <= g * r
-    eps, momentum, seed, stream = 1e-5, 0.9, 99, 2 ** 35 + 1
-    t = frandom.keep_threshold(p)
-    s = 1.0 if t is None else float(frandom.dropout_scale(p, dtype))
-    t = 1 << 32 if t is None else t
-    res = _run_elem(elem_exe, tmp_path, "bn_train", dtype,
-                    {"x": x, "gamma": gamma, "beta": beta, "rm": rm, "rv": rv},
-                    ["out", "mean", "inv_std", "rm", "rv"], mode=mode, N=n, D=d, R=r, G=g,
-                    eps=eps, momentum=momentum, seed=seed, stream=stream, t=t, s=s)
-    f64 = [a.astype(np.float64) for a in (x, gamma, beta, rm, rv)]
-    rm64, rv64 = f64[3].copy(), f64[4].copy()
-    if mode == 0:
-        out, mean, inv_std = fused.bn_forward_train_ref(f64[0], f64[1], f64[2], eps, momentum,
-                                                        rm64, rv64)
-    elif mode == 1:
-        out, mean, inv_std = fused.bn_forward_train_ref(f64[0], f64[1], f64[2], eps, momentum,
-                                                        rm64, rv64)
-        out = np.maximum(out, 0)
-    else:
-        out, mean, inv_std = fused.bn_relu_dropout_forward_ref(
-            f64[0], f64[1], f64[2], eps, momentum, rm64, rv64, p, seed, stream)
-    assert_close(res["out"], out.ravel(), dtype, "out")
-    assert_close(res["mean"], mean, dtype, "mean")
-    assert_close(res["inv_std"], inv_std, dtype, "inv_std")
-    assert_close(res["rm"], rm64, dtype, "running_mean")
-    assert_close(res["rv"], rv64, dtype, "running_var")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_host_bn_forward_train_large_offset_is_stable(elem_exe, tmp_path, dtype):
-    """Mean 1e4 x std: a one-pass sum-of-squares would lose every digit in fp32."""
-    rng = np.random.default_rng(5)
-    n, d = 4096, 16
-    x = (rng.standard_normal((n, d)) + 1e4).astype(dtype)
-    gamma, beta = np.ones(d, dtype), np.zeros(d, dtype)
-    rm, rv = np.zeros(d, dtype), np.ones(d, dtype)
-    r, g = chunk_layout(n, d, 132)
-    res = _run_elem(elem_exe, tmp_path, "bn_train", dtype,
-                    {"x": x, "gamma": gamma, "beta": beta, "rm": rm, "rv": rv},
-                    ["out", "mean", "inv_std", "rm", "rv"], mode=0, N=n, D=d, R=r, G=g,
-                    eps=1e-5, momentum=0.9, seed=0, stream=0, t=1 << 32, s=1.0)
-    var_ref = x.astype(np.float64).var(axis=0)
-    var_got = res["rv"].astype(np.float64) - 0.9  # running_var = 0.9 * 1 + 0.1 * var
-    assert np.allclose(var_got / 0.1, var_ref, rtol=2e-3)
-    inv_ref = 1.0 / np.sqrt(var_ref + 1e-5)
-    assert np.allclose(res["inv_std"], inv_ref, rtol=1e-3 if dtype == np.float32 else 1e-10)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,d", [(2, 5), (490, 500), (31, 1)])
-def test_host_bn_forward_infer(elem_exe, tmp_path, dtype, n, d):
-    rng = np.random.default_rng(d)
-    x, gamma, beta, rm, rv = _bn_inputs(rng, n, d, dtype)
-    res = _run_elem(elem_exe, tmp_path, "bn_infer", dtype,
-                    {"x": x, "gamma": gamma, "beta": beta, "rm": rm, "rv": rv}, ["out"],
-                    N=n, D=d, eps=1e-5)
-    f64 = [a.astype(np.float64) for a in (x, gamma, beta, rm, rv)]
-    ref = fused.bn_forward_infer_ref(f64[0], f64[1], f64[2], 1e-5, f64[3], f64[4])
-    assert_close(res["out"], ref, dtype, "out")
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n,d,sms", BN_SHAPES)
-@pytest.mark.parametrize("fused_mode,p", [(False, 1.0), (True, 1.0), (True, 0.8), (True, 0.3)])
-def test_host_bn_backward(elem_exe, tmp_path, dtype, n, d, sms, fused_mode, p):
-    rng = np.random.default_rng(n + 7 * d)
-    x, gamma, beta, rm, rv = _bn_inputs(rng, n, d, dtype)
-    dout = (rng.standard_normal((n, d)) + 0.25).astype(dtype)
-    x64 = x.astype(np.float64)
-    mean = x64.mean(axis=0)
-    inv_std = 1.0 / np.sqrt(x64.var(axis=0) + 1e-5)
-    r, g = chunk_layout(n, d, sms)
-    arrays = {"dout": dout, "x": x, "gamma": gamma, "mean": mean.astype(dtype),
-              "inv_std": inv_std.astype(dtype)}
-    seed, stream = 5, 6
-    if fused_mode:
-        out, _, _ = fused.bn_relu_dropout_forward_ref(x64, gamma.astype(np.float64),
-                                                      beta.astype(np.float64), 1e-5, 0.9,
-                                                      rm.astype(np.float64),
-                                                      rv.astype(np.float64), p, seed, stream)
-        out = out.astype(dtype)
-        arrays["out"] = out
-    t = frandom.keep_threshold(p)
-    s = 1.0 if t is None else float(frandom.dropout_scale(p, dtype))
-    res = _run_elem(elem_exe, tmp_path, "bn_bwd", dtype, arrays, ["dx", "dgamma", "dbeta"],
-                    fused=int(fused_mode), N=n, D=d, R=r, G=g, s=s)
-    # reference in float64 from the same (rounded) inputs
-    m64, i64, g64 = (arrays[k].astype(np.float64) for k in ("mean", "inv_std", "gamma"))
-    if fused_mode:
-        dx, dgamma, dbeta = fused.bn_relu_dropout_backward_ref(
-            dout.astype(np.float64), out.astype(np.float64), x64, g64, m64, i64, p)
-    else:
-        dx, dgamma, dbeta = fused.bn_backward_ref(dout.astype(np.float64), x64, g64, m64, i64)
-    dy = fused.relu_dropout_backward_ref(dout.astype(np.float64), out.astype(np.float64), p) \
-        if fused_mode else dout.astype(np.float64)
-    dx_mag, sums_mag = bn_backward_magnitudes(dy, x64, g64, m64, i64)
-    assert_close(res["dx"], dx, dtype, "dx", magnitude=dx_mag)
-    assert_close(np.concatenate([res["dgamma"], res["dbeta"]]), np.concatenate([dgamma, dbeta]),
-                 dtype, "dgamma/dbeta", magnitude=sums_mag)
 
 
 def test_chunk_layout_covers_rows():
@@ -322,8 +192,10 @@ def test_chunk_layout_covers_rows():
 # ----------------------------------------------------------------- (d) launch arguments
 # fcgpu.cuda.ops run against a stand-in for CuPy (NumPy-backed arrays, kernels that
 # only check their launch): every launch must pass exactly the kernel's parameter
-# list (count, pointer dtypes, 64-bit integers, float/double scalars by value), a
-# valid grid/block, arrays large enough and aligned where the vector path needs it.
+# list (count, pointer dtypes, 64-bit integers, float/double scalars by value; read
+# from the emulator library's symbols), a valid grid and a block within the kernel's
+# __launch_bounds__ (from NVRTC's PTX), arrays large enough and aligned where the
+# vector path needs it.
 
 class _Ptr:
     def __init__(self, ptr):
@@ -344,6 +216,12 @@ class FakeArray(np.ndarray):
     @property
     def data(self):
         return _Ptr(self.__array_interface__["data"][0])
+
+    def __getitem__(self, key):
+        out = super().__getitem__(key)
+        if not isinstance(out, np.ndarray):  # one element: CuPy gives a 0-d device array
+            out = super().__getitem__((key if isinstance(key, tuple) else (key,)) + (Ellipsis,))
+        return out
 
     @property
     def device(self):
@@ -424,27 +302,15 @@ def _null_allowed(name, k, sig):
     return False
 
 
-def _signatures(nvcc_reports):
-    if CXXFILT is None:
-        pytest.skip("c++filt not found: cannot read the kernels' parameter lists")
-    sigs = {}
-    for _, info in nvcc_reports.values():
-        names = list(info)
-        res = subprocess.run([CXXFILT], input="\n".join(names), capture_output=True, text=True,
-                             check=True)
-        for pretty in res.stdout.splitlines():
-            pretty = pretty.strip()
-            if pretty.startswith("void "):
-                pretty = pretty[5:]
-            name, params = pretty.split("(", 1)
-            sigs[name] = [p.strip() for p in params.rstrip(")").split(",")]
-    return sigs
-
-
 class FakeKernel:
-    def __init__(self, name, sig, log, emu=None, guards=None):
+    """A launch checked against kernel ``name``'s parameter list ``sig`` and, when
+    known, its ``__launch_bounds__`` (``max_threads``); run on the host build of the
+    kernel when ``emu`` is given."""
+
+    def __init__(self, name, sig, log, emu=None, guards=None, max_threads=None):
         self.name, self.sig, self.log = name, sig, log
         self.emu, self.guards = emu, guards
+        self.max_threads = max_threads
 
     def __call__(self, grid, block, args, **kwargs):
         name, sig = self.name, self.sig
@@ -453,6 +319,10 @@ class FakeKernel:
         assert 1 <= len(grid) <= 3 and 1 <= len(block) <= 3, name
         assert all(isinstance(v, int) and v >= 1 for v in grid + block), (name, grid, block)
         assert int(np.prod(block)) <= 1024, (name, block)
+        if self.max_threads is not None:
+            assert int(np.prod(block)) <= self.max_threads, \
+                "%s launched with block %s, over its __launch_bounds__ of %d threads" \
+                % (name, block, self.max_threads)
         assert grid[0] < 2 ** 31 and all(v <= 65535 for v in grid[1:]), (name, grid)
         assert len(args) == len(sig), (name, len(args), sig)
         for k, (ptype, arg) in enumerate(zip(sig, args)):
@@ -538,9 +408,8 @@ class FakeKernel:
                                              args[3])
 
 
-def _install_fake_cuda(nvcc_reports, monkeypatch, emu=None):
+def _install_fake_cuda(sigs, bounds, monkeypatch, emu=None):
     from fcgpu.cuda import ops
-    sigs = _signatures(nvcc_reports)
     log = []
     fake = _make_fake_cupy()
     monkeypatch.setitem(sys.modules, "cupy", fake)
@@ -551,38 +420,21 @@ def _install_fake_cuda(nvcc_reports, monkeypatch, emu=None):
     def get_kernel(name):
         assert name in sigs, "no compiled kernel named %r" % name
         assert any(name in names for _, names in cmod.MODULES.values()), name
-        return FakeKernel(name, sigs[name], log, emu, fake.guards)
+        return FakeKernel(name, sigs[name], log, emu, fake.guards,
+                          None if bounds is None else bounds[name])
     monkeypatch.setattr(ops, "get_kernel", get_kernel)
     return ops, log, fake
 
 
 @pytest.fixture
-def fake_cuda(nvcc_reports, monkeypatch):
-    ops, log, _ = _install_fake_cuda(nvcc_reports, monkeypatch)
+def fake_cuda(kernel_signatures, launch_bounds, monkeypatch):
+    ops, log, _ = _install_fake_cuda(kernel_signatures, launch_bounds, monkeypatch)
     return ops, log
 
 
-@pytest.fixture(scope="module")
-def emu_lib(tmp_path_factory):
-    if CXX is None:
-        pytest.skip("no host C++ compiler (g++/clang++) found")
-    out = tmp_path_factory.mktemp("emu") / "libfcgpu_emu.so"
-    cmd = [CXX, "-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", "-ffp-contract=off",
-           "-fno-strict-aliasing", "-Wall", "-Wextra", "-Werror", "-Wno-unknown-pragmas",
-           "-I%s" % KERNELS, "-I%s" % HOST, str(HOST / "kernel_emu.cpp"), "-o", str(out)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    if res.returncode != 0 and "barrier" in res.stderr:
-        pytest.skip("host C++ compiler lacks C++20 <barrier>: kernel emulation skipped")
-    assert res.returncode == 0, "emulator build failed:\n%s" % res.stderr
-    lib = ctypes.CDLL(str(out))
-    lib.emu_launch.restype = ctypes.c_int
-    lib.emu_name.restype = ctypes.c_char_p
-    return lib
-
-
 @pytest.fixture
-def emu_cuda(nvcc_reports, monkeypatch, emu_lib):
-    ops, log, _ = _install_fake_cuda(nvcc_reports, monkeypatch, emu_lib)
+def emu_cuda(kernel_signatures, launch_bounds, monkeypatch, emu_lib):
+    ops, log, _ = _install_fake_cuda(kernel_signatures, launch_bounds, monkeypatch, emu_lib)
     return ops, log
 
 
@@ -844,9 +696,8 @@ def test_emulated_batchnorm(emu_cuda, dtype, shape, layout):
         assert_close(_np(out), ref_out, dtype, "fused out")
         assert_close(_np(mean), ref_mean, dtype, "fused mean")
         assert_close(_np(rv_f), rv_r, dtype, "fused running_var")
-        # masks: every unit dropped by the reference is exactly 0 on the device
-        assert np.all(_np(out)[ref_out == 0] == 0) or p == 1.0 or \
-            np.mean(_np(out)[ref_out == 0] != 0) < 1e-3
+        # the dropped units are exactly the mask's
+        assert not np.any(_np(out)[~frandom.dropout_mask(shape, p, seed, stream)])
         out64 = _np(out).astype(np.float64)
         m64, i64 = _np(mean).astype(np.float64), _np(inv_std).astype(np.float64)
         dx, dg, db = ops.bn_relu_dropout_backward(dout, out, x, gamma, mean, inv_std, p)
@@ -877,6 +728,78 @@ def test_emulated_running_stats_through_copies(emu_cuda, dtype):
     assert _np(rv).dtype == other
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_emulated_bn_large_offset_is_stable(emu_cuda, dtype):
+    """Mean 1e4 x std: a one-pass sum of squares (over a chunk, or inside the 8-row
+    batches) would lose every digit in fp32."""
+    ops, _ = emu_cuda
+    rng = np.random.default_rng(5)
+    n, d = 4096, 16
+    x = _fake((rng.standard_normal((n, d)) + 1e4).astype(dtype))
+    gamma, beta = _fake(np.ones(d, dtype)), _fake(np.zeros(d, dtype))
+    rm, rv = _fake(np.zeros(d, dtype)), _fake(np.ones(d, dtype))
+    _, _, inv_std = ops.bn_forward_train(x, gamma, beta, 1e-5, 0.9, rm, rv)
+    var_ref = _np(x).astype(np.float64).var(axis=0)
+    var_got = (_np(rv).astype(np.float64) - 0.9) / 0.1  # running_var = 0.9 + 0.1 * var
+    assert np.allclose(var_got, var_ref, rtol=2e-3)
+    assert np.allclose(_np(inv_std), 1.0 / np.sqrt(var_ref + 1e-5),
+                       rtol=1e-3 if dtype == np.float32 else 1e-10)
+
+
+BN_LAYOUTS = [
+    # (N, D, multiprocessors, reduction blocks per SM): chunks of the column
+    # reductions from 1 (all rows in one) to 47 (64 rows each), odd leftovers
+    (1000, 37, 132, 8), (3000, 4, 132, 8), (513, 8, 4, 8), (490, 500, 2, 1), (3000, 4, 1, 1),
+    (7, 3, 132, 8),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,d,sms,bps", BN_LAYOUTS)
+def test_emulated_bn_chunk_layouts(emu_cuda, monkeypatch, dtype, n, d, sms, bps):
+    """The two-stage reductions on the chunk layouts of other device sizes."""
+    ops, log = emu_cuda
+    monkeypatch.setattr(ops, "sm_count", lambda: sms)
+    monkeypatch.setattr(ops, "blocks_per_sm", lambda name, threads: bps)
+    r, g = chunk_layout(n, d, sms, bps)
+    rng = np.random.default_rng(n * 1000 + d)
+    x, gamma, beta = _bn_case(dtype, (n, d), rng, "contiguous")
+    x64, g64, b64 = (_np(a).astype(np.float64) for a in (x, gamma, beta))
+    rm = _fake(rng.standard_normal(d).astype(dtype))
+    rv = _fake(rng.uniform(0.5, 2, d).astype(dtype))
+    rm_ref, rv_ref = _np(rm).astype(np.float64), _np(rv).astype(np.float64)
+    p, seed, stream = 0.8, 99, 2 ** 35 + 1
+    log.clear()
+    out, mean, inv_std = ops.bn_relu_dropout_forward(x, gamma, beta, 1e-5, 0.9, rm, rv, p,
+                                                     seed, stream)
+    assert log[0][0].startswith("fcgpu_bn_stats<") and log[0][1] == ((d + 31) // 32, g), \
+        (log[0], r, g)
+    ref_out, ref_mean, ref_inv = fused.bn_relu_dropout_forward_ref(
+        x64, g64, b64, 1e-5, 0.9, rm_ref, rv_ref, p, seed, stream)
+    assert_close(_np(out), ref_out, dtype, "out")
+    assert_close(_np(mean), ref_mean, dtype, "mean")
+    assert_close(_np(inv_std), ref_inv, dtype, "inv_std")
+    assert_close(_np(rm), rm_ref, dtype, "running_mean")
+    assert_close(_np(rv), rv_ref, dtype, "running_var")
+    for fused_pass in (False, True):
+        dout = _fake((rng.standard_normal((n, d)) + 0.25).astype(dtype))
+        d64 = _np(dout).astype(np.float64)
+        m64, i64 = _np(mean).astype(np.float64), _np(inv_std).astype(np.float64)
+        if fused_pass:
+            o64 = _np(out).astype(np.float64)
+            dx, dg, db = ops.bn_relu_dropout_backward(dout, out, x, gamma, mean, inv_std, p)
+            rdx, rdg, rdb = fused.bn_relu_dropout_backward_ref(d64, o64, x64, g64, m64, i64, p)
+            dy = fused.relu_dropout_backward_ref(d64, o64, p)
+        else:
+            dx, dg, db = ops.bn_backward(dout, x, gamma, mean, inv_std)
+            rdx, rdg, rdb = fused.bn_backward_ref(d64, x64, g64, m64, i64)
+            dy = d64
+        dx_mag, sums_mag = bn_backward_magnitudes(dy, x64, g64, m64, i64)
+        assert_close(_np(dx), rdx, dtype, "dx", magnitude=dx_mag)
+        assert_close(np.concatenate([_np(dg), _np(db)]), np.concatenate([rdg, rdb]), dtype,
+                     "dgamma/dbeta", magnitude=sums_mag)
+
+
 def test_emulated_empty_shapes(emu_cuda):
     ops, log = emu_cuda
     for dtype in DTYPES:
@@ -895,3 +818,109 @@ def test_emulated_empty_shapes(emu_cuda):
         out, _, _ = ops.bn_relu_dropout_forward(x, e, e, 1e-5, 0.9, _fake(np.ones(0, dtype)),
                                                 _fake(np.ones(0, dtype)), 0.5, 1, 2)
         assert out.shape == (4, 0)
+
+
+# ----------------------------------------------------------------- (f) past 2^32 elements
+# fcgpu_col_flat takes the column of a Philox block's first element with a 32-bit
+# remainder while n = N*D fits in 32 bits, and a 64-bit one past that. A whole
+# (N, D) array past 2^32 elements is far too big to emulate, so the kernel runs here
+# on a grid of one Philox block per thread (a valid launch of a grid-stride kernel)
+# of which only a few blocks execute: those around flat index 2^32 and at the end.
+# Its array arguments point at small host buffers offset by the window's start, so
+# the kernel's own 64-bit index arithmetic reaches them (and canaries around them).
+# The launch runs in a forked child: a kernel that strays far outside the window
+# fails the test (a segfault there) instead of ending the whole run.
+
+_COL_PARAMS = ["{T} const*", "{T} const*", "{T} const*", "{T}*", "unsigned long long",
+               "unsigned long long", "{T} const*", "{T} const*", "{T} const*", "{T} const*",
+               "unsigned long long", "unsigned long long", "unsigned long long", "{T}",
+               "unsigned long long const*"]
+
+
+def _window_buffer(values, guard=64):
+    """``values`` with NaN canaries on both sides, in memory shared with forked
+    children: (array, canaries)."""
+    size = (values.size + 2 * guard) * values.itemsize
+    buf = np.frombuffer(mmap.mmap(-1, size), dtype=values.dtype)
+    buf[...] = np.nan
+    buf[guard:guard + values.size] = values
+    return buf, guard
+
+
+def _in_child(fn):
+    """fn() in a forked child; its exit status (a signal: a crash) is asserted."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        code = 1
+        try:
+            code = int(fn())
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert not os.WIFSIGNALED(status), \
+        "the kernel crashed (signal %d): it reached memory outside its window" \
+        % os.WTERMSIG(status)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+@pytest.mark.parametrize("dtype,op", [(np.float32, 2), (np.float64, 2), (np.float32, 4),
+                                      (np.float64, 4)])
+@pytest.mark.parametrize("past_2_32", [False, True])
+def test_emulated_col_flat_windows_near_2_32_elements(emu_lib, kernel_signatures, launch_bounds,
+                                                       dtype, op, past_2_32):
+    T = "float" if dtype == np.float32 else "double"
+    name = "fcgpu_col_flat<%s, %d>" % (T, op)
+    assert kernel_signatures[name] == [p.format(T=T) for p in _COL_PARAMS]
+    threads = 256
+    assert launch_bounds is None or threads <= launch_bounds[name]
+    D = 5  # odd: the flat path, and columns wrap inside Philox blocks
+    N = (2 ** 32 + 4099) // D + 2 if past_2_32 else (2 ** 32 - 1) // D
+    n = N * D
+    assert (n > 2 ** 32) == past_2_32 and n % 4 != 0  # (a tail block too)
+    nblk = (n + 3) // 4
+    grid = (nblk + threads - 1) // threads
+    per_cta = 4 * threads  # elements one block of the launch covers
+    rng = np.random.default_rng(op * 2 + past_2_32)
+    p0, p1, p2, p3 = (rng.standard_normal(D).astype(dtype) for _ in range(4))
+    seed, stream, p = 2 ** 35 + 3, 2 ** 33 + 7, 0.6
+    t = frandom.keep_threshold(p)
+    s = frandom.dropout_scale(p, dtype)
+    first_ctas = [2 ** 32 // per_cta - 1, grid - 2] if past_2_32 else [grid - 2]
+    for cta in first_ctas:
+        e0 = cta * per_cta
+        e1 = min(n, (cta + 2) * per_cta)  # two blocks of the launch
+        m = e1 - e0
+        a, b, c = (rng.standard_normal(m).astype(dtype) for _ in range(3))
+        b[rng.random(m) < 0.3] = 0  # (op 4: out == 0 is a dropped or dead unit)
+        ins = [_window_buffer(v) for v in (a, b, c)]
+        ybuf, guard = _window_buffer(np.full(m, np.nan, dtype))
+        item = np.dtype(dtype).itemsize
+
+        def at(buf, g):  # a pointer that makes buf[g] element e0 of a huge array
+            return ctypes.c_void_p(buf.ctypes.data + (g - e0) * item)
+        vals = [at(*ins[0]), at(*ins[1]), at(*ins[2]), at(ybuf, guard),
+                ctypes.c_uint64(N), ctypes.c_uint64(D)]
+        vals += [ctypes.c_void_p(v.ctypes.data) for v in (p0, p1, p2, p3)]
+        vals += [ctypes.c_uint64(seed), ctypes.c_uint64(stream), ctypes.c_uint64(t),
+                 (ctypes.c_float if dtype == np.float32 else ctypes.c_double)(float(s)),
+                 ctypes.c_uint64(0)]
+        params = (ctypes.c_void_p * len(vals))(*[ctypes.addressof(v) for v in vals])
+        _in_child(lambda: emu_lib.emu_launch_blocks(name.encode(), grid, 1, 1, threads, 1, 1,
+                                                    params, ctypes.c_uint64(cta),
+                                                    ctypes.c_uint64(2)))
+        for buf, g in ins + [(ybuf, guard)]:
+            assert np.isnan(buf[:g]).all() and np.isnan(buf[g + m:]).all(), \
+                "%s wrote outside elements [%d, %d)" % (name, e0, e1)
+        y = ybuf[guard:guard + m]
+        # the reference, element by element in the array dtype (the host build does
+        # not contract a*b+c into an FMA, so it rounds the same)
+        col = np.arange(e0, e1, dtype=np.uint64) % np.uint64(D)
+        q0, q1, q2, q3 = p0[col], p1[col], p2[col], p3[col]
+        if op == 2:
+            keep = mask_window(e0, e1, p, seed, stream)
+            ref = np.where(keep, np.maximum((a - q0) * q1 + q2, dtype(0)) * s, dtype(0))
+        else:
+            dy = np.where(b > 0, a * s, dtype(0))
+            ref = q1 * dy + (q2 * (c - q0) + q3)
+        assert bits_equal(y, ref.astype(dtype)), \
+            "%s: elements [%d, %d) of n = %d differ" % (name, e0, e1, n)

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+import toolchain as tc
+
 from fcgpu.cuda import module as cmod
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,10 +125,10 @@ def ptxas_reports(archs):
 @pytest.fixture(scope="module")
 def nvcc_matrix():
     if NVCC is None:
-        pytest.skip("nvcc not found on PATH (CUDA toolkit absent): kernel compile check skipped")
+        tc.unavailable("nvcc not found on PATH (CUDA toolkit absent): kernel compile check skipped")
     archs = nvcc_archs()
     if not archs:
-        pytest.skip("this nvcc builds none of %s" % ", ".join(ARCHS))
+        tc.unavailable("this nvcc builds none of %s" % ", ".join(ARCHS))
     return archs, ptxas_reports(archs)
 
 
@@ -135,7 +137,7 @@ def nvcc_reports():
     """{cu name: (ptxas text, {entry: stats})} for REF_ARCH: from the matrix build when
     it already ran in this session, else a build for REF_ARCH alone."""
     if NVCC is None:
-        pytest.skip("nvcc not found on PATH (CUDA toolkit absent): kernel compile check skipped")
+        tc.unavailable("nvcc not found on PATH (CUDA toolkit absent): kernel compile check skipped")
     full = _REPORTS.get(nvcc_archs())
     reports = full if full is not None and REF_ARCH in nvcc_archs() else \
         ptxas_reports((REF_ARCH,))
@@ -172,7 +174,7 @@ def test_parse_ptxas_reads_every_architecture():
 def test_nvcc_no_spills(nvcc_matrix, arch):
     archs, reports = nvcc_matrix
     if arch not in archs:
-        pytest.skip("this nvcc (%s) cannot build %s" % (NVCC, arch))
+        tc.unavailable("this nvcc (%s) cannot build %s" % (NVCC, arch))
     lines, bad = [], []
     for cu in sorted(reports):
         text, by_arch = reports[cu]
@@ -202,7 +204,7 @@ def test_nvcc_matrix_builds_without_warnings(nvcc_matrix):
 
 def test_nvcc_instantiates_every_name_expression(nvcc_reports):
     if CXXFILT is None:
-        pytest.skip("c++filt not found: cannot demangle the ptxas entry names")
+        tc.unavailable("c++filt not found: cannot demangle the ptxas entry names")
     for module, (fname, names) in cmod.MODULES.items():
         _, info = nvcc_reports[fname]
         compiled = set(_demangle(list(info)).values())
@@ -218,7 +220,7 @@ def test_nvcc_ftz_true_keeps_float32_subnormals():
     results bit for bit must not flush: no .ftz instruction in their PTX, and the
     dropout multiply and the ReLU comparisons are the plain IEEE instructions."""
     if NVCC is None:
-        pytest.skip("nvcc not found on PATH (CUDA toolkit absent)")
+        tc.unavailable("nvcc not found on PATH (CUDA toolkit absent)")
 
     @functools.lru_cache(maxsize=None)
     def ptx(cu):
@@ -297,7 +299,7 @@ def test_nvrtc_compiles_expanded_source_with_name_expressions(module):
     -ftz=true CuPy appends."""
     lib = _find_nvrtc()
     if lib is None:
-        pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc for this check)")
+        tc.unavailable("libnvrtc not found (pip install nvidia-cuda-nvrtc for this check)")
     fname, names = cmod.MODULES[module]
     src = cmod.expand_source(fname, KERNELS)
     assert "#include" not in re.sub(r"//.*", "", src), "local includes must be expanded"

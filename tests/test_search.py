@@ -319,6 +319,7 @@ def test_space_file_and_params(tmp_path):
 
 
 def test_report_with_plots_and_without_enough_trials(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
     url = sqlite_url(tmp_path)
     base = ["search", "--storage", url, *TINY, "--pruner", "none", "--sampler", "random",
             "--seed", "3"]
