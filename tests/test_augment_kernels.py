@@ -2,8 +2,9 @@
 CuPy stand-in of tests/test_kernels_host.py, first checking only its launches (the
 parameter list as nvcc compiled it, grid, block, null pointers), then running the
 kernel itself compiled for the host (tests/host/kernel_emu.cpp) and comparing with
-the reference bit for bit. The nvcc/NVRTC builds, the spill check and the kernel
-list of the emulator are checked in tests/test_kernels_host.py for every kernels/*.cu.
+the reference bit for bit. The nvcc/NVRTC builds and the spill check (every
+architecture) are in tests/test_kernels_nvcc.py, the emulator's kernel list in
+tests/test_kernels_host.py, for every kernels/*.cu.
 """
 from __future__ import annotations
 
@@ -15,29 +16,23 @@ import numpy as np
 import pytest
 
 import test_kernels_host as tkh
+import toolchain as tc
 from fcgpu import augment, augment_spec
 from fcgpu.cuda import augment as cuda_augment
 from gpu_util import bits_equal
-from test_kernels_host import emu_lib  # noqa: F401  (the emulator library fixture)
 
 # pointer arguments the augment kernel accepts as null: y, b_ptr, epoch_ptr, mean, yb
 _NULLABLE = {1, 3, 4, 5, 18}
 
 
-@pytest.fixture(scope="module")
-def augment_sigs():
-    if tkh.NVCC is None:
-        pytest.skip("nvcc not found on PATH (CUDA toolkit absent): launch checks skipped")
-    cu = tkh.KERNELS / "augment.cu"
-    res = subprocess.run([tkh.NVCC, "-arch=sm_90", "-std=c++17", "-I%s" % tkh.KERNELS,
-                          "-Xptxas", "-v", "-c", str(cu), "-o", os.devnull],
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
-    text = res.stdout + res.stderr
-    return tkh._signatures({"augment.cu": (text, tkh._parse_ptxas(text))})
+@pytest.fixture
+def augment_sigs(kernel_signatures, launch_bounds):
+    """(parameter lists from the emulator's symbols, __launch_bounds__ from the PTX)."""
+    return kernel_signatures, launch_bounds
 
 
-def _install(monkeypatch, sigs, emu=None):
+def _install(monkeypatch, sigs_bounds, emu=None):
+    sigs, bounds = sigs_bounds
     log = []
     fake = tkh._make_fake_cupy()
     monkeypatch.setitem(__import__("sys").modules, "cupy", fake)
@@ -48,7 +43,8 @@ def _install(monkeypatch, sigs, emu=None):
 
     def get_kernel(name):
         assert name in sigs, "no compiled kernel named %r" % name
-        return tkh.FakeKernel(name, sigs[name], log, emu, fake.guards)
+        return tkh.FakeKernel(name, sigs[name], log, emu, fake.guards,
+                              None if bounds is None else bounds[name])
     monkeypatch.setattr(cuda_augment, "get_kernel", get_kernel)
     return log, fake
 
@@ -164,10 +160,10 @@ def test_emulated_kernel_skips_rows_past_the_permutation(emu_augment):
 def test_ptx_keeps_subnormals_under_ftz():
     """CuPy compiles with -ftz=true; the kernel's float arithmetic must not flush
     (its conversions and subtraction are written in PTX without .ftz)."""
-    if tkh.NVCC is None:
-        pytest.skip("nvcc not found on PATH (CUDA toolkit absent)")
-    res = subprocess.run([tkh.NVCC, "-arch=sm_90", "-std=c++17", "-I%s" % tkh.KERNELS,
-                          "-ftz=true", "--ptx", str(tkh.KERNELS / "augment.cu"), "-o", "-"],
+    if tc.NVCC is None:
+        tc.unavailable("nvcc not found on PATH (CUDA toolkit absent)")
+    res = subprocess.run([tc.NVCC, "-arch=sm_90", "-std=c++17", "-I%s" % tc.KERNELS,
+                          "-ftz=true", "--ptx", str(tc.KERNELS / "augment.cu"), "-o", "-"],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     float_ops = [line.split()[0] for line in res.stdout.splitlines()

@@ -17,8 +17,6 @@ import pytest
 
 # the emulated CuPy of the CUDA-graph tests, for the smoke's warm-up
 from test_cuda_graph import emu  # noqa: F401
-from test_kernels_host import emu_lib  # noqa: F401
-from test_kernels_nvcc import nvcc_reports  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "bench" / "gpu_check.sh"

@@ -697,7 +697,7 @@ def test_emulated_batchnorm(emu_cuda, dtype, shape, layout):
         assert_close(_np(mean), ref_mean, dtype, "fused mean")
         assert_close(_np(rv_f), rv_r, dtype, "fused running_var")
         # the dropped units are exactly the mask's
-        assert not np.any(_np(out)[~frandom.dropout_mask(shape, p, seed, stream)])
+        assert not np.any(_np(out)[~fused.dropout_mask(shape, p, seed, stream)])
         out64 = _np(out).astype(np.float64)
         m64, i64 = _np(mean).astype(np.float64), _np(inv_std).astype(np.float64)
         dx, dg, db = ops.bn_relu_dropout_backward(dout, out, x, gamma, mean, inv_std, p)

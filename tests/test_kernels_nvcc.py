@@ -46,7 +46,7 @@ ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "sm_100", "sm_120")
 # the architecture whose report gives the kernels' names and parameter lists
 REF_ARCH = "sm_90"
 # modules that promise NumPy's float32 results bit for bit (dropout family, updates)
-EXACT_MODULES = ("dropout.cu", "optim.cu", "graph.cu")
+EXACT_MODULES = ("dropout.cu", "optim.cu", "graph.cu", "augment.cu")
 
 
 def _parse_ptxas(text):
