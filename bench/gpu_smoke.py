@@ -34,7 +34,7 @@ from fcgpu import fused, fused_optim, optim  # noqa: E402
 from fcgpu import random as frandom  # noqa: E402
 from fcgpu.backend import require_cupy  # noqa: E402
 from fcgpu.cuda import module as cmod  # noqa: E402
-from fcgpu.cuda import ops  # noqa: E402
+from fcgpu.cuda import ops, train_ops  # noqa: E402
 
 FAILURES = []
 
@@ -171,26 +171,26 @@ def run_optim(cp, dtype, rng):
             hosts = [rng.standard_normal(n + 1).astype(dtype) for _ in range(3)]
             hosts.append(rng.random(n + 1).astype(dtype))
             d, h = _views(cp, hosts, n, misaligned)
-            out = ops.adam_step(d[0], d[1], d[2], d[3], 1e-3, 0.9, 0.999, 1e-8, 3)
+            out = train_ops.adam_step(d[0], d[1], d[2], d[3], 1e-3, 0.9, 0.999, 1e-8, 3)
             ref = fused_optim.adam_step_ref(h[0], h[1], h[2], h[3], 1e-3, 0.9, 0.999, 1e-8, 3)
             check(rel(out.get(), ref) < tol(dtype) and rel(d[2].get(), h[2]) < tol(dtype)
                   and rel(d[3].get(), h[3]) < tol(dtype), "adam_step " + tag)
             d, h = _views(cp, hosts, n, misaligned)
-            ops.adam_step_device(d[0], d[1], d[2], d[3], cp.asarray([1e-3]),
-                                 cp.asarray(ops.bias_corrections(0.9, 0.999, 1, 4)),
+            train_ops.adam_step_device(d[0], d[1], d[2], d[3], cp.asarray([1e-3]),
+                                 cp.asarray(train_ops.bias_corrections(0.9, 0.999, 1, 4)),
                                  cp.asarray(np.array([2], np.uint64)), 0.9, 0.999, 1e-8)
             ref = fused_optim.adam_step_ref(h[0], h[1], h[2], h[3], 1e-3, 0.9, 0.999, 1e-8, 3)
             check(rel(d[0].get(), ref) < tol(dtype), "adam_step_device " + tag)
-            for code, rule, key in ((ops.RULE_SGD, "sgd", None),
-                                    (ops.RULE_SGD_MOMENTUM, "sgd_momentum", "velocity"),
-                                    (ops.RULE_RMSPROP, "rmsprop", "cache")):
+            for code, rule, key in ((train_ops.RULE_SGD, "sgd", None),
+                                    (train_ops.RULE_SGD_MOMENTUM, "sgd_momentum", "velocity"),
+                                    (train_ops.RULE_RMSPROP, "rmsprop", "cache")):
                 d, h = _views(cp, hosts, n, misaligned)
                 cfg = {"learning_rate": 1e-2, "momentum": 0.9, "decay_rate": 0.9,
                        "epsilon": 1e-8}
                 if key:
                     cfg[key] = h[3]
                 ref, _ = optim.RULES[rule](h[0], h[1], cfg)
-                ops.rule_step_device(code, d[0], d[1], d[3] if key else None,
+                train_ops.rule_step_device(code, d[0], d[1], d[3] if key else None,
                                      cp.asarray([1e-2]), h=0.9, eps=1e-8)
                 check(rel(d[0].get(), ref) < tol(dtype), "rule_step_device %s %s" % (rule, tag))
 
@@ -208,10 +208,10 @@ def run_graph(cp, dtype, rng):
         ok = True
         for step in range(n // b + 1):
             batch = step % (n // b)
-            ops.gather_rows(X, y, perm, ctr[0:1], Xb, yb)
+            train_ops.gather_rows(X, y, perm, ctr[0:1], Xb, yb)
             rows = order[batch * b:(batch + 1) * b]
             ok &= np.array_equal(Xb.get(), Xh[rows]) and np.array_equal(yb.get(), yh[rows])
-            ops.graph_advance(ctr, cp.asarray(np.array(step, dtype)), loss_buf, n // b, 2)
+            train_ops.graph_advance(ctr, cp.asarray(np.array(step, dtype)), loss_buf, n // b, 2)
         check(ok, "gather_rows %s D=%d" % (np.dtype(dtype).name, dcols))
         check(list(ctr.get()) == [1, 2 * (n // b + 1), n // b + 1, n // b + 1],
               "graph_advance %s" % np.dtype(dtype).name)

@@ -2,6 +2,7 @@
 import numpy as np
 
 from fcgpu.backend import asnumpy
+from fcgpu.cuda import train_ops
 
 
 def rel_error(a, b):
@@ -125,19 +126,19 @@ def check_exact_steps_on_edge_values(ops, dev, host, dtype, seed=0):
             mh, vh = mh.copy(), vh.copy()
             ref = fused_optim.adam_step_ref(wh, gh, mh, vh, 1e-3, 0.9, 0.999, 1e-8, 3)
             assert is_subnormal(mh).any() and is_subnormal(vh).any()
-            out = ops.adam_step(wd, gd, md, vd, 1e-3, 0.9, 0.999, 1e-8, 3)
+            out = train_ops.adam_step(wd, gd, md, vd, 1e-3, 0.9, 0.999, 1e-8, 3)
             assert bits_equal_nan(host(out), ref), "adam next_w"
             assert bits_equal_nan(host(md), mh) and bits_equal_nan(host(vd), vh), "adam m, v"
-            for code, rule, key in ((ops.RULE_SGD, "sgd", None),
-                                    (ops.RULE_SGD_MOMENTUM, "sgd_momentum", "velocity"),
-                                    (ops.RULE_RMSPROP, "rmsprop", "cache")):
+            for code, rule, key in ((train_ops.RULE_SGD, "sgd", None),
+                                    (train_ops.RULE_SGD_MOMENTUM, "sgd_momentum", "velocity"),
+                                    (train_ops.RULE_RMSPROP, "rmsprop", "cache")):
                 wd2, sd2 = dev(wh.copy()), dev(vh.copy())
                 cfg = {"learning_rate": 1e-3, "momentum": 0.9, "decay_rate": 0.9,
                        "epsilon": 1e-8}
                 if key:
                     cfg[key] = vh.copy()
                 ref, cfg = optim.RULES[rule](wh, gh, cfg)
-                ops.rule_step_device(code, wd2, gd, sd2 if key else None,
+                train_ops.rule_step_device(code, wd2, gd, sd2 if key else None,
                                      dev(np.array([1e-3])), h=0.9, eps=1e-8)
                 assert bits_equal_nan(host(wd2), ref), rule
                 if key:

@@ -36,6 +36,7 @@ from fcgpu import fused, fused_optim, optim
 from fcgpu import random as frandom
 from fcgpu.fc_net import FullyConnectedNet
 from fcgpu.solver import Solver
+from fcgpu.cuda import train_ops
 from gpu_util import CUPY_OK, CUPY_WHY, assert_close, bits_equal
 import test_kernels_host as hk
 from test_kernels_host import FakeArray, _fake, _misaligned
@@ -413,10 +414,10 @@ def test_emulated_adam_step_device(emu, dtype, in_place):
         wn, dwn, mn, vn = (_np(a).copy() for a in (w, dw, m, v))
         lr = cp.asarray(np.array([0.5, 2e-3, 7.0]))[1:2]   # a view: the pointer is offset
         # the bias corrections of steps 40..44; the kernel takes row index[0] (t = 42)
-        corr = cp.asarray(ops.bias_corrections(0.8, 0.99, 40, 5))
+        corr = cp.asarray(train_ops.bias_corrections(0.8, 0.99, 40, 5))
         index = cp.asarray(np.array([9, 2], np.uint64))[1:]
         out = None if in_place else cp.empty(n, dtype)
-        res = ops.adam_step_device(w, dw, m, v, lr, corr, index, 0.8, 0.99, 1e-6, out=out)
+        res = train_ops.adam_step_device(w, dw, m, v, lr, corr, index, 0.8, 0.99, 1e-6, out=out)
         assert res is (w if in_place else out)
         ref = fused_optim.adam_step_ref(wn, dwn, mn, vn, 2e-3, 0.8, 0.99, 1e-6, 42)
         assert bits_equal(_np(res), ref), n
@@ -426,10 +427,10 @@ def test_emulated_adam_step_device(emu, dtype, in_place):
         # an index past the table updates nothing
         before = [_np(a).copy() for a in (res, m, v)]
         index.set(np.array([5], np.uint64))
-        ops.adam_step_device(w, dw, m, v, lr, corr, index, 0.8, 0.99, 1e-6, out=out)
+        train_ops.adam_step_device(w, dw, m, v, lr, corr, index, 0.8, 0.99, 1e-6, out=out)
         assert all(bits_equal(_np(a), b) for a, b in zip((res, m, v), before))
     with pytest.raises(ValueError, match=r"shape \(K, 2\)"):
-        ops.adam_step_device(w, dw, m, v, lr, cp.asarray(np.zeros(4)), index, 0.8, 0.99, 1e-6)
+        train_ops.adam_step_device(w, dw, m, v, lr, cp.asarray(np.zeros(4)), index, 0.8, 0.99, 1e-6)
 
 
 def test_bias_corrections_are_the_python_formula():
@@ -449,8 +450,8 @@ def test_bias_corrections_are_the_python_formula():
 def test_emulated_rule_step_device_bit_identical_to_optim(emu, dtype, rule):
     rng = np.random.default_rng(3)
     ops, cp = emu.ops, emu.cp
-    code = {"sgd": ops.RULE_SGD, "sgd_momentum": ops.RULE_SGD_MOMENTUM,
-            "rmsprop": ops.RULE_RMSPROP}[rule]
+    code = {"sgd": train_ops.RULE_SGD, "sgd_momentum": train_ops.RULE_SGD_MOMENTUM,
+            "rmsprop": train_ops.RULE_RMSPROP}[rule]
     state_key = {"sgd": None, "sgd_momentum": "velocity", "rmsprop": "cache"}[rule]
     for shape in [(1,), (6,), (8,), (33, 5), "misaligned"]:
         if shape == "misaligned":
@@ -466,7 +467,7 @@ def test_emulated_rule_step_device_bit_identical_to_optim(emu, dtype, rule):
         ref, cfg = optim.RULES[rule](wn, dwn, cfg)
         lr = cp.asarray(np.array([3e-2]))
         h = {"sgd": 0.0, "sgd_momentum": 0.85, "rmsprop": 0.95}[rule]
-        res = ops.rule_step_device(code, w, dw, s if state_key else None, lr, h=h, eps=1e-7)
+        res = train_ops.rule_step_device(code, w, dw, s if state_key else None, lr, h=h, eps=1e-7)
         assert res is w
         assert bits_equal(_np(w), ref), (rule, shape)
         if state_key:
@@ -523,17 +524,17 @@ def test_emulated_gather_rows(emu, dtype, d):
     for batch in (0, 3, 5):
         idx.set(np.array([7, batch], np.uint64))
         emu.log.clear()
-        ops.gather_rows(X, y, perm, idx[1:], Xb, yb)
+        train_ops.gather_rows(X, y, perm, idx[1:], Xb, yb)
         rows = order[batch * b:(batch + 1) * b]
         assert np.array_equal(_np(Xb), _np(X)[rows]) and np.array_equal(_np(yb), _np(y)[rows])
         assert emu.log[-1][0].endswith("true>" if d % 4 == 0 else "false>")
     # a batch past the permutation writes nothing (and reads nothing out of bounds)
     idx.set(np.array([0, 7], np.uint64))
     before = _np(Xb).copy()
-    ops.gather_rows(X, y, perm, idx[1:], Xb, yb)
+    train_ops.gather_rows(X, y, perm, idx[1:], Xb, yb)
     assert np.array_equal(_np(Xb), before)
     with pytest.raises(ValueError, match="int64"):
-        ops.gather_rows(X, cp.asarray(np.zeros(n, np.int32)), perm, idx, Xb, yb)
+        train_ops.gather_rows(X, cp.asarray(np.zeros(n, np.int32)), perm, idx, Xb, yb)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -543,11 +544,11 @@ def test_emulated_graph_advance(emu, dtype):
     buf = cp.asarray(np.zeros(3, dtype))
     for k in range(7):
         loss = cp.asarray(np.array(1.5 + k, dtype))
-        ops.graph_advance(ctr, loss, buf, 3, 2)
+        train_ops.graph_advance(ctr, loss, buf, 3, 2)
         assert list(_np(ctr)) == [(k + 1) % 3, 10 + 2 * (k + 1), k + 2, k + 1]
         assert _np(buf)[k % 3] == 1.5 + k
     with pytest.raises(ValueError, match="fewer than"):
-        ops.graph_advance(ctr, loss, buf, 4, 0)
+        train_ops.graph_advance(ctr, loss, buf, 4, 0)
 
 
 # ----------------------------------------------------------------- emulated Solver runs
@@ -905,7 +906,7 @@ def test_gpu_adam_kernels_vs_float64_reference(cp, dtype):
             else:
                 h, d = [a[:n] for a in h], [a[:n] for a in d]
             w, dw, m, v = d
-            out = ops.adam_step(w, dw, m, v, 3e-3, 0.9, 0.999, 1e-8, 17)
+            out = train_ops.adam_step(w, dw, m, v, 3e-3, 0.9, 0.999, 1e-8, 17)
             h64 = [a.astype(np.float64) for a in h]
             ref = fused_optim.adam_step_ref(h64[0], h64[1], h64[2], h64[3], 3e-3, 0.9, 0.999,
                                             1e-8, 17)
@@ -916,15 +917,15 @@ def test_gpu_adam_kernels_vs_float64_reference(cp, dtype):
             # in the array dtype, the kernel rounds like NumPy: bit-identical
             hm, hv = h[2].copy(), h[3].copy()
             d2 = [cp.asarray(a) for a in (h[0], h[1], hm, hv)]
-            out2 = ops.adam_step(*d2, 3e-3, 0.9, 0.999, 1e-8, 17)
+            out2 = train_ops.adam_step(*d2, 3e-3, 0.9, 0.999, 1e-8, 17)
             assert bits_equal(cp.asnumpy(out2),
                               fused_optim.adam_step_ref(h[0], h[1], hm, hv, 3e-3, 0.9, 0.999,
                                                         1e-8, 17)), tag
             # the device variant: t and lr from device memory
             hm, hv = h[2].copy(), h[3].copy()
             d3 = [cp.asarray(a) for a in (h[0], h[1], hm, hv)]
-            ops.adam_step_device(d3[0], d3[1], d3[2], d3[3], cp.asarray([3e-3]),
-                                 cp.asarray(ops.bias_corrections(0.9, 0.999, 16, 2)),
+            train_ops.adam_step_device(d3[0], d3[1], d3[2], d3[3], cp.asarray([3e-3]),
+                                 cp.asarray(train_ops.bias_corrections(0.9, 0.999, 16, 2)),
                                  cp.asarray(np.array([1], np.uint64)), 0.9, 0.999, 1e-8)
             assert_close(cp.asnumpy(d3[0]), ref, dtype, "adam_dev next_w " + tag)
 
@@ -936,8 +937,8 @@ def test_gpu_adam_kernels_vs_float64_reference(cp, dtype):
 def test_gpu_rule_kernels_bit_identical_to_optim(cp, dtype, rule):
     from fcgpu.cuda import ops
     rng = np.random.default_rng(10)
-    code = {"sgd": ops.RULE_SGD, "sgd_momentum": ops.RULE_SGD_MOMENTUM,
-            "rmsprop": ops.RULE_RMSPROP}[rule]
+    code = {"sgd": train_ops.RULE_SGD, "sgd_momentum": train_ops.RULE_SGD_MOMENTUM,
+            "rmsprop": train_ops.RULE_RMSPROP}[rule]
     key = {"sgd": None, "sgd_momentum": "velocity", "rmsprop": "cache"}[rule]
     h = {"sgd": 0.0, "sgd_momentum": 0.85, "rmsprop": 0.95}[rule]
     for n in (1, 7, 4096, 100003):
@@ -948,7 +949,7 @@ def test_gpu_rule_kernels_bit_identical_to_optim(cp, dtype, rule):
             cfg[key] = s.copy()
         ref, cfg = optim.RULES[rule](w, dw, cfg)
         dwd, sd, wd = cp.asarray(dw), cp.asarray(s), cp.asarray(w)
-        ops.rule_step_device(code, wd, dwd, sd if key else None, cp.asarray([3e-2]), h=h,
+        train_ops.rule_step_device(code, wd, dwd, sd if key else None, cp.asarray([3e-2]), h=h,
                              eps=1e-7)
         assert bits_equal(cp.asnumpy(wd), ref), (rule, n)
         if key:
@@ -1003,11 +1004,11 @@ def test_gpu_gather_rows_and_advance(cp, dtype):
         loss_buf = cp.zeros(n // b, dtype)
         for step in range(n // b + 2):
             batch = step % (n // b)
-            ops.gather_rows(X, y, perm, ctr[0:1], Xb, yb)
+            train_ops.gather_rows(X, y, perm, ctr[0:1], Xb, yb)
             rows = order[batch * b:(batch + 1) * b]
             assert np.array_equal(cp.asnumpy(Xb), Xh[rows]), (d, step)
             assert np.array_equal(cp.asnumpy(yb), yh[rows]), (d, step)
-            ops.graph_advance(ctr, cp.asarray(np.array(step, dtype)), loss_buf, n // b, 3)
+            train_ops.graph_advance(ctr, cp.asarray(np.array(step, dtype)), loss_buf, n // b, 3)
         assert list(cp.asnumpy(ctr)) == [2, 3 * (n // b + 2), n // b + 2, n // b + 2]
 
 

@@ -17,10 +17,7 @@ docstring), plus :func:`dropout_mask`. Differences that callers can see:
 The launch plumbing lives here too (``get_kernel``, grid sizing from the device's
 occupancy, argument checks); :mod:`fcgpu.cuda.train_ops` launches the training
 step's kernels (Adam and the other updates, the CUDA-graph step's bookkeeping)
-through it, and its public names (:func:`adam_step`, :func:`adam_step_device`,
-:func:`rule_step_device`, :func:`gather_rows`, :func:`graph_advance`,
-:func:`bias_corrections`, ``RULE_*``)
-are importable from this module as well.
+through it. This module does not import that one: imports point one way.
 
 Importing this module compiles nothing: each kernel module is built on its first
 launch on a device and cached (see :mod:`fcgpu.cuda.module`).
@@ -35,16 +32,10 @@ from ..backend import is_cupy_array, require_cupy
 from ..random import DeviceStream, check_seed, dropout_scale, keep_threshold, mask_args
 from .module import blocks_per_sm, get_kernel, sm_count
 
-# the training step's launches, defined in fcgpu.cuda.train_ops (see __getattr__)
-_TRAIN_OPS = ("adam_step", "adam_step_device", "rule_step_device", "gather_rows",
-              "graph_advance", "bias_corrections", "RULE_SGD", "RULE_SGD_MOMENTUM",
-              "RULE_RMSPROP")
-
 __all__ = [
     "dropout_forward", "dropout_backward", "dropout_mask", "bn_forward_train",
     "bn_forward_infer", "bn_backward", "bn_relu_dropout_forward",
     "bn_relu_dropout_backward", "relu_dropout_forward", "relu_dropout_backward",
-    *_TRAIN_OPS,
 ]
 
 # op codes: kernels/ops.cuh (FlatOp, ColOp)
@@ -61,15 +52,6 @@ _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _u64 = np.uint64
 _f64 = np.float64
 _NULL = np.uint64(0)        # a null pointer argument (8 bytes of zero)
-
-
-def __getattr__(name):
-    # train_ops launches through this module, so it is imported on first use of one
-    # of its names rather than here
-    if name in _TRAIN_OPS:
-        from . import train_ops
-        return getattr(train_ops, name)
-    raise AttributeError("module %r has no attribute %r" % (__name__, name))
 
 
 # ----------------------------------------------------------------- helpers
