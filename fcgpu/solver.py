@@ -120,7 +120,8 @@ class Solver:
     * ``cuda_graph``: capture the training step (minibatch gather, forward, backward,
       update) as one CUDA graph and replay it (CuPy models only; the update rule must
       be one of sgd, sgd_momentum, rmsprop, adam). Same losses and parameters as
-      without, fewer launches and no per-step host work.
+      without, fewer launches and no per-step host work. The augmenting gather below is
+      captured too; the 'cosine' and 'onecycle' schedules are not (refused).
 
     Augmentation and schedules (defaults: none, the course's behaviour bit for bit):
 
@@ -181,11 +182,10 @@ class Solver:
         xp = getattr(model, "xp", None) or get_array_module(*model.params.values())
         self.xp = xp
         self._check_schedule(int(getattr(data.get("X_train"), "shape", (1,))[0]))
-        if self.cuda_graph and (self._gathers() or self._scheduled()):
-            raise ValueError("Solver: cuda_graph=True does not support %s yet; train without "
-                             "cuda_graph" % ("augment=%r / mean" % self.augment
-                                             if self._gathers() else
-                                             "lr_schedule=%r" % self.lr_schedule))
+        if self.cuda_graph and self._scheduled():
+            raise ValueError("Solver: cuda_graph=True does not support lr_schedule=%r yet "
+                             "(the step's learning rate is uploaded once per epoch); train "
+                             "without cuda_graph or with the 'step' schedule" % self.lr_schedule)
         if self.cuda_graph:
             if xp is np:
                 raise ValueError("Solver: cuda_graph=True captures the training step as a CUDA "
@@ -480,7 +480,7 @@ class Solver:
                 if graph is None:
                     order = to_backend(perm, xp)
                 else:
-                    graph.begin_epoch(perm, self.optim_configs)
+                    graph.begin_epoch(perm, self.optim_configs, epoch=self.epoch)
                 bar = None
                 if self.progress:
                     from tqdm.auto import tqdm
@@ -540,14 +540,28 @@ class Solver:
         g = self._graph_step
         if g is not None and (g.X_source is self.X_train and g.y_source is self.y_train
                               and g.per_epoch == per_epoch
-                              and g.batch == min(self.batch_size, self.X_train.shape[0])):
+                              and g.batch == min(self.batch_size, self.X_train.shape[0])
+                              and g.augment_key == self._graph_augment_key()):
             return g
         from .cuda.graph import GraphedTrainStep
         if g is not None:
             g.close()
         self._graph_step = GraphedTrainStep(self.model, self.update_rule_name, self.X_train,
-                                            self.y_train, self.batch_size, per_epoch)
+                                            self.y_train, self.batch_size, per_epoch,
+                                            augment=self._graph_augment())
+        self._graph_step.augment_key = self._graph_augment_key()
         return self._graph_step
+
+    def _graph_augment_key(self):
+        a = self._graph_augment()
+        return None if a is None else (a["mode"], a["pad"], a["image_shape"], a["seed"],
+                                       id(a["mean"]))
+
+    def _graph_augment(self):
+        if not self._gathers():
+            return None
+        return {"mode": self.augment, "pad": self.pad, "image_shape": self.image_shape,
+                "seed": self.augment_seed, "mean": self.mean}
 
     def _bn_snapshot(self):
         # the running statistics belong to the parameters they were gathered with
