@@ -437,14 +437,18 @@ class Solver:
             n = num_samples
         if raw:  # the rows as they are, less the mean: the gather with mode 'none'
             idx = to_backend(np.arange(n), xp) if idx is None else idx
-            X, y = augment_gather(X, y, idx, 0, n, self.image_shape, "none", 0, 0, 0,
-                                  self.mean, dtype or np.float32)
         elif idx is not None:
             X, y = X[idx], y[idx]
         correct = None
         for start in range(0, n, batch_size):
-            scores = self.model.loss(X[start:start + batch_size])
-            hits = (xp.argmax(scores, axis=1) == y[start:start + batch_size]).sum()
+            if raw:  # (batch by batch: the float copy of a whole raw split is large)
+                Xb, yb = augment_gather(X, y, idx[start:start + batch_size], 0,
+                                        min(batch_size, n - start), self.image_shape, "none",
+                                        0, 0, 0, self.mean, dtype or np.float32)
+            else:
+                Xb, yb = X[start:start + batch_size], y[start:start + batch_size]
+            scores = self.model.loss(Xb)
+            hits = (xp.argmax(scores, axis=1) == yb).sum()
             correct = hits if correct is None else correct + hits
         return float(correct) / n
 

@@ -84,6 +84,12 @@ def test_train_accuracy_on_raw_images_subtracts_the_mean():
     Xf = data["X_train"].astype(np.float64) - mean
     want = float((np.argmax(s.model.loss(Xf.reshape(70, D)), axis=1) == data["y_train"]).mean())
     assert s.check_accuracy(s.X_train, s.y_train) == want
+    assert s.check_accuracy(s.X_train, s.y_train, batch_size=16) == want  # 5 batches
+    # a subsample: the same rows (same generator draw) as float data would give
+    idx = np.random.default_rng(7).choice(70, 30, replace=False)
+    hits = np.argmax(s.model.loss(Xf.reshape(70, D)[idx]), axis=1) == data["y_train"][idx]
+    assert s.check_accuracy(s.X_train, s.y_train, num_samples=30, batch_size=8) == float(
+        hits.mean())
 
 
 def test_resume_mid_run_with_augment_and_schedule_equals_uninterrupted(tmp_path):
