@@ -121,7 +121,7 @@ class Solver:
       update) as one CUDA graph and replay it (CuPy models only; the update rule must
       be one of sgd, sgd_momentum, rmsprop, adam). Same losses and parameters as
       without, fewer launches and no per-step host work. The augmenting gather below is
-      captured too; the 'cosine' and 'onecycle' schedules are not (refused).
+      captured too, and so are the per-step schedules (a table of the epoch's rates).
 
     Augmentation and schedules (defaults: none, the course's behaviour bit for bit):
 
@@ -182,10 +182,6 @@ class Solver:
         xp = getattr(model, "xp", None) or get_array_module(*model.params.values())
         self.xp = xp
         self._check_schedule(int(getattr(data.get("X_train"), "shape", (1,))[0]))
-        if self.cuda_graph and self._scheduled():
-            raise ValueError("Solver: cuda_graph=True does not support lr_schedule=%r yet "
-                             "(the step's learning rate is uploaded once per epoch); train "
-                             "without cuda_graph or with the 'step' schedule" % self.lr_schedule)
         if self.cuda_graph:
             if xp is np:
                 raise ValueError("Solver: cuda_graph=True captures the training step as a CUDA "
@@ -409,6 +405,14 @@ class Solver:
         for config in self.optim_configs.values():
             config["learning_rate"] = lr
 
+    def _lr_steps(self, per_epoch, total):
+        """The rates of this epoch's steps (the CUDA-graph step's table), or None."""
+        if not self._scheduled():
+            return None
+        first = self.epoch * per_epoch
+        return [schedules.lr_at(self.lr_schedule, t, total, self.optim_config["learning_rate"],
+                                **self.lr_schedule_options) for t in range(first, first + per_epoch)]
+
     def _gather(self, order, it, batch):
         return augment_gather(self.X_train, self.y_train, order, it, batch, self.image_shape,
                               self.augment, self.pad, self.augment_seed, self.epoch, self.mean,
@@ -484,7 +488,8 @@ class Solver:
                 if graph is None:
                     order = to_backend(perm, xp)
                 else:
-                    graph.begin_epoch(perm, self.optim_configs, epoch=self.epoch)
+                    graph.begin_epoch(perm, self.optim_configs, epoch=self.epoch,
+                                      lr_steps=self._lr_steps(per_epoch, num_iterations))
                 bar = None
                 if self.progress:
                     from tqdm.auto import tqdm
@@ -545,14 +550,16 @@ class Solver:
         if g is not None and (g.X_source is self.X_train and g.y_source is self.y_train
                               and g.per_epoch == per_epoch
                               and g.batch == min(self.batch_size, self.X_train.shape[0])
-                              and g.augment_key == self._graph_augment_key()):
+                              and g.augment_key == self._graph_augment_key()
+                              and (g.lr_rows is not None) == self._scheduled()):
             return g
         from .cuda.graph import GraphedTrainStep
         if g is not None:
             g.close()
         self._graph_step = GraphedTrainStep(self.model, self.update_rule_name, self.X_train,
                                             self.y_train, self.batch_size, per_epoch,
-                                            augment=self._graph_augment())
+                                            augment=self._graph_augment(),
+                                            lr_schedule=self._scheduled())
         self._graph_step.augment_key = self._graph_augment_key()
         return self._graph_step
 

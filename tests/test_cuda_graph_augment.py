@@ -38,14 +38,16 @@ def _data(cp, seed):
             "y_val": cp.asarray(rng.integers(0, 3, 20))}, X.mean(axis=0)
 
 
-def _solver(cp, data, mean, graph, mode, epochs=3, rule="adam"):
+def _solver(cp, data, mean, graph, mode, epochs=3, rule="adam", **kw):
     model = FullyConnectedNet([16, 8], input_dim=60, num_classes=3, use_batchnorm=True,
                               dropout=0.7, weight_scale=0.3, dtype=np.float32, seed=3,
                               fresh_masks=True, xp=cp, label_smoothing=0.1)
+    args = dict(lr_decay=0.8)
+    args.update(kw)
     return Solver(model, data, update_rule=rule, optim_config={"learning_rate": 1e-2},
-                  lr_decay=0.8, batch_size=20, num_epochs=epochs, num_train_samples=40,
+                  batch_size=20, num_epochs=epochs, num_train_samples=40,
                   verbose=False, out=io.StringIO(), seed=11, cuda_graph=graph,
-                  augment=mode, pad=2, mean=cp.asarray(mean))
+                  augment=mode, pad=2, mean=cp.asarray(mean), **args)
 
 
 @pytest.mark.parametrize("mode,rule", [("crop", "adam"), ("flip", "sgd_momentum"),
@@ -65,9 +67,24 @@ def test_emulated_graphed_augmented_solver_equals_uncaptured(emu_aug, mode, rule
     assert not any("gather_rows" in str(n) for n in names)
 
 
-def test_emulated_graph_refuses_a_schedule(emu_aug):
+@pytest.mark.parametrize("schedule,opts,rule,mode", [
+    ("onecycle", {"pct_start": 0.4}, "adam", "crop"),
+    ("cosine", {"warmup_steps": 2}, "sgd_momentum", "none"),
+    ("cosine", {}, "rmsprop", "flip")])
+def test_emulated_graphed_schedule_equals_uncaptured(emu_aug, schedule, opts, rule, mode):
+    """Per-step learning rates: the epoch's table uploaded in begin_epoch, the step's
+    row copied into the rates on the device; same run as uncaptured."""
     data, mean = _data(emu_aug.cp, 5)
-    model = FullyConnectedNet([8], input_dim=60, num_classes=3, xp=emu_aug.cp)
-    with pytest.raises(ValueError, match="lr_schedule='cosine'"):
-        Solver(model, data, optim_config={"learning_rate": 1e-2}, cuda_graph=True,
-               lr_schedule="cosine", update_rule="adam")
+    runs = []
+    for graph in (False, True):
+        s = _solver(emu_aug.cp, data, mean, graph, mode, rule=rule, lr_decay=1.0,
+                    lr_schedule=schedule, lr_schedule_options=opts)
+        s.train()
+        runs.append(s)
+    tcg._assert_same_training(*runs)
+    g = runs[1]._graph_step
+    assert g.captures == 1 and g.lr_rows is not None
+    # the last epoch's table holds the schedule's rates of its steps
+    from fcgpu import schedules
+    want = [schedules.lr_at(schedule, t, 9, 1e-2, **opts) for t in range(6, 9)]
+    assert np.array_equal(tcg._np(g.lr_rows)[:, 0], want)
