@@ -68,7 +68,10 @@ _SOLVER_KEYS = ("format", "model", "optim_configs", "update_rule", "lr_decay", "
                 "num_train_samples", "num_val_samples", "epoch", "rng", "best_val_acc",
                 "best_params", "best_bn", "loss_history", "train_acc_history",
                 "val_acc_history", "epoch_seconds")
-_OPTIONAL_KEYS = ("train_config",)  # written by `fcgpu train`
+_OPTIONAL_KEYS = ("train_config",  # written by `fcgpu train`
+                  "settings")      # augmentation, schedule, label smoothing (absent: none)
+_SETTINGS = {"augment": ("none", "flip", "crop"), "lr_schedule": (None, "step", "cosine",
+                                                                  "onecycle")}
 
 _PICKLE = ("it is a pickle, the checkpoint format of earlier fcgpu versions. Loading a "
            "pickle can run any code it names, so fcgpu no longer reads them. If you trust "
@@ -521,6 +524,31 @@ def check_state(state, model=None, update_rule=None):
     _need(all(_finite(v) and v >= 0 for v in state["epoch_seconds"]),
           "epoch_seconds holds invalid durations")
     _need(isinstance(state.get("train_config", {}), dict), "train_config is not a dict")
+    if "settings" in state:
+        _check_settings(state["settings"])
+
+
+def _check_settings(s):
+    keys = ("augment", "pad", "image_shape", "augment_seed", "mean", "lr_schedule",
+            "lr_schedule_options", "label_smoothing")
+    _need(isinstance(s, dict) and set(s) == set(keys), "the training settings are malformed")
+    for k, allowed in _SETTINGS.items():
+        _need(s[k] in allowed, "the training setting %s is %r", k, s[k])
+    _need(_is_int(s["pad"]) and 0 <= s["pad"] < 2 ** 31, "the augmentation pad is %r", s["pad"])
+    shape = s["image_shape"]
+    _need(shape is None or (isinstance(shape, list) and len(shape) == 3
+                            and all(_is_int(v) and 0 < v < 2 ** 31 for v in shape)),
+          "the image_shape is %r", shape)
+    _need(s["augment_seed"] is None or (_is_int(s["augment_seed"])
+                                        and 0 <= s["augment_seed"] < 2 ** 64),
+          "the augment_seed is %r", s["augment_seed"])
+    _need(isinstance(s["mean"], bool), "the settings' mean flag is %r", s["mean"])
+    opts = s["lr_schedule_options"]
+    _need(isinstance(opts, dict) and all(isinstance(k, str) and (
+        isinstance(v, str) or _finite(v)) for k, v in opts.items()),
+        "the lr_schedule_options are malformed")
+    _need(_finite(s["label_smoothing"]) and 0 <= s["label_smoothing"] < 1,
+          "label_smoothing is %r", s["label_smoothing"])
 
 
 # ---------------------------------------------------------------- old pickles

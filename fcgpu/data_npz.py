@@ -8,8 +8,8 @@ The file is a NumPy ``.npz`` archive (``np.savez`` / ``np.savez_compressed``) wi
 * optionally ``X_val``/``y_val`` and ``X_test``/``y_test`` (each pair or neither),
   with the features of ``X_train``;
 * optionally ``image_shape``, e.g. ``[3, 32, 32]``: the shape of one example, whose
-  product is the feature count. It is recorded in the training config and reserved
-  for data augmentation, which fcgpu does not run yet.
+  product is the feature count. It is recorded in the training config; as
+  ``[C, H, W]`` it lets ``fcgpu train --augment flip|crop`` treat rows as images.
 
 Without ``X_val``, the validation split is the last ``min(1000, N // 10)`` rows of
 ``X_train`` (like CIFAR-10, where it is the last 1000 of the 50000 training images);

@@ -28,13 +28,16 @@ class FullyConnectedNet:
     need. Without one, or with ``fresh_masks=True``, each call draws fresh masks from
     the Philox streams ``(dropout_key, dropout_step * (L-1) + layer)``.
 
+    ``label_smoothing`` (default 0, the course's loss) trains against smoothed
+    targets (:func:`fcgpu.layers.softmax_loss`).
+
     ``xp`` (optional) places the parameters on NumPy or CuPy; by default the backend
     chosen by ``FCGPU_BACKEND`` / :func:`fcgpu.set_backend`.
     """
 
     def __init__(self, hidden_dims, input_dim=3 * 32 * 32, num_classes=10, dropout=0,
                  use_batchnorm=False, reg=0.0, weight_scale=1e-2, dtype=np.float32,
-                 seed=None, fresh_masks=None, xp=None):
+                 seed=None, fresh_masks=None, xp=None, label_smoothing=0.0):
         hidden_dims = [int(h) for h in hidden_dims]
         if any(h < 1 for h in hidden_dims) or input_dim < 1 or num_classes < 1:
             raise ValueError("FullyConnectedNet: layer sizes must be positive, got "
@@ -50,6 +53,10 @@ class FullyConnectedNet:
         self.use_batchnorm = bool(use_batchnorm)
         self.use_dropout = dropout not in (0, 1)
         self.reg = reg
+        if not 0 <= label_smoothing < 1:
+            raise ValueError("FullyConnectedNet: label_smoothing must be in [0, 1), got %r"
+                             % (label_smoothing,))
+        self.label_smoothing = float(label_smoothing)
         self.num_layers = 1 + len(hidden_dims)
         self.dtype = np.dtype(dtype)
         self.input_dim = int(input_dim)
@@ -130,7 +137,10 @@ class FullyConnectedNet:
             self.dropout_step += 1
 
         y = to_backend(y, xp)
-        loss, dout = softmax_loss(scores, y)
+        if self.label_smoothing:
+            loss, dout = softmax_loss(scores, y, label_smoothing=self.label_smoothing)
+        else:
+            loss, dout = softmax_loss(scores, y)
         grads = {}
         dh, grads["W%d" % L], grads["b%d" % L] = affine_backward(dout, cache,
                                                                  need_dx=L > 1)

@@ -27,6 +27,10 @@ import numpy as np
 
 from . import optim
 from . import checkpoint
+from . import schedules
+from .augment import DEFAULT_PAD, augment_gather
+from .augment_spec import check_image_shape, check_input_dtype, check_mode, check_pad
+from .random import check_seed
 from .backend import asnumpy, get_array_module, synchronize, to_backend
 
 __all__ = ["Solver", "NonFiniteLossError", "CheckpointError"]
@@ -116,7 +120,25 @@ class Solver:
     * ``cuda_graph``: capture the training step (minibatch gather, forward, backward,
       update) as one CUDA graph and replay it (CuPy models only; the update rule must
       be one of sgd, sgd_momentum, rmsprop, adam). Same losses and parameters as
-      without, fewer launches and no per-step host work.
+      without, fewer launches and no per-step host work. The augmenting gather below is
+      captured too, and so are the per-step schedules (a table of the epoch's rates).
+
+    Augmentation and schedules (defaults: none, the course's behaviour bit for bit):
+
+    * ``augment``: 'none', 'flip' (random horizontal flips) or 'crop' (flips and random
+      crops with ``pad`` pixels of padding, default 4): each minibatch is made by
+      :func:`fcgpu.augment.augment_gather` from the epoch's permutation, batch index
+      and epoch, so a run is reproducible and resumes bit for bit;
+    * ``image_shape``: (C, H, W) of a row of X_train (needed when rows are flat;
+      taken from X_train's shape when it is (N, C, H, W));
+    * ``augment_seed``: the Philox key of the draws (default: the Solver's ``seed``);
+    * ``mean``: a mean image subtracted inside the gather, for raw (e.g. uint8)
+      X_train, which then stays in its own dtype on the device (X_val is used as
+      given, so pass it mean-subtracted);
+    * ``lr_schedule``: None or 'step' (the course's per-epoch ``lr_decay``), 'cosine'
+      or 'onecycle' (:mod:`fcgpu.schedules`, set before every step from the
+      optim_config's ``learning_rate`` as the peak; ``lr_schedule_options`` are the
+      schedule's keywords, e.g. ``warmup_steps``, ``pct_start``).
     """
 
     def __init__(self, model, data, **kwargs):
@@ -136,6 +158,13 @@ class Solver:
         self.epoch_callback = kwargs.pop("epoch_callback", None)
         self.out = kwargs.pop("out", None)
         self.cuda_graph = bool(kwargs.pop("cuda_graph", False))
+        self.augment = kwargs.pop("augment", "none")
+        self.pad = kwargs.pop("pad", DEFAULT_PAD)
+        self.image_shape = kwargs.pop("image_shape", None)
+        self.augment_seed = kwargs.pop("augment_seed", None)
+        self.mean = kwargs.pop("mean", None)
+        self.lr_schedule = kwargs.pop("lr_schedule", None)
+        self.lr_schedule_options = dict(kwargs.pop("lr_schedule_options", None) or {})
         if kwargs:
             raise ValueError("Solver: unrecognized arguments %s" % ", ".join(sorted(kwargs)))
         if callable(self.update_rule_name):
@@ -152,6 +181,7 @@ class Solver:
 
         xp = getattr(model, "xp", None) or get_array_module(*model.params.values())
         self.xp = xp
+        self._check_schedule(int(getattr(data.get("X_train"), "shape", (1,))[0]))
         if self.cuda_graph:
             if xp is np:
                 raise ValueError("Solver: cuda_graph=True captures the training step as a CUDA "
@@ -163,11 +193,73 @@ class Solver:
         dtype = getattr(model, "dtype", None)
         y_train = _check_split(data.get("X_train"), data.get("y_train"), "train", model)
         y_val = _check_split(data.get("X_val"), data.get("y_val"), "val", model)
-        self.X_train = to_backend(data["X_train"], xp, dtype)
+        self._check_augment(data["X_train"])
+        keep = self._gathers() and np.dtype(data["X_train"].dtype) == np.uint8
+        self.X_train = to_backend(data["X_train"], xp, None if keep else dtype)
+        if self.mean is not None:
+            self.mean = to_backend(self.mean, xp)
         self.y_train = to_backend(y_train, xp)
         self.X_val = to_backend(data["X_val"], xp, dtype)
         self.y_val = to_backend(y_val, xp)
         self._reset()
+
+    # ------------------------------------------------------------- options
+
+    def _gathers(self):
+        """Whether minibatches come from the augmenting gather (else the plain one)."""
+        return self.augment != "none" or self.mean is not None
+
+    def _scheduled(self):
+        """Whether the learning rate is set per step from a schedule."""
+        return self.lr_schedule not in (None, "step")
+
+    def _check_schedule(self, num_train):
+        if self.lr_schedule is not None and self.lr_schedule not in schedules.SCHEDULES:
+            raise ValueError("Solver: lr_schedule must be None or one of %s, got %r"
+                             % (", ".join(schedules.SCHEDULES), self.lr_schedule))
+        if not self._scheduled():
+            if self.lr_schedule_options:
+                raise ValueError("Solver: lr_schedule_options need lr_schedule 'cosine' or "
+                                 "'onecycle'")
+            return
+        if self.lr_decay != 1.0:
+            raise ValueError("Solver: lr_decay=%r is the 'step' schedule's; lr_schedule=%r "
+                             "sets every step's rate" % (self.lr_decay, self.lr_schedule))
+        lr = self.optim_config.get("learning_rate")
+        if lr is None:
+            raise ValueError("Solver: lr_schedule=%r needs optim_config['learning_rate'] "
+                             "(the peak rate)" % self.lr_schedule)
+        total = self.num_epochs * max(num_train // self.batch_size, 1)
+        schedules.lr_at(self.lr_schedule, 0, max(total, 1), lr,
+                        **self.lr_schedule_options)  # checks the options
+
+    def _check_augment(self, X):
+        check_mode(self.augment)
+        if not self._gathers():
+            if self.image_shape is not None:
+                check_image_shape(self.image_shape, int(np.prod(X.shape[1:])))
+            return
+        if self.image_shape is None:
+            if X.ndim != 4:
+                raise ValueError("Solver: augment=%r needs image_shape (C, H, W) for X_train "
+                                 "rows of %d values" % (self.augment, int(np.prod(X.shape[1:]))))
+            self.image_shape = tuple(int(v) for v in X.shape[1:])
+        self.image_shape = check_image_shape(self.image_shape, int(np.prod(X.shape[1:])))
+        self.pad = check_pad(self.pad, self.augment, self.image_shape)
+        check_input_dtype(X.dtype, "Solver: X_train")
+        if self.augment_seed is None:
+            self.augment_seed = (self.seed if self.seed is not None
+                                 else int(np.random.SeedSequence().entropy) % (1 << 64))
+        self.augment_seed = check_seed(self.augment_seed)
+
+    def _settings(self):
+        """The training settings a resume must share (the checkpoint's 'settings')."""
+        return {"augment": self.augment, "pad": int(self.pad),
+                "image_shape": None if self.image_shape is None else list(self.image_shape),
+                "augment_seed": self.augment_seed, "mean": self.mean is not None,
+                "lr_schedule": self.lr_schedule,
+                "lr_schedule_options": dict(self.lr_schedule_options),
+                "label_smoothing": float(getattr(self.model, "label_smoothing", 0.0))}
 
     # ------------------------------------------------------------- state
 
@@ -214,6 +306,7 @@ class Solver:
             "train_acc_history": list(self.train_acc_history),
             "val_acc_history": list(self.val_acc_history),
             "epoch_seconds": list(self.epoch_seconds),
+            "settings": self._settings(),
         }
 
     def load_state_dict(self, state):
@@ -224,6 +317,7 @@ class Solver:
         The arrays are copied in: ``state`` is not changed by training on."""
         rule = self.update_rule_name if isinstance(self.update_rule_name, str) else None
         checkpoint.check_state(state, self.model, rule)
+        self._check_settings(state.get("settings"))
         state = _copy_arrays(state)  # training on must not write into the caller's state
         xp = self.xp
         if hasattr(self.model, "load_state_dict"):
@@ -244,7 +338,23 @@ class Solver:
         self.train_acc_history = list(state["train_acc_history"])
         self.val_acc_history = list(state["val_acc_history"])
         self.epoch_seconds = list(state["epoch_seconds"])
+        if state.get("settings") is not None:
+            self.augment_seed = state["settings"]["augment_seed"]
         self._pending = []
+
+    def _check_settings(self, saved):
+        """Refuse a state trained with other augmentation, schedule or loss settings
+        (a state without them was written with the defaults)."""
+        mine = self._settings()
+        if saved is None:
+            saved = dict(mine, augment="none", mean=False, lr_schedule=None,
+                         lr_schedule_options={}, label_smoothing=0.0)
+        diff = [k for k in mine if k != "augment_seed" and saved.get(k) != mine[k]
+                and not (k in ("pad", "image_shape", "augment_seed")
+                         and mine["augment"] == "none" and not mine["mean"])]
+        if diff:
+            raise CheckpointError("it was trained with other settings (%s)" % ", ".join(
+                "%s %r, this Solver %r" % (k, saved.get(k), mine[k]) for k in diff))
 
     def save_checkpoint(self, path):
         """Write :meth:`state_dict` to ``path`` atomically, as a safetensors file."""
@@ -289,6 +399,25 @@ class Solver:
                     "Try a smaller learning rate or weight scale."
                     % (v, first + k + 1, self.epoch + 1, self.best_val_acc))
 
+    def _set_lr(self, t, total):
+        lr = schedules.lr_at(self.lr_schedule, t, total, self.optim_config["learning_rate"],
+                             **self.lr_schedule_options)
+        for config in self.optim_configs.values():
+            config["learning_rate"] = lr
+
+    def _lr_steps(self, per_epoch, total):
+        """The rates of this epoch's steps (the CUDA-graph step's table), or None."""
+        if not self._scheduled():
+            return None
+        first = self.epoch * per_epoch
+        return [schedules.lr_at(self.lr_schedule, t, total, self.optim_config["learning_rate"],
+                                **self.lr_schedule_options) for t in range(first, first + per_epoch)]
+
+    def _gather(self, order, it, batch):
+        return augment_gather(self.X_train, self.y_train, order, it, batch, self.image_shape,
+                              self.augment, self.pad, self.augment_seed, self.epoch, self.mean,
+                              getattr(self.model, "dtype", np.float32))
+
     def _step(self, X_batch, y_batch):
         loss, grads = self.model.loss(X_batch, y_batch)
         self._pending.append(loss)
@@ -301,17 +430,29 @@ class Solver:
     def check_accuracy(self, X, y, num_samples=None, batch_size=100):
         """Accuracy of the model on ``(X, y)``, optionally on a random subsample."""
         xp = self.xp
-        X = to_backend(X, xp, getattr(self.model, "dtype", None))
+        dtype = getattr(self.model, "dtype", None)
+        raw = X is self.X_train and self._gathers()  # (mean not yet subtracted)
+        X = X if raw else to_backend(X, xp, dtype)
         y = to_backend(y, xp)
         n = X.shape[0]
+        idx = None
         if num_samples is not None and n > num_samples:
             idx = to_backend(self.rng.choice(n, num_samples, replace=False), xp)
-            X, y = X[idx], y[idx]
             n = num_samples
+        if raw:  # the rows as they are, less the mean: the gather with mode 'none'
+            idx = to_backend(np.arange(n), xp) if idx is None else idx
+        elif idx is not None:
+            X, y = X[idx], y[idx]
         correct = None
         for start in range(0, n, batch_size):
-            scores = self.model.loss(X[start:start + batch_size])
-            hits = (xp.argmax(scores, axis=1) == y[start:start + batch_size]).sum()
+            if raw:  # (batch by batch: the float copy of a whole raw split is large)
+                Xb, yb = augment_gather(X, y, idx[start:start + batch_size], 0,
+                                        min(batch_size, n - start), self.image_shape, "none",
+                                        0, 0, 0, self.mean, dtype or np.float32)
+            else:
+                Xb, yb = X[start:start + batch_size], y[start:start + batch_size]
+            scores = self.model.loss(Xb)
+            hits = (xp.argmax(scores, axis=1) == yb).sum()
             correct = hits if correct is None else correct + hits
         return float(correct) / n
 
@@ -347,7 +488,8 @@ class Solver:
                 if graph is None:
                     order = to_backend(perm, xp)
                 else:
-                    graph.begin_epoch(perm, self.optim_configs)
+                    graph.begin_epoch(perm, self.optim_configs, epoch=self.epoch,
+                                      lr_steps=self._lr_steps(per_epoch, num_iterations))
                 bar = None
                 if self.progress:
                     from tqdm.auto import tqdm
@@ -358,7 +500,11 @@ class Solver:
                 start = time.perf_counter()
                 for it in range(per_epoch):
                     t = self.epoch * per_epoch + it
-                    if graph is None:
+                    if self._scheduled():
+                        self._set_lr(t, num_iterations)
+                    if graph is None and self._gathers():
+                        self._step(*self._gather(order, it, min(self.batch_size, num_train)))
+                    elif graph is None:
                         idx = order[it * self.batch_size:(it + 1) * self.batch_size]
                         self._step(self.X_train[idx], self.y_train[idx])
                     else:
@@ -385,7 +531,7 @@ class Solver:
                 self._flush_losses()
                 self.epoch += 1
                 for config in self.optim_configs.values():
-                    if "learning_rate" in config:
+                    if "learning_rate" in config and not self._scheduled():
                         config["learning_rate"] *= self.lr_decay
                 self._end_of_epoch_checks()
                 self._save_checkpoint()
@@ -403,14 +549,30 @@ class Solver:
         g = self._graph_step
         if g is not None and (g.X_source is self.X_train and g.y_source is self.y_train
                               and g.per_epoch == per_epoch
-                              and g.batch == min(self.batch_size, self.X_train.shape[0])):
+                              and g.batch == min(self.batch_size, self.X_train.shape[0])
+                              and g.augment_key == self._graph_augment_key()
+                              and (g.lr_rows is not None) == self._scheduled()):
             return g
         from .cuda.graph import GraphedTrainStep
         if g is not None:
             g.close()
         self._graph_step = GraphedTrainStep(self.model, self.update_rule_name, self.X_train,
-                                            self.y_train, self.batch_size, per_epoch)
+                                            self.y_train, self.batch_size, per_epoch,
+                                            augment=self._graph_augment(),
+                                            lr_schedule=self._scheduled())
+        self._graph_step.augment_key = self._graph_augment_key()
         return self._graph_step
+
+    def _graph_augment_key(self):
+        a = self._graph_augment()
+        return None if a is None else (a["mode"], a["pad"], a["image_shape"], a["seed"],
+                                       id(a["mean"]))
+
+    def _graph_augment(self):
+        if not self._gathers():
+            return None
+        return {"mode": self.augment, "pad": self.pad, "image_shape": self.image_shape,
+                "seed": self.augment_seed, "mean": self.mean}
 
     def _bn_snapshot(self):
         # the running statistics belong to the parameters they were gathered with

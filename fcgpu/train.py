@@ -2,7 +2,9 @@
 
 ``fcgpu train`` and ``fcgpu search`` both go through :func:`run_training`. Its
 defaults are the course's final run: 3 x 500 hidden units, batchnorm, dropout keep
-0.8, Adam 5e-3 with lr decay 0.9 per epoch, batch 490, 17 epochs, 49000/1000 split.
+0.8, Adam 5e-3 with lr decay 0.9 per epoch, batch 490, 17 epochs, 49000/1000 split
+(the ``course`` preset). :data:`PRESETS` holds named recipes; ``fcgpu train --preset``
+starts from one and every flag still overrides it.
 """
 from __future__ import annotations
 
@@ -16,7 +18,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["TrainConfig", "run_training", "load_data", "write_metrics", "plot_history"]
+__all__ = ["TrainConfig", "PRESETS", "DEFAULT_PRESET", "from_preset", "run_training",
+           "load_data", "write_metrics", "plot_history"]
+
+# Named recipes: TrainConfig fields that differ from its defaults (the course's run).
+# Only `course` is measured; the others are candidates still to be measured over
+# seeds (docs: README "Presets").
+PRESETS = {
+    "course": {},
+    # about 3x the course net's wall time: wider, augmented, one-cycle
+    "augmented": dict(hidden_dims=(1024, 1024, 1024), dropout=0.9, augment="crop",
+                      label_smoothing=0.1, schedule="onecycle", lr_decay=1.0, epochs=20),
+    # the longest recipe: wider still, more epochs
+    "best": dict(hidden_dims=(2048, 2048, 2048), dropout=0.85, augment="crop",
+                 label_smoothing=0.1, schedule="onecycle", lr_decay=1.0, reg=1e-4, epochs=60),
+}
+DEFAULT_PRESET = "course"
 
 
 @dataclass
@@ -38,7 +55,13 @@ class TrainConfig:
     data: str | None = None
     dtype: str = "float32"
     cuda_graph: bool = False      # capture the training step as a CUDA graph (CuPy only)
-    image_shape: tuple | None = None  # an .npz's image_shape; reserved for augmentation
+    image_shape: tuple | None = None  # an .npz's image_shape (C, H, W), for augmentation
+    augment: str = "none"         # 'none' | 'flip' | 'crop' (crop includes flip)
+    pad: int = 4                  # crop padding, pixels per side
+    label_smoothing: float = 0.0
+    schedule: str = "step"        # 'step' (lr_decay per epoch) | 'cosine' | 'onecycle'
+    warmup_epochs: float | None = None  # cosine: linear warmup; onecycle: the peak (0.3 run)
+    preset: str = DEFAULT_PRESET  # the recipe the fields started from (a label)
 
     def __post_init__(self):
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
@@ -59,6 +82,24 @@ class TrainConfig:
             raise ValueError("epochs must be >= 0, got %r" % self.epochs)
         if self.image_shape is not None:
             self.image_shape = tuple(int(v) for v in self.image_shape)
+        from .augment_spec import check_mode
+        check_mode(self.augment)
+        if int(self.pad) < 0:
+            raise ValueError("pad must be >= 0, got %r" % self.pad)
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError("label_smoothing must be in [0, 1), got %r" % self.label_smoothing)
+        from .schedules import SCHEDULES
+        if self.schedule not in SCHEDULES:
+            raise ValueError("schedule must be one of %s, got %r"
+                             % (", ".join(SCHEDULES), self.schedule))
+        if self.schedule != "step" and self.lr_decay != 1.0:
+            raise ValueError("lr_decay %r is the 'step' schedule's; schedule %r sets every "
+                             "step's rate (use lr_decay 1)" % (self.lr_decay, self.schedule))
+        if self.warmup_epochs is not None and not 0 <= self.warmup_epochs < max(self.epochs, 1):
+            raise ValueError("warmup_epochs must be in [0, epochs), got %r" % self.warmup_epochs)
+        if self.preset not in PRESETS:
+            raise ValueError("preset must be one of %s, got %r"
+                             % (", ".join(PRESETS), self.preset))
         from .data_npz import is_npz
         if is_npz(self.data):
             return
@@ -68,6 +109,18 @@ class TrainConfig:
             raise ValueError("num_train must be <= 49000 and num_val <= 1000 (validation is "
                              "train[49000:50000]), got %d and %d" % (self.num_train, self.num_val))
 
+    def schedule_options(self, steps_per_epoch):
+        """The Solver's ``(lr_schedule, lr_schedule_options)`` for this config."""
+        if self.schedule == "step":
+            return None, {}
+        total = max(self.epochs, 1) * steps_per_epoch
+        if self.schedule == "cosine":
+            warm = round((self.warmup_epochs or 0) * steps_per_epoch)
+            return "cosine", {"warmup_steps": min(warm, total - 1)}
+        if self.warmup_epochs is None:
+            return "onecycle", {}
+        return "onecycle", {"pct_start": self.warmup_epochs / max(self.epochs, 1)}
+
     def to_dict(self):
         d = dataclasses.asdict(self)
         d["hidden_dims"] = list(self.hidden_dims)
@@ -76,10 +129,47 @@ class TrainConfig:
         return d
 
 
+def from_preset(name, **overrides):
+    """``TrainConfig`` of the preset ``name`` with ``overrides`` (None values ignored)."""
+    if name not in PRESETS:
+        raise ValueError("unknown preset %r; choose one of %s" % (name, ", ".join(PRESETS)))
+    fields = dict(PRESETS[name], preset=name)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    fields.update(given)
+    fields["num_train"] = overrides.get("num_train")  # (None: all of an .npz, 49000 of CIFAR)
+    if fields.get("schedule", "step") != "step" and "lr_decay" not in given:
+        fields["lr_decay"] = 1.0  # (the per-epoch decay is the 'step' schedule's)
+    return TrainConfig(**fields)
+
+
+_VAL_START = 49000  # CIFAR-10's validation split starts here (train[49000:50000])
+
+
+def _raw_cifar(cfg):
+    """CIFAR-10 for an augmented run: X_train as the raw uint8 images (the gather
+    converts them and subtracts ``mean``, the training split's mean image), X_val and
+    X_test mean-subtracted float32, the same numbers as get_CIFAR10_data's."""
+    from . import data
+    X_all, y_all, X_te, y_te = data._load_arrays(data.resolve_cifar10(cfg.data))
+    split = _VAL_START
+    mean = X_all[:split].mean(axis=0, dtype=np.float64).astype(np.float32)
+
+    def centred(x):
+        out = np.empty(x.shape, np.float32)
+        np.subtract(x, mean, out=out, dtype=np.float32)
+        return out
+    return {"X_train": X_all[:min(cfg.num_train, split)],
+            "y_train": np.array(y_all[:min(cfg.num_train, split)], dtype=np.int64),
+            "X_val": centred(X_all[split:split + cfg.num_val]),
+            "y_val": np.array(y_all[split:split + cfg.num_val], dtype=np.int64),
+            "X_test": centred(X_te), "y_test": np.array(y_te, dtype=np.int64), "mean": mean}
+
+
 def load_data(cfg, progress=True):
     """The CIFAR-10 splits for ``cfg``: the first ``num_train`` training images, the
     validation images train[49000:49000+num_val], and all 10000 test images.
-    An ``.npz`` ``cfg.data`` is the user's own data (:mod:`fcgpu.data_npz`)."""
+    An ``.npz`` ``cfg.data`` is the user's own data (:mod:`fcgpu.data_npz`). With
+    augmentation on, CIFAR-10's X_train stays uint8 and ``mean`` comes along."""
     from .data_npz import is_npz, load_npz
     if is_npz(cfg.data):
         data = load_npz(cfg.data, batch_size=cfg.batch_size)
@@ -87,6 +177,8 @@ def load_data(cfg, progress=True):
             data["X_train"] = data["X_train"][:cfg.num_train]
             data["y_train"] = data["y_train"][:cfg.num_train]
         return data
+    if cfg.augment != "none":
+        return _raw_cifar(cfg)
     from .data import get_CIFAR10_data
     data = get_CIFAR10_data(num_training=49000, num_validation=1000, num_test=10000,
                             path=cfg.data)
@@ -105,8 +197,9 @@ def _checkpoint_compatible(state, cfg):
         return "it was not written by fcgpu train"
     mine = cfg.to_dict()
     # (how the step runs, not what it computes: a run may resume with or without)
-    keys = [k for k in mine if k not in ("epochs", "backend", "data", "cuda_graph")]
-    diff = [k for k in keys if saved.get(k) != mine[k]]
+    keys = [k for k in mine if k not in ("epochs", "backend", "data", "cuda_graph", "preset")]
+    default = TrainConfig().to_dict()  # (fields added later: earlier runs had the default)
+    diff = [k for k in keys if saved.get(k, default[k]) != mine[k]]
     if diff:
         return "its settings differ (%s)" % ", ".join(
             "%s: %r vs %r" % (k, saved.get(k), mine[k]) for k in diff)
@@ -143,7 +236,8 @@ def run_training(cfg, data=None, checkpoint=None, resume=False, progress=True, v
                               num_classes=int(data.get("num_classes", 10)), dropout=cfg.dropout,
                               use_batchnorm=cfg.batchnorm, reg=cfg.reg,
                               weight_scale=cfg.weight_scale, dtype=np.dtype(cfg.dtype),
-                              seed=cfg.seed, fresh_masks=True, xp=xp)
+                              seed=cfg.seed, fresh_masks=True, xp=xp,
+                              label_smoothing=cfg.label_smoothing)
 
     def log(msg):
         if verbose:
@@ -161,11 +255,24 @@ def run_training(cfg, data=None, checkpoint=None, resume=False, progress=True, v
         if epoch_callback is not None:
             epoch_callback(solver)
 
+    per_epoch = max(len(data["X_train"]) // cfg.batch_size, 1)
+    schedule, schedule_options = cfg.schedule_options(per_epoch)
+    extra = {}
+    if cfg.augment != "none":
+        if cfg.image_shape is None and np.ndim(data["X_train"]) != 4:
+            raise ValueError("--augment %s needs images: an .npz with image_shape [C, H, W] "
+                             "(docs/data.md)" % cfg.augment)
+        if cfg.image_shape is not None and len(cfg.image_shape) != 3:
+            raise ValueError("--augment %s needs image_shape [C, H, W], the data's is %s"
+                             % (cfg.augment, list(cfg.image_shape)))
+        extra = dict(augment=cfg.augment, pad=cfg.pad, image_shape=cfg.image_shape,
+                     mean=data.get("mean"))
     solver = Solver(model, data, update_rule=cfg.update_rule,
                     optim_config={"learning_rate": cfg.learning_rate}, lr_decay=cfg.lr_decay,
                     batch_size=cfg.batch_size, num_epochs=cfg.epochs, num_train_samples=1000,
                     num_val_samples=None, verbose=False, seed=cfg.seed, progress=progress,
-                    epoch_callback=on_epoch, cuda_graph=cfg.cuda_graph)
+                    epoch_callback=on_epoch, cuda_graph=cfg.cuda_graph,
+                    lr_schedule=schedule, lr_schedule_options=schedule_options, **extra)
     resumed_from = None
     if resume and checkpoint and os.path.exists(checkpoint):
         # every check (file, settings, model) passes before the run changes
@@ -222,6 +329,9 @@ def run_training(cfg, data=None, checkpoint=None, resume=False, progress=True, v
         "val_acc_history": list(solver.val_acc_history),
         "loss_history": list(solver.loss_history),
         "config": cfg.to_dict(),
+        "preset": cfg.preset,
+        "augment": {"mode": cfg.augment, "pad": cfg.pad, "image_shape": list(
+            solver.image_shape) if solver.image_shape is not None else None},
     }
     log("done: val acc %.4f, test acc %s, %.0f samples/s"
         % (val_acc, "%.4f" % test_acc if test_acc is not None else "n/a",

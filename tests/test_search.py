@@ -412,3 +412,57 @@ def test_settings_round_trip_as_json():
     assert search.SearchSettings().trial_budget() == search.DEFAULT_N_TRIALS
     with pytest.raises(ValueError, match="--num-train"):
         search.SearchSettings(num_train=50000)
+
+
+def test_space_has_augmentation_schedule_and_smoothing_fixed_at_the_course_by_default():
+    from fcgpu.search.space import suggest_config
+    from fcgpu.train import TrainConfig
+    space = search.default_space()
+    assert space["augment"] == {"value": "none"} and space["schedule"] == {"value": "step"}
+    assert space["label_smoothing"] == {"value": 0.0} and space["pad"] == {"value": 4}
+    fixed = {"layers": 2, "dropout": 0.8, "learning_rate": 1e-3, "reg": 1e-4,
+             "weight_scale": 1e-2, "batch_size": 100}
+    trial = optuna.trial.FixedTrial(dict(fixed, units_1=640, units_2=320))
+    cfg = suggest_config(trial, space, epochs=1)
+    assert cfg == TrainConfig(hidden_dims=(640, 320), dropout=0.8, learning_rate=1e-3,
+                              reg=1e-4, weight_scale=1e-2, batch_size=100, epochs=1)
+
+
+def test_space_draws_augmentation_width_schedule_and_smoothing(tmp_path):
+    from fcgpu.search.space import suggest_config
+    space = search.build_space(None, ["augment=flip,crop", "schedule=step,onecycle",
+                                      "label_smoothing=0:0.2:linear", "pad=2,4",
+                                      "units=256,1024"])
+    assert space["augment"] == {"choices": ["flip", "crop"]}
+    assert space["schedule"] == {"choices": ["step", "onecycle"]}
+    assert space["label_smoothing"] == {"low": 0.0, "high": 0.2, "log": False}
+    base = {"layers": 1, "units_1": 1024, "dropout": 0.9, "learning_rate": 1e-3, "reg": 1e-4,
+            "weight_scale": 1e-2, "batch_size": 100, "pad": 2, "label_smoothing": 0.1}
+    cfg = suggest_config(optuna.trial.FixedTrial(dict(base, augment="crop",
+                                                      schedule="onecycle")), space)
+    assert (cfg.hidden_dims, cfg.augment, cfg.pad, cfg.schedule, cfg.label_smoothing,
+            cfg.lr_decay) == ((1024,), "crop", 2, "onecycle", 0.1, 1.0)
+    cfg = suggest_config(optuna.trial.FixedTrial(dict(base, augment="flip", schedule="step")),
+                         space)
+    assert (cfg.augment, cfg.schedule, cfg.lr_decay) == ("flip", "step", 0.9)
+    for bad, msg in [("augment=rotate", "augment"), ("schedule=linear", "schedule"),
+                     ("label_smoothing=1", r"\[0, 1\)"), ("pad=-1", ">= 0")]:
+        with pytest.raises(ValueError, match=msg):
+            search.build_space(None, [bad])
+
+
+def test_retrain_command_carries_augmentation_schedule_and_smoothing():
+    from fcgpu.cli import build_parser
+    from fcgpu.cli.train import config_from_args
+    from fcgpu.search.summary import retrain_command
+    from fcgpu.train import TrainConfig
+    want = TrainConfig(hidden_dims=(64,), augment="crop", pad=2, label_smoothing=0.1,
+                       schedule="cosine", warmup_epochs=1.0, lr_decay=1.0, epochs=3,
+                       backend="numpy")
+    argv = shlex.split(retrain_command(want.to_dict()))
+    assert argv[:2] == ["fcgpu", "train"]
+    assert config_from_args(build_parser().parse_args(argv[1:])) == want
+    plain = TrainConfig(hidden_dims=(64,), epochs=3, backend="numpy")
+    argv = shlex.split(retrain_command(plain.to_dict()))
+    assert "--augment" not in argv and "--schedule" not in argv
+    assert config_from_args(build_parser().parse_args(argv[1:])) == plain

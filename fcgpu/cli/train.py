@@ -14,40 +14,59 @@ def _dims(text):
 
 
 def add_arguments(p):
-    from ..train import TrainConfig
+    from ..train import DEFAULT_PRESET, PRESETS, TrainConfig
     d = TrainConfig()
+    # every default is None: the preset fills what the command line leaves out
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
+                   help="the recipe to start from; flags override it (default %(default)s: "
+                        "the course's final net)")
     g = p.add_argument_group("network")
-    g.add_argument("--hidden", default=",".join(map(str, d.hidden_dims)),
-                   help="hidden layer sizes (default %(default)s)")
-    g.add_argument("--weight-scale", type=float, default=d.weight_scale,
-                   help="std of the initial weights (default %(default)s)")
-    g.add_argument("--batchnorm", action=_BoolAction, default=d.batchnorm,
-                   help="batch normalization after each hidden affine (default on; "
+    g.add_argument("--hidden", default=None,
+                   help="hidden layer sizes (course: %s)" % ",".join(map(str, d.hidden_dims)))
+    g.add_argument("--weight-scale", type=float, default=None,
+                   help="std of the initial weights (course: %s)" % d.weight_scale)
+    g.add_argument("--batchnorm", action=_BoolAction, default=None,
+                   help="batch normalization after each hidden affine (course: on; "
                         "--no-batchnorm turns it off)")
-    g.add_argument("--dropout", type=float, default=d.dropout,
-                   help="dropout KEEP probability; 1 disables (default %(default)s)")
-    g.add_argument("--reg", type=float, default=d.reg, help="L2 strength (default %(default)s)")
+    g.add_argument("--dropout", type=float, default=None,
+                   help="dropout KEEP probability; 1 disables (course: %s)" % d.dropout)
+    g.add_argument("--reg", type=float, default=None, help="L2 strength (course: %s)" % d.reg)
+    g.add_argument("--label-smoothing", type=float, default=None,
+                   help="softmax targets (1-e)*onehot + e/C (course: 0)")
     g = p.add_argument_group("optimization")
-    g.add_argument("--update-rule", default=d.update_rule,
+    g.add_argument("--update-rule", default=None,
                    choices=["sgd", "sgd_momentum", "rmsprop", "adam"])
     g.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float,
-                   default=d.learning_rate, help="learning rate (default %(default)s)")
-    g.add_argument("--lr-decay", type=float, default=d.lr_decay,
-                   help="learning-rate factor per epoch (default %(default)s)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--epochs", type=int, default=d.epochs)
+                   default=None, help="learning rate, the peak of cosine/onecycle (course: %s)"
+                   % d.learning_rate)
+    g.add_argument("--lr-decay", type=float, default=None,
+                   help="learning-rate factor per epoch, --schedule step (course: %s)"
+                   % d.lr_decay)
+    g.add_argument("--schedule", default=None, choices=["step", "cosine", "onecycle"],
+                   help="learning-rate schedule (course: step, i.e. --lr-decay per epoch)")
+    g.add_argument("--warmup-epochs", type=float, default=None,
+                   help="cosine: linear warmup epochs (default 0); onecycle: the epoch of "
+                        "the peak (default 0.3 of the run)")
+    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--epochs", type=int, default=None)
     g.add_argument("--num-train", type=int, default=None,
                    help="train on the first M training examples (default: all; the 49000 "
                         "CIFAR-10 training images)")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seed", type=int, default=None)
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--augment", default=None, choices=["none", "flip", "crop"],
+                   help="per-sample random flips, or crops (with flips), made in the "
+                        "minibatch gather (course: none)")
+    g.add_argument("--pad", type=int, default=None,
+                   help="crop padding in pixels per side (default %d)" % d.pad)
     g = p.add_argument_group("where")
     g.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"],
                    help="array backend (default: FCGPU_BACKEND, else auto)")
     g.add_argument("--data", default=None,
                    help="CIFAR-10 archive or folder (default: FCGPU_DATA, the cache, "
                         "else download), or your own data as FILE.npz (see docs/data.md)")
-    g.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
-    g.add_argument("--cuda-graph", action="store_true", default=d.cuda_graph,
+    g.add_argument("--dtype", default=None, choices=["float32", "float64"])
+    g.add_argument("--cuda-graph", action="store_true", default=None,
                    help="capture the whole training step as one CUDA graph and replay it "
                         "(GPU backend only; same results, fewer launches)")
     g = p.add_argument_group("output")
@@ -70,17 +89,19 @@ class _BoolAction:
 
 def config_from_args(args):
     import os
-    from ..train import TrainConfig
+    from ..train import from_preset
     backend = args.backend
     if backend == "auto" and os.environ.get("FCGPU_BACKEND"):
         backend = os.environ["FCGPU_BACKEND"]
-    return TrainConfig(hidden_dims=_dims(args.hidden), weight_scale=args.weight_scale,
-                       batchnorm=args.batchnorm, dropout=args.dropout, reg=args.reg,
-                       update_rule=args.update_rule, learning_rate=args.learning_rate,
-                       lr_decay=args.lr_decay, batch_size=args.batch_size,
-                       epochs=args.epochs, num_train=args.num_train, seed=args.seed,
-                       backend=backend, data=args.data, dtype=args.dtype,
-                       cuda_graph=args.cuda_graph)
+    return from_preset(args.preset, hidden_dims=args.hidden and _dims(args.hidden),
+                       weight_scale=args.weight_scale, batchnorm=args.batchnorm,
+                       dropout=args.dropout, reg=args.reg, update_rule=args.update_rule,
+                       learning_rate=args.learning_rate, lr_decay=args.lr_decay,
+                       batch_size=args.batch_size, epochs=args.epochs, num_train=args.num_train,
+                       seed=args.seed, backend=backend, data=args.data, dtype=args.dtype,
+                       cuda_graph=args.cuda_graph, augment=args.augment, pad=args.pad,
+                       label_smoothing=args.label_smoothing, schedule=args.schedule,
+                       warmup_epochs=args.warmup_epochs)
 
 
 def run(args):

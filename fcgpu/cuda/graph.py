@@ -12,8 +12,17 @@ read it when they run:
 * ``perm`` (int64[N]): the epoch's permutation of the training rows, written by the
   host once per epoch; the minibatch is gathered from it at ``ctr[0] * B`` into the
   static buffers ``Xb`` (B, D) and ``yb`` (B,) (``fcgpu_gather_rows``);
+* with augmentation (``augment=``), the minibatch is made instead by the augmenting
+  gather (:mod:`fcgpu.cuda.augment`, ``kernels/augment.cu``), which reads the batch
+  index from ``ctr[0]`` and the epoch from ``epoch_slot`` (uint64[1], written by
+  :meth:`GraphedTrainStep.begin_epoch`), so its draws are those of the uncaptured
+  Solver's gather; X may then be raw uint8 images with the mean image subtracted there;
 * ``lr`` (float64[P]): each parameter's learning rate, written by the host once per
   epoch (after the Solver's per-epoch decay), never recaptured for it;
+* ``lr_rows`` (with ``lr_schedule=True``: float64[batches per epoch, P]): each step's
+  learning rates (a per-step schedule, :mod:`fcgpu.schedules`, computed on the host
+  as the uncaptured Solver does and written once per epoch); the step copies its row
+  ``ctr[0]`` into ``lr`` before the updates (``fcgpu_gather_rows`` with one row);
 * ``corr`` (Adam only, float64[P, batches per epoch, 2]): the bias corrections
   ``(1 - beta1**t, 1 - beta2**t)`` of each step of the epoch, computed on the host
   by :func:`fcgpu.cuda.train_ops.bias_corrections` (the numbers the uncaptured step
@@ -90,10 +99,13 @@ class GraphedTrainStep:
     :meth:`sync_out` (host mirrors into the model and the configs).
 
     ``X`` (N, ...) and ``y`` (N,) are the training data already on the device in the
-    model's dtype. Every batch has ``min(batch_size, N)`` rows.
+    model's dtype (with ``augment``, also uint8). Every batch has ``min(batch_size, N)``
+    rows. ``augment``: None, or a dict ``mode, pad, image_shape, seed, mean`` (the
+    arguments of :func:`fcgpu.augment.augment_gather`).
     """
 
-    def __init__(self, model, update_rule, X, y, batch_size, batches_per_epoch):
+    def __init__(self, model, update_rule, X, y, batch_size, batches_per_epoch, augment=None,
+                 lr_schedule=False):
         check_supported(model, update_rule)
         cp = require_cupy()
         self.cp = cp
@@ -102,7 +114,8 @@ class GraphedTrainStep:
         self.dtype = np.dtype(model.dtype)
         if not is_cupy_array(X) or not is_cupy_array(y):
             raise ValueError("cuda_graph: the training data must be CuPy arrays")
-        if X.dtype != self.dtype:
+        self.augment = dict(augment) if augment is not None else None
+        if X.dtype != self.dtype and not (augment is not None and X.dtype == np.uint8):
             raise ValueError("cuda_graph: X has dtype %s, the model %s" % (X.dtype, self.dtype))
         self.X_source, self.y_source = X, y  # (the Solver's arrays, for reuse checks)
         n = int(X.shape[0])
@@ -127,10 +140,19 @@ class GraphedTrainStep:
         self.yb = cp.zeros(self.batch, dtype=np.int64)
         self.perm = cp.zeros(n, dtype=np.int64)
         self.ctr = cp.zeros(CTR_COUNT, dtype=np.uint64)
+        self.epoch_slot = cp.zeros(1, dtype=np.uint64) if augment is not None else None
+        if augment is not None and augment.get("mean") is not None:
+            self.augment["mean"] = cp.ascontiguousarray(cp.asarray(augment["mean"]))
         self.lr = cp.zeros(len(self.names), dtype=np.float64)
         self.corr = (cp.zeros((len(self.names), self.per_epoch, 2), dtype=np.float64)
                      if update_rule == "adam" else None)
         self.loss_buf = cp.zeros(self.per_epoch, dtype=self.dtype)
+        self.lr_rows = None
+        if lr_schedule:
+            self.lr_rows = cp.zeros((self.per_epoch, len(self.names)), dtype=np.float64)
+            self._lr_perm = cp.asarray(np.arange(self.per_epoch, dtype=np.int64))
+            self._lr_y = cp.zeros(self.per_epoch, dtype=np.int64)
+            self._lr_yb = cp.zeros(1, dtype=np.int64)
         self._params = {}      # name -> static parameter buffer
         self._bn = {}          # (layer, key) -> static running statistic
         self._state = {}       # (name, key) -> static optimizer state
@@ -207,17 +229,27 @@ class GraphedTrainStep:
         return (tuple(baked), bn_consts, model.reg, dict(model.dropout_param).get("p"),
                 model.dropout_key, model.fresh_masks, model.use_dropout, model.use_batchnorm)
 
-    def begin_epoch(self, order, configs):
+    def begin_epoch(self, order, configs, epoch=0, lr_steps=None):
         """Before an epoch's steps: bind the static buffers, upload the permutation
         ``order`` (host integers, a permutation of range(N)), the learning rates,
-        Adam's bias corrections for the epoch's steps and the counters (batch 0, the
-        model's dropout_step, the configs' t)."""
+        Adam's bias corrections for the epoch's steps, the counters (batch 0, the
+        model's dropout_step, the configs' t) and, with augmentation, ``epoch``.
+        ``lr_steps`` (with ``lr_schedule``): the learning rate of each step of the
+        epoch, for every parameter."""
         cp = self.cp
         self._synced = True
         order = np.asarray(order, dtype=np.int64)
         if order.shape != (self.n,):
             raise ValueError("cuda_graph: the permutation has shape %s, expected (%d,)"
                              % (order.shape, self.n))
+        if (lr_steps is None) != (self.lr_rows is None):
+            raise ValueError("cuda_graph: lr_steps must be given exactly when the step was "
+                             "built with lr_schedule=True")
+        if lr_steps is not None:
+            lr_steps = np.asarray(lr_steps, dtype=np.float64)
+            if lr_steps.shape != (self.per_epoch,):
+                raise ValueError("cuda_graph: lr_steps has shape %s, expected (%d,)"
+                                 % (lr_steps.shape, self.per_epoch))
         baked = self._bind(configs)
         if self._baked is not None and baked != self._baked:
             self._graph = None  # a hyperparameter baked into the graph changed: recapture
@@ -241,6 +273,11 @@ class GraphedTrainStep:
                 bias_corrections(configs[name]["beta1"], configs[name]["beta2"], self._t + 1,
                                  self.per_epoch) for name in self.names]), stream=stream)
         self.ctr.set(self._counters(), stream=stream)
+        if self.lr_rows is not None:
+            self.lr_rows.set(np.ascontiguousarray(np.repeat(lr_steps[:, None], len(self.names),
+                                                            axis=1)), stream=stream)
+        if self.epoch_slot is not None:
+            self.epoch_slot.set(np.array([epoch], dtype=np.uint64), stream=stream)
         self._synced = False
         # the host arrays above may be freed once set() returns: pageable copies are
         # staged before it does
@@ -281,8 +318,16 @@ class GraphedTrainStep:
         """Gather, forward/backward, update in place, record the loss, advance."""
         from . import train_ops as ops
         model = self.model
-        ops.gather_rows(self.X, self.y, self.perm, self.ctr[CTR_BATCH:CTR_BATCH + 1],
-                        self.Xb, self.yb)
+        if self.augment is None:
+            ops.gather_rows(self.X, self.y, self.perm, self.ctr[CTR_BATCH:CTR_BATCH + 1],
+                            self.Xb, self.yb)
+        else:
+            from .augment import augment_gather
+            a = self.augment
+            augment_gather(self.X, self.y, self.perm, self.ctr[CTR_BATCH:CTR_BATCH + 1],
+                           self.batch, a["image_shape"], a["mode"], a["pad"], a["seed"],
+                           self.epoch_slot, a.get("mean"), self.dtype, out=self.Xb,
+                           y_out=self.yb)
         prev = model._device_stream_base
         model._device_stream_base = (self.ctr[CTR_STREAM:CTR_STREAM + 1]
                                      if self.stream_stride else None)
@@ -291,6 +336,9 @@ class GraphedTrainStep:
         finally:
             model._device_stream_base = prev
         batch = self.ctr[CTR_BATCH:CTR_BATCH + 1]
+        if self.lr_rows is not None:  # this step's rates: row ctr[0] of lr_rows
+            ops.gather_rows(self.lr_rows, self._lr_y, self._lr_perm, batch,
+                            self.lr.reshape(1, len(self.names)), self._lr_yb)
         hyper = dict(zip(self.names, self._baked[0]))
         for k, name in enumerate(self.names):
             w = self._params[name]

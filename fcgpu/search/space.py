@@ -11,6 +11,8 @@ import math
 
 
 _UPDATE_RULES = ("sgd", "sgd_momentum", "rmsprop", "adam")
+_AUGMENT = ("none", "flip", "crop")          # fcgpu.augment_spec.MODES
+_SCHEDULES = ("step", "cosine", "onecycle")  # fcgpu.schedules.SCHEDULES
 
 
 def _check_positive(v):
@@ -27,6 +29,18 @@ def _check_keep(v):
 
 def _check_layers(v):
     return None if 1 <= v <= 20 else "must be in 1..20"
+
+
+def _check_augment(v):
+    return None if v in _AUGMENT else "must be one of " + ", ".join(_AUGMENT)
+
+
+def _check_schedule(v):
+    return None if v in _SCHEDULES else "must be one of " + ", ".join(_SCHEDULES)
+
+
+def _check_smoothing(v):
+    return None if 0 <= v < 1 else "must be in [0, 1)"
 
 
 def _check_rule(v):
@@ -48,7 +62,15 @@ PARAMS = {
     "batch_size": (int, {"choices": [100, 200, 490, 1000]}, _check_positive, "minibatch size"),
     "batchnorm": (bool, {"value": True}, lambda v: None, "batch normalization"),
     "update_rule": (str, {"value": "adam"}, _check_rule, "optimizer"),
-    "lr_decay": (float, {"value": 0.9}, _check_positive, "learning-rate factor per epoch"),
+    "lr_decay": (float, {"value": 0.9}, _check_positive,
+                 "learning-rate factor per epoch (schedule 'step' only)"),
+    # fixed at the course's behaviour by default: open them with --param or --space
+    "augment": (str, {"value": "none"}, _check_augment,
+                "per-sample augmentation in the gather: none, flip or crop (with flips)"),
+    "pad": (int, {"value": 4}, _check_nonneg, "crop padding, pixels per side"),
+    "label_smoothing": (float, {"value": 0.0}, _check_smoothing, "label smoothing"),
+    "schedule": (str, {"value": "step"}, _check_schedule,
+                 "learning-rate schedule: step (lr_decay per epoch), cosine or onecycle"),
 }
 
 
@@ -226,8 +248,17 @@ def suggest_config(trial, space, **fixed):
 
     layers = get("layers")
     hidden = tuple(get("units", "units_%d" % (i + 1)) for i in range(layers))
+    extra = {}
+    for name in ("augment", "pad", "label_smoothing", "schedule"):
+        if name in space:  # (a space saved before these existed lacks them)
+            extra[name] = get(name)
+    if extra.get("augment", "none") == "none":
+        extra.pop("pad", None)  # (meaningless without crops: not a distinct config)
+    schedule = extra.get("schedule", "step")
+    # the per-epoch decay is the 'step' schedule's: drawn only for it
+    lr_decay = get("lr_decay") if schedule == "step" else 1.0
     return TrainConfig(hidden_dims=hidden, dropout=get("dropout"),
                        learning_rate=get("learning_rate"), reg=get("reg"),
                        weight_scale=get("weight_scale"), batch_size=get("batch_size"),
                        batchnorm=get("batchnorm"), update_rule=get("update_rule"),
-                       lr_decay=get("lr_decay"), **fixed)
+                       lr_decay=lr_decay, **extra, **fixed)

@@ -82,6 +82,14 @@ def retrain_command(cfg):
             "--epochs", str(int(cfg["epochs"])),
             "--num-train", str(int(cfg["num_train"])),
             "--seed", str(int(cfg.get("seed", 0)))]
+    if cfg.get("augment", "none") != "none":
+        args += ["--augment", cfg["augment"], "--pad", str(int(cfg.get("pad", 4)))]
+    if cfg.get("label_smoothing"):
+        args += ["--label-smoothing", repr(float(cfg["label_smoothing"]))]
+    if cfg.get("schedule", "step") != "step":
+        args += ["--schedule", cfg["schedule"]]
+        if cfg.get("warmup_epochs") is not None:
+            args += ["--warmup-epochs", repr(float(cfg["warmup_epochs"]))]
     if cfg.get("dtype", "float32") != "float32":
         args += ["--dtype", cfg["dtype"]]
     if cfg.get("backend", "auto") not in ("auto", None):

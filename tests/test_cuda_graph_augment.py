@@ -1,0 +1,90 @@
+"""The CUDA-graph step with augmentation, on the emulated CuPy of test_cuda_graph.py:
+the captured augmenting gather (batch index and epoch read from device memory) gives
+the losses and parameters of the uncaptured Solver, epoch after epoch."""
+import io
+
+import numpy as np
+import pytest
+
+import test_cuda_graph as tcg
+import test_kernels_host as hk
+from fcgpu.cuda import augment as cuda_augment
+from fcgpu.fc_net import FullyConnectedNet
+from fcgpu.solver import Solver
+from test_cuda_graph import emu  # noqa: F401  (fixture)
+from test_kernels_host import emu_lib, nvcc_reports  # noqa: F401  (fixtures)
+
+# pointer arguments the augment kernel accepts as null: y, b_ptr, epoch_ptr, mean, yb
+_NULLABLE = {1, 3, 4, 5, 18}
+
+
+@pytest.fixture
+def emu_aug(emu, nvcc_reports, emu_lib, monkeypatch):  # noqa: F811
+    sigs = hk._signatures(nvcc_reports)
+    monkeypatch.setattr(cuda_augment, "_cp", lambda: emu.cp)
+    monkeypatch.setattr(cuda_augment, "get_kernel", lambda name: tcg._GraphKernel(
+        name, sigs[name], emu.log, emu_lib, emu.state))
+    allowed = hk._null_allowed
+    monkeypatch.setattr(hk, "_null_allowed", lambda name, k, sig: allowed(name, k, sig) or (
+        name.startswith("fcgpu_augment_gather<") and k in _NULLABLE))
+    return emu
+
+
+def _data(cp, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.integers(0, 256, (75, 3, 4, 5)).astype(np.uint8)
+    return {"X_train": cp.asarray(X), "y_train": cp.asarray(rng.integers(0, 3, 75)),
+            "X_val": cp.asarray(rng.standard_normal((20, 60))),
+            "y_val": cp.asarray(rng.integers(0, 3, 20))}, X.mean(axis=0)
+
+
+def _solver(cp, data, mean, graph, mode, epochs=3, rule="adam", **kw):
+    model = FullyConnectedNet([16, 8], input_dim=60, num_classes=3, use_batchnorm=True,
+                              dropout=0.7, weight_scale=0.3, dtype=np.float32, seed=3,
+                              fresh_masks=True, xp=cp, label_smoothing=0.1)
+    args = dict(lr_decay=0.8)
+    args.update(kw)
+    return Solver(model, data, update_rule=rule, optim_config={"learning_rate": 1e-2},
+                  batch_size=20, num_epochs=epochs, num_train_samples=40,
+                  verbose=False, out=io.StringIO(), seed=11, cuda_graph=graph,
+                  augment=mode, pad=2, mean=cp.asarray(mean), **args)
+
+
+@pytest.mark.parametrize("mode,rule", [("crop", "adam"), ("flip", "sgd_momentum"),
+                                       ("none", "adam")])
+def test_emulated_graphed_augmented_solver_equals_uncaptured(emu_aug, mode, rule):
+    data, mean = _data(emu_aug.cp, 4)
+    plain = _solver(emu_aug.cp, data, mean, False, mode, rule=rule)
+    plain.train()
+    graphed = _solver(emu_aug.cp, data, mean, True, mode, rule=rule)
+    graphed.train()
+    tcg._assert_same_training(plain, graphed)
+    g = graphed._graph_step
+    assert g.captures == 1 and g.replays == 3 * (75 // 20) - 1
+    assert g.augment is not None and int(g.epoch_slot.get()[0]) == 2
+    names = [entry[0] if isinstance(entry, tuple) else str(entry) for entry in emu_aug.log]
+    assert any("augment_gather" in str(n) for n in names)
+    assert not any("gather_rows" in str(n) for n in names)
+
+
+@pytest.mark.parametrize("schedule,opts,rule,mode", [
+    ("onecycle", {"pct_start": 0.4}, "adam", "crop"),
+    ("cosine", {"warmup_steps": 2}, "sgd_momentum", "none"),
+    ("cosine", {}, "rmsprop", "flip")])
+def test_emulated_graphed_schedule_equals_uncaptured(emu_aug, schedule, opts, rule, mode):
+    """Per-step learning rates: the epoch's table uploaded in begin_epoch, the step's
+    row copied into the rates on the device; same run as uncaptured."""
+    data, mean = _data(emu_aug.cp, 5)
+    runs = []
+    for graph in (False, True):
+        s = _solver(emu_aug.cp, data, mean, graph, mode, rule=rule, lr_decay=1.0,
+                    lr_schedule=schedule, lr_schedule_options=opts)
+        s.train()
+        runs.append(s)
+    tcg._assert_same_training(*runs)
+    g = runs[1]._graph_step
+    assert g.captures == 1 and g.lr_rows is not None
+    # the last epoch's table holds the schedule's rates of its steps
+    from fcgpu import schedules
+    want = [schedules.lr_at(schedule, t, 9, 1e-2, **opts) for t in range(6, 9)]
+    assert np.array_equal(tcg._np(g.lr_rows)[:, 0], want)
