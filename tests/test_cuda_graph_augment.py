@@ -12,18 +12,18 @@ from fcgpu.cuda import augment as cuda_augment
 from fcgpu.fc_net import FullyConnectedNet
 from fcgpu.solver import Solver
 from test_cuda_graph import emu  # noqa: F401  (fixture)
-from test_kernels_host import emu_lib, nvcc_reports  # noqa: F401  (fixtures)
 
 # pointer arguments the augment kernel accepts as null: y, b_ptr, epoch_ptr, mean, yb
 _NULLABLE = {1, 3, 4, 5, 18}
 
 
 @pytest.fixture
-def emu_aug(emu, nvcc_reports, emu_lib, monkeypatch):  # noqa: F811
-    sigs = hk._signatures(nvcc_reports)
+def emu_aug(emu, kernel_signatures, launch_bounds, emu_lib, monkeypatch):  # noqa: F811
+    sigs = kernel_signatures
     monkeypatch.setattr(cuda_augment, "_cp", lambda: emu.cp)
     monkeypatch.setattr(cuda_augment, "get_kernel", lambda name: tcg._GraphKernel(
-        name, sigs[name], emu.log, emu_lib, emu.state))
+        name, sigs[name], emu.log, emu_lib, emu.state,
+        None if launch_bounds is None else launch_bounds[name]))
     allowed = hk._null_allowed
     monkeypatch.setattr(hk, "_null_allowed", lambda name, k, sig: allowed(name, k, sig) or (
         name.startswith("fcgpu_augment_gather<") and k in _NULLABLE))
