@@ -55,41 +55,53 @@ def _dropout_consts(p, dtype):
 
 @njit(parallel=True, cache=True)
 def _col_mean_var(x, bias, mean, var):
-    """Two-pass per-column mean and biased variance of ``x`` (+ ``bias`` per column
-    unless it is None, added in the input's precision), float64 partial sums."""
+    """Per-column mean and biased variance of ``x`` (+ ``bias`` per column unless it is
+    None, added in the input's precision), in float64. One parallel loop: each row
+    block takes its mean, then its squared deviations from it (a second read, from
+    cache), and the blocks combine exactly (Chan et al.): M2 = sum of the blocks' M2 +
+    n_b * (mean_b - mean)^2."""
     n, d = x.shape
     rows = (n + _PARTS - 1) // _PARTS
-    part = np.zeros((_PARTS, d), np.float64)
+    pmean = np.zeros((_PARTS, d), np.float64)
+    pm2 = np.zeros((_PARTS, d), np.float64)
     for p in prange(_PARTS):
-        acc = part[p]
-        for i in range(p * rows, min(n, (p + 1) * rows)):
+        r0 = p * rows
+        r1 = min(n, r0 + rows)
+        if r1 <= r0:
+            continue
+        mu = pmean[p]
+        m2 = pm2[p]
+        for i in range(r0, r1):
             if bias is not None:
                 for j in range(d):
-                    acc[j] += x[i, j] + bias[j]
+                    mu[j] += x[i, j] + bias[j]
             else:
                 for j in range(d):
-                    acc[j] += x[i, j]
-    mu = np.zeros(d, np.float64)
-    for p in range(_PARTS):
+                    mu[j] += x[i, j]
+        inv = 1.0 / (r1 - r0)
         for j in range(d):
-            mu[j] += part[p, j]
-    for j in range(d):
-        mu[j] /= n
-    part[:, :] = 0.0
-    for p in prange(_PARTS):
-        acc = part[p]
-        for i in range(p * rows, min(n, (p + 1) * rows)):
+            mu[j] *= inv
+        for i in range(r0, r1):
             for j in range(d):
                 y = x[i, j]
                 if bias is not None:
                     y = y + bias[j]
                 dv = y - mu[j]
-                acc[j] += dv * dv
+                m2[j] += dv * dv
     for j in range(d):
+        mu = 0.0
+        for p in range(_PARTS):
+            nb = min(n, (p + 1) * rows) - p * rows
+            if nb > 0:
+                mu += nb * pmean[p, j]
+        mu /= n
         m2 = 0.0
         for p in range(_PARTS):
-            m2 += part[p, j]
-        mean[j] = mu[j]
+            nb = min(n, (p + 1) * rows) - p * rows
+            if nb > 0:
+                dm = pmean[p, j] - mu
+                m2 += pm2[p, j] + nb * dm * dm
+        mean[j] = mu
         var[j] = m2 / n
 
 
