@@ -338,7 +338,7 @@ def fake_profile(step=0.032, floor=0.0256, layouts=True):
          "step_instrumented_s": dict(st, median=step * 1.03), "other_s": {"min": 0.0004,
                                                                           "median": 0.0005},
          "ratio": {"min": step / floor, "median": st["median"] / fl["median"],
-                   "paired_median": 1.26, "sum_of_minima": 1.19},
+                   "paired_median": st["median"] / fl["median"], "sum_of_minima": 1.19},
          "step_sum_of_minima_s": 0.0305, "floor_sum_of_minima_s": 0.0256,
          "samples_per_s": {"median": 490 / st["median"], "best": 490 / step},
          "gemm_flops": 4.5e9, "gemms": gemms, "phases": phases,
@@ -386,6 +386,7 @@ def test_report_renders_the_step_profile(tmp_path):
     summary = md[md.index("## Summary"):md.index("### Targets")]
     assert "CPU step (`--profile`): 32.00 ms, **1.25×** the 25.60 ms" in summary
     assert "goal ≤ 1.25×: **met**" in summary
+    assert "Goal step / floor ≤ 1.25×: **met**." in sec
 
 
 def test_profile_section_absent_without_a_profile_and_says_missed(tmp_path):
@@ -397,8 +398,20 @@ def test_profile_section_absent_without_a_profile_and_says_missed(tmp_path):
                                                                       layouts=False))
     md = open(render(load([_write(tmp_path, res, "p.json")]), str(tmp_path / "o2")),
               encoding="utf-8").read()
-    assert "**1.56×** the 25.60 ms" in md and "goal ≤ 1.25×: **missed**" in md
+    assert "**1.56×** the 25.60 ms" in md and "goal ≤ 1.25×: **missed by 25%**" in md
     assert "Storing W" not in md
+
+
+@pytest.mark.parametrize("ratios,status", [((1.2, 1.22, 1.21), "met"),
+                                           ((1.3, 1.31, 1.33), "missed"),
+                                           ((0.9, 1.1, 1.0), "inconclusive"),
+                                           ((1.1, 1.5, 1.3), "inconclusive")])
+def test_profile_verdict_needs_ratios_that_agree(ratios, status):
+    from fcgpu.bench.report.profile import verdict
+    p = fake_profile()
+    p["ratio"].update(min=ratios[0], median=ratios[1], paired_median=ratios[2])
+    got, text = verdict(p)
+    assert got == status and text.startswith(status)
 
 
 def test_profile_text_has_the_same_tables():

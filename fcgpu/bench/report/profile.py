@@ -7,6 +7,22 @@ from .format import fmt_num, fmt_ratio, table
 GOAL = 1.25  # the step within 1.25x its GEMM floor
 
 
+def verdict(p):
+    """``(status, text)`` for the goal: 'met', 'missed', or 'inconclusive' when the ratio
+    of minima, the ratio of medians and the median per-round ratio disagree by more than
+    10% or the step came out faster than its own matrix products (other work on the
+    machine, not the step, decided those numbers)."""
+    r = p["ratio"]
+    vals = [r["min"], r["median"], r["paired_median"]]
+    if min(vals) < 0.95 or max(vals) > 1.1 * min(vals):
+        return "inconclusive", ("inconclusive: the ratios disagree (minima %s, medians %s, "
+                                "per round %s), so the machine was busy; measure again on "
+                                "a quiet one" % tuple(fmt_ratio(v) for v in vals))
+    if r["min"] <= GOAL:
+        return "met", "met"
+    return "missed", "missed by %.0f%%" % (100 * (r["min"] / GOAL - 1))
+
+
 def _ms(s):
     return "—" if s is None else "%.2f" % (s * 1e3)
 
@@ -104,7 +120,7 @@ def profile_tables(p):
 
 
 def profile_markdown(p):
-    out = [describe(p) + ".", ""]
+    out = [describe(p) + ". Goal step / floor ≤ %.2f×: **%s**." % (GOAL, verdict(p)[1]), ""]
     for title, head, rows, align in profile_tables(p):
         out += ["**%s**" % title, "", table(head, rows, align), ""]
     return out
@@ -112,7 +128,7 @@ def profile_markdown(p):
 
 def profile_text(p):
     """The same tables for a terminal."""
-    out = [describe(p)]
+    out = [describe(p), "Goal step / floor <= %.2fx: %s" % (GOAL, verdict(p)[1])]
     for title, head, rows, align in profile_tables(p):
         cells = [[str(c).replace("**", "") for c in r] for r in [head] + rows]
         widths = [max(len(r[i]) for r in cells) for i in range(len(head))]

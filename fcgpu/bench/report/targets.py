@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import TARGETS
 from .format import fmt_frac, fmt_num, fmt_ratio, pow2, table
-from .profile import GOAL as PROFILE_GOAL
+from .profile import GOAL as PROFILE_GOAL, verdict as profile_verdict
 
 
 TARGET_ROWS = [
@@ -84,14 +84,13 @@ def summary_section(results, names):
         prof = res.get("profile")
         if prof:
             r = prof["ratio"]
-            met = r["min"] <= PROFILE_GOAL
             bullets.append("CPU step (`--profile`): %s ms, **%s** the %s ms its matrix products "
                            "take alone (fastest of each; medians %s; sums of per-phase "
                            "minima %s), goal ≤ %.2f×: **%s**."
                            % ("%.2f" % (prof["step_s"]["min"] * 1e3), fmt_ratio(r["min"]),
                               "%.2f" % (prof["floor_s"]["min"] * 1e3), fmt_ratio(r["median"]),
                               fmt_ratio(r.get("sum_of_minima")), PROFILE_GOAL,
-                              "met" if met else "missed"))
+                              profile_verdict(prof)[1]))
         for key, what in (("dropout_fwd_bw_frac", "forward"), ("dropout_bwd_bw_frac",
                                                                 "backward")):
             c = det.get(key + "_cpu_numba")
