@@ -30,6 +30,17 @@ Signatures (``p`` is the keep probability, 1 meaning no dropout):
 * ``relu_dropout_forward(x, p, seed, stream) -> out``
 * ``relu_dropout_backward(dout, out, p) -> dx``
 * ``dropout_mask(shape, p, seed, stream, xp=None) -> bool array`` (the keep mask alone)
+
+Where an implementation offers them (:func:`folds_bias`; the compiled CPU path does),
+the sandwich layers hand it an affine layer's product and bias separately, so that
+the bias is added inside the next pass and its gradient summed inside the backward:
+
+* ``bias_bn_relu_dropout_forward(x, b, gamma, beta, eps, momentum, running_mean,
+  running_var, p, seed, stream) -> (out, mean, inv_std)``: as above, of ``x + b``
+* ``bias_bn_relu_dropout_backward(dout, out, x, b, gamma, mean, inv_std, p)
+  -> (dx, dgamma, dbeta, db)`` with ``db = dx.sum(axis=0)``
+* ``bias_relu_dropout_forward(x, b, p, seed, stream) -> out``: of ``x + b``
+* ``bias_relu_dropout_backward(dout, out, p) -> (dx, db)``
 """
 from __future__ import annotations
 
@@ -37,7 +48,9 @@ import numpy as np
 
 from .backend import is_cupy_array
 from .fused_ref import (  # noqa: F401  (the references, importable from the dispatch point)
-    bn_backward_ref, bn_forward_infer_ref, bn_forward_train_ref, bn_relu_dropout_backward_ref,
+    bias_bn_relu_dropout_backward_ref, bias_bn_relu_dropout_forward_ref,
+    bias_relu_dropout_backward_ref, bias_relu_dropout_forward_ref, bn_backward_ref,
+    bn_forward_infer_ref, bn_forward_train_ref, bn_relu_dropout_backward_ref,
     bn_relu_dropout_forward_ref, dropout_backward_ref, dropout_forward_ref, reference,
     relu_dropout_backward_ref, relu_dropout_forward_ref)
 
@@ -45,7 +58,8 @@ __all__ = [
     "dropout_forward", "dropout_backward", "bn_forward_train", "bn_forward_infer",
     "bn_backward", "bn_relu_dropout_forward", "bn_relu_dropout_backward",
     "relu_dropout_forward", "relu_dropout_backward", "dropout_mask", "impl_for",
-    "use_compiled_cpu",
+    "use_compiled_cpu", "folds_bias", "bias_bn_relu_dropout_forward",
+    "bias_bn_relu_dropout_backward", "bias_relu_dropout_forward", "bias_relu_dropout_backward",
 ]
 
 _use_compiled_cpu = True
@@ -111,6 +125,33 @@ def relu_dropout_forward(x, p, seed, stream):
 
 def relu_dropout_backward(dout, out, p):
     return impl_for(dout).relu_dropout_backward(dout, out, p)
+
+
+def folds_bias(x):
+    """Whether the implementation for arrays like ``x`` takes an affine layer's bias
+    into its passes (the ``bias_*`` steps). Where it does not, the sandwich layers add
+    the bias after the product, as ``affine_forward`` does."""
+    return hasattr(impl_for(x), "bias_bn_relu_dropout_forward")
+
+
+def bias_bn_relu_dropout_forward(x, b, gamma, beta, eps, momentum, running_mean,
+                                 running_var, p, seed, stream):
+    return impl_for(x).bias_bn_relu_dropout_forward(x, b, gamma, beta, eps, momentum,
+                                                    running_mean, running_var, p, seed,
+                                                    stream)
+
+
+def bias_bn_relu_dropout_backward(dout, out, x, b, gamma, mean, inv_std, p):
+    return impl_for(dout).bias_bn_relu_dropout_backward(dout, out, x, b, gamma, mean,
+                                                        inv_std, p)
+
+
+def bias_relu_dropout_forward(x, b, p, seed, stream):
+    return impl_for(x).bias_relu_dropout_forward(x, b, p, seed, stream)
+
+
+def bias_relu_dropout_backward(dout, out, p):
+    return impl_for(dout).bias_relu_dropout_backward(dout, out, p)
 
 
 def dropout_mask(shape, p, seed, stream, xp=None):

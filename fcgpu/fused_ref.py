@@ -17,7 +17,8 @@ __all__ = [
     "dropout_forward_ref", "dropout_backward_ref", "bn_forward_train_ref",
     "bn_forward_infer_ref", "bn_backward_ref", "bn_relu_dropout_forward_ref",
     "bn_relu_dropout_backward_ref", "relu_dropout_forward_ref", "relu_dropout_backward_ref",
-    "reference",
+    "bias_bn_relu_dropout_forward_ref", "bias_bn_relu_dropout_backward_ref",
+    "bias_relu_dropout_forward_ref", "bias_relu_dropout_backward_ref", "reference",
 ]
 
 
@@ -92,6 +93,35 @@ def relu_dropout_backward_ref(dout, out, p):
     xp = get_array_module(dout)
     s = _scale(p, dout.dtype)
     return xp.where(out > 0, dout if s is None else dout * s, dout.dtype.type(0))
+
+
+def _add_bias(x, b):
+    return (x + b).astype(x.dtype, copy=False)
+
+
+def bias_bn_relu_dropout_forward_ref(x, b, gamma, beta, eps, momentum, running_mean,
+                                     running_var, p, seed, stream):
+    """:func:`bn_relu_dropout_forward_ref` of ``x + b`` (an affine layer's product and
+    its bias)."""
+    return bn_relu_dropout_forward_ref(_add_bias(x, b), gamma, beta, eps, momentum,
+                                       running_mean, running_var, p, seed, stream)
+
+
+def bias_bn_relu_dropout_backward_ref(dout, out, x, b, gamma, mean, inv_std, p):
+    """``(dx, dgamma, dbeta, db)``: the backward of the above; ``db = dx.sum(axis=0)``."""
+    dx, dgamma, dbeta = bn_relu_dropout_backward_ref(dout, out, _add_bias(x, b), gamma, mean,
+                                                     inv_std, p)
+    return dx, dgamma, dbeta, dx.sum(axis=0)
+
+
+def bias_relu_dropout_forward_ref(x, b, p, seed, stream):
+    return relu_dropout_forward_ref(_add_bias(x, b), p, seed, stream)
+
+
+def bias_relu_dropout_backward_ref(dout, out, p):
+    """``(dx, db)``: :func:`relu_dropout_backward_ref` and ``db = dx.sum(axis=0)``."""
+    dx = relu_dropout_backward_ref(dout, out, p)
+    return dx, dx.sum(axis=0)
 
 
 # the references under the names fcgpu.cpu.ops and fcgpu.cuda.ops use, for dispatch

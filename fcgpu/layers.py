@@ -19,14 +19,7 @@ __all__ = [
 
 def affine_forward(x, w, b):
     """``out = x.reshape(N, D) @ w + b``; cache ``(x, w, b)``."""
-    if x.ndim < 1 or w.ndim != 2 or b.ndim != 1:
-        raise ValueError("affine_forward: need x (N, d1, ...), w (D, M), b (M,); got %s, %s, %s"
-                         % (x.shape, w.shape, b.shape))
-    x2 = x.reshape(x.shape[0], -1)
-    if x2.shape[1] != w.shape[0] or w.shape[1] != b.shape[0]:
-        raise ValueError("affine_forward: shapes do not chain: x %s -> (N, %d), w %s, b %s"
-                         % (x.shape, x2.shape[1], w.shape, b.shape))
-    out = x2 @ w
+    out = _gemm(_affine_rows(x, w, b), w)
     out += b
     return out, (x, w, b)
 
@@ -34,11 +27,40 @@ def affine_forward(x, w, b):
 def affine_backward(dout, cache, need_dx=True):
     """``(dx, dw, db)``; with ``need_dx=False`` (the net's first layer) dx is None."""
     x, w, _ = cache
-    x2 = x.reshape(x.shape[0], -1)
-    dw = x2.T @ dout
+    dw = _gemm_dw(x.reshape(x.shape[0], -1), dout)
     db = dout.sum(axis=0)
-    dx = (dout @ w.T).reshape(x.shape) if need_dx else None
+    dx = _gemm_dx(dout, w).reshape(x.shape) if need_dx else None
     return dx, dw, db
+
+
+def _affine_rows(x, w, b):
+    """``x`` as rows ``(N, D)``, after checking that x, w and b chain."""
+    if x.ndim < 1 or w.ndim != 2 or b.ndim != 1:
+        raise ValueError("affine_forward: need x (N, d1, ...), w (D, M), b (M,); got %s, %s, %s"
+                         % (x.shape, w.shape, b.shape))
+    x2 = x.reshape(x.shape[0], -1)
+    if x2.shape[1] != w.shape[0] or w.shape[1] != b.shape[0]:
+        raise ValueError("affine_forward: shapes do not chain: x %s -> (N, %d), w %s, b %s"
+                         % (x.shape, x2.shape[1], w.shape, b.shape))
+    return x2
+
+
+# The three matrix products of an affine layer, each one call, so that the step
+# profiler (fcgpu.bench.profile) can time each apart; layer_utils uses them too.
+
+def _gemm(x2, w):
+    """Forward: ``x2 @ w``."""
+    return x2 @ w
+
+
+def _gemm_dw(x2, dout):
+    """Weight gradient: ``x2.T @ dout``."""
+    return x2.T @ dout
+
+
+def _gemm_dx(dout, w):
+    """Input gradient (rows): ``dout @ w.T``."""
+    return dout @ w.T
 
 
 def relu_forward(x):

@@ -269,6 +269,7 @@ def test_affine_relu_dropout_sandwich(xp, rng):
     f = lambda: affine_relu_dropout_forward(x, w, b, dp)[0]
     assert rel_error(dx, eval_numerical_gradient_array(lambda _: f(), x, dout)) < 1e-7
     assert rel_error(dw, eval_numerical_gradient_array(lambda _: f(), w, dout)) < 1e-7
+    assert rel_error(db, eval_numerical_gradient_array(lambda _: f(), b, dout)) < 1e-7
 
 
 @pytest.mark.parametrize("p", [1.0, 0.7])

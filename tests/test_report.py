@@ -309,3 +309,119 @@ def test_op_bytes_counts_each_input_and_output_once():
     assert op_bytes("fused_fwd", (n, d)) == 4 * (2 * n * d + 8 * d)
     assert op_bytes("fused_bwd", (n, d)) == 4 * (4 * n * d + 5 * d)
     assert op_bytes("bn_bwd", (n, d)) == 4 * (3 * n * d + 5 * d)
+
+
+def fake_profile(step=0.032, floor=0.0256, layouts=True):
+    """A step profile as fcgpu.bench.profile writes it, with made-up times."""
+    gemms = [{"label": "h0 @ W1", "op": "forward", "layer": 1, "mkn": [490, 3072, 500],
+              "flops": 1.505e9, "min_s": 0.0085, "median_s": 0.0087, "gflops": 177.1,
+              "in_step_min_s": 0.0088, "in_step_median_s": 0.0090},
+             {"label": "dW1", "op": "dW", "layer": 1, "mkn": [3072, 490, 500],
+              "flops": 1.505e9, "min_s": 0.0091, "median_s": 0.0093, "gflops": 165.4}]
+    phases = [{"label": "GEMM forward, layer 1", "kind": "gemm", "calls": 1,
+               "shapes": [[490, 3072], [3072, 500]], "mkn": [490, 3072, 500],
+               "layer": 1, "min_s": 0.0088, "median_s": 0.0090},
+              {"label": "fused bias_bn_relu_dropout_forward, layer 1", "kind": "fused",
+               "calls": 1, "shapes": [[490, 500], [500]], "layer": 1, "min_s": 0.00031,
+               "median_s": 0.00033},
+              {"label": "Adam", "kind": "optim", "calls": 14, "shapes": [],
+               "min_s": 0.0029, "median_s": 0.0031}]
+    st = {"min": step, "median": step * 1.02, "q1": step, "q3": step * 1.05, "max": step * 2,
+          "n": 40}
+    fl = {"min": floor, "median": floor * 1.01, "q1": floor, "q3": floor * 1.02,
+          "max": floor * 2, "n": 40}
+    p = {"format": "fcgpu-profile-1", "net": "default", "hidden": [500, 500, 500],
+         "batch": 490, "dtype": "float32", "input_dim": 3072, "classes": 10,
+         "variant": "numpy", "rounds": 40, "threads": {"numba": 2, "numba_layer": "omp",
+                                                        "blas": [2]},
+         "loadavg": [1.8, 1.9], "step_s": st, "floor_s": fl,
+         "step_instrumented_s": dict(st, median=step * 1.03), "other_s": {"min": 0.0004,
+                                                                          "median": 0.0005},
+         "ratio": {"min": step / floor, "median": st["median"] / fl["median"],
+                   "paired_median": st["median"] / fl["median"], "sum_of_minima": 1.19},
+         "step_sum_of_minima_s": 0.0305, "floor_sum_of_minima_s": 0.0256,
+         "samples_per_s": {"median": 490 / st["median"], "best": 490 / step},
+         "gemm_flops": 4.5e9, "gemms": gemms, "phases": phases,
+         "kinds": {"gemm": 0.0090, "fused": 0.00033, "optim": 0.0031, "other": 0.0005}}
+    if layouts:
+        p["layouts"] = {"W": {"floor_s": fl, "gemms": [dict(label=g["label"], op=g["op"],
+                                                              layer=g["layer"],
+                                                              min_s=g["min_s"],
+                                                              median_s=g["median_s"])
+                                                         for g in gemms]},
+                        "W.T": {"floor_s": dict(fl, min=floor * 1.1),
+                                "gemms": [dict(label=g["label"], op=g["op"], layer=g["layer"],
+                                               min_s=g["min_s"] * 1.2,
+                                               median_s=g["median_s"] * 1.2)
+                                          for g in gemms]}}
+    return p
+
+
+def test_report_renders_the_step_profile(tmp_path):
+    pytest.importorskip("matplotlib")
+    res = build_results([], machine=CPU_MACHINE, profile=fake_profile())
+    md = open(render(load([_write(tmp_path, res, "p.json")]), str(tmp_path / "o")),
+              encoding="utf-8").read()
+    order = ["## Summary", "## Training", "## CPU step profile", "## Plots"]
+    pos = [md.index(h) for h in order]
+    assert pos == sorted(pos)
+    sec = md[md.index("## CPU step profile"):md.index("## Plots")]
+    # step, floor and their ratios (min 32/25.6 = 1.25, medians 1.02/1.01 of that)
+    assert "| Training step (gather, forward, backward, Adam) | 32.00 | 32.64 |" in sec
+    assert "| GEMM floor: the step's 2 matrix products alone | 25.60 | 25.86 |" in sec
+    assert "**1.25×** | **1.26×**" in sec and "per-round ratios 1.26×" in sec
+    assert "30.50 ms / 25.60 ms | 1.19×" in sec
+    assert "| Samples/s (batch / step time) | 15,312 | 15,012 |" in sec
+    # phases with their shapes, calls and shares of the instrumented step (32.96 ms)
+    assert "| GEMM forward, layer 1 (490×3072×500) | gemm | 1 | 8.80 | 9.00 | 27.3% |" in sec
+    assert "| Adam | optim | 14 | 2.90 | 3.10 | 9.4% |" in sec
+    assert "other: Python, allocation" in sec
+    # the products alone and in the step; one not matched in the step shows a dash
+    assert "| h0 @ W1 | forward | 490×3072×500 | 8.50 | 8.70 | 177 | 8.80 | 9.00 |" in sec
+    assert "| dW1 | dW | 3072×490×500 | 9.10 | 9.30 | 165 | — | — |" in sec
+    # the layouts table
+    assert "| dW1 | 9.10 | 10.92 | 1.20× |" in sec and "| **all** | 25.60 | 28.16 | 1.10× |" in sec
+    assert "load average 1.8–1.9" in sec
+    # and the summary's line: 1.25 meets a goal of <= 1.25
+    summary = md[md.index("## Summary"):md.index("### Targets")]
+    assert "CPU step (`--profile`): 32.00 ms, **1.25×** the 25.60 ms" in summary
+    assert "goal ≤ 1.25×: **met**" in summary
+    assert "Goal step / floor ≤ 1.25×: **met**." in sec
+
+
+def test_profile_section_absent_without_a_profile_and_says_missed(tmp_path):
+    pytest.importorskip("matplotlib")
+    md = open(render(load([_write(tmp_path, cpu_results(), "c.json")]), str(tmp_path / "o")),
+              encoding="utf-8").read()
+    assert "## CPU step profile" not in md and "--profile" not in md
+    res = build_results([], machine=CPU_MACHINE, profile=fake_profile(step=0.040,
+                                                                      layouts=False))
+    md = open(render(load([_write(tmp_path, res, "p.json")]), str(tmp_path / "o2")),
+              encoding="utf-8").read()
+    assert "**1.56×** the 25.60 ms" in md and "goal ≤ 1.25×: **missed by 25%**" in md
+    assert "Storing W" not in md
+
+
+@pytest.mark.parametrize("ratios,status", [((1.2, 1.22, 1.21), "met"),
+                                           ((1.3, 1.31, 1.33), "missed"),
+                                           ((0.9, 1.1, 1.0), "inconclusive"),
+                                           ((1.1, 1.5, 1.3), "inconclusive")])
+def test_profile_verdict_needs_ratios_that_agree(ratios, status):
+    from fcgpu.bench.report.profile import verdict
+    p = fake_profile()
+    p["ratio"].update(min=ratios[0], median=ratios[1], paired_median=ratios[2])
+    got, text = verdict(p)
+    assert got == status and text.startswith(status)
+
+
+def test_profile_text_has_the_same_tables():
+    from fcgpu.bench.report.profile import profile_text
+    text = profile_text(fake_profile())
+    assert "**" not in text and "|" not in text
+    lines = text.splitlines()
+    assert lines[0].startswith("default net (3072-500-500-500-10, batch 490, float32)")
+    for title in ("Step against its GEMM floor", "Phases of one step", "By kind",
+                  "The floor's products", "Storing W"):
+        assert any(ln.startswith(title) for ln in lines), title
+    row = next(ln for ln in lines if ln.startswith("Step / floor"))
+    assert row.split()[-2:] == ["1.25×", "1.26×"]

@@ -58,6 +58,27 @@ class TrainCase:
 
 
 def build_fcgpu(variant, net):
+    parts = fcgpu_parts(variant, net)
+    step, sync = parts["step"], parts["sync"]
+    model = parts["model"]
+    nparams = int(sum(int(np.prod(v.shape)) for v in model.params.values()))
+    if variant == "fcgpu_graph":
+        step = _graphed_step(model, parts["configs"], parts["X"], parts["y"], parts["batch"],
+                             parts["rng"])
+    return TrainCase(step, sync, VARIANTS[variant][1], {"params": nparams})
+
+
+def gather(X, y, idx):
+    """One minibatch: the rows ``idx`` of the pool (a copy, as ``Solver`` makes)."""
+    return X[idx], y[idx]
+
+
+def fcgpu_parts(variant, net):
+    """The pieces of an fcgpu variant's training step on ``net`` (a name in
+    :data:`NETS`, or a spec like its values): ``{"step", "sync", "model",
+    "configs", "X", "y", "batch", "rng", "xp"}``. ``step()`` gathers a minibatch
+    (:func:`gather`), runs ``model.loss`` and Adam on every parameter (``optim.adam``),
+    all looked up at call time so that the step profiler can time each."""
     from .. import backend, fused, optim
     from ..fc_net import FullyConnectedNet
 
@@ -69,7 +90,7 @@ def build_fcgpu(variant, net):
         if variant == "cupy_unfused":
             # this worker process only: every fusable step takes the xp reference
             fused.impl_for = lambda x: fused.reference
-    spec = NETS[net]
+    spec = NETS[net] if isinstance(net, str) else net
     batch = spec["batch"]
     model = FullyConnectedNet(spec["hidden"], input_dim=INPUT_DIM, num_classes=CLASSES,
                               dropout=KEEP_P, use_batchnorm=True, weight_scale=WEIGHT_SCALE,
@@ -87,7 +108,7 @@ def build_fcgpu(variant, net):
             state["pos"] = 0
         idx = state["order"][state["pos"]:state["pos"] + batch]
         state["pos"] += batch
-        loss, grads = model.loss(X[idx], y[idx])
+        loss, grads = model.loss(*gather(X, y, idx))
         params = model.params
         for p, w in params.items():
             params[p], configs[p] = optim.adam(w, grads[p], configs[p])
@@ -96,10 +117,8 @@ def build_fcgpu(variant, net):
     def sync():
         backend.synchronize(xp)
 
-    nparams = int(sum(int(np.prod(v.shape)) for v in model.params.values()))
-    if variant == "fcgpu_graph":
-        step = _graphed_step(model, configs, X, y, batch, rng)
-    return TrainCase(step, sync, VARIANTS[variant][1], {"params": nparams})
+    return {"step": step, "sync": sync, "model": model, "configs": configs, "X": X, "y": y,
+            "batch": batch, "rng": rng, "xp": xp}
 
 
 def _graphed_step(model, configs, X, y, batch, rng):

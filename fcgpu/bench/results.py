@@ -15,6 +15,7 @@ Layout of the results (``format`` = ``fcgpu-bench-1``)::
       "train_skips": [ {net, variant, reason} ],
       "experiments": {"dropout_stats": ..., "dropout_regularizer": ...,
                       "time_to_accuracy": ...},
+      "profile": {...} or null,               # fcgpu.bench.profile (--profile)
       "summary": {key: number or null}, "summary_notes": {key: why},
       "summary_details": {...}
     }
@@ -232,8 +233,9 @@ def results_dir_name(machine):
     return "%s-%s" % (date, slug.strip("-"))
 
 
-def build_results(raw_list, experiments=None, machine=None, settings=None):
-    """The results dict from pytest-benchmark JSON dicts (one per suite run)."""
+def build_results(raw_list, experiments=None, machine=None, settings=None, profile=None):
+    """The results dict from pytest-benchmark JSON dicts (one per suite run), and the
+    CPU step profile when one was taken."""
     kernels, kskips, train, tskips, fc = collect(raw_list)
     machine = machine or fc["machine"] or {}
     copy_ref = copy_reference(kernels)
@@ -257,6 +259,7 @@ def build_results(raw_list, experiments=None, machine=None, settings=None):
         "train": train,
         "train_skips": tskips,
         "experiments": experiments or {},
+        "profile": profile,
         "summary": summary,
         "summary_notes": notes,
         "summary_details": details,

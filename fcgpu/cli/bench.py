@@ -1,5 +1,9 @@
 """``fcgpu bench``: run the benchmark suites that fit this machine, then write one
-results JSON (and, with ``--report``, the Markdown report and plots)."""
+results JSON (and, with ``--report``, the Markdown report and plots).
+
+``fcgpu bench --profile`` times one CPU training step phase by phase beside its GEMM
+floor (:mod:`fcgpu.bench.profile`) and prints the tables; with ``--out`` it writes them
+into results.json too, and with ``--only SUITE`` it runs that suite first."""
 from __future__ import annotations
 
 import json
@@ -10,8 +14,9 @@ import time
 
 
 def add_arguments(p):
-    p.add_argument("--out", required=True, metavar="DIR",
-                   help="folder for results.json and the raw pytest-benchmark JSON")
+    p.add_argument("--out", metavar="DIR",
+                   help="folder for results.json and the raw pytest-benchmark JSON (needed "
+                        "unless only profiling)")
     p.add_argument("--only", choices=["kernels", "train", "experiments"], default=None,
                    help="run one suite only (default: kernels, train and the experiments)")
     p.add_argument("--quick", action="store_true",
@@ -37,6 +42,19 @@ def add_arguments(p):
                    help="also write report.md and the plots into --out")
     p.add_argument("--pytest-args", default="",
                    help="extra arguments for pytest, as one string")
+    g = p.add_argument_group("step profile")
+    g.add_argument("--profile", action="store_true",
+                   help="time one CPU training step of the default net phase by phase beside "
+                        "its GEMM floor (the same matrix products alone), interleaved; alone, "
+                        "or after the suite named by --only")
+    g.add_argument("--rounds", type=int, default=60,
+                   help="profile rounds (floor, step, instrumented step each; default 60)")
+    g.add_argument("--profile-seconds", type=float, default=None, metavar="S",
+                   help="stop profiling after about S seconds (at least 3 rounds)")
+    g.add_argument("--layouts", action="store_true",
+                   help="profile: also time the floor with every weight stored transposed")
+    g.add_argument("--json", action="store_true",
+                   help="profile: print the profile as JSON on stdout (the tables go to stderr)")
 
 
 def _suite_files(only):
@@ -52,7 +70,42 @@ def _suite_files(only):
     return files
 
 
+def _profile(args):
+    """Run the step profile; print its tables (and the JSON with --json)."""
+    from ..bench.profile import profile_step
+    from ..bench.report.profile import profile_text
+    if args.rounds < 3:
+        raise ValueError("--rounds must be at least 3, got %d" % args.rounds)
+    print("fcgpu bench: profiling the CPU training step (%d rounds%s)" % (
+        args.rounds, ", at most %.0f s" % args.profile_seconds if args.profile_seconds else ""),
+        file=sys.stderr, flush=True)
+    prof = profile_step("default", rounds=args.rounds, seconds=args.profile_seconds,
+                        layouts=args.layouts)
+    text = profile_text(prof)
+    if args.json:
+        print(text, file=sys.stderr)
+        print(json.dumps(prof, indent=1))
+    else:
+        print(text)
+    return prof
+
+
+def _warn_load():
+    try:
+        load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
+        if load > 1.5 * cores:
+            print("fcgpu bench: warning: the 1-minute load average is %.1f on %d cores; "
+                  "other work will slow every variant (the report says so)" % (load, cores),
+                  file=sys.stderr)
+    except (OSError, AttributeError):
+        pass
+
+
 def run(args):
+    if args.profile and args.only is None:
+        return _profile_only(args)
+    if not args.out:
+        raise ValueError("--out DIR is required (only --profile runs without it)")
     try:
         import pytest_benchmark  # noqa: F401
     except ImportError:
@@ -66,14 +119,7 @@ def run(args):
 
     t0 = time.time()
     deadline = t0 + args.deadline if args.deadline else None
-    try:
-        load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
-        if load > 1.5 * cores:
-            print("fcgpu bench: warning: the 1-minute load average is %.1f on %d cores; "
-                  "other work will slow every variant (the report says so)" % (load, cores),
-                  file=sys.stderr)
-    except (OSError, AttributeError):
-        pass
+    _warn_load()
     out = os.path.abspath(args.out)
     raw_dir = os.path.join(out, "raw")
     os.makedirs(raw_dir, exist_ok=True)
@@ -81,6 +127,7 @@ def run(args):
     machine = machine_info()
     suites = _suite_files(args.only)
     raw_list, raw_paths, not_run, exps = [], [], {}, {}
+    prof = {}
     rc = 0
 
     def write(complete):
@@ -88,7 +135,7 @@ def run(args):
             "command": " ".join(sys.argv), "only": args.only,
             "time_to_accuracy": args.time_to_accuracy, "deadline_s": args.deadline,
             "raw": [os.path.relpath(p, out) for p in raw_paths], "complete": complete,
-            "suites_not_run": not_run})
+            "suites_not_run": not_run}, profile=prof.get("profile"))
         for key, note in results["summary_notes"].items():
             for suite, why in not_run.items():
                 if note == "the %s suite did not run" % ("kernel" if suite == "kernels"
@@ -154,6 +201,10 @@ def run(args):
                 not_run.setdefault(name, "pytest wrote no results (exit %d)" % code)
         write(complete=False)
 
+    if args.profile:
+        prof["profile"] = _profile(args)
+        write(complete=False)
+
     if args.only in (None, "experiments"):
         if deadline and time.time() > deadline - 5:
             why = "not run: the run's --deadline was reached first"
@@ -180,6 +231,29 @@ def run(args):
         res = report.load([path])
         print("fcgpu bench: wrote %s" % report.render(res, out))
     return 0 if rc in (0, 5) else 1
+
+
+def _profile_only(args):
+    _warn_load()
+    prof = _profile(args)
+    if not args.out:
+        return 0
+    from ..atomic import atomic_write_bytes
+    from ..bench.machine import machine_info
+    from ..bench.results import build_results
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "results.json")
+    results = build_results([], machine=machine_info(), profile=prof, settings={
+        "command": " ".join(sys.argv), "only": "profile", "complete": True,
+        "suites_not_run": {}})
+    atomic_write_bytes(json.dumps(results, indent=1).encode(), path)
+    print("fcgpu bench: wrote %s" % path, file=sys.stderr)
+    if args.report:
+        from ..bench import report
+        print("fcgpu bench: wrote %s" % report.render(report.load([path]), out),
+              file=sys.stderr)
+    return 0
 
 
 def _from_partial(path):

@@ -1,4 +1,12 @@
-"""Philox4x32-10 compiled for the host with Numba, and dropout on top of it."""
+"""Philox4x32-10 compiled for the host with Numba, and dropout on top of it.
+
+The masks are drawn a chunk at a time: :func:`philox_fill` writes the 32-bit outputs of
+a run of consecutive blocks into a buffer, in a loop whose iterations are independent
+and branch-free 64-bit arithmetic on values below 2^32, which LLVM vectorizes (one
+``vpmuludq`` multiplies four 32x32->64 pairs with AVX2, eight with AVX-512); a second
+loop compares and selects over contiguous elements. A block computed one at a time
+(:func:`philox_block`) is a chain of dependent multiplies and runs several times slower.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -13,6 +21,10 @@ _W1 = np.uint64(0xBB67AE85)
 _LO = np.uint64(0xFFFFFFFF)
 _S32 = np.uint64(32)
 _FOUR = np.uint64(4)
+
+# Elements per chunk of the flat kernels: a 64 KiB buffer of draws (L2-resident), big
+# enough that allocating it costs nothing next to filling it.
+CHUNK = 16384
 
 
 @njit(inline="always", cache=True)
@@ -45,27 +57,44 @@ def key_words(seed, stream):
     return seed & _LO, seed >> _S32, stream & _LO, stream >> _S32
 
 
+@njit(cache=True)
+def philox_fill(buf, first, nblocks, s0, s1, k0, k1):
+    """``buf[4*q + lane]`` = output ``lane`` of block ``first + q``, for q < nblocks
+    (``buf`` uint32, at least ``4 * nblocks`` long). Vectorizes over blocks."""
+    # The words are 32-bit already; saying so lets LLVM see that every product is
+    # 32x32 -> 64 bits (vpmuludq) rather than a full 64-bit multiply (vpmullq, or with
+    # AVX2 alone three multiplies).
+    s0, s1, k0, k1 = s0 & _LO, s1 & _LO, k0 & _LO, k1 & _LO
+    for q in range(nblocks):
+        r0, r1, r2, r3 = philox_block(np.uint64(first + q), s0, s1, k0, k1)
+        buf[4 * q] = np.uint32(r0)
+        buf[4 * q + 1] = np.uint32(r1)
+        buf[4 * q + 2] = np.uint32(r2)
+        buf[4 * q + 3] = np.uint32(r3)
+
+
+@njit(inline="always", cache=True)
+def fill_range(buf, e0, e1, s0, s1, k0, k1):
+    """Draws for the flat elements ``e0 <= e < e1``: returns ``off`` such that element
+    ``e`` compares ``buf[off + e - e0]``. ``buf`` holds at least ``e1 - e0 + 6``."""
+    b0 = e0 // 4
+    philox_fill(buf, b0, (e1 - 1) // 4 - b0 + 1, s0, s1, k0, k1)
+    return e0 - 4 * b0
+
+
 @njit(parallel=True, cache=True)
 def _mask_kernel(out, t, seed, stream):
     n = out.size
     k0, k1, s0, s1 = key_words(seed, stream)
-    tt = np.uint64(t)
-    nblocks = (n + 3) // 4
-    for jb in prange(nblocks):
-        j = np.uint64(jb)
-        r0, r1, r2, r3 = philox_block(j, s0, s1, k0, k1)
-        i = jb * 4
-        if i + 3 < n:
-            out[i] = r0 < tt
-            out[i + 1] = r1 < tt
-            out[i + 2] = r2 < tt
-            out[i + 3] = r3 < tt
-        else:
-            out[i] = r0 < tt
-            if i + 1 < n:
-                out[i + 1] = r1 < tt
-            if i + 2 < n:
-                out[i + 2] = r2 < tt
+    tt = np.uint32(t)
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        e0 = c * CHUNK
+        e1 = min(n, e0 + CHUNK)
+        buf = np.empty(e1 - e0 + 8, np.uint32)
+        fill_range(buf, e0, e1, s0, s1, k0, k1)
+        o = out[e0:e1]  # (indices known to be >= 0: no wraparound select)
+        for k in range(e1 - e0):
+            o[k] = buf[k] < tt
 
 
 @njit(parallel=True, cache=True)
@@ -73,19 +102,18 @@ def _dropout_kernel(x, out, mask, t, scale, seed, stream):
     """out = x * scale where kept, else 0; records the mask. x, out, mask flat."""
     n = x.size
     k0, k1, s0, s1 = key_words(seed, stream)
-    tt = np.uint64(t)
+    tt = np.uint32(t)
     zero = x.dtype.type(0)
-    nblocks = (n + 3) // 4
-    for jb in prange(nblocks):
-        r0, r1, r2, r3 = philox_block(np.uint64(jb), s0, s1, k0, k1)
-        i = jb * 4
-        for lane in range(4):
-            k = i + lane
-            if k < n:
-                r = r0 if lane == 0 else (r1 if lane == 1 else (r2 if lane == 2 else r3))
-                keep = r < tt
-                mask[k] = keep
-                out[k] = x[k] * scale if keep else zero
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        e0 = c * CHUNK
+        e1 = min(n, e0 + CHUNK)
+        buf = np.empty(e1 - e0 + 8, np.uint32)
+        fill_range(buf, e0, e1, s0, s1, k0, k1)
+        xc, oc, mc = x[e0:e1], out[e0:e1], mask[e0:e1]
+        for k in range(e1 - e0):
+            keep = buf[k] < tt
+            mc[k] = keep
+            oc[k] = xc[k] * scale if keep else zero
 
 
 def dropout_mask(shape, p, seed, stream):

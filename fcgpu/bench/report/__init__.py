@@ -7,8 +7,9 @@ machine) go into one page; every table and line names its machine when there is 
 than one.
 
 The package: :mod:`.format` (numbers, tables, names), :mod:`.targets` (the summary
-and the targets, met or missed), :mod:`.sections` (the other Markdown sections) and
-:mod:`.plots` (the PNGs); :func:`load` and :func:`render` here put them on one page.
+and the targets, met or missed), :mod:`.sections` (the other Markdown sections),
+:mod:`.profile` (the CPU step profile's tables) and :mod:`.plots` (the PNGs);
+:func:`load` and :func:`render` here put them on one page.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ...atomic import atomic_write_bytes
 from .. import RESULTS_FORMAT
 from .format import machine_names
 from .plots import plot_dropout, plot_regularizer, plot_rowops, plot_train, plot_tta
+from .profile import profile_section
 from .sections import (experiments_section, kernel_section, machine_section, method_section,
                        train_section)
 from .targets import summary_section, target_status
@@ -96,6 +98,7 @@ def render(results, out_dir, title=None, notes=None):
     lines += machine_section(results, names)
     lines += kernel_section(results, names)
     lines += train_section(results, names)
+    lines += profile_section(results, names)
     lines += experiments_section(results, names)
     lines += ["## Plots", ""]
     if plots:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .. import TARGETS
 from .format import fmt_frac, fmt_num, fmt_ratio, pow2, table
+from .profile import GOAL as PROFILE_GOAL, verdict as profile_verdict
 
 
 TARGET_ROWS = [
@@ -80,6 +81,16 @@ def summary_section(results, names):
         if wide is not None:
             bullets.append("On the wide net (3 × 4096) the NumPy path runs at %s PyTorch "
                            "CPU's samples/s." % fmt_ratio(wide))
+        prof = res.get("profile")
+        if prof:
+            r = prof["ratio"]
+            bullets.append("CPU step (`--profile`): %s ms, **%s** the %s ms its matrix products "
+                           "take alone (fastest of each; medians %s; sums of per-phase "
+                           "minima %s), goal ≤ %.2f×: **%s**."
+                           % ("%.2f" % (prof["step_s"]["min"] * 1e3), fmt_ratio(r["min"]),
+                              "%.2f" % (prof["floor_s"]["min"] * 1e3), fmt_ratio(r["median"]),
+                              fmt_ratio(r.get("sum_of_minima")), PROFILE_GOAL,
+                              profile_verdict(prof)[1]))
         for key, what in (("dropout_fwd_bw_frac", "forward"), ("dropout_bwd_bw_frac",
                                                                 "backward")):
             c = det.get(key + "_cpu_numba")
