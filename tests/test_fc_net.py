@@ -43,8 +43,29 @@ def _check_net_gradients(xp, rng, dropout, use_batchnorm, reg=0.0):
             # entry passes if the centered difference agrees at either step size.
             num2 = eval_numerical_gradient(f, model.params[name], verbose=False, h=1e-7)
             err = np.minimum(err, scaled_rel_errors(num2, grads[name]))
+        if err.max() >= 1e-5:
+            # About 1 seed in 1000 puts a pre-activation within 1e-7 of its kink (seen:
+            # 1.3e-7), which both steps straddle. The kink is on one side only, so the
+            # one-sided quotient on the other side is clean: an entry passes if either
+            # one-sided difference agrees.
+            bad = [tuple(int(i) for i in ix) for ix in np.argwhere(err >= 1e-5)]
+            for side in (1.0, -1.0):
+                one = one_sided_gradient(f, model.params[name], bad, side * 1e-7)
+                err = np.fmin(err, scaled_rel_errors(one, grads[name]))  # (NaN: not computed)
         worst[name] = float(err.max())
     return float(loss), worst
+
+
+def one_sided_gradient(f, x, entries, h):
+    """(f(x + h e_i) - f(x)) / h at ``entries`` of ``x`` (restored); NaN elsewhere."""
+    grad = np.full(x.shape, np.nan)
+    f0 = float(f(x))
+    for ix in entries:
+        old = x[ix].copy() if hasattr(x[ix], "copy") else x[ix]
+        x[ix] = old + h
+        grad[ix] = (float(f(x)) - f0) / h
+        x[ix] = old
+    return grad
 
 
 def scaled_rel_errors(num, ana):
