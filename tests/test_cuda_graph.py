@@ -735,11 +735,11 @@ def test_emulated_replay_checks_static_buffers_where_the_capture_saw_them(emu, m
     begin = GraphedTrainStep.begin_epoch
     old = []
 
-    def realloc_perm(self, order, configs):
+    def realloc_perm(self, order, configs, **kwargs):
         if self._graph is not None:
             old.append(self.perm)  # (kept alive: its address cannot be reused)
             self.perm = emu.cp.zeros_like(self.perm)
-        begin(self, order, configs)
+        begin(self, order, configs, **kwargs)
     monkeypatch.setattr(GraphedTrainStep, "begin_epoch", realloc_perm)
     s = _solver(emu.cp, blobs(np.random.default_rng(10)), np.float32, "sgd", False, 0, True,
                 0.0, cuda_graph=True, epochs=2)
