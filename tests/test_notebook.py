@@ -135,14 +135,30 @@ def test_net_gradient_cell(ns, capsys):
     assert max(ns["worst"].values()) < 1e-4, ns["worst"]
 
 
+def _pin_unseeded_randomness(monkeypatch, seed):
+    """The cell builds unseeded nets and Solvers (as the course does): weights,
+    dropout keys and minibatch orders differ on every run, and with them the
+    training curves, by enough to decide a 0.03 margin either way now and then.
+    The test pins them: every unseeded generator starts from ``seed``."""
+    import fcgpu.fc_net
+    default_rng = np.random.default_rng
+    monkeypatch.setattr(np.random, "default_rng",
+                        lambda s=None: default_rng(seed if s is None else s))
+    monkeypatch.setattr(fcgpu.fc_net.secrets, "randbits", lambda k: seed)
+
+
 @pytest.mark.slow
 def test_regularization_cell(ns, cifar_path, monkeypatch):
     monkeypatch.setenv("FCGPU_DATA", cifar_path)
+    _pin_unseeded_randomness(monkeypatch, 231)
     exec(REGULARIZATION, ns)
     solvers = ns["solvers"]
     no_dropout, dropout = solvers[0], solvers[0.6]
     print("train", no_dropout.train_acc_history[-1], dropout.train_acc_history[-1])
     print("val", no_dropout.val_acc_history[-1], dropout.val_acc_history[-1])
+    print("train 4-12", np.mean(no_dropout.train_acc_history[4:13]),
+          np.mean(dropout.train_acc_history[4:13]))
+    print("val 5-", np.mean(no_dropout.val_acc_history[5:]), np.mean(dropout.val_acc_history[5:]))
     # Without dropout the net memorizes the 500 images (train acc > 0.9). Keeping 60%
     # of the units slows that down: over epochs 4-12 its training accuracy trails by
     # about 0.07 (measured), while validation accuracy does not suffer. By epoch 25 the
