@@ -15,15 +15,11 @@ tests/test_cuda_graph.py read the kernels' parameter lists from them).
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
-import glob
 import os
 import re
 import shutil
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -242,73 +238,16 @@ def test_nvcc_ftz_true_keeps_float32_subnormals():
     assert _ftz_lines(ptx("batchnorm.cu"))
 
 
-def _find_nvrtc():
-    cands = []
-    lib = ctypes.util.find_library("nvrtc")
-    if lib:
-        cands.append(lib)
-    for base in sys.path:
-        cands += sorted(glob.glob(os.path.join(base, "nvidia", "cu1*", "lib", "libnvrtc.so*")))
-        cands += sorted(glob.glob(os.path.join(base, "nvidia", "cuda_nvrtc", "lib", "libnvrtc.so*")))
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home:
-            cands += sorted(glob.glob(os.path.join(home, "lib64", "libnvrtc.so*")))
-    for c in cands:
-        if "builtins" in os.path.basename(c):
-            continue
-        try:
-            return ctypes.CDLL(c)
-        except OSError:
-            continue
-    return None
-
-
-def _nvrtc_compile(lib, fname, src, names, opts):
-    """(rc, log, {name: lowered}, ptx or None) of one NVRTC compile."""
-    prog = ctypes.c_void_p()
-    assert lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), fname.encode(), 0,
-                                  None, None) == 0
-    try:
-        for n in names:
-            assert lib.nvrtcAddNameExpression(prog, n.encode()) == 0, n
-        arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
-        rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
-        size = ctypes.c_size_t()
-        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-        log = ctypes.create_string_buffer(max(1, size.value))
-        lib.nvrtcGetProgramLog(prog, log)
-        lowered = {}
-        ptx = None
-        if rc == 0:
-            for n in names:
-                low = ctypes.c_char_p()
-                assert lib.nvrtcGetLoweredName(prog, n.encode(), ctypes.byref(low)) == 0, n
-                lowered[n] = low.value
-            if lib.nvrtcGetPTXSize(prog, ctypes.byref(size)) == 0:
-                buf = ctypes.create_string_buffer(size.value)
-                if lib.nvrtcGetPTX(prog, buf) == 0:
-                    ptx = buf.value.decode()
-        return rc, log.value.decode(errors="replace"), lowered, ptx
-    finally:
-        lib.nvrtcDestroyProgram(ctypes.byref(prog))
-
-
 @pytest.mark.parametrize("module", sorted(cmod.MODULES))
 def test_nvrtc_compiles_expanded_source_with_name_expressions(module):
     """What cupy.RawModule(code=..., options=..., name_expressions=...) does, with the
     -ftz=true CuPy appends."""
-    lib = _find_nvrtc()
-    if lib is None:
-        tc.unavailable("libnvrtc not found (pip install nvidia-cuda-nvrtc for this check)")
+    ptx, lowered = tc.nvrtc_compile(module, extra=("-ftz=true",))
     fname, names = cmod.MODULES[module]
-    src = cmod.expand_source(fname, KERNELS)
-    assert "#include" not in re.sub(r"//.*", "", src), "local includes must be expanded"
-    opts = list(cmod.compile_options(KERNELS)) + ["-arch=compute_90", "-ftz=true"]
-    rc, log, lowered, ptx = _nvrtc_compile(lib, fname, src, names, opts)
-    assert rc == 0, "NVRTC failed on %s:\n%s" % (fname, log)
+    assert set(lowered) == set(names)
     for n in names:
-        assert lowered[n] and lowered[n].startswith(b"_Z") or n == "fcgpu_dropout_mask", n
-    assert ptx, "NVRTC gave no PTX for %s" % fname
+        assert lowered[n].startswith("_Z") or n == "fcgpu_dropout_mask", n
+        assert ".entry %s(" % lowered[n] in ptx, n
     if fname in EXACT_MODULES:
         assert not _ftz_lines(ptx), "%s: %s" % (fname, _ftz_lines(ptx)[:10])
     else:

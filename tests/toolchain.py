@@ -147,9 +147,10 @@ def find_nvrtc():
     return None
 
 
-def nvrtc_compile(module, arch="sm_90"):
+def nvrtc_compile(module, arch="sm_90", extra=()):
     """What ``cupy.RawModule(code=..., options=..., name_expressions=...)`` does for
-    ``module`` of fcgpu.cuda.module.MODULES: ``(ptx, {name expression: lowered name})``.
+    ``module`` of fcgpu.cuda.module.MODULES: ``(ptx, {name expression: lowered name})``;
+    ``extra`` options go last, where CuPy puts its ``-ftz=true``.
     A failed compile is an AssertionError with NVRTC's log."""
     lib = find_nvrtc()
     if lib is None:
@@ -163,7 +164,7 @@ def nvrtc_compile(module, arch="sm_90"):
     try:
         for n in names:
             assert lib.nvrtcAddNameExpression(prog, n.encode()) == 0, n
-        opts = list(cmod.compile_options(KERNELS)) + ["-arch=%s" % arch]
+        opts = list(cmod.compile_options(KERNELS)) + ["-arch=%s" % arch] + list(extra)
         arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
         rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
         size = ctypes.c_size_t()
