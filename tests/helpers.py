@@ -38,6 +38,17 @@ def max_rel_error(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), np.max(np.abs(b)), 1e-300))
 
 
+def grad_error(a, b, floor=1e-3):
+    """Elementwise relative error with each denominator floored at ``floor`` times the
+    largest ``|a| + |b|``: a central difference of a linear function carries rounding
+    of about eps * |f| / h in every entry, which an entry 1000x below the largest
+    turns into a relative error the check would blame on the gradient."""
+    a = asnumpy(a).astype(np.float64)
+    b = asnumpy(b).astype(np.float64)
+    mag = np.abs(a) + np.abs(b)
+    return float(np.max(np.abs(a - b) / np.maximum(floor * mag.max(), np.maximum(1e-8, mag))))
+
+
 def edge_floats(dtype, rng, n=4099):
     """``n`` shuffled values of ``dtype`` on which flush-to-zero and sign handling
     show: about a quarter subnormals of both signs (random ones and the extremes),
