@@ -14,7 +14,7 @@
 // b and epoch come by value, or from device memory when their pointer is not null
 // (a step captured in a CUDA graph reads them when it runs; no host work per step).
 // TI: unsigned char, float, double; TO: float, double.
-#include "philox.cuh"
+#include "ops.cuh"
 
 using fcgpu::u32;
 using fcgpu::u64;
@@ -27,51 +27,26 @@ enum AugmentMode { AUG_NONE = 0, AUG_FLIP = 1, AUG_CROP = 2 };
 
 static constexpr u64 AUGMENT_STREAM_BASE = 0x8000000000000000ull;
 
-// Conversions and the subtraction, rounded to nearest with subnormals kept: CuPy
-// compiles with -ftz=true, which would flush them in plain float arithmetic (and in
-// the float -> double conversion: cvt.ftz.f64.f32).
+// A source pixel as TO, with subnormals kept under CuPy's -ftz=true (ops.cuh's
+// narrow / widen; uint8 converts exactly); the mean is subtracted with sub_rn.
 template <typename TO>
-struct AugConvert;
-
+FCGPU_HD TO pixel(unsigned char v) {
+  return (TO)v;
+}
+template <typename TO>
+FCGPU_HD TO pixel(double v) {
+  return narrow<TO>(v);
+}
+template <typename TO>
+FCGPU_HD TO pixel(float v);
 template <>
-struct AugConvert<float> {
-  static FCGPU_HD float from(unsigned char v) { return (float)v; }
-  static FCGPU_HD float from(float v) { return v; }
-  static FCGPU_HD float from(double v) {
-#if defined(__CUDA_ARCH__)
-    float r;
-    asm("cvt.rn.f32.f64 %0, %1;" : "=f"(r) : "d"(v));
-    return r;
-#else
-    return (float)v;
-#endif
-  }
-  static FCGPU_HD float sub(float a, float b) {
-#if defined(__CUDA_ARCH__)
-    float r;
-    asm("sub.rn.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-    return r;
-#else
-    return a - b;
-#endif
-  }
-};
-
+FCGPU_HD float pixel<float>(float v) {
+  return v;
+}
 template <>
-struct AugConvert<double> {
-  static FCGPU_HD double from(unsigned char v) { return (double)v; }
-  static FCGPU_HD double from(float v) {
-#if defined(__CUDA_ARCH__)
-    double r;
-    asm("cvt.f64.f32 %0, %1;" : "=d"(r) : "f"(v));
-    return r;
-#else
-    return (double)v;
-#endif
-  }
-  static FCGPU_HD double from(double v) { return v; }
-  static FCGPU_HD double sub(double a, double b) { return a - b; }
-};
+FCGPU_HD double pixel<double>(float v) {
+  return widen(v);
+}
 
 }  // namespace fcgpu
 
@@ -87,7 +62,6 @@ fcgpu_augment_gather(const TI* __restrict__ X, const i64* __restrict__ y,
                      const u64* __restrict__ epoch_ptr, const TO* __restrict__ mean, u64 N,
                      u64 nperm, u64 C, u64 H, u64 W, u64 B, u64 b_val, u64 epoch_val,
                      u64 mode, u64 pad, u64 seed, TO* __restrict__ Xb, i64* __restrict__ yb) {
-  typedef fcgpu::AugConvert<TO> cv;
   const u64 b = b_ptr != nullptr ? *b_ptr : b_val;
   const u64 stream = fcgpu::AUGMENT_STREAM_BASE + (epoch_ptr != nullptr ? *epoch_ptr : epoch_val);
   const u32 h = (u32)H, w = (u32)W, p = (u32)pad;
@@ -122,8 +96,8 @@ fcgpu_augment_gather(const TI* __restrict__ X, const i64* __restrict__ y,
       const u32 sj = jj + dx - p;
       TO v = TO(0);
       if (si < h && sj < w) {
-        v = cv::from(xs[(line - i + si) * w + sj]);
-        if (mean != nullptr) v = cv::sub(v, mean[e]);
+        v = fcgpu::pixel<TO>(xs[(line - i + si) * w + sj]);
+        if (mean != nullptr) v = fcgpu::sub_rn(v, mean[e]);
       }
       xd[e] = v;
     }

@@ -157,6 +157,17 @@ FCGPU_HD float narrow<float>(double v) {
 #endif
 }
 
+// A float widened to double exactly (cvt.ftz.f64.f32 would flush a subnormal).
+FCGPU_HD double widen(float v) {
+#if defined(__CUDA_ARCH__)
+  double r;
+  asm("cvt.f64.f32 %0, %1;" : "=d"(r) : "f"(v));
+  return r;
+#else
+  return (double)v;
+#endif
+}
+
 // Correctly rounded 1 / sqrt(v) in double (the finalize steps run in double).
 FCGPU_HD double inv_sqrt(double v) {
 #if defined(__CUDA_ARCH__)
