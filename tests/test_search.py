@@ -403,6 +403,40 @@ def test_killed_worker_loses_only_its_trial(tmp_path):
     assert "worker lost: no heartbeat" in Path(rep).read_text()
 
 
+def test_median_pruner_waits_for_its_warmup_epochs():
+    """--pruner-warmup E: a trial far below the median is kept through epoch E-1 and
+    stopped from epoch E on (what one-cycle runs need: their early epochs are noisy)."""
+    def prunes_at(warmup):
+        study = optuna.create_study(direction="maximize",
+                                    pruner=search.make_pruner("median", warmup))
+        for _ in range(5):
+            t = study.ask()
+            for epoch in range(1, 6):
+                t.report(0.5, epoch)
+            study.tell(t, 0.5)
+        t = study.ask()
+        for epoch in range(1, 6):
+            t.report(0.1, epoch)
+            if t.should_prune():
+                return epoch
+        return None
+
+    assert prunes_at(0) == 1
+    assert prunes_at(3) == 3
+    assert prunes_at(9) is None
+    assert search.make_pruner("none", 3).__class__.__name__ == "NopPruner"
+
+
+def test_pruner_warmup_is_a_checked_setting_from_the_command_line():
+    with pytest.raises(ValueError, match="--pruner-warmup"):
+        search.SearchSettings(pruner_warmup=-1)
+    from fcgpu.cli import build_parser
+    from fcgpu.cli.search import settings_from_args
+    args = build_parser().parse_args(["search", "--pruner-warmup", "4"])
+    s = settings_from_args(args)
+    assert s.pruner_warmup == 4
+    assert search.SearchSettings.from_json(s.to_json()).pruner_warmup == 4
+
 def test_settings_round_trip_as_json():
     s = search.SearchSettings(n_trials=3, seed=4, space=search.build_space(
         params=["units=10,20"]))

@@ -14,6 +14,7 @@ import sys
 
 def add_arguments(p):
     from ..search import DEFAULT_N_TRIALS, DEFAULT_STORAGE, DEFAULT_STUDY
+    from ..search.space import PARAMS
     g = p.add_argument_group("study")
     g.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL",
                    help="Optuna RDB storage: sqlite:///FILE.db on one machine, "
@@ -33,6 +34,9 @@ def add_arguments(p):
     g.add_argument("--pruner", default="median", choices=["median", "none"],
                    help="stop trials whose validation accuracy is below the median of "
                         "earlier trials at the same epoch (default median)")
+    g.add_argument("--pruner-warmup", type=int, default=0, metavar="E",
+                   help="never prune a trial before its epoch E (default 0); use about half "
+                        "the epochs with --schedule onecycle or cosine")
     g.add_argument("--seed", type=int, default=None,
                    help="sampler seed (worker i uses seed+i) and training seed "
                         "(default: random sampler seed, training seed 0)")
@@ -52,9 +56,8 @@ def add_arguments(p):
                         "{low, high, log}")
     g.add_argument("--param", action="append", default=[], metavar="NAME=SPEC",
                    help="override one parameter: LOW:HIGH[:log|:linear], A,B,C or a value "
-                        "(repeatable; applied after --space). Names: layers, units, "
-                        "dropout, learning_rate, reg, weight_scale, batch_size, batchnorm, "
-                        "update_rule, lr_decay")
+                        "(repeatable; applied after --space). Names: "
+                        + ", ".join(PARAMS))
     g = p.add_argument_group("workers")
     g.add_argument("--workers", type=int, default=None, metavar="K",
                    help="worker processes on this machine (default: one per visible GPU, "
@@ -88,7 +91,8 @@ def settings_from_args(args):
     return SearchSettings(storage=args.storage, study=args.study, n_trials=args.n_trials,
                           timeout=args.timeout, epochs=args.epochs, num_train=args.num_train,
                           data=args.data, backend=backend, sampler=args.sampler,
-                          pruner=args.pruner, space=build_space(args.space, args.param),
+                          pruner=args.pruner, pruner_warmup=args.pruner_warmup,
+                          space=build_space(args.space, args.param),
                           seed=args.seed, heartbeat=args.heartbeat, grace=args.grace,
                           verbose=args.verbose)
 

@@ -28,7 +28,8 @@ def run_worker(settings, index=0, tickets=None, data=None, out=None, pruner=None
                                stale_callback=stale_callback(out))
     seed = None if settings.seed is None else int(settings.seed) + index
     study = open_study(storage, settings.study, sampler=make_sampler(settings.sampler, seed),
-                       pruner=pruner or make_pruner(settings.pruner), url=settings.storage)
+                       pruner=pruner or make_pruner(settings.pruner, settings.pruner_warmup),
+                       url=settings.storage)
     if tickets is None:
         tickets = LocalTickets(settings.trial_budget())
     if data is None:

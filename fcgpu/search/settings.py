@@ -28,6 +28,7 @@ class SearchSettings:
     backend: str = "auto"
     sampler: str = "tpe"
     pruner: str = "median"
+    pruner_warmup: int = 0          # epochs reported before the pruner may stop a trial
     space: dict = field(default_factory=default_space)
     seed: int | None = None
     heartbeat: int = 60
@@ -41,6 +42,8 @@ class SearchSettings:
             raise ValueError("--sampler must be tpe or random, got %r" % self.sampler)
         if self.pruner not in ("median", "none"):
             raise ValueError("--pruner must be median or none, got %r" % self.pruner)
+        if int(self.pruner_warmup) < 0:
+            raise ValueError("--pruner-warmup must be >= 0 epochs, got %r" % self.pruner_warmup)
         if self.n_trials is not None and self.n_trials < 0:
             raise ValueError("--n-trials must be >= 0, got %r" % self.n_trials)
         if self.timeout is not None and not self.timeout > 0:

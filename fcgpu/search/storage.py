@@ -139,11 +139,14 @@ def make_sampler(name, seed=None):
     return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
-def make_pruner(name):
+def make_pruner(name, warmup=0):
+    """Optuna's pruner ``name``; a median pruner never stops a trial before it has
+    reported ``warmup`` epochs (a one-cycle run's early epochs, at its highest rates,
+    say little about where it ends)."""
     import optuna
     if name == "none":
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=int(warmup))
 
 
 def open_study(storage, name, sampler=None, pruner=None, url=None):
