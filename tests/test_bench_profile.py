@@ -129,3 +129,54 @@ def test_cli_bench_needs_out_unless_profiling(capsys):
     assert "--out DIR is required" in capsys.readouterr().err
     assert main(["bench", "--profile", "--rounds", "2"]) == 2
     assert "--rounds must be at least 3" in capsys.readouterr().err
+
+
+def test_augmented_step_gathers_what_the_solver_gathers():
+    """--augment crop: the profiled step's minibatch is fcgpu.augment's for the same
+    permutation, batch index and epoch (from uint8 images), and the profile says so."""
+    from fcgpu.augment import augment_gather
+    from fcgpu.bench.report.profile import augment_share, profile_text
+    parts = models.fcgpu_parts("numpy", TINY, augment="crop", pad=2)
+    X, y, n = parts["X"], parts["y"], TINY["batch"]
+    assert X.dtype == np.uint8
+    seen = []
+    real = models.augmented_gather
+
+    def spy(*args):
+        seen.append(args)
+        return real(*args)
+    models.augmented_gather = spy
+    try:
+        parts["step"]()
+        parts["step"]()
+    finally:
+        models.augmented_gather = real
+    (_, _, perm, b0, *_), (_, _, _, b1, batch, mode, pad, epoch, mean) = seen
+    assert (b0, b1, batch, mode, pad, epoch) == (0, 1, n, "crop", 2, 0)
+    Xb, yb = real(X, y, perm, 1, n, "crop", 2, 0, mean)
+    want, ywant = augment_gather(X, y, perm, 1, n, (3, 32, 32), "crop", 2, 0, 0, mean)
+    np.testing.assert_array_equal(Xb, want)
+    np.testing.assert_array_equal(yb, ywant)
+    # crops moved pixels: not just the centred images
+    plain = X[perm[n:2 * n]].astype(np.float32) - mean
+    assert not np.array_equal(Xb, plain)
+
+    p = profile.profile_step(TINY, rounds=3, warmup=1, augment="crop", pad=2)
+    labels = [ph["label"] for ph in p["phases"]]
+    assert "augmenting minibatch gather" in labels and "minibatch gather" not in labels
+    assert (p["augment"], p["pad"]) == ("crop", 2)
+    mn, med, share = augment_share(p)
+    assert share == med / p["step_s"]["median"] and 0 < mn <= med
+    text = profile_text(p)
+    assert "Augmenting gather (crop" in text and "pad 2, from uint8 images" in text
+    assert augment_share(profile.profile_step(TINY, rounds=3, warmup=1)) is None
+
+
+def test_cli_profile_net_and_augment_options(capsys):
+    from fcgpu.cli import main
+    assert main(["bench", "--profile", "--rounds", "3", "--profile-net", "12,8",
+                 "--augment", "flip", "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)
+    assert p["hidden"] == [12, 8] and p["augment"] == "flip" and p["pad"] is None
+    assert main(["bench", "--profile", "--profile-net", "wide-ish"]) == 2
+    assert "--profile-net 'wide-ish'" in capsys.readouterr().err

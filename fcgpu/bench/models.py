@@ -23,6 +23,7 @@ NETS = {
     "wide": {"hidden": [4096, 4096, 4096], "batch": 490},
 }
 INPUT_DIM = 3 * 32 * 32
+IMAGE_SHAPE = (3, 32, 32)
 CLASSES = 10
 KEEP_P = 0.8
 LR = 5e-3
@@ -73,12 +74,22 @@ def gather(X, y, idx):
     return X[idx], y[idx]
 
 
-def fcgpu_parts(variant, net):
+def augmented_gather(X, y, perm, b, batch, mode, pad, epoch, mean):
+    """Minibatch ``b`` of ``perm`` from the uint8 pool ``X``, flipped/cropped per sample
+    and centred in one pass (:func:`fcgpu.augment.augment_gather`, what ``Solver``
+    calls for ``augment=mode``)."""
+    from ..augment import augment_gather
+    return augment_gather(X, y, perm, b, batch, IMAGE_SHAPE, mode, pad, 0, epoch, mean)
+
+
+def fcgpu_parts(variant, net, augment="none", pad=4):
     """The pieces of an fcgpu variant's training step on ``net`` (a name in
     :data:`NETS`, or a spec like its values): ``{"step", "sync", "model",
     "configs", "X", "y", "batch", "rng", "xp"}``. ``step()`` gathers a minibatch
     (:func:`gather`), runs ``model.loss`` and Adam on every parameter (``optim.adam``),
-    all looked up at call time so that the step profiler can time each."""
+    all looked up at call time so that the step profiler can time each. With
+    ``augment`` 'flip' or 'crop' the pool holds uint8 images and the step gathers with
+    :func:`augmented_gather` instead, as ``fcgpu train --augment`` does."""
     from .. import backend, fused, optim
     from ..fc_net import FullyConnectedNet
 
@@ -97,18 +108,33 @@ def fcgpu_parts(variant, net):
                               dtype=np.float32, seed=0, fresh_masks=True, xp=xp)
     rng = np.random.default_rng(0)
     pool = batch * POOL_BATCHES
-    X = xp.asarray(rng.standard_normal((pool, 3, 32, 32), dtype=np.float32))
+    from ..augment_spec import check_mode
+    check_mode(augment)
+    if augment == "none":
+        X = xp.asarray(rng.standard_normal((pool,) + IMAGE_SHAPE, dtype=np.float32))
+        mean = None
+    else:
+        X8 = rng.integers(0, 256, (pool,) + IMAGE_SHAPE, dtype=np.uint8)
+        mean = xp.asarray(X8.mean(axis=0, dtype=np.float64).astype(np.float32))
+        X = xp.asarray(X8)
     y = xp.asarray(rng.integers(0, CLASSES, pool))
     configs = {p: {"learning_rate": LR} for p in model.params}
-    state = {"order": None, "pos": pool}
+    state = {"order": None, "pos": pool, "epoch": -1}
 
-    def step():
+    def minibatch():
         if state["pos"] + batch > pool:
             state["order"] = xp.asarray(rng.permutation(pool))
             state["pos"] = 0
-        idx = state["order"][state["pos"]:state["pos"] + batch]
+            state["epoch"] += 1
+        b = state["pos"] // batch
         state["pos"] += batch
-        loss, grads = model.loss(*gather(X, y, idx))
+        if mean is None:
+            return gather(X, y, state["order"][b * batch:(b + 1) * batch])
+        return augmented_gather(X, y, state["order"], b, batch, augment, pad, state["epoch"],
+                                mean)
+
+    def step():
+        loss, grads = model.loss(*minibatch())
         params = model.params
         for p, w in params.items():
             params[p], configs[p] = optim.adam(w, grads[p], configs[p])

@@ -49,11 +49,12 @@ SEAMS = [
     ("fcgpu.layers", "affine_backward", "glue", "affine backward (db sum)"),
     ("fcgpu.optim", "adam", "optim", "Adam"),
     ("fcgpu.bench.models", "gather", "data", "minibatch gather"),
+    ("fcgpu.bench.models", "augmented_gather", "data", "augmenting minibatch gather"),
 ]
 # every public step of the dispatch point is a phase too
 FUSED_KIND = "fused"
 # rows that sum all their calls in a step instead of one row per call
-AGGREGATE = {"Adam", "softmax loss", "minibatch gather"}
+AGGREGATE = {"Adam", "softmax loss", "minibatch gather", "augmenting minibatch gather"}
 GLUE_MODULES = ("fcgpu.layer_utils",)
 
 
@@ -272,13 +273,15 @@ def _loadavg():
 
 
 def profile_step(net="default", rounds=40, seconds=None, warmup=3, layouts=False,
-                 progress=None):
+                 progress=None, augment="none", pad=4):
     """Profile the NumPy path's training step; returns the profile dict (see the module
     docstring). ``net``: a name in :data:`fcgpu.bench.models.NETS` or a spec
     ``{"hidden": [...], "batch": N}``. Stops after ``rounds`` rounds, or earlier once
-    ``seconds`` have passed (at least 3 rounds)."""
+    ``seconds`` have passed (at least 3 rounds). ``augment`` 'flip' or 'crop' (with
+    ``pad``): the step gathers its minibatch from uint8 images through the augmenting
+    gather, as ``fcgpu train --augment`` does."""
     from . import models
-    parts = models.fcgpu_parts("numpy", net)
+    parts = models.fcgpu_parts("numpy", net, augment=augment, pad=pad)
     step, model, batch = parts["step"], parts["model"], parts["batch"]
     spec = models.NETS[net] if isinstance(net, str) else net
     products = floor_products(model, batch)
@@ -352,7 +355,8 @@ def profile_step(net="default", rounds=40, seconds=None, warmup=3, layouts=False
         "net": net if isinstance(net, str) else "custom",
         "hidden": list(spec["hidden"]), "batch": batch, "dtype": str(model.dtype),
         "input_dim": model.input_dim, "classes": model.num_classes,
-        "variant": "numpy", "rounds": len(steps), "threads": _threads(), "loadavg": load,
+        "variant": "numpy", "augment": augment, "pad": pad if augment == "crop" else None,
+        "rounds": len(steps), "threads": _threads(), "loadavg": load,
         "step_s": st, "floor_s": fl, "step_instrumented_s": _stats(inst),
         "other_s": _stats(other),
         "ratio": {"min": st["min"] / fl["min"], "median": st["median"] / fl["median"],

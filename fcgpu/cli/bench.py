@@ -55,6 +55,14 @@ def add_arguments(p):
                    help="profile: also time the floor with every weight stored transposed")
     g.add_argument("--json", action="store_true",
                    help="profile: print the profile as JSON on stdout (the tables go to stderr)")
+    g.add_argument("--profile-net", default="default", metavar="NET",
+                   help="profile: the net, a name (default: the course's 3 x 500) or hidden "
+                        "sizes such as 1024,1024,1024 (batch 490)")
+    g.add_argument("--augment", default="none", choices=["none", "flip", "crop"],
+                   help="profile: gather the step's minibatch from uint8 images through the "
+                        "augmenting gather, as fcgpu train --augment does (default none)")
+    g.add_argument("--pad", type=int, default=4,
+                   help="profile: crop padding with --augment crop (default 4)")
 
 
 def _suite_files(only):
@@ -70,17 +78,35 @@ def _suite_files(only):
     return files
 
 
+def _profile_net(text):
+    """--profile-net: a name in NETS, or hidden sizes 'H1,H2,...' (batch 490)."""
+    from ..bench.models import NETS
+    if text in NETS:
+        return text
+    try:
+        hidden = [int(h) for h in text.split(",")]
+    except ValueError:
+        hidden = []
+    if not hidden or min(hidden) < 1:
+        raise ValueError("--profile-net %r: give one of %s, or hidden sizes such as "
+                         "1024,1024,1024" % (text, ", ".join(NETS)))
+    return {"hidden": hidden, "batch": NETS["default"]["batch"]}
+
+
 def _profile(args):
     """Run the step profile; print its tables (and the JSON with --json)."""
     from ..bench.profile import profile_step
     from ..bench.report.profile import profile_text
+    if args.pad < 0:
+        raise ValueError("--pad must be >= 0, got %d" % args.pad)
     if args.rounds < 3:
         raise ValueError("--rounds must be at least 3, got %d" % args.rounds)
     print("fcgpu bench: profiling the CPU training step (%d rounds%s)" % (
         args.rounds, ", at most %.0f s" % args.profile_seconds if args.profile_seconds else ""),
         file=sys.stderr, flush=True)
-    prof = profile_step("default", rounds=args.rounds, seconds=args.profile_seconds,
-                        layouts=args.layouts)
+    prof = profile_step(_profile_net(args.profile_net), rounds=args.rounds,
+                        seconds=args.profile_seconds, layouts=args.layouts,
+                        augment=args.augment, pad=args.pad)
     text = profile_text(prof)
     if args.json:
         print(text, file=sys.stderr)

@@ -37,14 +37,33 @@ def _net(p):
                                           p.get("batch"), p.get("dtype"))
 
 
+def _augment(p):
+    """The augmentation the step's gather made, in words ('' for none)."""
+    mode = p.get("augment") or "none"
+    if mode == "none":
+        return ""
+    return ", augmented in the gather (%s, from uint8 images)" % (
+        "random crops and flips, pad %s" % p.get("pad") if mode == "crop" else "random flips")
+
+
+def augment_share(p):
+    """``(min_s, median_s, share of the median plain step)`` of the augmenting gather,
+    or None when the step did not augment."""
+    ph = next((ph for ph in p.get("phases") or []
+               if ph["label"] == "augmenting minibatch gather"), None)
+    if ph is None:
+        return None
+    return ph["min_s"], ph["median_s"], ph["median_s"] / p["step_s"]["median"]
+
+
 def describe(p):
     """One line: what was profiled, how often, on how many threads, under what load."""
     th = p.get("threads") or {}
     blas = th.get("blas")
     load = [x for x in (p.get("loadavg") or []) if x is not None]
-    return ("%s on the NumPy path; %d rounds (floor, step and instrumented step "
+    return ("%s on the NumPy path%s; %d rounds (floor, step and instrumented step "
             "interleaved); threads: Numba %s%s, BLAS %s%s" % (
-                _net(p), p.get("rounds", 0), th.get("numba", "?"),
+                _net(p), _augment(p), p.get("rounds", 0), th.get("numba", "?"),
                 " (%s)" % th["numba_layer"] if th.get("numba_layer") else "",
                 ", ".join(map(str, blas)) if isinstance(blas, list) else blas,
                 "; 1-minute load average %.1f–%.1f" % (min(load), max(load)) if load else ""))
@@ -69,6 +88,11 @@ def profile_tables(p):
         ["GFLOP/s of the floor (%.2f GFLOP per step)" % (p["gemm_flops"] / 1e9),
          fmt_num(p["gemm_flops"] / fl["min"] / 1e9), fmt_num(p["gemm_flops"] / fl["median"] / 1e9)],
     ]
+    aug = augment_share(p)
+    if aug is not None:
+        summary.append(["Augmenting gather (%s; goal < 5%% of the step): %s of the median step"
+                        % (p["augment"], _share(aug[1], st["median"])), _ms(aug[0]),
+                        _ms(aug[1])])
     tables = [("Step against its GEMM floor", ["", "Min (ms)", "Median (ms)"], summary,
                ["l", "r", "r"])]
 
