@@ -500,3 +500,16 @@ def test_retrain_command_carries_augmentation_schedule_and_smoothing():
     argv = shlex.split(retrain_command(plain.to_dict()))
     assert "--augment" not in argv and "--schedule" not in argv
     assert config_from_args(build_parser().parse_args(argv[1:])) == plain
+
+
+def test_trial_lines_name_the_recipe_where_it_leaves_the_course():
+    from fcgpu.search.summary import describe_config
+    from fcgpu.train import TrainConfig, from_preset
+    course = describe_config(TrainConfig().to_dict())
+    assert course == "hidden 500x500x500 keep 0.8 lr 0.005 reg 0 ws 0.04 batch 490"
+    cfg = TrainConfig(augment="crop", pad=2, label_smoothing=0.1, schedule="onecycle",
+                      lr_decay=1.0, warmup_epochs=3).to_dict()
+    assert describe_config(cfg).endswith("augment crop pad 2 smoothing 0.1 onecycle warmup 3")
+    assert describe_config(TrainConfig(augment="flip", lr_decay=0.8).to_dict()).endswith(
+        "augment flip decay 0.8")
+    assert "augment" in describe_config(from_preset("augmented").to_dict())

@@ -28,6 +28,18 @@ def describe_config(cfg):
         parts.append("no-bn")
     if cfg.get("update_rule", "adam") != "adam":
         parts.append(cfg["update_rule"])
+    # the recipe's other settings, where they differ from the course's
+    aug = cfg.get("augment", "none")
+    if aug != "none":
+        parts.append("augment %s" % aug + (" pad %d" % cfg.get("pad", 4) if aug == "crop" else ""))
+    if cfg.get("label_smoothing"):
+        parts.append("smoothing %s" % fmt_value(cfg["label_smoothing"]))
+    sched = cfg.get("schedule", "step")
+    if sched != "step":
+        parts.append(sched + ("" if cfg.get("warmup_epochs") is None
+                              else " warmup %s" % fmt_value(cfg["warmup_epochs"])))
+    elif cfg.get("lr_decay", 0.9) != 0.9:
+        parts.append("decay %s" % fmt_value(cfg["lr_decay"]))
     return " ".join(parts)
 
 
