@@ -115,7 +115,14 @@ def gpu_results():
                                      "numpy": {"reached": False, "seconds": None,
                                                "epochs": None, "best_val_acc": 0.58,
                                                "val_acc_history": [0.5] * 16 + [0.58]},
-                                     "torch_cuda": {"skipped": "failed (exit 1): boom"}}}}
+                                     "torch_cuda": {"skipped": "failed (exit 1): boom"},
+                                     "fcgpu_default_preset": {
+                                         "reached": True, "seconds": 30.0,
+                                         "train_seconds": 25.0, "epochs": 12,
+                                         "active_seconds": 50.0, "ran_to_end": True,
+                                         "best_val_acc": 0.63,
+                                         "val_acc_history": [0.5] * 11 + [0.61] * 8 + [0.63]}},
+                                 "preset": {"name": "augmented", "epochs": 20, "config": {}}}}
     return build_results([raw], experiments=exps, machine=GPU_MACHINE)
 
 
@@ -264,6 +271,9 @@ def test_report_has_sections_tables_and_plots(tmp_path):
     # time to accuracy: reached, not reached, failed; the CPU machine did not run it
     assert "| fcgpu | 12.50 s | 10.00 s | 9 | 1.5 (1.0–2.0) |" in md
     assert "not reached" in md and "best val 0.580 in 17 epochs" in md
+    assert ("| fcgpu_default_preset | 30.00 s | 25.00 s | 12 | — | preset `augmented`, run to "
+            "the end of its 20 epochs in 50.00 s: best val 0.630 |") in md
+    assert "default preset (`augmented`, 20 epochs)" in md
     assert "failed (exit 1): boom" in md
     assert (out / "time_to_accuracy.png").exists()
 

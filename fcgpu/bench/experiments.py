@@ -110,16 +110,21 @@ def dropout_regularizer(path=None, backend_name="numpy", num_train=500, epochs=2
 # active seconds so far (time spent waiting for its turn is not counted), or, once the
 # target is reached or the epochs are used up, the final result with "done": true.
 
-TTA_BACKENDS = ("numpy", "torch_cpu", "fcgpu", "torch_cuda")
+TTA_BACKENDS = ("numpy", "torch_cpu", "fcgpu", "torch_cuda", "numpy_default_preset",
+                "fcgpu_default_preset")
+# the rows that train `fcgpu train`'s default preset (the others: the course's net)
+PRESET_ROWS = {"numpy_default_preset": "numpy", "fcgpu_default_preset": "fcgpu"}
 
 
 class _Turns:
     """The child's side: wait for "go", account active time, report epochs."""
 
-    def __init__(self, proto, target, max_epochs):
+    def __init__(self, proto, target, max_epochs, to_end=False):
         self.proto = proto
         self.target = target
         self.max_epochs = max_epochs
+        self.to_end = to_end   # keep going after the target: a recipe's whole schedule
+        self.reached_at = None  # (epoch, active seconds, training seconds)
         self.active = 0.0
         self.train_s = 0.0
         self.hist = []
@@ -141,29 +146,39 @@ class _Turns:
         self.train_s += train_s
         self.hist.append(float(val_acc))
         epoch = len(self.hist)
-        if val_acc >= self.target or epoch >= self.max_epochs:
+        if val_acc >= self.target and self.reached_at is None:
+            self.reached_at = (epoch, self.active, self.train_s)
+        if (self.reached_at and not self.to_end) or epoch >= self.max_epochs:
             return True
         self.send({"epoch": epoch, "val_acc": float(val_acc), "active_s": self.active})
         self.wait_go()
         return False
 
     def result(self, device):
-        reached = bool(self.hist) and self.hist[-1] >= self.target
-        return {"done": True, "reached": reached, "epochs": len(self.hist) if reached else None,
-                "seconds": self.active if reached else None,
-                "train_seconds": self.train_s if reached else None,
-                "active_seconds": self.active, "val_acc_history": self.hist,
-                "best_val_acc": max(self.hist) if self.hist else None, "device": device}
+        epoch, seconds, train_s = self.reached_at or (None, None, None)
+        out = {"done": True, "reached": self.reached_at is not None, "epochs": epoch,
+               "seconds": seconds, "train_seconds": train_s,
+               "active_seconds": self.active, "val_acc_history": self.hist,
+               "best_val_acc": max(self.hist) if self.hist else None, "device": device}
+        if self.to_end:
+            out["ran_to_end"] = True
+        return out
 
 
 class _Stop(Exception):
     pass
 
 
-def _tta_fcgpu(turns, backend_name, src, max_epochs):
+def _tta_fcgpu(turns, backend_name, src, max_epochs, preset=None):
+    """The course's net for at most ``max_epochs``; or, with ``preset``, that recipe
+    over its own epochs, to the end (its schedule is fitted to them)."""
     from .. import backend
-    from ..train import TrainConfig, load_data, run_training
-    cfg = TrainConfig(backend=backend_name, epochs=max_epochs, data=src)
+    from ..train import TrainConfig, from_preset, load_data, run_training
+    if preset is None:
+        cfg = TrainConfig(backend=backend_name, epochs=max_epochs, data=src)
+    else:
+        cfg = from_preset(preset, backend=backend_name, data=src)
+        turns.max_epochs, turns.to_end = cfg.epochs, True
     data = load_data(cfg, progress=False)
     backend.set_backend(backend_name)
     device = backend.device_name(backend.get_xp())
@@ -246,7 +261,12 @@ def _tta_child(name, src, max_epochs, target):
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     turns = _Turns(proto, target, max_epochs)
-    if name in ("numpy", "fcgpu"):
+    if name in PRESET_ROWS:
+        from ..train import DEFAULT_PRESET
+        plain = PRESET_ROWS[name]
+        device = _tta_fcgpu(turns, "numpy" if plain == "numpy" else "cupy", src, max_epochs,
+                            preset=DEFAULT_PRESET)
+    elif name in ("numpy", "fcgpu"):
         device = _tta_fcgpu(turns, "numpy" if name == "numpy" else "cupy", src, max_epochs)
     elif name in ("torch_cpu", "torch_cuda"):
         device = _tta_torch(turns, "cpu" if name == "torch_cpu" else "cuda", src, max_epochs)
@@ -304,10 +324,15 @@ def time_to_accuracy(path=None, enabled=False, backends=None, max_epochs=17,
     if src is None:
         return {"skipped": "needs the real CIFAR-10 data: set FCGPU_DATA (or pass --data)"}
     from .. import backend
+    from ..train import DEFAULT_PRESET, from_preset
     gpu_ok, gpu_why = backend.cupy_status()
     results, children = {}, []
     for name in backends or TTA_BACKENDS:
-        if name == "fcgpu" and not gpu_ok:
+        if name in PRESET_ROWS and DEFAULT_PRESET == "course":
+            results[name] = {"skipped": "the default preset is the course's net (its rows "
+                                        "above)"}
+            continue
+        if PRESET_ROWS.get(name, name) == "fcgpu" and not gpu_ok:
             results[name] = {"skipped": "no GPU backend: %s" % gpu_why}
             continue
         cmd = [sys.executable, "-m", "fcgpu.bench.experiments", "tta", name, src,
@@ -339,8 +364,11 @@ def time_to_accuracy(path=None, enabled=False, backends=None, max_epochs=17,
             else:
                 results[c.name] = {"skipped": resp.get("skipped", "failed")}
             c.close()
-    return {"target": target, "max_epochs": max_epochs, "config": "fcgpu train defaults "
-            "(3x500, batchnorm, keep 0.8, Adam 5e-3, decay 0.9, batch 490)",
+    preset = from_preset(DEFAULT_PRESET)
+    return {"target": target, "max_epochs": max_epochs, "config": "the course's net "
+            "(`--preset course`: 3x500, batchnorm, keep 0.8, Adam 5e-3, decay 0.9, batch 490)",
+            "preset": {"name": DEFAULT_PRESET, "epochs": preset.epochs,
+                       "config": preset.to_dict()},
             "interleaved": True, "backends": {n: results[n] for n in (backends or TTA_BACKENDS)
                                               if n in results}}
 

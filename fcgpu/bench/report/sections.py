@@ -290,10 +290,20 @@ def _regularizer_md(rg):
                        "Train − val gap"], rows), ""]
 
 
+def _tta_note(r, preset):
+    best = "best val %.3f" % (r["best_val_acc"] or 0)
+    if not r.get("ran_to_end"):
+        return best if r.get("reached") else "%s in %d epochs" % (best, len(r["val_acc_history"]))
+    return "preset `%s`, run to the end of its %d epochs in %s: %s" % (
+        (preset or {}).get("name", "?"), len(r["val_acc_history"]),
+        fmt_time(r.get("active_seconds")), best)
+
+
 def _tta_md(tta):
     if not tta or "skipped" in tta:
         return [_not_run((tta or {}).get("skipped")), ""]
     rows = []
+    preset = tta.get("preset")
     for b, r in tta["backends"].items():
         load = r.get("loadavg")
         load = ("%.1f (%.1f–%.1f)" % (load[1], load[0], load[2]) if load and len(load) == 3
@@ -302,17 +312,23 @@ def _tta_md(tta):
             rows.append([b, "—", "—", "—", "—", _not_run(r["skipped"])])
         elif r.get("reached"):
             rows.append([b, fmt_time(r["seconds"]), fmt_time(r.get("train_seconds")),
-                         r["epochs"], load, "best val %.3f" % r["best_val_acc"]])
+                         r["epochs"], load, _tta_note(r, preset)])
         else:
-            rows.append([b, "not reached", "—", "—", load, "best val %.3f in %d epochs" % (
-                r["best_val_acc"] or 0, len(r["val_acc_history"]))])
+            rows.append([b, "not reached", "—", "—", load, _tta_note(r, preset)])
     how = ("The backends took turns epoch by epoch, each in its own process; a backend's "
            "time counts only its own turns (model build, training steps, accuracy checks)."
            if tta.get("interleaved") else
            "Backends ran one after the other, not interleaved: compare them only where the "
            "load average was alike.")
+    rows_of_preset = ""
+    if preset:
+        rows_of_preset = (" The `*_default_preset` rows train `fcgpu train`'s default preset "
+                          "(`%s`, %d epochs) and run its whole schedule; their time to target "
+                          "is the first epoch at or above it." % (preset["name"],
+                                                                  preset["epochs"]))
     return ["%s; stops at the first epoch whose validation accuracy is ≥ %.2f (at most %d "
-            "epochs). %s" % (tta["config"], tta["target"], tta["max_epochs"], how), "",
+            "epochs).%s %s" % (tta["config"], tta["target"], tta["max_epochs"],
+                               rows_of_preset, how), "",
             table(["Backend", "Wall time to target", "Of which training steps", "Epochs",
                    "Load average: mean (min–max)", "Note"], rows), ""]
 
