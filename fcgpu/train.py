@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["TrainConfig", "PRESETS", "DEFAULT_PRESET", "from_preset", "run_training",
+__all__ = ["TrainConfig", "PRESETS", "DEFAULT_PRESET", "from_preset", "describe_preset",
+           "run_training",
            "load_data", "write_metrics", "plot_history"]
 
 # Named recipes: TrainConfig fields that differ from its defaults (the course's run).
@@ -61,7 +62,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     schedule: str = "step"        # 'step' (lr_decay per epoch) | 'cosine' | 'onecycle'
     warmup_epochs: float | None = None  # cosine: linear warmup; onecycle: the peak (0.3 run)
-    preset: str = DEFAULT_PRESET  # the recipe the fields started from (a label)
+    preset: str = "course"        # the recipe the fields started from (a label)
 
     def __post_init__(self):
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
@@ -127,6 +128,33 @@ class TrainConfig:
         if self.image_shape is not None:
             d["image_shape"] = list(self.image_shape)
         return d
+
+
+def describe_preset(name):
+    """A preset in a few words: ``3 x 1024, keep 0.9, random flips, ...``."""
+    c = from_preset(name)
+    dims = c.hidden_dims
+    parts = ["%d x %d" % (len(dims), dims[0]) if len(set(dims)) == 1
+             else "x".join(map(str, dims))]
+    if not c.batchnorm:
+        parts.append("no batchnorm")
+    parts.append("keep %g" % c.dropout if 0 < c.dropout < 1 else "no dropout")
+    if c.augment != "none":
+        parts.append("random flips" if c.augment == "flip"
+                     else "random crops (pad %d) and flips" % c.pad)
+    if c.label_smoothing:
+        parts.append("label smoothing %g" % c.label_smoothing)
+    if c.reg:
+        parts.append("L2 %g" % c.reg)
+    rule = {"adam": "Adam", "sgd": "SGD", "sgd_momentum": "SGD with momentum",
+            "rmsprop": "RMSProp"}[c.update_rule]
+    if c.schedule == "step":
+        parts.append("%s %g decayed %g per epoch" % (rule, c.learning_rate, c.lr_decay))
+    else:
+        parts.append("%s %s peaking at %g" % (
+            {"onecycle": "one-cycle", "cosine": "cosine"}[c.schedule], rule, c.learning_rate))
+    parts.append("batch %d, %d epochs" % (c.batch_size, c.epochs))
+    return ", ".join(parts)
 
 
 def from_preset(name, **overrides):

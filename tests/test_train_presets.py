@@ -133,3 +133,22 @@ def test_augment_needs_an_image_shape_for_flat_data(rng):
     data["image_shape"] = (3072,)
     with pytest.raises(ValueError, match=r"image_shape \[C, H, W\]"):
         run_training(cfg(augment="flip"), data=data, progress=False, verbose=False)
+
+
+def test_presets_are_described_from_their_fields(capsys):
+    """--help lists every preset as its fields say, so the text cannot drift from them."""
+    from fcgpu.train import describe_preset
+    assert describe_preset("course") == ("3 x 500, keep 0.8, Adam 0.005 decayed 0.9 per epoch, "
+                                         "batch 490, 17 epochs")
+    for name, fields in PRESETS.items():
+        text = describe_preset(name)
+        c = from_preset(name)
+        assert ("%d epochs" % c.epochs) in text and ("%d x %d" % (len(c.hidden_dims),
+                                                                  c.hidden_dims[0])) in text
+        assert ("flips" in text) == (c.augment != "none")
+        assert ("one-cycle" in text) == (c.schedule == "onecycle")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    out = "".join(capsys.readouterr().out.split())  # (wrapped at any width)
+    for name in PRESETS:
+        assert "".join(("%s: %s" % (name, describe_preset(name))).split()) in out

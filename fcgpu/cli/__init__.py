@@ -16,7 +16,8 @@ import sys
 DESCRIPTION = "fcgpu: train fully-connected nets on NVIDIA GPUs (CuPy) or the CPU (NumPy)."
 
 SUBCOMMANDS = {
-    "train": ("fcgpu.cli.train", "train the CIFAR-10 net (defaults: the course's final run)"),
+    "train": ("fcgpu.cli.train", "train the CIFAR-10 net (a named recipe, --preset; every flag "
+              "overrides it)"),
     "evaluate": ("fcgpu.cli.evaluate", "test accuracy and confusion matrix of a checkpoint"),
     "bench": ("fcgpu.cli.bench", "run the benchmark suites that fit this machine"),
     "report": ("fcgpu.cli.report", "turn benchmark results JSON into a Markdown report"),

@@ -1,4 +1,4 @@
-"""``fcgpu train``: CIFAR-10 with the course's final net, progress, metrics, plot,
+"""``fcgpu train``: CIFAR-10 from a named recipe (``--preset``), progress, metrics, plot,
 checkpoints and resume."""
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ def _dims(text):
 
 
 def add_arguments(p):
-    from ..train import DEFAULT_PRESET, PRESETS, TrainConfig
-    d = TrainConfig()
+    from ..train import DEFAULT_PRESET, PRESETS, TrainConfig, describe_preset
+    d = TrainConfig()  # the course's run
     # every default is None: the preset fills what the command line leaves out
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
-                   help="the recipe to start from; flags override it (default %(default)s: "
-                        "the course's final net)")
+                   help="the recipe to start from; flags override it (default %(default)s). "
+                        + "; ".join(("%s: %s" % (n, describe_preset(n))).replace("%", "%%")
+                                    for n in PRESETS))
     g = p.add_argument_group("network")
     g.add_argument("--hidden", default=None,
                    help="hidden layer sizes (course: %s)" % ",".join(map(str, d.hidden_dims)))
