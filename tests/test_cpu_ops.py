@@ -25,6 +25,37 @@ def _f64(*arrays):
     return [a.astype(np.float64) for a in arrays]
 
 
+def _assert_within_terms(a, ref, terms, tol, what):
+    """Elementwise |a - ref| <= tol * terms, ``terms`` the magnitudes of what the
+    computation adds up: the bound rounding obeys however much the terms cancel."""
+    err = np.abs(np.asarray(a, np.float64) - ref)
+    worst = np.max(err / np.maximum(terms, 1e-300))
+    assert worst <= tol, "%s: error %.3g of its terms' magnitude >= %.3g" % (what, worst, tol)
+
+
+def _assert_bn_forward(got, ref, x, gamma, beta, tol, p=1.0, running=None):
+    """Output, mean, inv_std (and the running statistics ``(new, new_ref, old_mean,
+    old_var, momentum)``) against the float64 reference. With N=2 the two rows can be
+    close, and x - mean cancels to the rounding of x; gamma * xhat + beta can cancel
+    too; so each is held to the magnitude of its terms, and, with more rows, also to
+    the norm-wise relative error."""
+    out, mean, inv_std = got
+    ref_out, ref_mean, ref_inv = ref
+    x64, g64, b64 = _f64(x, gamma, beta)
+    terms = (np.abs(g64) * ref_inv * (np.abs(x64) + np.abs(ref_mean)) + np.abs(b64)) / p
+    _assert_within_terms(out, ref_out, terms, tol, "out")
+    assert_close_to_ref(mean, ref_mean, tol)
+    assert_close_to_ref(inv_std, ref_inv, tol)
+    if x.shape[0] > 2:
+        assert_close_to_ref(out, ref_out, tol)
+    if running is not None:
+        (rm, rv), (rm_ref, rv_ref), (rm_old, rv_old), m = running
+        # momentum * old + (1 - momentum) * batch stat: the old mean can cancel the new
+        _assert_within_terms(rm, rm_ref, m * np.abs(rm_old) + (1 - m) * np.abs(ref_mean), tol,
+                             "running_mean")
+        assert_close_to_ref(rv, rv_ref, tol)
+
+
 def _assert_bn_grads(got, ref, dy, x, gamma, mean, inv_std, tol):
     """dgamma, dbeta against the reference; dx against the size of the terms that
     cancel in gamma*inv_std/N * (N*dy - dbeta - xhat*dgamma): with N=2 they cancel
@@ -32,11 +63,20 @@ def _assert_bn_grads(got, ref, dy, x, gamma, mean, inv_std, tol):
     dx, dgamma, dbeta = got
     rdx, rdgamma, rdbeta = ref
     assert dx.dtype == dgamma.dtype == dbeta.dtype == x.dtype
-    assert_close_to_ref(dgamma, rdgamma, tol)
-    assert_close_to_ref(dbeta, rdbeta, tol)
     n = x.shape[0]
-    xhat = (x.astype(np.float64) - mean) * inv_std
-    terms = np.abs(gamma * inv_std / n) * (n * np.abs(dy) + np.abs(rdbeta) + np.abs(xhat * rdgamma))
+    # dgamma = sum(dy * xhat), dbeta = sum(dy): sums that can cancel, of an xhat whose
+    # rounding is that of x - mean (see _assert_bn_forward)
+    xterm = (np.abs(x.astype(np.float64)) + np.abs(mean)) * inv_std
+    _assert_within_terms(dgamma, rdgamma, np.sum(np.abs(dy) * xterm, axis=0), tol, "dgamma")
+    _assert_within_terms(dbeta, rdbeta, np.sum(np.abs(dy), axis=0), tol, "dbeta")
+    if n > 2:
+        assert_close_to_ref(dgamma, rdgamma, tol)
+        assert_close_to_ref(dbeta, rdbeta, tol)
+    # dx = gamma*inv_std/N * (N*dy - dbeta - xhat*dgamma), with xhat and dgamma as
+    # well or badly conditioned as above
+    sdy = np.sum(np.abs(dy), axis=0)
+    terms = np.abs(gamma * inv_std / n) * (n * np.abs(dy) + sdy + xterm * (
+        np.abs(rdgamma) + np.sum(np.abs(dy) * xterm, axis=0)))
     assert np.max(np.abs(dx - rdx)) <= tol * np.max(terms)
     if n > 2:
         assert_close_to_ref(dx, rdx, tol)
@@ -49,11 +89,12 @@ def test_bn_forward_train(rng, shape, dtype, tol):
     d = shape[1]
     rm, rv = rng.standard_normal(d).astype(dtype), rng.random(d).astype(dtype)
     rm64, rv64 = _f64(rm, rv)
+    rm_old, rv_old = rm64.copy(), rv64.copy()
     out, mean, inv_std = ops.bn_forward_train(x, gamma, beta, 1e-5, 0.9, rm, rv)
     ref = fused.bn_forward_train_ref(*_f64(x, gamma, beta), 1e-5, 0.9, rm64, rv64)
     assert out.dtype == dtype and mean.dtype == dtype
-    for a, r in zip((out, mean, inv_std, rm, rv), (*ref, rm64, rv64)):
-        assert_close_to_ref(a, r, tol)
+    _assert_bn_forward((out, mean, inv_std), ref, x, gamma, beta, tol,
+                       running=((rm, rv), (rm64, rv64), (rm_old, rv_old), 0.9))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -67,9 +108,12 @@ def test_bn_relu_dropout_forward_and_backward(rng, shape, dtype, tol, p):
     out, mean, inv_std = ops.bn_relu_dropout_forward(x, gamma, beta, 1e-5, 0.9, rm, rv,
                                                      p, seed, stream)
     x64, g64, b64 = _f64(x, gamma, beta)
+    rm64, rv64 = np.zeros(d), np.ones(d)
     ref_out, ref_mean, ref_inv = fused.bn_relu_dropout_forward_ref(
-        x64, g64, b64, 1e-5, 0.9, np.zeros(d), np.ones(d), p, seed, stream)
-    assert_close_to_ref(out, ref_out, tol)
+        x64, g64, b64, 1e-5, 0.9, rm64, rv64, p, seed, stream)
+    _assert_bn_forward((out, mean, inv_std), (ref_out, ref_mean, ref_inv), x, gamma, beta,
+                       tol, p=p, running=((rm, rv), (rm64, rv64), (np.zeros(d), np.ones(d)),
+                                          0.9))
     # the same units are dropped
     kept = fused.reference.dropout_forward(np.ones(shape), p, seed, stream)[0] > 0
     assert not np.any(out[~kept])
@@ -89,9 +133,13 @@ def test_bn_backward_and_infer(rng, shape, dtype, tol):
     x, gamma, beta = _bn_inputs(rng, shape, dtype)
     d = shape[1]
     rm, rv = rng.standard_normal(d).astype(dtype), rng.random(d).astype(dtype) + 0.5
-    assert_close_to_ref(ops.bn_forward_infer(x, gamma, beta, 1e-5, rm, rv),
-                        fused.bn_forward_infer_ref(*_f64(x, gamma, beta), 1e-5, *_f64(rm, rv)),
-                        tol)
+    got = ops.bn_forward_infer(x, gamma, beta, 1e-5, rm, rv)
+    x64, g64, b64, rm64, rv64 = _f64(x, gamma, beta, rm, rv)
+    ref = fused.bn_forward_infer_ref(x64, g64, b64, 1e-5, rm64, rv64)
+    terms = np.abs(g64) * (np.abs(x64) + np.abs(rm64)) / np.sqrt(rv64 + 1e-5) + np.abs(b64)
+    _assert_within_terms(got, ref, terms, tol, "inference out")
+    if shape[0] > 2:
+        assert_close_to_ref(got, ref, tol)
     mean = x.mean(axis=0)
     inv_std = (1 / np.sqrt(x.astype(np.float64).var(axis=0) + 1e-5)).astype(dtype)
     dout = rng.standard_normal(shape).astype(dtype)
