@@ -1,7 +1,7 @@
 """The benchmark's minibatch-gather cases (fcgpu/bench/gather.py): every variant computes
 the batch fcgpu.augment.augment_gather makes from the same inputs, bit for bit, call
 after call through its pool; the bytes counted; where the cases run in the suite's
-order (no timing here)."""
+order; and the report's rendering of their rows (fake results, no timing here)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,10 @@ import pytest
 
 from fcgpu import augment
 from fcgpu.bench import gather, kernels, plugin
+from fcgpu.bench.report import load, render
+from fcgpu.bench.results import build_results
 from gpu_util import CUPY_OK, CUPY_WHY, bits_equal, cupy
+from test_report import CPU_MACHINE, GPU_MACHINE, _kcase, _raw, _write
 
 D = 3 * 32 * 32
 B = 37      # odd, and not a divisor of anything in the pool
@@ -220,3 +223,84 @@ def test_torch_cuda_runs_the_plain_gather(fresh_pool):
     case = kernels.build_torch_case("torch_cuda", "gather", (B,), torch, "cuda", K)
     host = lambda t: t.cpu().numpy()  # noqa: E731
     check_case(case, "gather", K, to_host=host, convert=host)
+
+
+# ----------------------------------------------------------------- the report
+
+def _gather_cases(device, times_aug, times_plain, batches=(490,)):
+    """Fake results of both gathers, labelled as the suite labels them."""
+    cases = [c for b in batches for c in (_kcase("augment", (b,), times_aug, device),
+                                          _kcase("gather", (b,), times_plain, device))]
+    for c in cases:
+        for v, m in c["measurements"].items():
+            m["label"] = gather.LABELS[c["op"]][v]
+    return cases
+
+
+def test_report_renders_the_gathers(tmp_path):
+    pytest.importorskip("matplotlib")
+    copy_t = kernels.op_bytes("copy", (1 << 26,)) / 4000e9      # 4000 GB/s
+    aug = kernels.op_bytes("augment", (65536,))
+    gpu_cases = _gather_cases("gpu", {"fcgpu": 10e-6, "cupy_unfused": 80e-6},
+                              {"fcgpu": 8e-6, "cupy_unfused": 20e-6, "torch_cuda": 25e-6}) + \
+        _gather_cases("gpu", {"fcgpu": aug / 3000e9}, {"fcgpu": aug / 3200e9,
+                                                       "torch_cuda": aug / 1000e9},
+                      batches=(65536,))
+    # gather rows first: the batchnorm table's headers must not take their labels
+    gpu_raw = _raw(gpu_cases + [_kcase("copy", (1 << 26,), {"cupy_unfused": copy_t}),
+                                _kcase("fused_fwd", (490, 500), {"fcgpu": 1e-5,
+                                                                 "cupy_unfused": 4e-5})],
+                   machine=GPU_MACHINE)
+    cpu_raw = _raw(_gather_cases("cpu", {"numba": 1e-3, "numpy_ref": 8e-3},
+                                 {"numba": 0.8e-3, "numpy_ref": 0.5e-3, "torch_cpu": 4e-3}),
+                   machine=CPU_MACHINE)   # no copy measured: no fraction
+    paths = [_write(tmp_path, build_results([gpu_raw], machine=GPU_MACHINE), "g.json"),
+             _write(tmp_path, build_results([cpu_raw], machine=CPU_MACHINE), "c.json")]
+    out = tmp_path / "r"
+    md = open(render(load(paths), str(out)), encoding="utf-8").read()
+    sec = md[md.index("### Minibatch gather"):md.index("## Training")]
+    assert md.index("## Kernels") < md.index("### Minibatch gather")
+    # GB/s (fraction of copy): 3000 GB/s against 4000 is 0.75
+    assert "| 65536 | augmenting (crop, pad 4) | — | 3,000 (0.75) | n/a |" in sec
+    assert "| 65536 | plain | — | 3,200 (0.80) | 1,000 (0.25) |" in sec
+    b490 = kernels.op_bytes("augment", (490,)) / 1e9
+    assert "| 490 | augmenting (crop, pad 4) | %s (%.2f) | %s (%.2f) | n/a |" % (
+        _num(b490 / 80e-6), b490 / 80e-6 / 4000, _num(b490 / 10e-6), b490 / 10e-6 / 4000) in sec
+    assert "| 490 | plain | 15.1 (—) | 9.44 (—) | 1.89 (—) |" in sec    # CPU, no copy
+    assert "| 490 | augmenting (crop, pad 4) | 8.00 ms | 1.00 ms | n/a |" in sec
+    # the cost: augmenting time over plain time (fcgpu 10/8, vs CuPy 10/20, vs torch 10/25)
+    assert "| 490 | 1.25× | 0.50× | 0.40× |" in sec
+    assert "| 65536 | 1.07× | — | 0.33× |" in sec
+    assert "| 490 | 1.25× | 2.00× | 0.25× |" in sec    # Numba 1/0.8, 1/0.5, 1/4
+    assert "- `torch_cuda`: augmenting (crop, pad 4): not applicable; plain: PyTorch CUDA: " \
+           "X[idx].float() - mean." in sec
+    # the summary: per batch, kernel time, GB/s, fraction and cost
+    summary = md[md.index("## Summary"):md.index("### Targets")]
+    assert ("Augmenting minibatch gather (crop, pad 4), batch 65536: GPU kernel %s per call "
+            "(3,000 GB/s, 0.75 of copy), 1.07× its plain pass." % _time(aug / 3000e9)) in summary
+    assert ("batch 490: Numba pass 1.00 ms per call (%s GB/s), 1.25× its plain pass."
+            % _num(b490 / 1e-3)) in summary
+    # the batchnorm table kept its variants' own labels; the plot is there
+    bn = md[md.index("### Batchnorm"):md.index("### Minibatch gather")]
+    assert "| Op | N x D | label of cupy_unfused | label of fcgpu |" in bn
+    assert (out / "kernels_gather.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "(kernels_gather.png)" in md
+
+
+def test_report_without_gathers_has_no_gather_section(tmp_path):
+    pytest.importorskip("matplotlib")
+    raw = _raw([_kcase("copy", (1 << 26,), {"cupy_unfused": 1e-4})], machine=GPU_MACHINE)
+    md = open(render(load([_write(tmp_path, build_results([raw], machine=GPU_MACHINE),
+                                  "g.json")]), str(tmp_path / "r")), encoding="utf-8").read()
+    assert "Minibatch gather" not in md and "kernels_gather.png" not in md
+    assert not (tmp_path / "r" / "kernels_gather.png").exists()
+
+
+def _num(x):
+    from fcgpu.bench.report.format import fmt_num
+    return fmt_num(x)
+
+
+def _time(s):
+    from fcgpu.bench.report.format import fmt_time
+    return fmt_time(s)
