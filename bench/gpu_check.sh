@@ -18,7 +18,8 @@
 #   memcheck   the smoke under compute-sanitizer --tool memcheck (CuPy pool off)
 #   racecheck  the smoke under compute-sanitizer --tool racecheck
 #   bench      fcgpu bench --quick --report, with whatever time is left (its own
-#              deadline inside)
+#              deadline inside); its kernel suite measures the copy reference and the
+#              minibatch gathers (augmenting and plain, batch 490 and 65536) first
 #
 # Budget: GPU_CHECK_BUDGET_S seconds (default 345) for all steps. Every step but the
 # bench has a fixed cap (GPU_CHECK_CAP_<step> overrides one); together they leave the

@@ -12,7 +12,12 @@ bn_fwd         (N, D)      ``bn_forward_train(x, gamma, beta, eps, momentum, rm,
 bn_bwd         (N, D)      ``bn_backward(dout, x, gamma, mean, inv_std)``
 fused_fwd      (N, D)      ``bn_relu_dropout_forward(...)``: batchnorm-ReLU-dropout
 fused_bwd      (N, D)      ``bn_relu_dropout_backward(dout, out, x, gamma, mean, inv_std, p)``
+augment        (B,)        ``augment_gather(X, y, perm, b, B, (3, 32, 32), 'crop', 4, ...)``
+gather         (B,)        the same minibatch, not augmented (its floor)
 =============  ==========  ==========================================================
+
+The two minibatch-gather ops (B images of 3 x 32 x 32 from a uint8 pool, as float32
+minus the mean image) live in :mod:`fcgpu.bench.gather`, with their variants and bytes.
 
 Bytes that must move (:func:`op_bytes`): each input read once and each output written
 once, by the op's contract; masks that an implementation chooses to store are not
@@ -31,6 +36,9 @@ import math
 
 import numpy as np
 
+from . import gather as _gather
+from .cases import TILE, Case, SkipCase
+
 KEEP_P = 0.8
 SEED = 1234
 STREAM = 7
@@ -39,7 +47,10 @@ MOMENTUM = 0.9
 
 FLAT_OPS = ("copy", "dropout_fwd", "dropout_bwd")
 ROW_OPS = ("bn_fwd", "bn_bwd", "fused_fwd", "fused_bwd")
-OPS = FLAT_OPS + ROW_OPS
+GATHER_OPS = _gather.OPS
+OPS = FLAT_OPS + ROW_OPS + GATHER_OPS
+# ops whose variants run op-specific code, labelled per op (not by VARIANTS' labels)
+OWN_LABEL_OPS = ("copy",) + GATHER_OPS
 
 OP_TITLES = {
     "copy": "copy (bandwidth reference)",
@@ -49,6 +60,7 @@ OP_TITLES = {
     "bn_bwd": "batchnorm backward",
     "fused_fwd": "fused batchnorm-ReLU-dropout forward",
     "fused_bwd": "fused batchnorm-ReLU-dropout backward",
+    **_gather.TITLES,
 }
 
 VARIANTS = {
@@ -74,7 +86,7 @@ COPY_LABELS = {
 NOT_APPLICABLE = {
     ("fcgpu", "copy"), ("cupy_curand", "copy"), ("cupy_curand", "dropout_bwd"),
     ("cupy_curand", "bn_fwd"), ("cupy_curand", "bn_bwd"), ("cupy_curand", "fused_bwd"),
-}
+} | _gather.NOT_APPLICABLE
 
 # the plain-NumPy Philox costs ~70 ns and ~100 bytes of temporaries per element
 NUMPY_REF_PHILOX_MAX = 1 << 22
@@ -87,6 +99,8 @@ def applicable(variant, op):
 def label(variant, op):
     if op == "copy":
         return COPY_LABELS.get(variant, VARIANTS[variant][1])
+    if op in GATHER_OPS:
+        return _gather.LABELS[op][variant]
     return VARIANTS[variant][1]
 
 
@@ -94,9 +108,20 @@ def numel(shape):
     return int(math.prod(shape))
 
 
+def elements(op, shape):
+    """Values one call writes: ``numel(shape)``, or B * 3072 for a batch of images."""
+    return _gather.elements(shape) if op in GATHER_OPS else numel(shape)
+
+
+def op_dtype(op):
+    return "uint8 -> float32" if op in GATHER_OPS else "float32"
+
+
 def op_bytes(op, shape, itemsize=4):
     """Bytes the op must move: inputs read once, outputs written once."""
     s = itemsize
+    if op in GATHER_OPS:
+        return _gather.op_bytes(op, shape)
     if op in FLAT_OPS:
         return 2 * numel(shape) * s
     n, d = shape
@@ -115,6 +140,8 @@ def op_bytes(op, shape, itemsize=4):
 
 def input_bytes(op, shape, itemsize=4):
     """Bytes of the large inputs of one call (what the rotation must cover)."""
+    if op in GATHER_OPS:
+        return _gather.input_bytes(op, shape)
     n = numel(shape) * itemsize
     return {"copy": 1, "dropout_fwd": 1, "dropout_bwd": 1, "bn_fwd": 1, "fused_fwd": 1,
             "bn_bwd": 2, "fused_bwd": 3}[op] * n
@@ -134,33 +161,13 @@ def rotation_count(op, shape, cache_bytes, itemsize=4, factor=4, cap_bytes=1 << 
     span ``factor`` times the last-level cache (L2 on a GPU, L3 on a CPU)."""
     per = input_bytes(op, shape, itemsize)
     want = int(math.ceil(factor * cache_bytes / max(per, 1)))
+    if op in GATHER_OPS:
+        want = max(want, _gather.POOL_MIN)  # a pool of several batches, as in training
     fit = max(1, cap_bytes // max(per, 1))
     return int(max(1, min(want, fit, max_sets)))
 
 
-class SkipCase(Exception):
-    """This variant cannot run this case; the message says why."""
-
-
 # ----------------------------------------------------------------- builders
-
-class Case:
-    """``fn(i)`` runs one call on input set ``i % k``."""
-
-    def __init__(self, fn, k, label):
-        self.fn = fn
-        self.k = k
-        self.label = label
-        self.i = 0
-
-    def call(self):
-        i = self.i
-        self.i = (i + 1) % self.k
-        return self.fn(i)
-
-
-TILE = 1 << 22  # large inputs repeat a random block of this many elements (fast to make)
-
 
 def host_randn(shape, seed):
     """Standard-normal fp32 of ``shape``; beyond 2^22 elements a random block is tiled
@@ -189,6 +196,8 @@ def build_xp_case(variant, op, shape, xp, k):
     fcgpu) on array module ``xp``."""
     from .. import fused
 
+    if op in GATHER_OPS:
+        return _gather.build_xp_case(variant, op, shape, xp, k)
     if variant == "numpy_ref" and op in ("dropout_fwd", "fused_fwd") and \
             numel(shape) > NUMPY_REF_PHILOX_MAX:
         raise SkipCase("the plain-NumPy Philox mask (~70 ns and ~100 B of temporaries per "
@@ -306,6 +315,8 @@ def build_torch_case(variant, op, shape, torch, device, k):
     """Cases for PyTorch on ``device`` ('cpu' or 'cuda')."""
     import torch.nn.functional as F
 
+    if op in GATHER_OPS:
+        return _gather.build_torch_case(variant, op, shape, torch, device, k)
     g = torch.Generator(device=device)
     g.manual_seed(0)
     n = numel(shape)

@@ -82,11 +82,16 @@ class Options:
             shapes.append((65536, 4096))
         return shapes
 
+    def gather_batches(self):
+        from .gather import BATCH, BIG_BATCH
+        return [BATCH, BIG_BATCH] if (self.gpu or self.full) else [BATCH]
+
     def settings(self):
         return {"quick": self.quick, "full": self.full,
                 "variants": sorted(self.only) if self.only else None,
                 "kernel_budget_s": self.kernel_budget(), "train_budget_s": self.train_budget(),
                 "flat_sizes": self.flat_sizes(), "row_shapes": self.row_shapes(),
+                "gather_batches": self.gather_batches(),
                 "gpu": self.gpu, "gpu_reason": self.gpu_reason}
 
 
@@ -102,10 +107,20 @@ def _opts(config):
 
 
 def kernel_cases(opts):
-    cases = []
+    """``[(op, shape)]`` in the order they run. A run with a deadline (the GPU check
+    gives the suite seconds) measures the first ones: the copy at the largest size
+    first (every fraction of copy bandwidth needs it), then the minibatch gathers
+    (augmenting and plain, at every batch size), then the flat ops by size and the
+    row ops."""
+    top = ("copy", (opts.flat_sizes()[-1],))
+    cases = [top]
+    for b in opts.gather_batches():
+        for op in _kernels.GATHER_OPS:
+            cases.append((op, (b,)))
     for n in opts.flat_sizes():
         for op in _kernels.FLAT_OPS:
-            cases.append((op, (n,)))
+            if (op, (n,)) != top:
+                cases.append((op, (n,)))
     for shape in opts.row_shapes():
         for op in _kernels.ROW_OPS:
             cases.append((op, shape))
@@ -303,7 +318,7 @@ def _past_deadline(opts, case):
 
 def measure_kernel_case(benchmark, pool, opts, op, shape):
     _past_deadline(opts, {"suite": "kernels", "op": op, "shape": list(shape),
-                          "dtype": "float32", "bytes": _kernels.op_bytes(op, shape),
+                          "dtype": _kernels.op_dtype(op), "bytes": _kernels.op_bytes(op, shape),
                           "measurements": {}})
     nbytes = _kernels.op_bytes(op, shape)
     skipped, est, active, labels, rot = {}, {}, {}, {}, {}
@@ -312,7 +327,7 @@ def measure_kernel_case(benchmark, pool, opts, op, shape):
         if not _kernels.applicable(v, op):
             continue
         if opts.quick and _kernels.VARIANTS[v][0] == "cpu" and \
-                _kernels.numel(shape) > QUICK_CPU_MAX:
+                _kernels.elements(op, shape) > QUICK_CPU_MAX:
             skipped[v] = "CPU variants stop at 2^24 elements with --quick"
             continue
         w = _revive(pool, v)
@@ -341,7 +356,7 @@ def measure_kernel_case(benchmark, pool, opts, op, shape):
             continue
         est[v] = t
         active[v] = w
-    case = {"suite": "kernels", "op": op, "shape": list(shape), "dtype": "float32",
+    case = {"suite": "kernels", "op": op, "shape": list(shape), "dtype": _kernels.op_dtype(op),
             "bytes": nbytes, "skipped": skipped, "measurements": {}}
     benchmark.group = "kernel %s" % op
     benchmark.extra_info.update(case)

@@ -19,7 +19,8 @@ import os
 from ...atomic import atomic_write_bytes
 from .. import RESULTS_FORMAT
 from .format import machine_names
-from .plots import plot_dropout, plot_regularizer, plot_rowops, plot_train, plot_tta
+from .plots import (plot_dropout, plot_gather, plot_regularizer, plot_rowops, plot_train,
+                    plot_tta)
 from .profile import profile_section
 from .sections import (experiments_section, kernel_section, machine_section, method_section,
                        train_section)
@@ -63,6 +64,8 @@ def render(results, out_dir, title=None, notes=None):
          "(dashed: the 0.85 target)", lambda p: plot_dropout(results, names, p, frac=True)),
         ("kernels_batchnorm_fused.png", "Batchnorm and the fused pass: GB/s per variant",
          lambda p: plot_rowops(results, names, p)),
+        ("kernels_gather.png", "Minibatch gather from uint8 images, augmenting (crop, pad 4) "
+         "and plain: GB/s per variant", lambda p: plot_gather(results, names, p)),
         ("train_samples_per_s.png", "Training samples/s per backend",
          lambda p: plot_train(results, names, p)),
         ("dropout_regularizer.png", "Dropout as a regularizer: train and validation accuracy "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..kernels import VARIANTS as KVARIANTS
+from ..kernels import OWN_LABEL_OPS, VARIANTS as KVARIANTS
 
 
 KERNEL_ORDER = ["numpy_ref", "numba", "torch_cpu", "cupy_unfused", "cupy_curand", "fcgpu",
@@ -71,6 +71,6 @@ def table(header, rows, align=None):
 
 def variant_label(res, v, op=None):
     for r in res.get("kernels") or []:
-        if r["variant"] == v and (r["op"] == op if op else r["op"] != "copy"):
+        if r["variant"] == v and (r["op"] == op if op else r["op"] not in OWN_LABEL_OPS):
             return r["label"]
     return KVARIANTS.get(v, (None, v))[1]

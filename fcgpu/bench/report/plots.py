@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ...atomic import atomic_save_figure
-from ..kernels import OP_TITLES, ROW_OPS, VARIANTS as KVARIANTS
+from ..kernels import GATHER_OPS, OP_TITLES, ROW_OPS, VARIANTS as KVARIANTS
 from .format import KERNEL_ORDER, TRAIN_ORDER, fmt_num, variant_label
 
 
@@ -91,24 +91,9 @@ def plot_dropout(results, names, path, frac=False):
     return any_line
 
 
-def plot_rowops(results, names, path):
+def _bar_groups(groups, title, path):
+    """Grouped bars of GB/s: ``groups`` = [(x label, {variant: GB/s})], log scale."""
     plt = _plt()
-    groups = []  # (label, {series: gbps})
-    multi = len(results) > 1
-    for res, name in zip(results, names):
-        rows = [r for r in res.get("kernels") or [] if r["op"] in ROW_OPS]
-        for op in ROW_OPS:
-            for shape in sorted({tuple(r["shape"]) for r in rows if r["op"] == op}):
-                vals = {}
-                for r in rows:
-                    if r["op"] == op and tuple(r["shape"]) == shape and r.get("time_s"):
-                        vals[r["variant"]] = r["gbps"]
-                lab = "%s\n%s" % (op.replace("_", " "), "x".join(map(str, shape)))
-                if multi:
-                    lab += "\n" + name
-                groups.append((lab, vals))
-    if not groups:
-        return False
     variants = [v for v in KERNEL_ORDER if any(v in g[1] for g in groups)]
     fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(groups) + 2), 4.8))
     width = 0.8 / max(len(variants), 1)
@@ -123,11 +108,46 @@ def plot_rowops(results, names, path):
     if top > 0:
         ax.set_ylim(top=top * 6)  # room for the legend above the bars
     ax.set_ylabel("GB/s (bytes that must move)")
-    ax.set_title("Batchnorm and the fused batchnorm-ReLU-dropout, per variant")
+    ax.set_title(title)
     ax.grid(alpha=0.3, axis="y", which="both")
     ax.legend(fontsize=8, ncol=min(4, len(variants)), loc="upper left", frameon=False)
     fig.tight_layout()
     atomic_save_figure(fig, path, dpi=100)
+
+
+def _groups(results, names, ops, name_of):
+    """[(label, {variant: GB/s})] for each (op, shape) of ``ops`` measured, per machine."""
+    groups = []
+    multi = len(results) > 1
+    for res, name in zip(results, names):
+        rows = [r for r in res.get("kernels") or [] if r["op"] in ops]
+        for op in ops:
+            for shape in sorted({tuple(r["shape"]) for r in rows if r["op"] == op}):
+                vals = {r["variant"]: r["gbps"] for r in rows
+                        if r["op"] == op and tuple(r["shape"]) == shape and r.get("time_s")}
+                lab = name_of(op, shape)
+                if multi:
+                    lab += "\n" + name
+                groups.append((lab, vals))
+    return groups
+
+
+def plot_rowops(results, names, path):
+    groups = _groups(results, names, ROW_OPS, lambda op, shape: "%s\n%s" % (
+        op.replace("_", " "), "x".join(map(str, shape))))
+    if not groups:
+        return False
+    _bar_groups(groups, "Batchnorm and the fused batchnorm-ReLU-dropout, per variant", path)
+    return True
+
+
+def plot_gather(results, names, path):
+    groups = _groups(results, names, GATHER_OPS, lambda op, shape: "%s\nbatch %d" % (
+        {"augment": "augmenting", "gather": "plain"}[op], shape[0]))
+    if not groups:
+        return False
+    _bar_groups(groups, "Minibatch gather from uint8 images: augmenting (crop, pad 4) "
+                "and plain", path)
     return True
 
 

@@ -8,6 +8,7 @@ from ..kernels import OP_TITLES, ROW_OPS, VARIANTS as KVARIANTS
 from ..models import VARIANTS as TVARIANTS
 from .format import (KERNEL_ORDER, TRAIN_ORDER, fmt_frac, fmt_num, fmt_ratio, fmt_time, pow2,
                      table, variant_label)
+from .gather import gather_section
 
 
 def machine_section(results, names):
@@ -172,6 +173,7 @@ def kernel_section(results, names):
                     table(["N x D", "GPU: vs CuPy unfused (*_ref)", "GPU: vs CuPy + cuRAND",
                            "GPU: vs PyTorch", "CPU: Numba vs NumPy ref",
                            "CPU: Numba vs PyTorch"], fr), ""]
+    out += gather_section(results, names)
     out += skipped_section(results, names, "kernel")
     return out
 
@@ -361,8 +363,10 @@ def method_section(results):
             "- Bytes counted: each input read once and each output written once, by the op's "
             "contract (dropout: x in, out out; batchnorm forward: x in, out out, plus the "
             "per-feature vectors; backward: dout and x in, dx out; the fused backward also "
-            "reads the forward's output). Masks an implementation stores are its own cost, "
-            "not counted. GB/s = bytes / median time (10^9 bytes).",
+            "reads the forward's output; the minibatch gathers: the uint8 rows in, the float32 "
+            "batch out, the mean image, the row numbers and the labels). Masks an "
+            "implementation stores are its own cost, not counted. GB/s = bytes / median time "
+            "(10^9 bytes).",
             "- Copy bandwidth is measured by the suite itself at every size (device-to-device "
             "`cudaMemcpy` and `torch.copy_` on a GPU; `np.copyto` and a Numba parallel copy "
             "on a CPU); the fastest at the largest size is the reference of the fractions.",

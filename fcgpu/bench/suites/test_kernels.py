@@ -1,7 +1,9 @@
 """Kernel level: dropout, batchnorm and the fused batchnorm-ReLU-dropout, forward and
-backward, on every variant that runs here, plus a copy of the same size as the
+backward, and the minibatch gather from uint8 images (augmenting, and plain as its
+floor), on every variant that runs here, plus a copy of the same size as the
 bandwidth reference. One test per (op, size); the variants are interleaved within it.
-See :mod:`fcgpu.bench.kernels` for the ops, variants and bytes counted."""
+See :mod:`fcgpu.bench.kernels` and :mod:`fcgpu.bench.gather` for the ops, variants and
+bytes counted."""
 from fcgpu.bench.plugin import measure_kernel_case
 
 
