@@ -31,6 +31,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from fcgpu import fused, fused_optim, optim  # noqa: E402
+from fcgpu.augment_spec import augment_gather_reference  # noqa: E402
+from fcgpu.cuda import augment as caugment  # noqa: E402
 from fcgpu import random as frandom  # noqa: E402
 from fcgpu.backend import require_cupy  # noqa: E402
 from fcgpu.cuda import module as cmod  # noqa: E402
@@ -224,6 +226,36 @@ def run_graph(cp, dtype, rng):
           "dropout_forward DeviceStream %s" % np.dtype(dtype).name)
 
 
+def run_augment(cp, dtype, rng):
+    """The augmenting gather (kernels/augment.cu) for every input type with ``dtype``
+    output: each mode, pad 0 and 4, odd batch sizes, the permutation's last rows, the
+    batch index and epoch from host values and from device memory; bit for bit against
+    the spec's reference."""
+    shape, n = (3, 5, 7), 23
+    X8 = rng.integers(0, 256, (n,) + shape).astype(np.uint8)
+    for in_dtype in (np.uint8, np.float32, np.float64):
+        Xh = X8 if in_dtype == np.uint8 else rng.standard_normal((n,) + shape).astype(in_dtype)
+        yh = rng.integers(0, 10, n).astype(np.int64)
+        perm = rng.permutation(n).astype(np.int64)
+        mean = rng.standard_normal(int(np.prod(shape))).astype(dtype)
+        X, y, pd, md = cp.asarray(Xh), cp.asarray(yh), cp.asarray(perm), cp.asarray(mean)
+        ok, cases = True, 0
+        for mode, pad, batch, b, on_device in (
+                ("none", 0, 5, 2, False), ("flip", 4, 7, 1, True), ("crop", 4, 5, 3, False),
+                ("crop", 0, 3, 6, True), ("crop", 4, 9, 1, True), ("crop", 2, 23, 0, False)):
+            bb = cp.asarray(np.array([b], np.uint64)) if on_device else b
+            ee = cp.asarray(np.array([3], np.uint64)) if on_device else 3
+            Xb, yb = caugment.augment_gather(X, y, pd, bb, batch, shape, mode, pad, 11, ee, md,
+                                             dtype)
+            rX, ry = augment_gather_reference(Xh, yh, perm, b, batch, shape, mode, pad, 11, 3,
+                                              mean, dtype)
+            ok &= (np.array_equal(Xb.get().view(np.uint8), rX.view(np.uint8))
+                   and np.array_equal(yb.get(), ry))
+            cases += 1
+        check(ok, "augment_gather %s -> %s (%d cases)" % (np.dtype(in_dtype).name,
+                                                         np.dtype(dtype).name, cases))
+
+
 def time_module_loads():
     """``{module: seconds}``: the first ``get_kernel`` of each module in this process
     (after the CUDA context exists), i.e. an NVRTC build or a cache load, plus the
@@ -318,6 +350,7 @@ def main(argv=None):
         run_bn(cp, dtype, rng)
         run_optim(cp, dtype, rng)
         run_graph(cp, dtype, rng)
+        run_augment(cp, dtype, rng)
     cp.cuda.runtime.deviceSynchronize()
     launched = {name for (d, name) in cmod._kernels if d == dev.id}
     missing = sorted(set().union(*[set(n) for _, n in cmod.MODULES.values()]) - launched)

@@ -88,3 +88,36 @@ def test_emulated_graphed_schedule_equals_uncaptured(emu_aug, schedule, opts, ru
     from fcgpu import schedules
     want = [schedules.lr_at(schedule, t, 9, 1e-2, **opts) for t in range(6, 9)]
     assert np.array_equal(tcg._np(g.lr_rows)[:, 0], want)
+
+
+def test_emulated_gpu_smoke_augment_section(emu_aug):
+    """bench/gpu_smoke.py's augment section (which memcheck and racecheck run on the GPU
+    machine) passes on the host-built kernels and launches every augment kernel: the
+    smoke exits 2 when some kernel of fcgpu.cuda.module.MODULES was never launched."""
+    import importlib.util
+    from pathlib import Path
+    from fcgpu.cuda import module as cmod
+    path = Path(__file__).resolve().parent.parent / "bench" / "gpu_smoke.py"
+    spec = importlib.util.spec_from_file_location("fcgpu_gpu_smoke_aug", path)
+    smoke = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(smoke)
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        smoke.run_augment(emu_aug.cp, dtype, rng)
+    assert smoke.FAILURES == []
+    launched = {name for name, _, _ in emu_aug.log}
+    assert launched >= set(cmod.MODULES["augment"][1])
+
+
+def test_gpu_smoke_launches_every_module():
+    """Each kernel module has a section in bench/gpu_smoke.py's main loop (a module added
+    without one makes the GPU check's smoke, memcheck and racecheck steps fail)."""
+    from pathlib import Path
+    from fcgpu.cuda import module as cmod
+    text = (Path(__file__).resolve().parent.parent / "bench" / "gpu_smoke.py").read_text()
+    main = text[text.index("def main("):]
+    sections = {"dropout": "run_flat(", "batchnorm": "run_bn(", "optim": "run_optim(",
+                "graph": "run_graph(", "augment": "run_augment("}
+    assert set(sections) == set(cmod.MODULES)
+    for module, call in sections.items():
+        assert call in main, "gpu_smoke.main never calls %s (module %s)" % (call, module)
