@@ -327,6 +327,7 @@ def test_report_with_plots_and_without_enough_trials(tmp_path, capsys):
                  str(tmp_path / "r1")]) == 0
     md = (tmp_path / "r1" / "report.md").read_text()
     assert "| 1 | 0 |" in md  # the best-trials table
+    assert "augment" not in md.split("## Best trials")[1].splitlines()[2]  # (course's)
     assert "Not drawn: parameter importances need at least 2 completed trials" in md
     assert (tmp_path / "r1" / "optimization_history.png").stat().st_size > 1000
     assert not (tmp_path / "r1" / "param_importances.png").exists()
@@ -337,8 +338,19 @@ def test_report_with_plots_and_without_enough_trials(tmp_path, capsys):
                 "intermediate_values.png"):
         assert (tmp_path / "r3" / png).read_bytes()[:4] == b"\x89PNG"
         assert "(%s)" % png in md
-    assert "fcgpu train --hidden" in md
+    assert "fcgpu train --preset course --hidden" in md
     assert len((tmp_path / "r3" / "trials.csv").read_text().splitlines()) == 4
+    # a recipe search: its augmentation, smoothing and schedule get columns
+    assert main([*base, "--study", "aug", "--n-trials", "1", "--param", "augment=flip",
+                 "--param", "label_smoothing=0.1", "--param", "schedule=cosine",
+                 "--param", "lr_decay=1", "--report", str(tmp_path / "ra")]) == 0
+    md = (tmp_path / "ra" / "report.md").read_text()
+    head, _, row = md.split("## Best trials")[1].strip().splitlines()[:3]
+    cols = [c.strip() for c in head.strip("|").split("|")]
+    cells = dict(zip(cols, [c.strip() for c in row.strip("|").split("|")]))
+    assert (cells["augment"], cells["smoothing"], cells["schedule"], cells["lr decay"]) == (
+        "flip", "0.1", "cosine", "1")
+    assert "pad" not in cols  # (the course's value in every trial)
     # --n-trials 0: only the summary and the report
     assert main(["search", "--storage", url, "--study", "three", "--n-trials", "0",
                  "--report", str(tmp_path / "r0")]) == 0

@@ -1,6 +1,7 @@
-"""`fcgpu train` presets, augmentation and schedules: the course preset is today's
-run, flags override presets, the raw-uint8 CIFAR path gives the numbers the
-mean-subtracted one does, and the run records what it used."""
+"""`fcgpu train` presets, augmentation and schedules: `fcgpu train` runs the default
+preset and `--preset course` the course's run, flags override presets, the raw-uint8
+CIFAR path gives the numbers the mean-subtracted one does, and the run records what it
+used."""
 import numpy as np
 import pytest
 
@@ -18,8 +19,17 @@ def parse(*argv):
     return config_from_args(build_parser().parse_args(["train", *argv]))
 
 
-def test_default_is_the_course_preset_and_todays_config():
-    assert parse() == TrainConfig() == parse("--preset", "course")
+def test_default_preset_and_the_course_config():
+    assert train.DEFAULT_PRESET == "augmented"
+    assert parse() == from_preset("augmented") == parse("--preset", "augmented")
+    assert parse().preset == "augmented" and parse().augment == "flip"
+    # the presets are CIFAR-10 recipes: your own .npz starts from the course's run
+    assert parse("--data", "mine.npz").preset == "course"
+    assert parse("--data", "mine.npz").augment == "none"
+    assert parse("--data", "mine.npz", "--preset", "augmented").augment == "flip"
+    assert parse("--data", "cifar-10-python.tar.gz").preset == "augmented"
+    # TrainConfig's own defaults are the course's run, labelled so
+    assert parse("--preset", "course") == TrainConfig() and TrainConfig().preset == "course"
     assert TrainConfig().augment == "none" and TrainConfig().schedule == "step"
     assert TrainConfig().label_smoothing == 0.0 and PRESETS["course"] == {}
 
@@ -31,12 +41,12 @@ def test_flags_override_the_preset():
         3, (8, 8), 2, "flip", 0.05)
     assert c.preset == "augmented" and c.schedule == PRESETS["augmented"]["schedule"]
     assert c.dropout == PRESETS["augmented"]["dropout"]
-    c = parse("--preset", "augmented", "--schedule", "step", "--lr-decay", "0.8")
+    c = parse("--preset", "best", "--schedule", "step", "--lr-decay", "0.8")
     assert (c.schedule, c.lr_decay, c.augment) == ("step", 0.8, "crop")
     # a schedule other than 'step' drops the course's per-epoch decay unless it is given
-    assert parse("--schedule", "cosine").lr_decay == 1.0
+    assert parse("--preset", "course", "--schedule", "cosine").lr_decay == 1.0
     with pytest.raises(ValueError, match="lr_decay"):
-        parse("--schedule", "cosine", "--lr-decay", "0.9")
+        parse("--preset", "course", "--schedule", "cosine", "--lr-decay", "0.9")
     assert parse("--data", "x.npz").num_train is None  # (all of an .npz, as before)
 
 
@@ -89,12 +99,13 @@ def test_augmented_run_records_preset_and_augmentation_and_resumes(tmp_path, rng
     data["mean"] = data["X_train"].mean(axis=0, dtype=np.float64).astype(np.float32)
     data["X_val"] = data["X_val"] * 40
     data["X_test"] = data["X_test"] * 40
-    c = from_preset("augmented", hidden_dims=(32,), epochs=3, batch_size=50, num_train=400,
+    c = from_preset("best", hidden_dims=(32,), epochs=3, batch_size=50, num_train=400,
                     num_val=100, backend="numpy", seed=3)
     full = run_training(c, data=data, progress=False, verbose=False)
-    assert full["preset"] == "augmented"
+    assert full["preset"] == "best"
     assert full["augment"] == {"mode": "crop", "pad": 4, "image_shape": [3, 32, 32]}
-    assert full["config"]["schedule"] == "onecycle" and full["config"]["label_smoothing"] == 0.1
+    assert full["config"]["schedule"] == "onecycle"
+    assert full["config"]["label_smoothing"] == PRESETS["best"]["label_smoothing"] > 0
     assert np.isfinite(full["loss_history"]).all()  # (pixel patterns do not survive crops)
     ck = tmp_path / "run.ckpt"
 
@@ -115,7 +126,7 @@ def test_augmented_run_records_preset_and_augmentation_and_resumes(tmp_path, rng
     # other augmentation: refused
     from fcgpu.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match="augment"):
-        run_training(from_preset("augmented", hidden_dims=(32,), epochs=3, batch_size=50,
+        run_training(from_preset("best", hidden_dims=(32,), epochs=3, batch_size=50,
                                  num_train=400, num_val=100, backend="numpy", seed=3,
                                  augment="flip"),
                      data=data, checkpoint=str(ck), resume=True, progress=False, verbose=False)

@@ -17,8 +17,10 @@ def add_arguments(p):
     from ..train import DEFAULT_PRESET, PRESETS, TrainConfig, describe_preset
     d = TrainConfig()  # the course's run
     # every default is None: the preset fills what the command line leaves out
-    p.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
-                   help="the recipe to start from; flags override it (default %(default)s). "
+    p.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="the recipe to start from; flags override it (default %s; with "
+                        "--data FILE.npz, course: the presets are CIFAR-10 recipes). "
+                        % DEFAULT_PRESET
                         + "; ".join(("%s: %s" % (n, describe_preset(n))).replace("%", "%%")
                                     for n in PRESETS))
     g = p.add_argument_group("network")
@@ -88,13 +90,23 @@ class _BoolAction:
         return argparse.BooleanOptionalAction(option_strings, dest, **kw)
 
 
+def preset_of(args):
+    """--preset, else the default preset for CIFAR-10 and ``course`` for an .npz (the
+    presets' augmentation and schedule are tuned for CIFAR-10 images)."""
+    from ..data_npz import is_npz
+    from ..train import DEFAULT_PRESET
+    if args.preset:
+        return args.preset
+    return "course" if is_npz(args.data) else DEFAULT_PRESET
+
+
 def config_from_args(args):
     import os
     from ..train import from_preset
     backend = args.backend
     if backend == "auto" and os.environ.get("FCGPU_BACKEND"):
         backend = os.environ["FCGPU_BACKEND"]
-    return from_preset(args.preset, hidden_dims=args.hidden and _dims(args.hidden),
+    return from_preset(preset_of(args), hidden_dims=args.hidden and _dims(args.hidden),
                        weight_scale=args.weight_scale, batchnorm=args.batchnorm,
                        dropout=args.dropout, reg=args.reg, update_rule=args.update_rule,
                        learning_rate=args.learning_rate, lr_decay=args.lr_decay,

@@ -31,6 +31,11 @@ def _importance_blocker(study):
     return None
 
 
+# settings beyond the notebook's space: (config key, column head)
+RECIPE_COLUMNS = [("augment", "augment"), ("pad", "pad"), ("label_smoothing", "smoothing"),
+                  ("schedule", "schedule"), ("lr_decay", "lr decay")]
+
+
 def write_report(study, folder, storage_url=None, top=10):
     """``report.md`` (best trials, failures, retrain command), ``trials.csv`` and
     Optuna's standard plots as PNG in ``folder``. Returns the Markdown file's path."""
@@ -47,20 +52,30 @@ def write_report(study, folder, storage_url=None, top=10):
     lines += ["%d trials: %s." % (len(trials), counts_text(counts) or "none"), ""]
     lines += ["## Best trials", ""]
     if complete:
+        from ..train import TrainConfig
+        course = TrainConfig().to_dict()  # what a trial's config leaves out
+        configs = [t.user_attrs.get("config") or {} for t in complete[:top]]
+        # the recipe's other settings, as columns where some trial sets them
+        extra = [(k, head) for k, head in RECIPE_COLUMNS
+                 if any(c.get(k, course.get(k)) != course.get(k) for c in configs)]
         lines += ["| rank | trial | val acc | train acc | hidden | keep | lr | reg | "
-                  "weight scale | batch | epochs | time (s) | worker |",
-                  "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-        for rank, t in enumerate(complete[:top], 1):
-            c = t.user_attrs.get("config") or {}
+                  "weight scale | batch | " + "".join(h + " | " for _, h in extra)
+                  + "epochs | time (s) | worker |",
+                  "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|" + "---|" * len(extra)
+                  + "---:|---:|---|"]
+        for rank, (t, c) in enumerate(zip(complete[:top], configs), 1):
             tr = (t.user_attrs.get("metrics") or {}).get("train_acc")
-            lines.append("| %d | %d | %.4f | %s | %s | %s | %s | %s | %s | %s | %s | %.1f | %s |"
-                         % (rank, t.number, t.value, "%.4f" % tr if tr is not None else "",
-                            "x".join(str(h) for h in c.get("hidden_dims", [])),
-                            fmt_value(c.get("dropout", "")), fmt_value(c.get("learning_rate", "")),
-                            fmt_value(c.get("reg", "")), fmt_value(c.get("weight_scale", "")),
-                            c.get("batch_size", ""), len(t.intermediate_values),
-                            t.duration.total_seconds() if t.duration else float("nan"),
-                            t.user_attrs.get("worker", "")))
+            cells = [str(rank), str(t.number), "%.4f" % t.value,
+                     "%.4f" % tr if tr is not None else "",
+                     "x".join(str(h) for h in c.get("hidden_dims", [])),
+                     fmt_value(c.get("dropout", "")), fmt_value(c.get("learning_rate", "")),
+                     fmt_value(c.get("reg", "")), fmt_value(c.get("weight_scale", "")),
+                     str(c.get("batch_size", ""))]
+            cells += [fmt_value(c.get(k, course.get(k))) for k, _ in extra]
+            cells += [str(len(t.intermediate_values)),
+                      "%.1f" % (t.duration.total_seconds() if t.duration else float("nan")),
+                      t.user_attrs.get("worker", "")]
+            lines.append("| " + " | ".join(cells) + " |")
         cfg = complete[0].user_attrs.get("config")
         if cfg:
             lines += ["", "Retrain the best trial:", "", "```", retrain_command(cfg), "```"]

@@ -80,8 +80,9 @@ def stale_callback(out):
 
 
 def retrain_command(cfg):
-    """The ``fcgpu train`` command line that reruns a trial's configuration."""
-    args = ["fcgpu", "train",
+    """The ``fcgpu train`` command line that reruns a trial's configuration (from the
+    ``course`` preset, whose settings the trial's config has where it names none)."""
+    args = ["fcgpu", "train", "--preset", "course",
             "--hidden", ",".join(str(h) for h in cfg["hidden_dims"]),
             "--weight-scale", repr(float(cfg["weight_scale"])),
             "--batchnorm" if cfg.get("batchnorm", True) else "--no-batchnorm",
