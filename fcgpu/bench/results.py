@@ -14,7 +14,7 @@ Layout of the results (``format`` = ``fcgpu-bench-1``)::
                   step_s: {stats}, steps, first_step_s, params} ],
       "train_skips": [ {net, variant, reason} ],
       "experiments": {"dropout_stats": ..., "dropout_regularizer": ...,
-                      "time_to_accuracy": ...},
+                      "time_to_accuracy": ..., "course_wall": ...},
       "profile": {...} or null,               # fcgpu.bench.profile (--profile)
       "summary": {key: number or null}, "summary_notes": {key: why},
       "summary_details": {...}

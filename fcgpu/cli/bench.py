@@ -34,6 +34,14 @@ def add_arguments(p):
     p.add_argument("--time-to-accuracy", action="store_true",
                    help="also train the default net to 60%% validation on every backend "
                         "(minutes; needs the data)")
+    p.add_argument("--course-wall", action="store_true",
+                   help="also time the course's whole 17-epoch training per backend (fcgpu, "
+                        "fcgpu + CUDA graph, PyTorch eager on the GPU; numpy too unless "
+                        "--course-backends says otherwise) on synthetic CIFAR-10-shaped data; "
+                        "it runs first, in at most 40%% of --deadline")
+    p.add_argument("--course-backends", default=None, metavar="LIST",
+                   help="comma-separated backends for --course-wall (default: fcgpu,"
+                        "fcgpu_graph,torch_cuda,numpy)")
     p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
                    help="finish within about this many seconds: cases not started by then "
                         "are reported as not run (kernels get half, training up to 90%%); a "
@@ -159,7 +167,8 @@ def run(args):
     def write(complete):
         results = build_results(raw_list, experiments=exps, machine=machine, settings={
             "command": " ".join(sys.argv), "only": args.only,
-            "time_to_accuracy": args.time_to_accuracy, "deadline_s": args.deadline,
+            "time_to_accuracy": args.time_to_accuracy, "course_wall": args.course_wall,
+            "deadline_s": args.deadline,
             "raw": [os.path.relpath(p, out) for p in raw_paths], "complete": complete,
             "suites_not_run": not_run}, profile=prof.get("profile"))
         for key, note in results["summary_notes"].items():
@@ -169,6 +178,18 @@ def run(args):
                     results["summary_notes"][key] = note + ": " + why
         atomic_write_bytes(json.dumps(results, indent=1).encode(), path)
         return results
+
+    if args.course_wall:  # first: it is short, and the headline of a first GPU run
+        from ..bench.course_run import COURSE_BACKENDS, course_wall
+        names = args.course_backends.split(",") if args.course_backends else None
+        bad = [n for n in names or () if n not in COURSE_BACKENDS]
+        if bad:
+            raise ValueError("--course-backends: unknown backend %s; choose from %s"
+                             % (", ".join(bad), ", ".join(COURSE_BACKENDS)))
+        exps["course_wall"] = _guard(lambda: course_wall(
+            enabled=True, backends=names,
+            deadline=t0 + 0.4 * args.deadline if deadline else None))
+        write(complete=False)
 
     # each suite in its own pytest run, and results.json rewritten after each, so that a
     # run cut short still leaves what it measured
@@ -234,8 +255,8 @@ def run(args):
     if args.only in (None, "experiments"):
         if deadline and time.time() > deadline - 5:
             why = "not run: the run's --deadline was reached first"
-            exps = {k: {"skipped": why} for k in ("dropout_stats", "dropout_regularizer",
-                                                  "time_to_accuracy")}
+            exps.update({k: {"skipped": why} for k in ("dropout_stats", "dropout_regularizer",
+                                                       "time_to_accuracy")})
         else:
             print("fcgpu bench: notebook experiments", file=sys.stderr, flush=True)
             exps["dropout_stats"] = _guard(experiments.dropout_stats)
@@ -243,6 +264,9 @@ def run(args):
                 lambda: experiments.dropout_regularizer(args.data, backend_name="auto"))
             exps["time_to_accuracy"] = _guard(
                 lambda: experiments.time_to_accuracy(args.data, enabled=args.time_to_accuracy))
+        if "course_wall" not in exps:
+            from ..bench.course_run import course_wall
+            exps["course_wall"] = course_wall(enabled=False)
     results = write(complete=True)
     print("fcgpu bench: wrote %s (%.0f s)" % (path, time.time() - t0))
     s = results["summary"]

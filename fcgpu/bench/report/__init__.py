@@ -8,7 +8,8 @@ than one.
 
 The package: :mod:`.format` (numbers, tables, names), :mod:`.targets` (the summary
 and the targets, met or missed), :mod:`.sections` (the other Markdown sections),
-:mod:`.profile` (the CPU step profile's tables) and :mod:`.plots` (the PNGs);
+:mod:`.profile` (the CPU step profile's tables), :mod:`.course` (the course's
+whole training, wall time) and :mod:`.plots` (the PNGs);
 :func:`load` and :func:`render` here put them on one page.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 
 from ...atomic import atomic_write_bytes
 from .. import RESULTS_FORMAT
+from .course import course_section
 from .format import machine_names
 from .plots import (plot_dropout, plot_gather, plot_regularizer, plot_rowops, plot_train,
                     plot_tta)
@@ -102,6 +104,7 @@ def render(results, out_dir, title=None, notes=None):
     lines += kernel_section(results, names)
     lines += train_section(results, names)
     lines += profile_section(results, names)
+    lines += course_section(results, names)
     lines += experiments_section(results, names)
     lines += ["## Plots", ""]
     if plots:

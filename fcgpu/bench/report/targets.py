@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .. import TARGETS
 from .format import fmt_frac, fmt_num, fmt_ratio, pow2, table
+from .course import course_bullets
 from .gather import gather_bullets
 from .profile import GOAL as PROFILE_GOAL, verdict as profile_verdict
 
@@ -101,6 +102,7 @@ def summary_section(results, names):
                                % (what, pow2(c["n"]), fmt_num(c["gbps"]), c["frac"],
                                   fmt_num(c["copy_gbps"])))
         bullets += gather_bullets(res)
+        bullets += course_bullets(res)
         for key in ("dropout_fwd_bw_frac", "dropout_bwd_bw_frac", "fused_vs_unfused",
                     "train_vs_torch", "train_vs_cpu"):
             v = s.get(key)

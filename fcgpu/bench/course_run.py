@@ -1,0 +1,262 @@
+"""Wall time of the course's whole training run (``fcgpu bench --course-wall``).
+
+The design's GPU wall-time target: the ``course`` preset's 17 epochs (3 x 500,
+batchnorm, dropout keep 0.8, Adam 5e-3 decaying 0.9 per epoch, batch 490, 49000
+training and 1000 validation images) in under a second on an H200, beside the same
+net in PyTorch eager on the same GPU.
+
+The data are synthetic, of CIFAR-10's shape (float32 rows of 3 x 32 x 32, normal
+values of about the spread of mean-subtracted pixels, labels uniform over 10
+classes): a GPU machine need not hold CIFAR-10, and the wall time does not depend on
+the values (the accuracies are a sanity number only, near chance).
+
+Backends: ``fcgpu`` (``run_training`` on CuPy), ``fcgpu_graph`` (the same with
+``cuda_graph=True``), ``torch_cuda`` (PyTorch eager, the net and hyperparameters of
+the time-to-accuracy rows) and ``numpy`` (the CPU path; for tests and comparison).
+
+Each backend runs in its own process, one after the other: a CUDA error that
+poisons a context, or one library's cached device memory, never reaches the next
+backend, and each child's numbers are its own. In the child, one untimed warm-up
+(one epoch on a small slice: NVRTC compiles, cuBLAS handles, allocator pools), then
+the timed run with the data already on the device:
+
+* fcgpu rows: ``wall_seconds`` of :func:`fcgpu.train.run_training`, i.e. all of
+  ``Solver.train()``: every step, the accuracy checks after the first step and after
+  each epoch (1000 training rows and the validation split; each ends in a host
+  transfer, so the device is synchronized), CUDA-graph capture where on. Model
+  construction and the host-to-device copy of the data come before it.
+* torch_cuda: the epochs' steps, the scheduler and the validation accuracy after each
+  epoch, then ``torch.cuda.synchronize()``; the model and the device copy of the data
+  are made before the clock starts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+COURSE_BACKENDS = ("fcgpu", "fcgpu_graph", "torch_cuda", "numpy")
+GPU_BACKENDS = ("fcgpu", "fcgpu_graph", "torch_cuda")
+GOAL_SECONDS = 1.0           # the design's target on an H200
+PIXEL_STD = 64.0             # about the spread of mean-subtracted CIFAR-10 pixels
+WARMUP_ROWS = 4900           # the warm-up epoch's training rows (10 steps of 490)
+
+
+def synthetic_data(num_train, num_val, seed=0):
+    """CIFAR-10-shaped float32 splits: ``X_train (num_train, 3, 32, 32)``, ``y_train``,
+    ``X_val``, ``y_val``; normal values times :data:`PIXEL_STD`, labels 0..9."""
+    rng = np.random.default_rng(seed)
+
+    def images(n):
+        x = rng.standard_normal((n, 3, 32, 32), dtype=np.float32)
+        x *= np.float32(PIXEL_STD)
+        return x
+    return {"X_train": images(num_train), "y_train": rng.integers(0, 10, num_train),
+            "X_val": images(num_val), "y_val": rng.integers(0, 10, num_val)}
+
+
+def _warm_slice(data):
+    n = min(WARMUP_ROWS, len(data["X_train"]))
+    v = min(100, len(data["X_val"]))
+    return {"X_train": data["X_train"][:n], "y_train": data["y_train"][:n],
+            "X_val": data["X_val"][:v], "y_val": data["y_val"][:v]}
+
+
+def _config(spec, backend_name, graph):
+    from ..train import from_preset
+    extra = {"hidden_dims": tuple(spec["hidden_dims"])} if spec.get("hidden_dims") else {}
+    return from_preset("course", backend=backend_name, epochs=spec["epochs"],
+                       num_train=spec["num_train"], num_val=spec["num_val"],
+                       cuda_graph=graph, **extra)
+
+
+def _run_fcgpu(spec, data, backend_name, graph=False):
+    import dataclasses
+    from .. import backend
+    from ..train import run_training
+    cfg = _config(spec, backend_name, graph)
+    quiet = dict(progress=False, verbose=False)
+    run_training(dataclasses.replace(cfg, epochs=1), data=_warm_slice(data), **quiet)
+    xp = backend.get_xp()
+    backend.synchronize(xp)
+    t0 = time.perf_counter()
+    m = run_training(cfg, data=data, **quiet)
+    backend.synchronize(xp)
+    return {"seconds": m["wall_seconds"], "epoch_seconds": m["epoch_seconds"],
+            "run_seconds": time.perf_counter() - t0,
+            "val_acc_history": m["val_acc_history"], "final_val_acc": m["val_acc_history"][-1]
+            if m["val_acc_history"] else None, "best_val_acc": m["best_val_acc"],
+            "epochs": m["epochs"], "device": m["device"], "config": cfg.to_dict()}
+
+
+def _torch_course(torch, cfg, data, epochs, device):
+    """Build the course's net in PyTorch and train it for ``epochs``: (seconds, per-epoch
+    step seconds, validation accuracies)."""
+    import torch.nn.functional as F
+    torch.manual_seed(cfg.seed)
+    layers, d = [], int(np.prod(data["X_train"].shape[1:]))
+    for h in cfg.hidden_dims:
+        layers += [torch.nn.Linear(d, h), torch.nn.BatchNorm1d(h), torch.nn.ReLU(),
+                   torch.nn.Dropout(1 - cfg.dropout)]
+        d = h
+    layers.append(torch.nn.Linear(d, 10))
+    model = torch.nn.Sequential(*layers)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.normal_(0, cfg.weight_scale)
+                m.bias.zero_()
+    model = model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
+    Xt = torch.from_numpy(data["X_train"].reshape(len(data["X_train"]), -1)).to(device)
+    yt = torch.from_numpy(data["y_train"]).to(device)
+    Xv = torch.from_numpy(data["X_val"].reshape(len(data["X_val"]), -1)).to(device)
+    yv = torch.from_numpy(data["y_val"]).to(device)
+    g = torch.Generator().manual_seed(cfg.seed)
+    n = Xt.shape[0]
+    steps = max(n // cfg.batch_size, 1)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    epoch_s, hist = [], []
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        e0 = time.perf_counter()
+        order = torch.randperm(n, generator=g).to(device)
+        for it in range(steps):
+            idx = order[it * cfg.batch_size:(it + 1) * cfg.batch_size]
+            loss = F.cross_entropy(model(Xt.index_select(0, idx)), yt.index_select(0, idx))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sync()
+        epoch_s.append(time.perf_counter() - e0)
+        sched.step()
+        model.eval()
+        with torch.no_grad():
+            hist.append(float((model(Xv).argmax(1) == yv).float().mean()))
+    sync()
+    return time.perf_counter() - t0, epoch_s, hist
+
+
+def _run_torch(spec, data):
+    import torch
+    if not torch.cuda.is_available():
+        return {"skipped": "torch.cuda.is_available() is False"}
+    cfg = _config(spec, "numpy", False)
+    _torch_course(torch, cfg, _warm_slice(data), 1, "cuda")
+    seconds, epoch_s, hist = _torch_course(torch, cfg, data, spec["epochs"], "cuda")
+    return {"seconds": seconds, "epoch_seconds": epoch_s, "val_acc_history": hist,
+            "final_val_acc": hist[-1] if hist else None,
+            "best_val_acc": max(hist) if hist else None, "epochs": len(hist),
+            "device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+
+
+def _child(spec):
+    """One backend's run, in this (child) process; returns its result dict."""
+    data = synthetic_data(spec["num_train"], spec["num_val"], spec.get("seed", 0))
+    name = spec["backend"]
+    if name == "torch_cuda":
+        try:
+            import torch  # noqa: F401
+        except ImportError as exc:
+            return {"skipped": "PyTorch is not installed (%s)" % exc}
+        return _run_torch(spec, data)
+    if name == "numpy":
+        return _run_fcgpu(spec, data, "numpy")
+    return _run_fcgpu(spec, data, "cupy", graph=name == "fcgpu_graph")
+
+
+def _run_child(spec, timeout):
+    from .worker import _worker_env
+    cmd = [sys.executable, "-m", "fcgpu.bench.course_run", json.dumps(spec)]
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=_worker_env(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"skipped": "stopped after %.0f s (the time it was given)" % timeout}
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
+    if p.returncode != 0 or not lines:
+        tail = [ln for ln in p.stderr.strip().splitlines() if ln.strip()][-1:]
+        return {"skipped": "failed (exit %d)%s" % (p.returncode,
+                                                   ": " + tail[0] if tail else "")}
+    return json.loads(lines[-1])
+
+
+def course_wall(enabled=False, backends=None, epochs=17, num_train=49000, num_val=1000,
+                hidden_dims=None, deadline=None, timeout=600.0, seed=0):
+    """Wall time of the course's whole training per backend (see the module's doc).
+
+    ``deadline``: a ``time.time()`` by which to be done: a backend not started 5 s
+    before it is reported as not run, and one still running at it is stopped."""
+    if not enabled:
+        return {"skipped": "not run: opt in with `fcgpu bench --course-wall` (the course's "
+                           "whole training per backend on synthetic data: seconds on a GPU)"}
+    backends = list(backends or COURSE_BACKENDS)
+    bad = [b for b in backends if b not in COURSE_BACKENDS]
+    if bad:
+        raise ValueError("unknown course-wall backend %s; choose from %s"
+                         % (", ".join(bad), ", ".join(COURSE_BACKENDS)))
+    from .. import backend
+    gpu_ok, gpu_why = backend.cupy_status()
+    spec = {"epochs": int(epochs), "num_train": int(num_train), "num_val": int(num_val),
+            "hidden_dims": list(hidden_dims) if hidden_dims else None, "seed": int(seed)}
+    _config(dict(spec), "numpy", False)  # bad sizes fail here, once, with the config's words
+    results = {}
+    for name in backends:
+        left = None if deadline is None else deadline - time.time()
+        if left is not None and left < 5:
+            results[name] = {"skipped": "not run: the run's --deadline was reached first"}
+            continue
+        if name in ("fcgpu", "fcgpu_graph") and not gpu_ok:
+            results[name] = {"skipped": "no GPU backend: %s" % gpu_why}
+            continue
+        print("fcgpu bench: course wall time, %s" % name, file=sys.stderr, flush=True)
+        results[name] = _run_child(dict(spec, backend=name),
+                                   timeout if left is None else min(timeout, left))
+    torch_s = (results.get("torch_cuda") or {}).get("seconds")
+    for r in results.values():
+        if r.get("seconds") and torch_s:
+            r["vs_torch_cuda"] = torch_s / r["seconds"]
+    cfg = _config(dict(spec), "numpy", False)
+    return {"epochs": int(epochs), "num_train": int(num_train), "num_val": int(num_val),
+            "goal_seconds": GOAL_SECONDS, "goal_device": "H200",
+            "config": "the course's net (`--preset course`: %s, batchnorm, keep %g, Adam %g, "
+                      "decay %g, batch %d)" % (" x ".join(map(str, cfg.hidden_dims)),
+                                               cfg.dropout, cfg.learning_rate, cfg.lr_decay,
+                                               cfg.batch_size),
+            "data": "synthetic, CIFAR-10's shape (3x32x32 float32, normal x %g)" % PIXEL_STD,
+            "warm_up": "one untimed epoch on %d rows first, in the same process"
+                       % min(WARMUP_ROWS, int(num_train)),
+            "isolation": "each backend in its own process, one after the other",
+            "backends": results}
+
+
+def _main(argv):
+    if len(argv) != 1:
+        print("usage: python -m fcgpu.bench.course_run SPEC_JSON", file=sys.stderr)
+        return 2
+    proto = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything printed on the way goes to stderr; stdout carries the result
+    sys.stdout = sys.stderr
+    from .. import backend
+    spec = json.loads(argv[0])
+    if spec["backend"] in ("fcgpu", "fcgpu_graph"):
+        ok, why = backend.cupy_status()
+        if not ok:
+            result = {"skipped": "no GPU backend: %s" % why}
+            proto.write(json.dumps(result) + "\n")
+            return 0
+    result = _child(spec)
+    proto.write(json.dumps(result) + "\n")
+    proto.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
