@@ -19,7 +19,11 @@
 #   racecheck  the smoke under compute-sanitizer --tool racecheck
 #   bench      fcgpu bench --quick --report, with whatever time is left (its own
 #              deadline inside); its kernel suite measures the copy reference and the
-#              minibatch gathers (augmenting and plain, batch 490 and 65536) first
+#              minibatch gathers (augmenting and plain, batch 490 and 65536) first;
+#              before the suites, --course-wall: the course's whole 17-epoch training
+#              on synthetic data, fcgpu (+ CUDA graph) and PyTorch eager, in 40% of the
+#              bench's deadline (25 s where that is at most 60%); a backend not done by
+#              then is stopped and reported
 #
 # Budget: GPU_CHECK_BUDGET_S seconds (default 345) for all steps. Every step but the
 # bench has a fixed cap (GPU_CHECK_CAP_<step> overrides one); together they leave the
@@ -255,6 +259,7 @@ EOF
 
 bench_step() {  # the bench with its own deadline inside the step's time
     "$PY" -m fcgpu.cli bench --out "$WORK/bench" --quick --report \
+        --course-wall --course-backends fcgpu_graph,torch_cuda,fcgpu \
         --deadline $((STEP_SECONDS > 40 ? STEP_SECONDS - 20 : STEP_SECONDS / 2))
 }
 

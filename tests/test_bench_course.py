@@ -157,6 +157,39 @@ def test_cli_flag_lands_in_results_json(tmp_path, monkeypatch):
     cw = res["experiments"]["course_wall"]
     assert list(cw["backends"]) == ["numpy"] and cw["backends"]["numpy"]["epochs"] == 2
     assert seen["backends"] == ["numpy"] and seen["enabled"] is True
+    assert seen["deadline"] is None
     assert res["settings"]["course_wall"] is True
     assert main(["bench", "--only", "experiments", "--course-wall", "--course-backends",
                  "numpy,cuda", "--out", str(tmp_path / "c")]) == 2
+
+
+def test_time_share_of_a_deadline_and_the_gpu_check_asks_for_it():
+    assert course_run.time_share(40) == pytest.approx(24)     # 60%: 25 s would be more
+    assert course_run.time_share(50) == pytest.approx(25)
+    assert course_run.time_share(150) == pytest.approx(60)    # 40%
+    from pathlib import Path
+    script = (Path(__file__).resolve().parent.parent / "bench" / "gpu_check.sh").read_text()
+    step = script[script.index("bench_step() {"):]
+    step = step[:step.index("\n}\n")]
+    assert "--course-wall" in step and "--deadline" in step
+    names = step.split("--course-backends", 1)[1].split()[0].split(",")
+    assert names and set(names) <= set(course_run.GPU_BACKENDS)
+
+
+def test_ratio_to_pytorch_and_the_children_it_runs(monkeypatch):
+    from fcgpu import backend
+    monkeypatch.setattr(backend, "cupy_status", lambda: (True, None))
+    secs = {"fcgpu_graph": 0.5, "torch_cuda": 2.0, "fcgpu": 0.8, "numpy": 40.0}
+    calls = []
+
+    def child(spec, timeout):
+        calls.append((spec["backend"], timeout))
+        return {"seconds": secs[spec["backend"]]}
+    monkeypatch.setattr(course_run, "_run_child", child)
+    out = course_run.course_wall(enabled=True, backends=None, timeout=77, **TINY)
+    b = out["backends"]
+    assert [c[0] for c in calls] == ["fcgpu_graph", "torch_cuda", "fcgpu", "numpy"]
+    assert all(t == 77 for _, t in calls)
+    assert b["fcgpu_graph"]["vs_torch_cuda"] == pytest.approx(4.0)
+    assert b["fcgpu"]["vs_torch_cuda"] == pytest.approx(2.5)
+    assert b["torch_cuda"]["vs_torch_cuda"] == pytest.approx(1.0)

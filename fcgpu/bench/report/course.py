@@ -58,7 +58,7 @@ def course_md(cw):
                cw.get("isolation", "").capitalize(), cw.get("warm_up", ""), goal,
                cw.get("goal_device", "H200")), "",
             table(["Backend", "Wall time (whole run)", "Per epoch (steps)", "× PyTorch eager",
-                   "Val acc final / best", "Goal < %g s" % goal, "Device"], rows), "",
+                   "Val acc final / best", "Goal < %g s" % goal, "Device / why not run"], rows), "",
             "Wall time: fcgpu rows, all of `Solver.train()` (`run_training`'s "
             "`wall_seconds`: steps, the accuracy checks after the first step and each epoch, "
             "CUDA-graph capture); PyTorch, the epochs' steps and validation checks up to a "
