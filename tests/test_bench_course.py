@@ -172,7 +172,8 @@ def test_time_share_of_a_deadline_and_the_gpu_check_asks_for_it():
     step = script[script.index("bench_step() {"):]
     step = step[:step.index("\n}\n")]
     assert "--course-wall" in step and "--deadline" in step
-    names = step.split("--course-backends", 1)[1].split()[0].split(",")
+    assert "GPU_CHECK_COURSE_MIN_S" in step  # only with time to spare
+    names = step.split("--course-backends", 1)[1].split()[0].rstrip(")").split(",")
     assert names and set(names) <= set(course_run.GPU_BACKENDS)
 
 
@@ -193,3 +194,21 @@ def test_ratio_to_pytorch_and_the_children_it_runs(monkeypatch):
     assert b["fcgpu_graph"]["vs_torch_cuda"] == pytest.approx(4.0)
     assert b["fcgpu"]["vs_torch_cuda"] == pytest.approx(2.5)
     assert b["torch_cuda"]["vs_torch_cuda"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seconds,wanted", [(60, False), (119, False), (120, True), (300, True)])
+def test_gpu_check_asks_for_the_course_run_only_with_time_to_spare(seconds, wanted):
+    """The first GPU run's bench step may have only ~60 s: the kernel and training suites
+    come first then, and a rerun (STEPS=bench) measures the course run."""
+    import subprocess
+    from pathlib import Path
+    script = (Path(__file__).resolve().parent.parent / "bench" / "gpu_check.sh").read_text()
+    start = script.index("bench_step() {")
+    func = script[start:script.index("\n}\n", start) + 3]
+    r = subprocess.run(["bash", "-c", func + "\nbench_step"], capture_output=True, text=True,
+                       env={"PY": "echo", "WORK": "/w", "STEP_SECONDS": str(seconds),
+                            "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    assert ("--course-wall" in r.stdout) == wanted, r.stdout
+    assert "--deadline" in r.stdout and "--quick" in r.stdout
+    assert ("rerun with STEPS=bench" in r.stdout) == (not wanted)
