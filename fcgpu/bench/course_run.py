@@ -95,53 +95,17 @@ def _run_fcgpu(spec, data, backend_name, graph=False):
 
 
 def _torch_course(torch, cfg, data, epochs, device):
-    """Build the course's net in PyTorch and train it for ``epochs``: (seconds, per-epoch
-    step seconds, validation accuracies)."""
-    import torch.nn.functional as F
-    torch.manual_seed(cfg.seed)
-    layers, d = [], int(np.prod(data["X_train"].shape[1:]))
-    for h in cfg.hidden_dims:
-        layers += [torch.nn.Linear(d, h), torch.nn.BatchNorm1d(h), torch.nn.ReLU(),
-                   torch.nn.Dropout(1 - cfg.dropout)]
-        d = h
-    layers.append(torch.nn.Linear(d, 10))
-    model = torch.nn.Sequential(*layers)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.Linear):
-                m.weight.normal_(0, cfg.weight_scale)
-                m.bias.zero_()
-    model = model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
-    Xt = torch.from_numpy(data["X_train"].reshape(len(data["X_train"]), -1)).to(device)
-    yt = torch.from_numpy(data["y_train"]).to(device)
-    Xv = torch.from_numpy(data["X_val"].reshape(len(data["X_val"]), -1)).to(device)
-    yv = torch.from_numpy(data["y_val"]).to(device)
-    g = torch.Generator().manual_seed(cfg.seed)
-    n = Xt.shape[0]
-    steps = max(n // cfg.batch_size, 1)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    sync()
+    """Train the course's net in PyTorch for ``epochs`` (:class:`TorchCourse`): (seconds,
+    per-epoch step seconds, validation accuracies)."""
+    from .torch_course import TorchCourse
+    run = TorchCourse(torch, cfg, data, device)
+    run.sync()
     epoch_s, hist = [], []
     t0 = time.perf_counter()
     for _ in range(epochs):
-        model.train()
-        e0 = time.perf_counter()
-        order = torch.randperm(n, generator=g).to(device)
-        for it in range(steps):
-            idx = order[it * cfg.batch_size:(it + 1) * cfg.batch_size]
-            loss = F.cross_entropy(model(Xt.index_select(0, idx)), yt.index_select(0, idx))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sync()
-        epoch_s.append(time.perf_counter() - e0)
-        sched.step()
-        model.eval()
-        with torch.no_grad():
-            hist.append(float((model(Xv).argmax(1) == yv).float().mean()))
-    sync()
+        epoch_s.append(run.epoch())
+        hist.append(run.val_acc())
+    run.sync()
     return time.perf_counter() - t0, epoch_s, hist
 
 

@@ -198,7 +198,6 @@ def _tta_fcgpu(turns, backend_name, src, max_epochs, preset=None):
 
 def _tta_torch(turns, device, src, max_epochs):
     import torch
-    import torch.nn.functional as F
     from ..train import TrainConfig, load_data
 
     if device == "cuda" and not torch.cuda.is_available():
@@ -210,48 +209,11 @@ def _tta_torch(turns, device, src, max_epochs):
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     turns.send({"ready": True, "device": name})
     turns.wait_go()
-    torch.manual_seed(cfg.seed)
-    layers = []
-    d = 3 * 32 * 32
-    for h in cfg.hidden_dims:
-        layers += [torch.nn.Linear(d, h), torch.nn.BatchNorm1d(h), torch.nn.ReLU(),
-                   torch.nn.Dropout(1 - cfg.dropout)]
-        d = h
-    layers.append(torch.nn.Linear(d, 10))
-    model = torch.nn.Sequential(*layers)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.Linear):
-                m.weight.normal_(0, cfg.weight_scale)
-                m.bias.zero_()
-    model = model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
-    Xt = torch.from_numpy(data["X_train"].reshape(len(data["X_train"]), -1)).to(device)
-    yt = torch.from_numpy(data["y_train"]).to(device)
-    Xv = torch.from_numpy(data["X_val"].reshape(len(data["X_val"]), -1)).to(device)
-    yv = torch.from_numpy(data["y_val"]).to(device)
-    g = torch.Generator().manual_seed(cfg.seed)
-    n = Xt.shape[0]
-    steps = max(n // cfg.batch_size, 1)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    from .torch_course import TorchCourse
+    run = TorchCourse(torch, cfg, data, device)
     for _ in range(max_epochs):
-        model.train()
-        order = torch.randperm(n, generator=g).to(device)
-        e0 = time.perf_counter()
-        for it in range(steps):
-            idx = order[it * cfg.batch_size:(it + 1) * cfg.batch_size]
-            loss = F.cross_entropy(model(Xt.index_select(0, idx)), yt.index_select(0, idx))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sync()
-        train_s = time.perf_counter() - e0
-        sched.step()
-        model.eval()
-        with torch.no_grad():
-            acc = float((model(Xv).argmax(1) == yv).float().mean())
-        if turns.epoch_done(acc, train_s):
+        train_s = run.epoch()
+        if turns.epoch_done(run.val_acc(), train_s):
             break
     return name
 
