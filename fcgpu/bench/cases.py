@@ -1,7 +1,18 @@
 """What a kernel case is, for every op's builders (:mod:`.kernels`, :mod:`.gather`)."""
 from __future__ import annotations
 
+import numpy as np
+
 TILE = 1 << 22  # large inputs repeat a random block of this many elements (fast to make)
+
+
+def tiled(block, n):
+    """``n`` elements of ``block`` repeated (a 1-D array of block's dtype)."""
+    out = np.empty(n, dtype=block.dtype)
+    full = n // block.size * block.size
+    out[:full].reshape(-1, block.size)[...] = block
+    out[full:] = block[:n - full]
+    return out
 
 
 class SkipCase(Exception):

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cases import TILE, Case, SkipCase
+from .cases import TILE, Case, SkipCase, tiled
 
 IMAGE_SHAPE = (3, 32, 32)
 D = 3 * 32 * 32
@@ -111,11 +111,7 @@ def host_inputs(batch, k, seed=0):
     int64 labels and permutation, a float32 mean image."""
     rng = np.random.default_rng(seed)
     n = int(batch) * int(k)
-    block = rng.integers(0, 256, TILE, dtype=np.uint8)
-    X = np.empty(n * D, dtype=np.uint8)
-    full = X.size // TILE * TILE
-    X[:full].reshape(-1, TILE)[...] = block
-    X[full:] = block[:X.size - full]
+    X = tiled(rng.integers(0, 256, TILE, dtype=np.uint8), n * D)
     y = rng.integers(0, CLASSES, n, dtype=np.int64)
     perm = rng.permutation(n).astype(np.int64)
     mean = rng.uniform(100.0, 150.0, D).astype(np.float32)

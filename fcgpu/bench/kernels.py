@@ -37,7 +37,7 @@ import math
 import numpy as np
 
 from . import gather as _gather
-from .cases import TILE, Case, SkipCase
+from .cases import TILE, Case, SkipCase, tiled
 
 KEEP_P = 0.8
 SEED = 1234
@@ -176,12 +176,7 @@ def host_randn(shape, seed):
     n = numel(shape)
     if n <= TILE:
         return rng.standard_normal(shape, dtype=np.float32)
-    block = rng.standard_normal(TILE, dtype=np.float32)
-    out = np.empty(n, dtype=np.float32)
-    full = n // TILE * TILE
-    out[:full].reshape(-1, TILE)[...] = block
-    out[full:] = block[:n - full]
-    return out.reshape(shape)
+    return tiled(rng.standard_normal(TILE, dtype=np.float32), n).reshape(shape)
 
 
 def _host_inputs(op, shape, seed=0):
