@@ -178,7 +178,7 @@ def course_wall(enabled=False, backends=None, epochs=17, num_train=49000, num_va
     gpu_ok, gpu_why = backend.cupy_status()
     spec = {"epochs": int(epochs), "num_train": int(num_train), "num_val": int(num_val),
             "hidden_dims": list(hidden_dims) if hidden_dims else None, "seed": int(seed)}
-    _config(dict(spec), "numpy", False)  # bad sizes fail here, once, with the config's words
+    cfg = _config(dict(spec), "numpy", False)  # bad sizes fail here, with the config's words
     results = {}
     for name in backends:
         left = None if deadline is None else deadline - time.time()
@@ -195,7 +195,6 @@ def course_wall(enabled=False, backends=None, epochs=17, num_train=49000, num_va
     for r in results.values():
         if r.get("seconds") and torch_s:
             r["vs_torch_cuda"] = torch_s / r["seconds"]
-    cfg = _config(dict(spec), "numpy", False)
     return {"epochs": int(epochs), "num_train": int(num_train), "num_val": int(num_val),
             "goal_seconds": GOAL_SECONDS, "goal_device": "H200",
             "config": "the course's net (`--preset course`: %s, batchnorm, keep %g, Adam %g, "
