@@ -51,7 +51,9 @@ FCGPU_HD double pixel<double>(float v) {
 }  // namespace fcgpu
 
 // grid (gx, gy): blockIdx.y strides over the B rows, x threads over the D = C*H*W
-// output elements of a row (D < 2^32: the launcher checks). Every thread draws its
+// output elements of a row (D + gridDim.x * blockDim.x <= 2^32, so that `e += estride`
+// never wraps: fcgpu/cuda/augment.py's check_row_size refuses larger rows, that is
+// D > 2^32 - 16384 at its widest grid of 64 x 256 threads). Every thread draws its
 // row's Philox block itself (10 rounds, cheaper than a block-wide exchange). Rows past
 // the permutation or with a source outside [0, N) are skipped, as in
 // fcgpu_gather_rows.

@@ -9,8 +9,10 @@ tests/test_kernels_host.py, for every kernels/*.cu.
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -100,6 +102,78 @@ def test_launch_errors(fake_launch):
     with pytest.raises(ValueError, match="out must be a C-contiguous"):
         augment.augment_gather(X, None, perm, 0, 2, (3, 2, 2), "none",
                                out=_dev(fake, np.zeros((2, 12), np.float64)))
+
+
+# ----------------------------------------------------------------- the row-size limit
+# kernels/augment.cu walks a row with `for (u32 e = e0; e < d; e += estride)`.
+
+ROW_LIMIT = 2 ** 32 - 16384
+
+
+def _row_loop_ends(d):
+    """Whether every thread's row loop of the kernel ends for rows of ``d`` values,
+    computed in uint32 as the kernel does: each thread's last index below ``d`` plus
+    the stride must land at or past ``d``, not wrap below it."""
+    estride = cuda_augment.grid_x(d) * cuda_augment.THREADS
+    e0 = np.arange(min(estride, d), dtype=np.uint64)
+    last = e0 + (np.uint64(d - 1) - e0) // np.uint64(estride) * np.uint64(estride)
+    with np.errstate(over="ignore"):
+        nxt = last.astype(np.uint32) + np.uint32(estride)  # wraps like the kernel's u32
+    return bool(np.all(nxt.astype(np.uint64) >= d))
+
+
+def _untouched(shape, dtype):
+    """A contiguous stand-in device array whose pages are never touched (an anonymous
+    mapping: a row of 2^32 values costs no memory until written)."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    return np.frombuffer(mmap.mmap(-1, n * dtype.itemsize), dtype=dtype).reshape(shape) \
+        .view(tkh.FakeArray)
+
+
+def test_row_size_guard_is_the_kernels_loop_bound():
+    """check_row_size accepts a row size exactly when the kernel's u32 row loop ends
+    (modelled in uint32 above), at the boundary 2^32 - 16384 and around it. Mutants
+    that fail here: the old guard ``d >= 2**32`` (accepts 2^32 - 16383, whose loop
+    wraps), and ``>=`` for ``>`` in check_row_size (refuses the limit itself)."""
+    assert cuda_augment.MAX_ROW_VALUES == ROW_LIMIT
+    sizes = [1, 1023, 1024, 65536, 2 ** 24 + 1, 2 ** 31, ROW_LIMIT - 1, ROW_LIMIT,
+             ROW_LIMIT + 1, ROW_LIMIT + 4096, 2 ** 32 - 1, 2 ** 32]
+    for d in sizes:
+        ends = _row_loop_ends(d)
+        assert ends == (d <= ROW_LIMIT), d
+        if ends:
+            cuda_augment.check_row_size(d)
+        else:
+            with pytest.raises(ValueError):
+                cuda_augment.check_row_size(d)
+
+
+def test_row_size_limit_through_the_launcher(monkeypatch):
+    """augment_gather launches a row of exactly 2^32 - 16384 values, with a grid whose
+    last index plus stride is 2^32 - 1 (the largest u32), and refuses one value more
+    with a one-line error before touching the arrays. Mutants: the old guard
+    (``d >= 2**32``) launches the second; ``>=`` in check_row_size refuses the first."""
+    fake = tkh._make_fake_cupy()
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(cuda_augment, "_cp", lambda: fake)
+    launches = []
+    monkeypatch.setattr(cuda_augment, "get_kernel",
+                        lambda name: lambda grid, block, args: launches.append((grid, block)))
+    perm = tkh._fake(np.zeros(1, np.int64))
+    X = _untouched((1, ROW_LIMIT), np.uint8)
+    out = _untouched((1, ROW_LIMIT), np.float32)
+    augment.augment_gather(X, None, perm, 0, 1, (262143, 128, 128), "none", out=out)
+    [(grid, block)] = launches
+    assert ROW_LIMIT - 1 + grid[0] * block[0] == 2 ** 32 - 1
+    X = tkh._fake(np.zeros((1, 1), np.uint8))
+    X = np.lib.stride_tricks.as_strided(X, (1, ROW_LIMIT + 1), (0, 0)).view(tkh.FakeArray)
+    with pytest.raises(ValueError) as err:
+        augment.augment_gather(X, None, perm, 0, 1, (11, 5923, 65921), "none")
+    msg = str(err.value)
+    assert msg == ("augment: images of 4294950913 values are too large: the kernel walks a "
+                   "row with a 32-bit index, so at most 4294950912 values (2^32 - 16384)")
+    assert len(launches) == 1
 
 
 @pytest.mark.parametrize("in_dtype", [np.uint8, np.float32, np.float64])

@@ -21,6 +21,9 @@ THREADS = 256
 ELEMS_PER_THREAD = 4    # output elements of one row per thread (the row's draw is redone per thread)
 MAX_GRID_X = 64
 MAX_GRID_Y = 65535
+# The largest row (D = C*H*W values) the kernel walks without its 32-bit index
+# wrapping: see check_row_size.
+MAX_ROW_VALUES = 2 ** 32 - MAX_GRID_X * THREADS
 _CTYPE = {np.dtype(np.uint8): "unsigned char", np.dtype(np.float32): "float",
           np.dtype(np.float64): "double"}
 _u64 = np.uint64
@@ -33,6 +36,30 @@ def _cp():
 
 def kernel_name(in_dtype, out_dtype):
     return "fcgpu_augment_gather<%s, %s>" % (_CTYPE[np.dtype(in_dtype)], _CTYPE[np.dtype(out_dtype)])
+
+
+def grid_x(d):
+    """Blocks along a row of ``d`` output values: ELEMS_PER_THREAD per thread, at
+    most MAX_GRID_X (the kernel's threads then stride over the rest of the row)."""
+    return max(1, min(-(-d // (THREADS * ELEMS_PER_THREAD)), MAX_GRID_X))
+
+
+def check_row_size(d):
+    """Refuse rows of ``d`` values that the kernel's 32-bit row index cannot walk.
+
+    kernels/augment.cu walks a row with ``u32 e = e0; e < d; e += estride``, where
+    ``estride = gridDim.x * blockDim.x = grid_x(d) * THREADS``. The values of ``e``
+    cover [0, d), so some thread's last ``e`` is ``d - 1``; its next step,
+    ``d - 1 + estride``, must stay below 2^32, or it wraps to a value below ``d`` and
+    the loop goes on (rewriting the row, without end). So the kernel is right exactly
+    when ``d + grid_x(d) * THREADS <= 2^32``. Rows that long have grid_x = MAX_GRID_X,
+    so the largest is MAX_ROW_VALUES = 2^32 - 64 * 256 = 2^32 - 16384. Within it the
+    kernel's other u32 values stay in range too: ``d`` itself, ``e0 < estride``, and
+    the source offset ``(line - i + si) * w + sj``, which is below ``d``."""
+    if d + grid_x(d) * THREADS > 2 ** 32:
+        raise ValueError("augment: images of %d values are too large: the kernel walks a row "
+                         "with a 32-bit index, so at most %d values (2^32 - %d)"
+                         % (d, MAX_ROW_VALUES, MAX_GRID_X * THREADS))
 
 
 def _device_array(a, what, dtype=None):
@@ -75,9 +102,7 @@ def augment_gather(X, y, perm, b, batch_size, image_shape, mode="crop", pad=4, s
     a = check_gather_args(X, y, perm, b, batch_size, image_shape, mode, pad, seed, epoch, mean,
                           out_dtype, device_counters=True)
     B, d, T = a.batch, a.d, a.out_dtype
-    if d >= 2 ** 32:
-        raise ValueError("augment: images of %d values are too large (the kernel indexes a "
-                         "row with 32 bits)" % d)
+    check_row_size(d)
     Xc = _device_array(a.X, "X")
     perm_d = _device_array(a.perm, "perm", np.int64)
     b_val, b_ptr = _counter(a.b, "batch index b")
@@ -92,7 +117,7 @@ def augment_gather(X, y, perm, b, batch_size, image_shape, mode="crop", pad=4, s
     if d == 0:
         return Xb, yb
     C, H, W = a.image_shape
-    gx = max(1, min(-(-d // (THREADS * ELEMS_PER_THREAD)), MAX_GRID_X))
+    gx = grid_x(d)
     gy = max(1, min(B, MAX_GRID_Y))
     with Xc.device:
         get_kernel(kernel_name(Xc.dtype, T))(
