@@ -253,6 +253,88 @@ def test_summary_of_all_skipped_and_of_nothing_collected(tiny_suite, tmp_path):
     assert summarize(2, str(tmp_path / "missing.xml"))[0] == "FAIL"
 
 
+# ----------------------------------------------------------------- through the real conftest
+
+THROWAWAY = """
+import pytest
+
+@pytest.mark.gpu
+def test_gpu_no_cupy():
+    pytest.skip("CuPy backend unavailable: no CuPy here")
+
+@pytest.mark.gpu
+def test_gpu_too_little_memory():
+    pytest.skip("needs 34.0 GiB of free GPU memory")
+
+@pytest.mark.gpu
+@pytest.mark.skipif(True, reason="needs CuPy and a CUDA device")
+def test_gpu_skipif_mark():
+    pass
+
+def test_xp_fixture(xp):   # the conftest's xp fixture: its cupy run is marked gpu
+    pass
+
+@pytest.mark.gpu
+def test_gpu_runs():
+    pass
+"""
+
+
+def _real_conftest_run(tmp_path, **env_extra):
+    """pytest as gpu_check.sh runs a GPU test step (repo root, -m gpu, the plugin,
+    FCGPU_REQUIRE_GPU=1), on a throwaway file in a hidden folder under tests/, so the
+    real tests/conftest.py applies (a whole-suite run never collects a dot-folder)."""
+    import tempfile
+    folder = Path(tempfile.mkdtemp(prefix=".gpu-check-", dir=REPO / "tests"))
+    junit_path = tmp_path / "junit.xml"
+    env = {k: v for k, v in os.environ.items() if k not in ("FCGPU_CHECK_DEADLINE",)}
+    env.update(FCGPU_REQUIRE_GPU="1", PYTHONPATH=str(REPO))
+    env.update({k: str(v) for k, v in env_extra.items()})
+    try:
+        (folder / "test_throwaway.py").write_text(THROWAWAY)
+        res = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-rs", "-q",
+                              "-p", "no:cacheprovider", "-p", "bench.gpu_check_pytest",
+                              "-o", "junit_family=xunit2", "--junitxml", str(junit_path),
+                              str(folder / "test_throwaway.py")],
+                             env=env, capture_output=True, text=True, timeout=120,
+                             cwd=str(REPO))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return gcp.summarize(res.returncode, str(junit_path)), res
+
+
+def test_out_of_time_skips_stay_skips_under_require_gpu(tmp_path):
+    """Mutants caught: the conftest hook turning every skip of a gpu test into a failure
+    (the verdict read FAILED for a step cut for time); the plugin's skip running after
+    skipif marks (no tryfirst: the mark's reason would fail the test instead)."""
+    (st, detail), res = _real_conftest_run(tmp_path, FCGPU_CHECK_DEADLINE=1.0)
+    out = res.stdout + res.stderr
+    assert st == "CUT", (detail, out[-3000:])
+    assert "0 failed" in detail and "5 skipped" in detail, detail
+    assert "FCGPU_REQUIRE_GPU=1 but" not in out
+
+
+def test_other_skips_of_gpu_tests_still_fail_under_require_gpu(tmp_path):
+    """Mutant caught: the hook exempting every skip (no CuPy, no device and too little
+    memory must still fail the step)."""
+    from fcgpu import backend
+    gpu = backend.cupy_status()[0]   # with a GPU the xp fixture's cupy run passes
+    (st, detail), res = _real_conftest_run(tmp_path)
+    out = res.stdout + res.stderr
+    assert st == "FAIL", (detail, out[-3000:])
+    assert "%d passed, %d failed, 0 skipped" % (1 + gpu, 4 - gpu) in detail, (detail,
+                                                                              out[-3000:])
+    whys = ["no CuPy here", "34.0 GiB", "needs CuPy and a CUDA device"]
+    whys += [] if gpu else ["CuPy backend unavailable"]
+    for why in whys:
+        assert "FCGPU_REQUIRE_GPU=1 but this GPU test skipped: " in out and why in out, why
+
+
+def test_conftest_knows_the_plugins_out_of_time_reason():
+    import conftest
+    assert conftest.CHECK_OUT_OF_TIME == gcp.OUT_OF_TIME
+
+
 # ----------------------------------------------------------------- bench/gpu_smoke.py
 
 def _smoke_module():
