@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .backend import asnumpy
+
 __all__ = ["CIFAR10_CLASSES", "confusion_matrix", "evaluate", "format_report",
            "plot_confusion", "load_model_from_checkpoint"]
 
@@ -18,7 +20,9 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 
 def _labels(y, name, num_classes):
-    y = np.asarray(y)
+    # asnumpy, not np.asarray: CuPy arrays refuse implicit conversion (their
+    # __array__ raises TypeError, cupy/_core/core.pyx:1803-1809 in CuPy v14.2.0)
+    y = asnumpy(y)
     if y.ndim != 1:
         raise ValueError("%s must be 1-D class labels, got shape %s" % (name, y.shape))
     if y.size and y.dtype.kind not in "iu":
@@ -31,7 +35,8 @@ def _labels(y, name, num_classes):
 
 def confusion_matrix(y_true, y_pred, num_classes):
     """``(C, C)`` int64 counts: entry ``[i, j]`` is how many examples of class ``i``
-    were predicted as class ``j`` (rows: true class, columns: prediction)."""
+    were predicted as class ``j`` (rows: true class, columns: prediction). The labels
+    may be NumPy or CuPy arrays (or sequences); the counts are on the host."""
     num_classes = int(num_classes)
     if num_classes < 1:
         raise ValueError("num_classes must be >= 1, got %d" % num_classes)
@@ -50,7 +55,6 @@ def evaluate(model, X, y, num_classes=None, batch_size=1000):
     ``per_class_accuracy`` (a list; None for a class with no examples),
     ``per_class_count`` and ``confusion`` (:func:`confusion_matrix`).
     """
-    from .backend import asnumpy
     num_classes = int(num_classes if num_classes is not None else model.num_classes)
     y = _labels(asnumpy(y), "y", num_classes)
     if len(y) != X.shape[0]:

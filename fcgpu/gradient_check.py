@@ -1,7 +1,7 @@
 """Numerical gradients by centered differences, for NumPy or CuPy arrays."""
 from __future__ import annotations
 
-from .backend import get_array_module
+from .backend import get_array_module, to_backend
 
 __all__ = ["eval_numerical_gradient", "eval_numerical_gradient_array",
            "grad_check_sparse", "rel_error"]
@@ -30,8 +30,14 @@ def eval_numerical_gradient(f, x, verbose=True, h=1e-5):
 
 
 def eval_numerical_gradient_array(f, x, df, h=1e-5):
-    """Numerical ``sum(f(x) * df)`` gradient for an array-valued ``f``."""
+    """Numerical ``sum(f(x) * df)`` gradient for an array-valued ``f``. ``df`` is
+    moved to ``x``'s array module first: CuPy refuses NumPy operands, even 0-d ones."""
     xp = get_array_module(x)
+    # (a NumPy array in a CuPy ufunc raises TypeError 'Unsupported type': CuPy's
+    # __array_ufunc__ passes it on, cupy/_core/core.pyx:2002-2024, and the kernel's
+    # argument wrapper takes only CuPy arrays and scalars, _kernel.pyx:147-156 and
+    # _scalar.pyx:329-344, in CuPy v14.2.0)
+    df = to_backend(df, xp)
     grad = xp.zeros_like(x)
     for ix in _indices(x.shape):
         old = x[ix].copy() if hasattr(x[ix], "copy") else x[ix]

@@ -3,6 +3,7 @@ and fcgpu evaluate, against float64 references computed here."""
 import json
 import pickle
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from fcgpu.evaluate import (confusion_matrix, evaluate, format_report,
                             load_model_from_checkpoint, plot_confusion)
 from fcgpu.fc_net import FullyConnectedNet
 from fcgpu.solver import Solver
+from cupy_standin import NoImplicitHostArray, fake_cupy
 
 
 def reference_proba(model, X):
@@ -80,6 +82,25 @@ def test_confusion_matrix_counts(rng):
         confusion_matrix(t, np.append(p[:-1], c), c)
     with pytest.raises(ValueError, match="500 labels but y_pred has 499"):
         confusion_matrix(t, p[:-1], c)
+
+
+def test_confusion_matrix_takes_cupy_labels(rng, monkeypatch):
+    """Labels held as CuPy arrays (a stand-in whose ``__array__`` raises CuPy's
+    TypeError, cupy/_core/core.pyx:1803-1809) give the counts of their host copies,
+    alone or beside NumPy labels, and bad labels still fail with the one-line error.
+    Mutant: ``np.asarray`` in ``_labels`` (the code before) raises CuPy's TypeError."""
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(NoImplicitHostArray))
+    c = int(rng.integers(2, 12))
+    t, p = rng.integers(c, size=300), rng.integers(c, size=300)
+    dt, dp = NoImplicitHostArray(t), NoImplicitHostArray(p)
+    with pytest.raises(TypeError, match="Implicit conversion to a NumPy array is not allowed"):
+        np.asarray(dt)  # the stand-in refuses as CuPy does
+    want = confusion_matrix(t, p, c)
+    np.testing.assert_array_equal(confusion_matrix(dt, dp, c), want)
+    np.testing.assert_array_equal(confusion_matrix(t, dp, c), want)
+    np.testing.assert_array_equal(confusion_matrix(dt, p, c), want)
+    with pytest.raises(ValueError, match="y_pred has labels in \\[0, %d\\]" % c):
+        confusion_matrix(dt, NoImplicitHostArray(np.append(p[:-1], c)), c)
 
 
 def test_evaluate_against_reference_predictions(xp, rng):
