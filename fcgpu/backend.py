@@ -9,6 +9,11 @@ arrays it receives (:func:`get_array_module`).
 * :func:`set_backend` does the same from Python.
 * Asking for ``cupy`` where it cannot run raises :class:`BackendUnavailable` with the
   cause (not installed, no driver, no device): never a silent fall back to the CPU.
+* ``FCGPU_MATMUL_PRECISION=highest|high`` or :func:`set_matmul_precision` (PyTorch's
+  switch, ``torch.set_float32_matmul_precision``): ``highest`` (the default) computes
+  float32 matrix products in float32; ``high`` lets the GPU use TF32 tensor cores for
+  them (compute capability 8.0 and later). NumPy's products, and float64 everywhere,
+  are the same under both.
 
 CuPy is imported lazily, at most once; the outcome of that probe is recorded and
 reported by :func:`cupy_status`.
@@ -23,11 +28,15 @@ import numpy
 __all__ = [
     "BackendUnavailable", "set_backend", "get_backend", "get_xp", "get_array_module",
     "is_cupy_array", "asnumpy", "to_backend", "require_cupy", "cupy_status",
-    "device_name", "cpu_model", "synchronize",
+    "device_name", "cpu_model", "synchronize", "MATMUL_PRECISIONS", "set_matmul_precision",
+    "get_matmul_precision",
 ]
 
 ENV_VAR = "FCGPU_BACKEND"
 CHOICES = ("numpy", "cupy", "auto")
+PRECISION_ENV_VAR = "FCGPU_MATMUL_PRECISION"
+# float32 matrix products: 'highest' in float32, 'high' may round inputs to TF32 on GPUs
+MATMUL_PRECISIONS = ("highest", "high")
 
 
 class BackendUnavailable(RuntimeError):
@@ -38,6 +47,7 @@ _cupy = None          # the cupy module once probed successfully
 _cupy_error = None    # why cupy cannot run, once probed unsuccessfully
 _probed = False
 _backend = None       # "numpy" or "cupy" once resolved
+_precision = None     # one of MATMUL_PRECISIONS once resolved
 
 
 def _probe_cupy():
@@ -117,6 +127,36 @@ def get_backend():
         except ValueError as exc:
             raise ValueError("%s: %s" % (ENV_VAR, exc)) from None
     return _backend
+
+
+def _check_precision(name):
+    if not isinstance(name, str) or name.strip().lower() not in MATMUL_PRECISIONS:
+        raise ValueError("unknown matmul precision %r: choose one of %s"
+                         % (name, ", ".join(MATMUL_PRECISIONS)))
+    return name.strip().lower()
+
+
+def set_matmul_precision(name):
+    """Select ``'highest'`` (float32 products in float32, the default) or ``'high'``
+    (the GPU may use TF32 for float32 products, on compute capability 8.0 and later);
+    returns the previous setting. Read by :mod:`fcgpu.cuda.blas` at every product, so
+    it applies from the next one on (a captured CUDA-graph step is recaptured)."""
+    global _precision
+    previous = get_matmul_precision()
+    _precision = _check_precision(name)
+    return previous
+
+
+def get_matmul_precision():
+    """The matmul precision, ``'highest'`` or ``'high'`` (reads FCGPU_MATMUL_PRECISION
+    once)."""
+    global _precision
+    if _precision is None:
+        try:
+            _precision = _check_precision(os.environ.get(PRECISION_ENV_VAR, "highest"))
+        except ValueError as exc:
+            raise ValueError("%s: %s" % (PRECISION_ENV_VAR, exc)) from None
+    return _precision
 
 
 def get_xp():

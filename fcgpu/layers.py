@@ -6,7 +6,7 @@ which runs our CUDA kernels for CuPy arrays and the compiled CPU path for NumPy.
 """
 from __future__ import annotations
 
-from . import fused
+from . import fused, linalg
 from .backend import get_array_module
 from .random import DeviceStream, check_seed, fresh_stream, keep_threshold
 
@@ -50,17 +50,17 @@ def _affine_rows(x, w, b):
 
 def _gemm(x2, w):
     """Forward: ``x2 @ w``."""
-    return x2 @ w
+    return linalg.matmul(x2, w)
 
 
 def _gemm_dw(x2, dout):
     """Weight gradient: ``x2.T @ dout``."""
-    return x2.T @ dout
+    return linalg.matmul(x2.T, dout)
 
 
 def _gemm_dx(dout, w):
     """Input gradient (rows): ``dout @ w.T``."""
-    return dout @ w.T
+    return linalg.matmul(dout, w.T)
 
 
 def relu_forward(x):

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import sys
 import types
 
 import numpy as np
 import pytest
 
+import fake_cublas
 from fcgpu import fused, fused_optim, optim
 from fcgpu import random as frandom
 from fcgpu.fc_net import FullyConnectedNet
@@ -39,7 +41,7 @@ from fcgpu.solver import Solver
 from fcgpu.cuda import train_ops
 from gpu_util import CUPY_OK, CUPY_WHY, assert_close, bits_equal
 import test_kernels_host as hk
-from test_kernels_host import FakeArray, _fake, _misaligned
+from test_kernels_host import FakeArray, _fake, _misaligned, _uses_cublas
 
 DTYPES = [np.float32, np.float64]
 RULES = ["sgd", "sgd_momentum", "rmsprop", "adam"]
@@ -122,12 +124,45 @@ def test_device_stream_only_on_the_cuda_path():
 
 
 # ----------------------------------------------------------------- the stand-in for CuPy
+#
+# What CuPy and CUDA refuse while a stream captures, the stand-in refuses too, with the
+# exception CuPy raises (type and message read from CuPy v14.2.0's source):
+#
+# * CuPy's library wrappers check the current stream first: cuBLAS
+#   (cupy_backends/cuda/libs/cublas.pyx lines 642-655, setStream, reached by every
+#   product: _routines_linalg.pyx tensordot_core), cuRAND (curand.pyx lines 140-149),
+#   cuSOLVER (cusolver.pyx lines 1495-1505), cuSPARSE (cusparse.pyx lines 1331-1343):
+#   ``NotImplementedError('calling <library> API during stream capture is currently
+#   unsupported')``;
+# * cupy/cuda/memory.pyx: copies between host and device check the stream they run
+#   on: ``RuntimeError('the current stream is capturing, so H2D transfers are
+#   disallowed')`` (copy_from_host_async, lines 611-621: ndarray.set, asarray/array of
+#   host data, _core/core.pyx lines 2210-2242 and 3020-3098), the same with D2H
+#   (copy_to_host_async, lines 709-719: ndarray.get, asnumpy, float(), item(), ...)
+#   and ``'... synchronous API calls are disallowed'`` for the synchronous copies and
+#   memset (lines 540-547, 587-593, 685-691, 739-745);
+# * CUDA itself: a synchronize of a capturing stream fails
+#   (cudaErrorStreamCaptureUnsupported; CuPy raises CUDARuntimeError).
+#
+# ``with stream:`` makes a stream current, as cupy.cuda.Stream does; the checks above
+# look at the current stream (or the one passed), as CuPy's do.
+
+LIBRARY_REFUSAL = "calling %s API during stream capture is currently unsupported"
+TRANSFER_REFUSAL = "the current stream is capturing, so %s transfers are disallowed"
+
+
+class CUDARuntimeError(RuntimeError):
+    """The stand-in's cudaErrorStreamCaptureUnsupported (CuPy: CUDARuntimeError)."""
+
 
 class _State:
-    """What the fake CUDA runtime knows: capture and replay in progress."""
+    """What the fake CUDA runtime knows: the current stream, capture and replay."""
 
-    def __init__(self):
-        self.capturing = False
+    def __init__(self, cublas):
+        self.cublas = cublas            # the host stand-in for libcublas
+        self.null = _FakeStream(self, null=True)
+        self.stack = []                 # streams made current with ``with stream:``
+        self.capture = None             # the capturing stream
         self.captured = None
         self.replaying = None
         self.capturer = None
@@ -135,66 +170,91 @@ class _State:
         self.captures = 0
         self.launches = 0
 
-    def refuse(self, what):
-        """What CUDA answers to a synchronizing call on a capturing stream."""
+    @property
+    def capturing(self):
+        return self.capture is not None
+
+    def current(self):
+        return self.stack[-1] if self.stack else self.null
+
+    def stream_capturing(self, ptr):
+        return self.capture is not None and self.capture.ptr == ptr
+
+    def refuse_sync(self, what):
         if self.capturing:
-            raise CaptureError("cudaErrorStreamCaptureUnsupported: %s is not permitted "
-                               "while a stream is capturing" % what)
+            raise CUDARuntimeError("cudaErrorStreamCaptureUnsupported: %s is not permitted "
+                                   "while a stream is capturing" % what)
 
+    def library_call(self, library):
+        if self.current().capturing:
+            raise NotImplementedError(LIBRARY_REFUSAL % library)
 
-class CaptureError(RuntimeError):
-    """The stand-in's cudaErrorStreamCaptureUnsupported (CuPy: CUDARuntimeError)."""
+    def transfer(self, direction, stream=None):
+        if (stream or self.current()).capturing:
+            raise RuntimeError(TRANSFER_REFUSAL % direction)
 
 
 class _FakeStream:
     def __init__(self, state, non_blocking=False, null=False):
         self.state, self.null = state, null
         self.ptr = 0 if null else id(self)
+        self.capturing = False
 
     def __enter__(self):
+        self.state.stack.append(self)
         return self
 
     def __exit__(self, *exc):
+        assert self.state.stack.pop() is self
         return False
 
     def synchronize(self):
-        self.state.refuse("Stream.synchronize()")
+        self.state.refuse_sync("Stream.synchronize()")
 
     def begin_capture(self, mode=None):
         st = self.state
-        assert not self.null, "capture on the legacy default stream is not allowed"
+        if self.null:  # cupy/cuda/stream.pyx lines 393-394
+            raise RuntimeError("cannot capture on the default (legacy) stream")
         assert not st.capturing, "nested capture"
-        st.capturing, st.captured = True, []
+        st.capture, st.captured = self, []
+        self.capturing = True
+        st.cublas.fake_cublas_set_capturing(self.ptr, 1)
+        st.cublas_mark = st.cublas.fake_cublas_log_size()
         # the object whose step is being captured (a replay runs its step again), and
         # where its static buffers are now: the graph holds these addresses
-        st.capturer = sys._getframe(1).f_locals["self"]
-        st.static = _static_ranges(st.capturer)
+        st.capturer = sys._getframe(1).f_locals.get("self")
+        st.static = _static_ranges(st.capturer) if hasattr(st.capturer, "_body") else []
 
     def end_capture(self):
         st = self.state
-        assert st.capturing
-        st.capturing = False
+        assert st.capture is self
+        st.capture, self.capturing = None, False
+        st.cublas.fake_cublas_set_capturing(self.ptr, 0)
         st.captures += 1
-        return _FakeGraph(st, st.captured, st.capturer, st.static)
+        products = fake_cublas.log(st.cublas)[st.cublas_mark:]
+        return _FakeGraph(st, st.captured, products, st.capturer, st.static)
 
 
 class _FakeGraph:
     """A replay runs the captured object's step again (kernels executing) and checks
-    that it launches exactly what the capture recorded."""
+    that it launches exactly what the capture recorded, cuBLAS products included."""
 
-    def __init__(self, state, launches, owner, static):
+    def __init__(self, state, launches, products, owner, static):
         self.state, self.launches, self.owner = state, launches, owner
+        self.products = products
         self.static = static  # (taken when the capture began, not at replay)
 
     def launch(self, stream=None):
         st = self.state
         st.replaying = []
+        mark = st.cublas.fake_cublas_log_size()
         try:
             self.owner._body()
             replayed = st.replaying
         finally:
             st.replaying = None
         _check_same_launches(self.launches, replayed, self.static)
+        _check_same_products(self.products, fake_cublas.log(st.cublas)[mark:], self.static)
 
 
 def _static_ranges(g):
@@ -214,9 +274,11 @@ def _launch_record(name, grid, block, args):
     return (name, grid, block, tuple(rec))
 
 
+def _is_static(p, static):
+    return any(lo <= p < hi for lo, hi in static)
+
+
 def _check_same_launches(captured, replayed, static):
-    def is_static(p):
-        return any(lo <= p < hi for lo, hi in static)
     assert len(captured) == len(replayed), (len(captured), len(replayed))
     for k, (c, r) in enumerate(zip(captured, replayed)):
         assert c[:3] == r[:3], (k, c[:3], r[:3])
@@ -224,8 +286,23 @@ def _check_same_launches(captured, replayed, static):
             assert ck == rk, (k, c[0], ck, rk)
             if ck != "ptr":
                 assert cv == rv, "launch %d (%s): argument baked %r, replay %r" % (k, c[0], cv, rv)
-            elif is_static(cv):
+            elif _is_static(cv, static):
                 assert cv == rv, "launch %d (%s): static buffer moved" % (k, c[0])
+
+
+def _check_same_products(captured, replayed, static):
+    """The replay's cuBLAS calls are the capture's: sizes, operations, types and
+    workspace the same, static operands at the captured addresses."""
+    assert len(captured) == len(replayed), ("cuBLAS products", len(captured), len(replayed))
+    for k, (c, r) in enumerate(zip(captured, replayed)):
+        assert c["capturing"] == 1 and r["capturing"] == 0, (k, c, r)
+        for key in ("transa", "transb", "m", "n", "k", "lda", "ldb", "ldc", "type", "compute",
+                    "workspace_bytes"):
+            assert c[key] == r[key], "product %d: %s captured %r, replay %r" % (k, key, c[key],
+                                                                               r[key])
+        for key in ("A", "B", "C"):
+            if _is_static(c[key], static):
+                assert c[key] == r[key], "product %d: static operand %s moved" % (k, key)
 
 
 class _GraphKernel(hk.FakeKernel):
@@ -266,6 +343,28 @@ class _Alloc(hk._Guards):
         return buf.reshape(shape).view(FakeArray)
 
 
+class _FakeMemory:
+    """``cupy.cuda.Memory(size)``: ``size`` bytes of "device" memory (256-byte aligned,
+    like cudaMalloc's) owned by the object; ``.ptr``, ``.size``."""
+
+    def __init__(self, size):
+        self._raw = np.empty(int(size) + 256, dtype=np.uint8)
+        self.size = int(size)
+        self.ptr = self._raw.ctypes.data + (-self._raw.ctypes.data) % 256
+
+
+class _FakeDevice:
+    def __init__(self, device=None):
+        self.id = 0 if device is None else int(device)
+        self.compute_capability = "90"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def _wrap(v):
     if isinstance(v, np.ndarray) and not isinstance(v, FakeArray):
         return v.view(FakeArray)
@@ -274,21 +373,53 @@ def _wrap(v):
     return v
 
 
-_UPLOADS = ("array", "asarray", "asanyarray", "ascontiguousarray", "asfortranarray")
+_UPLOADS = ("array", "asarray", "asanyarray", "asfortranarray")
+_PRODUCTS = ("matmul", "dot", "inner", "tensordot", "vdot", "einsum")
+# cupy.linalg functions that call cuSOLVER (the rest: reductions or products)
+_CUSOLVER = ("solve", "inv", "pinv", "cholesky", "qr", "svd", "eigh", "eigvalsh", "lstsq",
+             "det", "slogdet", "matrix_rank", "tensorsolve", "tensorinv")
+
+
+def _library_namespace(state, module, library, names=None):
+    """``module``'s functions as a namespace whose calls (of ``names``, default all)
+    go through ``state.library_call(library)`` first; results as FakeArray."""
+    ns = types.SimpleNamespace()
+    for name in dir(module):
+        f = getattr(module, name)
+        if name.startswith("_") or not callable(f) or isinstance(f, type):
+            continue
+        guarded = names is None or name in names
+
+        def call(*args, _f=f, _guarded=guarded, **kwargs):
+            if _guarded:
+                state.library_call(library)
+            return _wrap(_f(*args, **kwargs))
+        setattr(ns, name, call)
+    return ns
 
 
 def _make_cupy(state):
     """tests/test_kernels_host.py's stand-in, plus what the Solver and the graph use:
     NumPy functions as the array module (results as FakeArray), streams, capture,
-    pools, ``ndarray.get()``/``set()``; host reads, uploads and synchronizes refused
-    while capturing."""
+    pools, ``cuda.Memory``, ``ndarray.get()``/``set()``; with CuPy's refusals while
+    the current stream captures (above)."""
     fake = hk._make_fake_cupy(_Alloc())
 
     def no_upload(name, f):
         def call(a, *args, **kwargs):
             if not isinstance(a, FakeArray):  # host data: a copy to the device
-                state.refuse("cupy.%s() of host data (%s)" % (name, type(a).__name__))
+                state.transfer("H2D")
             return f(a, *args, **kwargs)
+        return call
+
+    def product(name):
+        f = getattr(np, name)
+
+        def call(*args, **kwargs):
+            if name == "einsum" or _uses_cublas(*args[:2]):
+                state.library_call("cuBLAS")
+            return _wrap(f(*[a.view(np.ndarray) if isinstance(a, FakeArray) else a
+                             for a in args], **kwargs))
         return call
 
     def fallback(name):
@@ -298,21 +429,26 @@ def _make_cupy(state):
             return no_upload(name, g) if name in _UPLOADS else g
         return f
     fake.__getattr__ = fallback
-    for name in ("asarray", "ascontiguousarray"):
-        setattr(fake, name, no_upload(name, getattr(fake, name)))
+    fake.asarray = no_upload("asarray", fake.asarray)
+    for name in _PRODUCTS:
+        setattr(fake, name, product(name))
+    fake.random = _library_namespace(state, np.random, "cuRAND")
+    fake.linalg = _library_namespace(state, np.linalg, "cuSOLVER", _CUSOLVER)
     to_host = fake.asnumpy
 
-    def asnumpy(a, *args, **kwargs):
-        state.refuse("cupy.asnumpy()")
-        return to_host(a, *args, **kwargs)
+    def asnumpy(a, stream=None, **kwargs):
+        state.transfer("D2H", stream)
+        return to_host(a, **kwargs)
     fake.asnumpy = asnumpy
-    null = _FakeStream(state, null=True)
     pool = types.SimpleNamespace(malloc=lambda size: None, free_all_blocks=lambda: None)
     fake.cuda = types.SimpleNamespace(
-        runtime=types.SimpleNamespace(getDevice=lambda: 0),
-        get_current_stream=lambda: null,
+        runtime=types.SimpleNamespace(getDevice=lambda: 0,
+                                      streamIsCapturing=state.stream_capturing),
+        get_current_stream=state.current,
         Stream=lambda non_blocking=False: _FakeStream(state, non_blocking),
         MemoryPool=lambda: pool,
+        Memory=_FakeMemory,
+        Device=_FakeDevice,
         using_allocator=lambda allocator=None: contextlib.nullcontext(),
     )
     fake.float32, fake.float64 = np.float32, np.float64
@@ -321,11 +457,14 @@ def _make_cupy(state):
 
 @pytest.fixture
 def emu(kernel_signatures, launch_bounds, emu_lib, monkeypatch):
-    """fcgpu.cuda on the host-built kernels behind a NumPy stand-in for CuPy."""
+    """fcgpu.cuda on the host-built kernels and the host stand-in for libcublas, behind
+    a NumPy stand-in for CuPy that obeys CuPy's rules (above) and flushes float32
+    subnormals in its own elementwise operations, as CuPy's kernels do."""
+    from fcgpu.cuda import blas
     from fcgpu.cuda import graph as cgraph
     from fcgpu.cuda import ops
     sigs = kernel_signatures
-    state = _State()
+    state = _State(fake_cublas.install(monkeypatch))
     fake = _make_cupy(state)
     log = []
     monkeypatch.setitem(sys.modules, "cupy", fake)
@@ -337,30 +476,40 @@ def emu(kernel_signatures, launch_bounds, emu_lib, monkeypatch):
                                                   None if launch_bounds is None
                                                   else launch_bounds[name]))
     monkeypatch.setattr(cgraph, "require_cupy", lambda: fake)
+    monkeypatch.setattr(blas, "require_cupy", lambda: fake)
+    monkeypatch.setattr(FakeArray, "library_guard", state.library_call)
+    monkeypatch.setattr(FakeArray, "flush_subnormals", True)
 
-    def get(self, stream=None):
-        state.refuse("ndarray.get()")
+    def get(self, stream=None, order="C", out=None, blocking=True):
+        state.transfer("D2H", stream)
         return _np(self)
     monkeypatch.setattr(FakeArray, "get", get, raising=False)
 
     def set_(self, arr, stream=None):
-        state.refuse("ndarray.set()")
-        arr = np.asarray(arr)
-        assert arr.shape == self.shape and arr.dtype == self.dtype, (arr.shape, arr.dtype)
-        self[...] = arr
+        # _core/core.pyx lines 2210-2242: type, dtype and shape checks, then the copy
+        if not isinstance(arr, np.ndarray):
+            raise TypeError("Only numpy.ndarray can be set to cupy.ndarray")
+        if self.dtype != arr.dtype:
+            raise TypeError("{} array cannot be set to {} array".format(arr.dtype, self.dtype))
+        if self.shape != arr.shape:
+            raise ValueError("Shape mismatch. Old shape: {}, new shape: {}".format(
+                self.shape, arr.shape))
+        state.transfer("H2D", stream)
+        self.view(np.ndarray)[...] = arr
     monkeypatch.setattr(FakeArray, "set", set_, raising=False)
 
     def host_read(name):
         base = getattr(np.ndarray, name)
 
         def read(self, *args):
-            state.refuse("ndarray.%s (a read of device memory)" % name)
+            state.transfer("D2H")  # (CuPy: through get())
             return base(self, *args)
         return read
     for name in ("__float__", "__int__", "__index__", "__bool__", "__complex__", "item",
                  "tolist"):
         monkeypatch.setattr(FakeArray, name, host_read(name))
-    return types.SimpleNamespace(ops=ops, cp=fake, log=log, state=state, graph=cgraph)
+    return types.SimpleNamespace(ops=ops, cp=fake, log=log, state=state, graph=cgraph,
+                                 cublas=state.cublas)
 
 
 # ----------------------------------------------------------------- emulated kernels
@@ -688,44 +837,92 @@ def test_emulated_graph_epoch_has_at_most_its_batches(emu):
     g.step()
 
 
-# what a step must not do while it is captured (each one fails a real capture)
+# what a step must not do while it is captured (each one fails a real capture), with
+# the exception CuPy raises for it
+D2H = (RuntimeError, TRANSFER_REFUSAL % "D2H")
+H2D = (RuntimeError, TRANSFER_REFUSAL % "H2D")
 FORBIDDEN_IN_CAPTURE = {
-    "float": lambda g, cp: float(g.loss_buf[0]),
-    "int": lambda g, cp: int(g.ctr[0]),
-    "bool": lambda g, cp: bool(g.ctr[0] == 0),
-    "item": lambda g, cp: g.ctr[0].item(),
-    "tolist": lambda g, cp: g.lr.tolist(),
-    "get": lambda g, cp: g.ctr.get(),
-    "asnumpy": lambda g, cp: cp.asnumpy(g.lr),
-    "asarray of a host array": lambda g, cp: cp.asarray(np.zeros(3)),
-    "asarray of a scalar": lambda g, cp: cp.asarray(1.5),
-    "array of a list": lambda g, cp: cp.array([1.0, 2.0]),
-    "ascontiguousarray of a host array": lambda g, cp: cp.ascontiguousarray(np.ones(2)),
-    "set": lambda g, cp: g.lr.set(np.zeros(g.lr.shape)),
-    "synchronize": lambda g, cp: cp.cuda.get_current_stream().synchronize(),
+    "float": (lambda g, cp: float(g.loss_buf[0]), D2H),
+    "int": (lambda g, cp: int(g.ctr[0]), D2H),
+    "bool": (lambda g, cp: bool(g.ctr[0] == 0), D2H),
+    "item": (lambda g, cp: g.ctr[0].item(), D2H),
+    "tolist": (lambda g, cp: g.lr.tolist(), D2H),
+    "get": (lambda g, cp: g.ctr.get(), D2H),
+    "asnumpy": (lambda g, cp: cp.asnumpy(g.lr), D2H),
+    "asarray of a host array": (lambda g, cp: cp.asarray(np.zeros(3)), H2D),
+    "asarray of a scalar": (lambda g, cp: cp.asarray(1.5), H2D),
+    "array of a list": (lambda g, cp: cp.array([1.0, 2.0]), H2D),
+    "set": (lambda g, cp: g.lr.set(np.zeros(g.lr.shape)), H2D),
+    "synchronize": (lambda g, cp: cp.cuda.get_current_stream().synchronize(),
+                    (CUDARuntimeError, "not permitted while a stream is capturing")),
+    "CuPy's @ (cuBLAS)": (lambda g, cp: g.Xb @ g.model.params["W1"],
+                          (NotImplementedError, LIBRARY_REFUSAL % "cuBLAS")),
+    "cupy.matmul (cuBLAS)": (lambda g, cp: cp.matmul(g.Xb.T, g.Xb),
+                             (NotImplementedError, LIBRARY_REFUSAL % "cuBLAS")),
+    "cupy.dot of matrices (cuBLAS)": (lambda g, cp: cp.dot(g.Xb, g.Xb.T),
+                                      (NotImplementedError, LIBRARY_REFUSAL % "cuBLAS")),
+    "cupy.random (cuRAND)": (lambda g, cp: cp.random.random(3),
+                             (NotImplementedError, LIBRARY_REFUSAL % "cuRAND")),
+    "cupy.linalg.inv (cuSOLVER)": (lambda g, cp: cp.linalg.inv(g.Xb[:2, :2]),
+                                   (NotImplementedError, LIBRARY_REFUSAL % "cuSOLVER")),
 }
 
 
 @pytest.mark.parametrize("what", sorted(FORBIDDEN_IN_CAPTURE))
-def test_emulated_capture_refuses_host_syncs(emu, monkeypatch, what):
+def test_emulated_capture_refuses_what_cupy_refuses(emu, monkeypatch, what):
     """The stand-in is only as good as what it refuses: a step that reads the device,
-    uploads host data or synchronizes fails to capture, as on a GPU; the same step
-    run uncaptured (the warm-up before the capture) is fine."""
+    uploads host data, synchronizes or calls one of CuPy's library wrappers fails to
+    capture, with the exception CuPy raises; the same step run uncaptured (the
+    warm-up before the capture) is fine."""
     from fcgpu.cuda.graph import GraphedTrainStep
     body = GraphedTrainStep._body
+    bad, (error, message) = FORBIDDEN_IN_CAPTURE[what]
     ran = []
 
     def bad_body(self):
         body(self)
-        FORBIDDEN_IN_CAPTURE[what](self, emu.cp)
+        bad(self, emu.cp)
         ran.append(emu.state.capturing)
     monkeypatch.setattr(GraphedTrainStep, "_body", bad_body)
     s = _solver(emu.cp, blobs(np.random.default_rng(9)), np.float32, "adam", True, 0.7, True,
                 0.0, cuda_graph=True, epochs=1)
-    with pytest.raises(CaptureError, match="not permitted while a stream is capturing"):
+    with pytest.raises(error, match=re.escape(message)):
         s.train()
     assert ran == [False]  # the warm-up ran it; the capture refused it
     assert not emu.state.capturing  # the failed capture was ended
+
+
+def test_emulated_vector_products_need_no_cublas(emu):
+    """CuPy reduces a product of two vectors (and anything empty) with its own kernels
+    (_routines_linalg.pyx tensordot_core, lines 557-578): legal in a capture, as the
+    regularization term's ``xp.dot(flat, flat)`` needs; a matrix product is not."""
+    cp = emu.cp
+    x = cp.asarray(np.arange(6.0))
+    with emu.cp.cuda.Stream() as s:
+        s.begin_capture()
+        try:
+            cp.dot(x, x)
+            _ = x @ x
+            cp.dot(x[:0], x[:0])
+            with pytest.raises(NotImplementedError, match="cuBLAS"):
+                cp.dot(x.reshape(2, 3), x.reshape(3, 2))
+            with pytest.raises(NotImplementedError, match="cuBLAS"):
+                _ = x.reshape(2, 3) @ x[:3]
+        finally:
+            s.end_capture()
+
+
+def test_emulated_graph_body_on_cupys_matmul_fails_to_capture(emu, monkeypatch):
+    """The step as it was before fcgpu.cuda.blas (the layers' products through CuPy's
+    ``@``) cannot be captured: CuPy's cuBLAS wrapper refuses (issue #6290). The same
+    run with the products through fcgpu.cuda.blas captures (the Solver tests below)."""
+    from fcgpu import linalg
+    monkeypatch.setattr(linalg, "matmul", lambda a, b: a @ b)
+    s = _solver(emu.cp, blobs(np.random.default_rng(9)), np.float32, "adam", True, 0.7, True,
+                0.0, cuda_graph=True, epochs=1)
+    with pytest.raises(NotImplementedError, match=re.escape(LIBRARY_REFUSAL % "cuBLAS")):
+        s.train()
+    assert not emu.state.capturing
 
 
 def test_emulated_replay_checks_static_buffers_where_the_capture_saw_them(emu, monkeypatch):

@@ -212,7 +212,90 @@ class _FakeDevice:
         return False
 
 
+def _uses_cublas(a, b):
+    """Whether CuPy computes the product of ``a`` and ``b`` with cuBLAS
+    (``cupy/_core/_routines_linalg.pyx`` v14.2.0: ``dot`` and ``matmul`` up to 2-D go
+    to ``tensordot_core``, which returns early for empty operands (lines 557-561),
+    reduces with its own kernels when both sides are vectors, m == n == 1 (lines
+    566-578), uses its own integer kernels (line 615), and otherwise calls cuBLAS;
+    ``matmul`` beyond 2-D uses cuBLAS's batched GEMMs)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.ndim == 0 or b.ndim == 0 or a.size == 0 or b.size == 0:
+        return False
+    if np.result_type(a, b).kind not in "fc":
+        return False
+    k = a.shape[-1]
+    n = a.size // k
+    m = b.size // k
+    return not (n == 1 and m == 1)
+
+
+def _flush(a):
+    """float32 subnormals to (signed) zero, as CuPy's -ftz=true kernels do."""
+    if isinstance(a, np.ndarray) and a.dtype == np.float32:
+        tiny = np.abs(a) < np.finfo(np.float32).tiny
+        if tiny.any():
+            a = np.where(tiny, np.copysign(np.float32(0), a), a).astype(np.float32)
+    elif isinstance(a, np.float32) and abs(a) < np.finfo(np.float32).tiny:
+        a = np.copysign(np.float32(0), a)
+    return a
+
+
 class FakeArray(np.ndarray):
+    """A "device" array of the stand-in for CuPy (host memory). Two class-level
+    switches make it behave more like CuPy where a test asks for it:
+
+    * ``library_guard(library)``: called before an operation that CuPy runs through
+      one of its library wrappers (products through cuBLAS); it raises where CuPy
+      would (tests/test_cuda_graph.py: while the current stream captures);
+    * ``flush_subnormals``: float32 elementwise operations and reductions flush
+      subnormal inputs and results to zero, as CuPy's kernels do (CuPy compiles every
+      kernel with ``-ftz=true``: ``cupy/cuda/compiler.py`` v14.2.0 line 667); products
+      (cuBLAS) do not flush.
+    """
+
+    library_guard = None
+    flush_subnormals = False
+
+    def _product(self, a, b, f):
+        if FakeArray.library_guard is not None and _uses_cublas(a, b):
+            FakeArray.library_guard("cuBLAS")
+        out = f(np.asarray(a).view(np.ndarray), np.asarray(b).view(np.ndarray))
+        return np.asarray(out).view(FakeArray)
+
+    def __matmul__(self, other):
+        return self._product(self, other, np.matmul)
+
+    def __rmatmul__(self, other):
+        return self._product(other, self, np.matmul)
+
+    def dot(self, other, out=None):
+        assert out is None
+        return self._product(self, other, np.dot)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if ufunc is np.matmul and method == "__call__":
+            if FakeArray.library_guard is not None and _uses_cublas(*inputs[:2]):
+                FakeArray.library_guard("cuBLAS")
+        flush = FakeArray.flush_subnormals and ufunc is not np.matmul and method != "at"
+        plain = lambda x: x.view(np.ndarray) if isinstance(x, FakeArray) else x  # noqa: E731
+        args = [_flush(plain(x)) if flush else plain(x) for x in inputs]
+        outs = kwargs.get("out")
+        if outs is not None:
+            kwargs["out"] = tuple(plain(o) for o in outs)
+        result = getattr(ufunc, method)(*args, **kwargs)
+        if outs is not None:
+            for o in outs:
+                if flush and isinstance(o, np.ndarray) and o.dtype == np.float32:
+                    o.view(np.ndarray)[...] = _flush(o.view(np.ndarray))
+            return outs[0] if len(outs) == 1 else outs
+        results = result if isinstance(result, tuple) else (result,)
+        results = tuple(_flush(r) if flush else r for r in results)
+        # (CuPy returns 0-d arrays where NumPy returns scalars)
+        results = tuple(np.asarray(r).view(FakeArray) if isinstance(r, (np.ndarray, np.generic))
+                        else r for r in results)
+        return results if isinstance(result, tuple) else results[0]
+
     @property
     def data(self):
         return _Ptr(self.__array_interface__["data"][0])
@@ -278,9 +361,16 @@ def _make_fake_cupy(guards=None):
     fake.ones = lambda shape, dtype=float: _fake(np.ones(shape, dtype=dtype))
     fake.asarray = lambda a, dtype=None: a if (isinstance(a, FakeArray) and (
         dtype is None or a.dtype == dtype)) else ascontiguousarray(a, dtype)
-    fake.ascontiguousarray = lambda a, dtype=None: a if (
-        isinstance(a, FakeArray) and a.flags.c_contiguous and (dtype is None or a.dtype == dtype)
-    ) else ascontiguousarray(a, dtype)
+    def strict_ascontiguousarray(a, dtype=None):
+        # cupy/_core/core.pxd v14.2.0 line 101: ``cpdef _ndarray_base
+        # ascontiguousarray(_ndarray_base a, dtype=*)``: Cython refuses anything else
+        if not isinstance(a, FakeArray):
+            raise TypeError("Argument 'a' has incorrect type (expected "
+                            "cupy._core.core._ndarray_base, got %s)" % type(a).__name__)
+        if a.flags.c_contiguous and (dtype is None or a.dtype == dtype):
+            return a
+        return ascontiguousarray(a, dtype)
+    fake.ascontiguousarray = strict_ascontiguousarray
     fake.asnumpy = lambda a: np.array(a).view(np.ndarray)
     fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDevice=lambda: 0))
     fake.guards = guards

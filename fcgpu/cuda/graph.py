@@ -40,6 +40,16 @@ counters on. Dropout draws its masks from the stream ``ctr[1] + layer``, the for
 of the uncaptured path (``dropout_step * (L-1) + layer``), so the masks, and hence
 the losses, are those of the uncaptured Solver.
 
+Matrix products: the layers' products go through :mod:`fcgpu.cuda.blas`, which calls
+cuBLAS itself, because CuPy's cuBLAS wrapper raises ``NotImplementedError`` on a
+capturing stream (CuPy issue #6290). The uncaptured warm-up step creates the thread's
+cuBLAS handle and the side stream's workspace, so nothing is allocated by cuBLAS
+inside the capture. Nothing else in the step calls a CuPy library wrapper (cuRAND,
+cuSOLVER, cuSPARSE) or copies between host and device (``tests/test_cuda_graph.py``'s
+stand-in for CuPy refuses each of these while capturing, as CuPy does). The matmul
+precision (:func:`fcgpu.backend.set_matmul_precision`) is baked into the captured
+products: a change makes the next epoch recapture.
+
 Memory: the step's temporaries come from a private ``cupy.cuda.MemoryPool`` that
 nothing else allocates from while the graph lives (their addresses are baked into the
 graph), as PyTorch does with its graph pools. The step runs once uncaptured (a real
@@ -55,7 +65,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import is_cupy_array, require_cupy
+from ..backend import get_matmul_precision, is_cupy_array, require_cupy
 
 __all__ = ["GraphedTrainStep", "SUPPORTED_RULES", "check_supported", "COUNTER_SLOTS"]
 
@@ -227,7 +237,8 @@ class GraphedTrainStep:
         bn_consts = tuple((bp.get("eps", 1e-5), bp.get("momentum", 0.9))
                           for bp in model.bn_params)
         return (tuple(baked), bn_consts, model.reg, dict(model.dropout_param).get("p"),
-                model.dropout_key, model.fresh_masks, model.use_dropout, model.use_batchnorm)
+                model.dropout_key, model.fresh_masks, model.use_dropout, model.use_batchnorm,
+                get_matmul_precision())
 
     def begin_epoch(self, order, configs, epoch=0, lr_steps=None):
         """Before an epoch's steps: bind the static buffers, upload the permutation
