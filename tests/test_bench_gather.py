@@ -158,20 +158,25 @@ def _opts(gpu, quick=True, full=False):
 
 
 @pytest.mark.parametrize("gpu", [True, False])
-def test_gathers_run_right_after_the_copy_reference(gpu):
-    """The GPU check gives the suite seconds: the cases it measures first are the copy
-    at the largest size and the gathers, at every batch size."""
+def test_gathers_run_right_after_the_summary_cases(gpu):
+    """A suite with a deadline measures its first cases: on a GPU the summary's cases
+    (the copy reference and dropout at 2^26, the fused forward), then the gathers at
+    every batch size; without one the copy reference, then the gathers."""
+    from fcgpu.bench import schedule
     o = _opts(gpu)
     cases = plugin.kernel_cases(o)
     top = o.flat_sizes()[-1]
     batches = [490, 65536] if gpu else [490]
     assert o.gather_batches() == batches
-    assert cases[0] == ("copy", (top,))
-    assert cases[1:1 + 2 * len(batches)] == [(op, (b,)) for b in batches for op in gather.OPS]
-    assert len(set(cases)) == len(cases)      # the copy is not measured twice
+    head = [(op, tuple(s)) for op, s, _, _ in schedule.HEADLINE_KERNELS] if gpu else \
+        [("copy", (top,))]
+    assert cases[:len(head)] == head and head[0] == ("copy", (top,))
+    gathers = cases[len(head):len(head) + 2 * len(batches)]
+    assert gathers == [(op, (b,)) for b in batches for op in gather.OPS]
+    assert len(set(cases)) == len(cases)      # nothing is measured twice
     rest = [(op, (n,)) for n in o.flat_sizes() for op in kernels.FLAT_OPS] + \
         [(op, s) for s in o.row_shapes() for op in kernels.ROW_OPS]
-    assert sorted(cases) == sorted(rest + cases[1:1 + 2 * len(batches)])
+    assert sorted(cases) == sorted(rest + gathers)
 
 
 def test_quick_cpu_variants_skip_the_big_batch_by_its_values():

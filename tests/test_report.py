@@ -79,7 +79,8 @@ def gpu_results():
         _kcase("dropout_bwd", (BIG,), {"fcgpu": copy_t / 0.8, "torch_cuda": copy_t * 1.2}),
         _kcase("fused_fwd", (490, 500), {"fcgpu": 10e-6, "cupy_unfused": 40e-6,
                                          "cupy_curand": 30e-6}),
-        _kcase("fused_fwd", (65536, 4096), {"fcgpu": 1e-3, "cupy_unfused": 3e-3}),
+        _kcase("fused_fwd", (65536, 4096), {"fcgpu": 1e-3, "cupy_unfused": 3e-3,
+                                            "cupy_curand": 2.5e-3}),
         _kcase("bn_fwd", (490, 500), {"fcgpu": 8e-6, "torch_cuda": 12e-6}),
         _tcase("default", {"fcgpu": 240000.0, "fcgpu_graph": 300000.0,
                            "torch_cuda": 100000.0, "numpy": 20000.0, "torch_cpu": 25000.0}),
@@ -162,10 +163,16 @@ def test_summary_keys_from_the_right_rows():
     assert r["copy_bandwidth"]["gpu"]["variant"] == "cupy_unfused"
     assert s["dropout_fwd_bw_frac"] == pytest.approx(0.9)
     assert s["dropout_bwd_bw_frac"] == pytest.approx(0.8)
-    # both shapes reported, the key holds the smaller (3.0 at 65536x4096, 4.0 at 490x500)
-    assert r["summary_details"]["fused_vs_unfused_490x500"] == pytest.approx(4.0)
-    assert r["summary_details"]["fused_vs_unfused_65536x4096"] == pytest.approx(3.0)
-    assert s["fused_vs_unfused"] == pytest.approx(3.0)
+    # against what a CuPy user writes (cupy_curand), both shapes reported, the key holds
+    # the smaller (2.5 at 65536x4096, 3.0 at 490x500); the *_ref emulation in the details
+    # (mutant caught: the summary's baseline back to cupy_unfused gives 3.0 and 4.0)
+    det = r["summary_details"]
+    assert det["fused_vs_unfused_490x500"] == pytest.approx(3.0)
+    assert det["fused_vs_unfused_65536x4096"] == pytest.approx(2.5)
+    assert s["fused_vs_unfused"] == pytest.approx(2.5)
+    assert det["fused_vs_ref_490x500"] == pytest.approx(4.0)
+    assert det["fused_vs_ref_65536x4096"] == pytest.approx(3.0)
+    assert "cupy.random" in det["fused_vs_unfused_baseline"]
     # fcgpu on the GPU is the faster of the plain and the graph-captured step
     assert s["train_vs_torch"] == pytest.approx(3.0)
     assert s["train_vs_cpu"] == pytest.approx(15.0)
@@ -196,11 +203,24 @@ def test_nulls_carry_the_reason():
                for k in r["kernel_skips"])
 
 
+def test_the_philox_emulation_alone_is_no_summary_baseline():
+    """Mutant caught: the summary's fused ratio taken against cupy_unfused (the *_ref
+    code emulating our Philox mask) when the CuPy user's baseline was not measured."""
+    raw = _raw([_kcase("fused_fwd", (490, 500), {"fcgpu": 1e-5, "cupy_unfused": 9e-5},
+                       skipped={"cupy_curand": "out of device memory"})],
+               machine=GPU_MACHINE)
+    r = build_results([raw], machine=GPU_MACHINE)
+    assert r["summary"]["fused_vs_unfused"] is None
+    assert "cupy_curand skipped: out of device memory" in r["summary_notes"]["fused_vs_unfused"]
+    assert r["summary_details"]["fused_vs_ref_490x500"] == pytest.approx(9.0)
+
+
 def test_missing_one_fused_shape_keeps_the_other_with_a_note():
     copy_t = 1e-4
     raw = _raw([_kcase("copy", (BIG,), {"cupy_unfused": copy_t}),
-                _kcase("fused_fwd", (490, 500), {"fcgpu": 1e-5, "cupy_unfused": 5e-5}),
-                _kcase("fused_fwd", (65536, 4096), {"cupy_unfused": 5e-3},
+                _kcase("fused_fwd", (490, 500), {"fcgpu": 1e-5, "cupy_curand": 5e-5,
+                                                 "cupy_unfused": 9e-5}),
+                _kcase("fused_fwd", (65536, 4096), {"cupy_curand": 5e-3},
                        skipped={"fcgpu": "out of device memory"})], machine=GPU_MACHINE)
     r = build_results([raw], machine=GPU_MACHINE)
     assert r["summary"]["fused_vs_unfused"] == pytest.approx(5.0)
@@ -253,6 +273,11 @@ def test_report_has_sections_tables_and_plots(tmp_path):
     assert "| Elements |" in md and "2^26" in md
     assert "0.90" in md  # dropout fraction in a cell
     assert "Speedups of the fused forward" in md and "4.00×" in md
+    # the summary names its baseline for the fused pass; the *_ref ratio is in the details
+    summary = md[md.index("## Summary"):md.index("## Machine")]
+    assert "CuPy as a user writes it" in summary and "cupy.random" in summary
+    assert "2.50×" in summary and "4.00×" not in summary
+    assert "emulating fcgpu" in md[md.index("## Kernels"):]
     assert "| Net | Variant |" in md
     assert "Mean of train output" in md and "bit-identical" in md
     assert "Train − val gap" in md
@@ -435,3 +460,19 @@ def test_profile_text_has_the_same_tables():
         assert any(ln.startswith(title) for ln in lines), title
     row = next(ln for ln in lines if ln.startswith("Step / floor"))
     assert row.split()[-2:] == ["1.25×", "1.26×"]
+
+
+def test_a_run_cut_short_says_so_in_the_summary(tmp_path):
+    """Mutant caught: the summary silent about a deadline having cut the run (its missing
+    figures would read as not measurable here)."""
+    pytest.importorskip("matplotlib")
+    res = gpu_results()
+    res["settings"].update(complete=False, cut=["train: stopped at the run's --deadline"])
+    md = open(render(load([_write(tmp_path, res, "r.json")]), str(tmp_path / "o")),
+              encoding="utf-8").read()
+    summary = md[md.index("## Summary"):md.index("### Targets")]
+    assert "cut short for time" in summary and "train: stopped at the run's --deadline" in summary
+    res["settings"].update(complete=True, cut=[])
+    md = open(render(load([_write(tmp_path, res, "r.json")]), str(tmp_path / "o2")),
+              encoding="utf-8").read()
+    assert "cut short" not in md

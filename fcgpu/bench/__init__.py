@@ -23,7 +23,8 @@ RESULTS_FORMAT = "fcgpu-bench-1"
 TARGETS = {
     "dropout_fwd_bw_frac": (0.85, "dropout forward, fraction of D2D copy bandwidth (2^26 fp32)"),
     "dropout_bwd_bw_frac": (0.85, "dropout backward, fraction of D2D copy bandwidth (2^26 fp32)"),
-    "fused_vs_unfused": (2.5, "fused BN-ReLU-dropout forward vs the unfused CuPy ops"),
+    "fused_vs_unfused": (2.5, "fused BN-ReLU-dropout forward vs CuPy as a user writes it "
+                              "(a cupy.random mask; batchnorm, ReLU, dropout as separate ops)"),
     "train_vs_torch": (2.0, "GPU training samples/s, fcgpu over PyTorch eager"),
     "train_vs_cpu": (None, "GPU training samples/s, fcgpu over the NumPy path"),
     "cpu_train_vs_torch": (0.9, "CPU training samples/s, NumPy path over PyTorch CPU"),

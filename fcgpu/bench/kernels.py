@@ -25,10 +25,12 @@ counted (storing them is its cost).
 
 Variants: ``numpy_ref`` (the ``*_ref`` xp code on NumPy), ``numba`` (fcgpu's compiled
 CPU path through the :mod:`fcgpu.fused` dispatch), ``torch_cpu``, ``cupy_unfused``
-(the ``*_ref`` code on CuPy arrays: separate CuPy ops), ``cupy_curand`` (separate CuPy
-ops with a cuRAND mask, ``cupy.random``: what a plain CuPy user would write),
-``fcgpu`` (the :mod:`fcgpu.fused` dispatch on CuPy arrays: our CUDA kernels) and
-``torch_cuda``.
+(the ``*_ref`` code on CuPy arrays: separate CuPy ops, and fcgpu's Philox mask
+emulated in array code, bit for bit), ``cupy_curand`` (what a CuPy user writes: the
+course's layers in CuPy, :func:`user_batchnorm_train`, ``cupy.maximum`` and
+:func:`user_dropout` with a ``cupy.random`` mask drawn each call; the summary's
+baseline for the fused pass), ``fcgpu`` (the :mod:`fcgpu.fused` dispatch on CuPy
+arrays: our CUDA kernels) and ``torch_cuda``.
 """
 from __future__ import annotations
 
@@ -68,8 +70,8 @@ VARIANTS = {
     "numpy_ref": ("cpu", "NumPy (reference xp code)"),
     "numba": ("cpu", "fcgpu CPU path (Numba)"),
     "torch_cpu": ("cpu", "PyTorch CPU"),
-    "cupy_unfused": ("gpu", "CuPy ops, unfused (*_ref)"),
-    "cupy_curand": ("gpu", "CuPy ops, unfused, cuRAND mask"),
+    "cupy_unfused": ("gpu", "CuPy ops emulating fcgpu (*_ref, Philox mask as array code)"),
+    "cupy_curand": ("gpu", "CuPy as a user writes it (cupy.random mask, separate ops)"),
     "fcgpu": ("gpu", "fcgpu CUDA kernels"),
     "torch_cuda": ("gpu", "PyTorch CUDA"),
 }
@@ -167,6 +169,51 @@ def rotation_count(op, shape, cache_bytes, itemsize=4, factor=4, cap_bytes=1 << 
     return int(max(1, min(want, fit, max_sets)))
 
 
+# ----------------------------------------------------------------- what a CuPy user writes
+
+def user_dropout(x, p, rand):
+    """Inverted dropout as the course writes it (``mask = (np.random.rand(*x.shape) <
+    p) / p; out = x * mask``), kept in x's dtype: a fresh uniform draw ``rand(shape)``
+    each call, then separate elementwise ops (compare, multiply by the mask, scale).
+    On CuPy ``rand`` is ``cupy.random.random(shape, dtype=cupy.float32)``:
+    cupy/random/_sample.py ``random_sample`` (aliased ``random`` in
+    cupy/random/__init__.py), cuRAND ``generateUniform`` for float32 in
+    cupy/random/_generator.py ``_random_sample_raw`` (v14.2.0)."""
+    keep = rand(x.shape) < p
+    return x * keep * x.dtype.type(1.0 / p)
+
+
+def user_batchnorm_train(xp, x, gamma, beta, eps, momentum, running):
+    """Batchnorm's training forward as the course writes it, on ``xp`` arrays: batch
+    mean and (biased) variance, ``xhat = (x - mu) / sqrt(var + eps)``, ``gamma * xhat +
+    beta``, each a separate op; ``running`` ({'mean', 'var'}) is updated as the course's
+    ``bn_param`` is. Returns ``(out, mu, 1 / sqrt(var + eps))``. CuPy:
+    ``ndarray.mean``/``var(axis)`` (cupy/_core/core.pyx), Python scalars weakly typed
+    so float32 stays float32 (cupy/_core/_kernel.pyx ``_check_should_use_weak_scalar``,
+    v14.2.0)."""
+    mu = x.mean(axis=0)
+    var = x.var(axis=0)
+    std = xp.sqrt(var + eps)
+    out = gamma * ((x - mu) / std) + beta
+    running["mean"] = momentum * running["mean"] + (1 - momentum) * mu
+    running["var"] = momentum * running["var"] + (1 - momentum) * var
+    return out, mu, 1 / std
+
+
+def user_bn_relu_dropout(xp, x, gamma, beta, eps, momentum, running, p, rand):
+    """The sandwich batchnorm -> ReLU -> dropout as a CuPy user writes it: the two
+    functions above around ``xp.maximum(y, 0)``."""
+    y, mu, inv_std = user_batchnorm_train(xp, x, gamma, beta, eps, momentum, running)
+    return user_dropout(xp.maximum(y, 0), p, rand), mu, inv_std
+
+
+def user_rand(xp, seed=SEED):
+    """``rand(shape)`` of :func:`user_dropout` on ``xp`` (CuPy): ``cupy.random``'s
+    global generator, seeded once here (``cupy.random.seed``, cupy/random/_generator.py)."""
+    xp.random.seed(seed)
+    return lambda shape: xp.random.random(shape, dtype=xp.float32)
+
+
 # ----------------------------------------------------------------- builders
 
 def host_randn(shape, seed):
@@ -234,12 +281,8 @@ def build_xp_case(variant, op, shape, xp, k):
         xs = sets(hx, 1)
         if op == "dropout_fwd":
             if variant == "cupy_curand":
-                s = xp.float32(1.0 / p)
-
-                def fwd(i):
-                    u = xp.random.random(xs[i].shape, dtype=xp.float32)
-                    return xp.where(u < p, xs[i] * s, xp.float32(0))
-                return Case(fwd, k, label(variant, op))
+                rand = user_rand(xp)
+                return Case(lambda i: user_dropout(xs[i], p, rand), k, label(variant, op))
             return Case(lambda i: impl.dropout_forward(xs[i], p, seed, stream), k,
                         label(variant, op))
         # dropout_bwd: the mask is whatever this variant's forward keeps (None on the GPU)
@@ -260,15 +303,10 @@ def build_xp_case(variant, op, shape, xp, k):
                     k, label(variant, op))
     if op == "fused_fwd":
         if variant == "cupy_curand":
-            s = xp.float32(1.0 / p)
-
-            def fwd(i):
-                y, mean, inv_std = impl.bn_forward_train(xs[i], gamma, beta, EPS, MOMENTUM,
-                                                         rm, rv)
-                r = xp.maximum(y, 0)
-                u = xp.random.random(r.shape, dtype=xp.float32)
-                return xp.where(u < p, r * s, xp.float32(0)), mean, inv_std
-            return Case(fwd, k, label(variant, op))
+            rand, running = user_rand(xp), {"mean": rm, "var": rv}
+            return Case(lambda i: user_bn_relu_dropout(xp, xs[i], gamma, beta, EPS, MOMENTUM,
+                                                       running, p, rand),
+                        k, label(variant, op))
         return Case(lambda i: impl.bn_relu_dropout_forward(xs[i], gamma, beta, EPS, MOMENTUM,
                                                            rm, rv, p, seed, stream),
                     k, label(variant, op))

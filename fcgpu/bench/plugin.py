@@ -19,12 +19,18 @@ import pytest
 
 from . import kernels as _kernels
 from . import models as _models
+from . import schedule as _schedule
 from .worker import Worker, WorkerGone
 
 KERNEL_VARIANTS = ["numpy_ref", "numba", "torch_cpu", "cupy_unfused", "cupy_curand", "fcgpu",
                    "torch_cuda"]
 TRAIN_VARIANTS = ["numpy", "numpy_ref", "torch_cpu", "torch_cpu_compile", "cupy_unfused",
                   "fcgpu", "fcgpu_graph", "torch_cuda", "torch_cuda_compile"]
+
+PARTS = ("all", "headline", "rest")
+# on a GPU, one pair of CUDA events brackets at least this many back-to-back calls, so
+# the host's launch latency is spread over them (see worker.kernel_run)
+MIN_GPU_CALLS = 10
 
 # what the run recorded beyond pytest-benchmark's own data (-> --benchmark-json)
 RECORD = {"variant_skips": {}, "case_skips": [], "workers": {}, "settings": {}}
@@ -50,6 +56,10 @@ def pytest_addoption(parser):
     g.addoption("--fcgpu-budget", type=float, default=None,
                 help="seconds of measurement per case (default: kernels 2, training 30; "
                      "quick: 1 and 10)")
+    g.addoption("--fcgpu-part", default="all", choices=PARTS,
+                help="headline: only the cases and variants of the summary figures "
+                     "(fcgpu.bench.schedule); rest: everything else; all (default): "
+                     "everything, the summary's cases first")
 
 
 class Options:
@@ -62,6 +72,7 @@ class Options:
         self.budget = config.getoption("--fcgpu-budget")
         self.deadline = config.getoption("--fcgpu-deadline")
         self.partial = config.getoption("--fcgpu-partial")
+        self.part = config.getoption("--fcgpu-part")
         self.gpu, self.gpu_reason = backend.cupy_status()
 
     def kernel_budget(self):
@@ -91,7 +102,7 @@ class Options:
                 "variants": sorted(self.only) if self.only else None,
                 "kernel_budget_s": self.kernel_budget(), "train_budget_s": self.train_budget(),
                 "flat_sizes": self.flat_sizes(), "row_shapes": self.row_shapes(),
-                "gather_batches": self.gather_batches(),
+                "gather_batches": self.gather_batches(), "part": self.part,
                 "gpu": self.gpu, "gpu_reason": self.gpu_reason}
 
 
@@ -108,23 +119,67 @@ def _opts(config):
 
 def kernel_cases(opts):
     """``[(op, shape)]`` in the order they run. A run with a deadline (the GPU check
-    gives the suite seconds) measures the first ones: the copy at the largest size
-    first (every fraction of copy bandwidth needs it), then the minibatch gathers
+    gives the suite seconds) measures the first ones: the summary's cases first (the
+    copy reference and dropout at the largest size, the fused forward at each row
+    shape: :data:`fcgpu.bench.schedule.HEADLINE_KERNELS`), then the minibatch gathers
     (augmenting and plain, at every batch size), then the flat ops by size and the
-    row ops."""
-    top = ("copy", (opts.flat_sizes()[-1],))
-    cases = [top]
+    row ops. ``--fcgpu-part headline`` keeps the summary's cases only; ``rest`` keeps
+    the cases with a variant the headline does not measure."""
+    part = getattr(opts, "part", "all")
+    every = [("copy", (opts.flat_sizes()[-1],))]
     for b in opts.gather_batches():
-        for op in _kernels.GATHER_OPS:
-            cases.append((op, (b,)))
+        every += [(op, (b,)) for op in _kernels.GATHER_OPS]
     for n in opts.flat_sizes():
-        for op in _kernels.FLAT_OPS:
-            if (op, (n,)) != top:
-                cases.append((op, (n,)))
+        every += [(op, (n,)) for op in _kernels.FLAT_OPS if (op, (n,)) not in every]
     for shape in opts.row_shapes():
-        for op in _kernels.ROW_OPS:
-            cases.append((op, shape))
+        every += [(op, shape) for op in _kernels.ROW_OPS]
+    head = [(op, tuple(shape)) for op, shape, _, _ in _schedule.HEADLINE_KERNELS]
+    if part == "headline":
+        return head
+    # (without the 2^26 sizes, a CPU-only run, the copy reference stays first)
+    first = [c for c in head if c in every] if head[0] in every else []
+    cases = first + [c for c in every if c not in first]
+    if part == "rest":
+        cases = [(op, shape) for op, shape in cases
+                 if any(case_variant(opts, op, shape, v) for v in _kernels.VARIANTS)]
     return cases
+
+
+def case_variant(opts, op, shape, variant):
+    """Whether this run's part measures ``variant`` on kernel case ``(op, shape)``."""
+    if not _kernels.applicable(variant, op):
+        return False
+    part = getattr(opts, "part", "all")
+    if part == "all":
+        return True
+    head = variant in _schedule.headline_variants(op, shape)
+    return head if part == "headline" else not head
+
+
+def train_nets(opts):
+    if getattr(opts, "part", "all") == "headline":
+        return [net for net, _, _ in _schedule.HEADLINE_TRAIN]
+    return list(_models.NETS)
+
+
+def train_variant(opts, net, variant):
+    """Whether this run's part trains ``variant`` on ``net``."""
+    part = getattr(opts, "part", "all")
+    if part == "all":
+        return True
+    head = variant in _schedule.headline_train_variants(net)
+    return head if part == "headline" else not head
+
+
+def _part_variants(opts, variants, suite):
+    """The variants a suite's workers are started for in this run's part."""
+    if getattr(opts, "part", "all") != "headline":
+        return list(variants)
+    if suite == "kernels":
+        used = {v for _, _, vs, _ in _schedule.HEADLINE_KERNELS for v in vs}
+    else:
+        used = {v for _, vs, _ in _schedule.HEADLINE_TRAIN for v in vs}
+    return [v for v in variants if v in used]
 
 
 def pytest_generate_tests(metafunc):
@@ -134,7 +189,7 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("kernel_case", cases,
                              ids=["%s-%s" % (op, _kernels.shape_label(s)) for op, s in cases])
     if "train_net" in metafunc.fixturenames:
-        metafunc.parametrize("train_net", list(_models.NETS))
+        metafunc.parametrize("train_net", train_nets(opts))
 
 
 # ----------------------------------------------------------------- workers
@@ -207,14 +262,14 @@ def bench_opts(request):
 
 @pytest.fixture(scope="module")
 def kernel_workers(bench_opts):
-    pool = _start(KERNEL_VARIANTS, bench_opts)
+    pool = _start(_part_variants(bench_opts, KERNEL_VARIANTS, "kernels"), bench_opts)
     yield pool
     _close(pool)
 
 
 @pytest.fixture(scope="module")
 def train_workers(bench_opts):
-    pool = _start(TRAIN_VARIANTS, bench_opts)
+    pool = _start(_part_variants(bench_opts, TRAIN_VARIANTS, "train"), bench_opts)
     yield pool
     _close(pool)
 
@@ -280,10 +335,13 @@ def _load_sample():
     return load
 
 
-def _plan(est, budget, rounds, cap):
-    """Chunk sizes so each variant gets about budget/len(est) seconds over ``rounds``."""
+def _plan(est, budget, rounds, cap, least=None):
+    """Chunk sizes so each variant gets about budget/len(est) seconds over ``rounds``;
+    ``least``: {variant: the fewest calls a chunk of it may have}."""
     share = budget / max(len(est), 1)
-    return {v: int(max(1, min(cap, share // (rounds * max(t, 1e-7))))) for v, t in est.items()}
+    least = least or {}
+    return {v: int(max(least.get(v, 1), min(cap, share // (rounds * max(t, 1e-7)))))
+            for v, t in est.items()}
 
 
 def _keep(opts, case):
@@ -309,7 +367,7 @@ def _fit_rounds(opts, rounds, round_s, least=3):
 def _past_deadline(opts, case):
     import time
     if opts.deadline and time.time() > opts.deadline:
-        case["skipped"] = {"*": "not started: the run's deadline was reached"}
+        case["skipped"] = {"*": _schedule.NOT_STARTED}
         RECORD["case_skips"].append(case)
         RECORD["settings"]["deadline_reached"] = True
         _keep(opts, case)
@@ -324,7 +382,7 @@ def measure_kernel_case(benchmark, pool, opts, op, shape):
     skipped, est, active, labels, rot = {}, {}, {}, {}, {}
     max_call = 4.0 if opts.full else 2.0
     for v in list(pool):
-        if not _kernels.applicable(v, op):
+        if not case_variant(opts, op, shape, v):
             continue
         if opts.quick and _kernels.VARIANTS[v][0] == "cpu" and \
                 _kernels.elements(op, shape) > QUICK_CPU_MAX:
@@ -367,7 +425,8 @@ def measure_kernel_case(benchmark, pool, opts, op, shape):
                                                       "; ".join("%s: %s" % kv
                                                                 for kv in skipped.items())))
     rounds = 6 if opts.quick else 10
-    chunks = _plan(est, opts.kernel_budget(), rounds, 500)
+    chunks = _plan(est, opts.kernel_budget(), rounds, 500,
+                   {v: MIN_GPU_CALLS for v in est if _kernels.VARIANTS[v][0] == "gpu"})
     rounds = _fit_rounds(opts, rounds, sum(chunks[v] * est[v] for v in active))
     data, failed = run_interleaved(
         benchmark, {v: (active[v], chunks[v]) for v in active},
@@ -403,6 +462,8 @@ def measure_train_case(benchmark, pool, opts, net):
     skipped, est, active, info = {}, {}, {}, {}
     max_step = 20.0
     for v in list(pool):
+        if not train_variant(opts, net, v):
+            continue
         w = _revive(pool, v)
         if w is None:
             skipped[v] = pool[v].skip or "its worker died in an earlier case and did not restart"

@@ -33,6 +33,12 @@ from .kernels import shape_label
 
 BIG_FLAT = 1 << 26
 FUSED_SHAPES = ((490, 500), (65536, 4096))
+# the fused pass's baseline in the summary: what a CuPy user writes (cupy.random mask,
+# separate ops); the Philox-emulating *_ref code on CuPy is in the details only
+FUSED_BASELINE = "cupy_curand"
+FUSED_REF = "cupy_unfused"
+HEADLINE_KEYS = ("dropout_fwd_bw_frac", "dropout_bwd_bw_frac", "fused_vs_unfused",
+                 "train_vs_torch")
 
 
 def _entries(raw):
@@ -118,6 +124,37 @@ def _why_missing(variant, kskips_or_tskips, variant_skips, **where):
                                                              for kv in where.items()))
 
 
+def _fused_summary(kernels, kskips, variant_skips, kernels_ran, summary, notes, details):
+    """``fused_vs_unfused``: the smaller over :data:`FUSED_SHAPES` of the baseline's time
+    (what a CuPy user writes) over fcgpu's; the *_ref emulation's ratio goes to the
+    details (``fused_vs_ref_<shape>``)."""
+    ratios = {}
+    details["fused_vs_unfused_baseline"] = KVARIANTS[FUSED_BASELINE][1]
+    for shape in FUSED_SHAPES:
+        name = "x".join(map(str, shape))
+        f = _find(kernels, op="fused_fwd", variant="fcgpu", shape=shape)
+        u = _find(kernels, op="fused_fwd", variant=FUSED_BASELINE, shape=shape)
+        r = _find(kernels, op="fused_fwd", variant=FUSED_REF, shape=shape)
+        if f and u:
+            ratios[name] = u["time_s"] / f["time_s"]
+            details["fused_vs_unfused_" + name] = ratios[name]
+        else:
+            details["fused_vs_unfused_" + name] = None
+            missing = "fcgpu" if not f else FUSED_BASELINE
+            details["fused_vs_unfused_%s_note" % name] = _why_missing(
+                missing, kskips, variant_skips, op="fused_fwd", shape=shape)
+        if f and r:
+            details["fused_vs_ref_" + name] = r["time_s"] / f["time_s"]
+    if ratios:
+        summary["fused_vs_unfused"] = min(ratios.values())
+        if len(ratios) < len(FUSED_SHAPES):
+            notes["fused_vs_unfused"] = "measured at %s only" % ", ".join(ratios)
+    else:
+        summary["fused_vs_unfused"] = None
+        notes["fused_vs_unfused"] = ("the kernel suite did not run" if not kernels_ran else
+                                     details.get("fused_vs_unfused_490x500_note"))
+
+
 def summarize(kernels, kskips, train, tskips, variant_skips, copy_ref, settings=None):
     """The ``summary`` keys, with notes for the nulls and the details behind them."""
     summary, notes, details = {}, {}, {}
@@ -148,30 +185,7 @@ def summarize(kernels, kskips, train, tskips, variant_skips, copy_ref, settings=
                                            "frac": top["gbps"] / cpu_ref["gbps"],
                                            "copy_gbps": cpu_ref["gbps"]}
 
-    ratios = {}
-    for shape in FUSED_SHAPES:
-        name = "x".join(map(str, shape))
-        f = _find(kernels, op="fused_fwd", variant="fcgpu", shape=shape)
-        u = _find(kernels, op="fused_fwd", variant="cupy_unfused", shape=shape)
-        c = _find(kernels, op="fused_fwd", variant="cupy_curand", shape=shape)
-        if f and u:
-            ratios[name] = u["time_s"] / f["time_s"]
-            details["fused_vs_unfused_" + name] = ratios[name]
-        else:
-            details["fused_vs_unfused_" + name] = None
-            missing = "fcgpu" if not f else "cupy_unfused"
-            details["fused_vs_unfused_%s_note" % name] = _why_missing(
-                missing, kskips, variant_skips, op="fused_fwd", shape=shape)
-        if f and c:
-            details["fused_vs_curand_" + name] = c["time_s"] / f["time_s"]
-    if ratios:
-        summary["fused_vs_unfused"] = min(ratios.values())
-        if len(ratios) < len(FUSED_SHAPES):
-            notes["fused_vs_unfused"] = "measured at %s only" % ", ".join(ratios)
-    else:
-        summary["fused_vs_unfused"] = None
-        notes["fused_vs_unfused"] = ("the kernel suite did not run" if not kernels_ran else
-                                     details.get("fused_vs_unfused_490x500_note"))
+    _fused_summary(kernels, kskips, variant_skips, kernels_ran, summary, notes, details)
 
     def sps(net, variant):
         if variant == "fcgpu":  # fcgpu on the GPU: the faster of plain and graph-captured
@@ -217,6 +231,47 @@ def summarize(kernels, kskips, train, tskips, variant_skips, copy_ref, settings=
     if g and f:
         details["train_vs_torch_compile"] = f["samples_per_s"] / g["samples_per_s"]
     return summary, notes, details
+
+
+def cut_reasons(raw_list, experiments=None, not_run=None):
+    """What a deadline cut, as short lines: suites not run or stopped (``not_run``:
+    {suite: why}), kernel and training cases not started, course-run backends and
+    experiments not run or stopped. ``[]`` when nothing was cut."""
+    from .schedule import NOT_STARTED
+    out = ["%s: %s" % (k, v) for k, v in (not_run or {}).items()]
+    for raw in raw_list:
+        skips = (raw.get("fcgpu") or {}).get("case_skips") or []
+        cut = [ei for ei in skips if (ei.get("skipped") or {}).get("*") == NOT_STARTED]
+        if cut:
+            what = ["%s %s" % (ei.get("op") or ei.get("net"), shape_label(ei["shape"])
+                               if "shape" in ei else "net") for ei in cut]
+            out.append("%s: %d case(s) not started by the deadline (%s)"
+                       % (cut[0]["suite"], len(cut), ", ".join(what[:4])
+                          + (", ..." if len(what) > 4 else "")))
+    for name, exp in (experiments or {}).items():
+        rows = dict((exp or {}).get("backends") or {}, **({"": exp} if exp else {}))
+        for backend, r in rows.items():
+            why = (r or {}).get("skipped") or ""
+            if "deadline" in why or why.startswith("stopped after"):
+                out.append("%s%s: %s" % (name, " " + backend if backend else "", why))
+    return out
+
+
+def headline_figures(results):
+    """The four summary figures of a GPU run: ``{name: (value, why it is missing)}`` for
+    the keys of :data:`HEADLINE_KEYS` and ``course_wall_s`` (the fastest fcgpu GPU row of
+    the course's whole run, seconds)."""
+    s, notes = results.get("summary") or {}, results.get("summary_notes") or {}
+    out = {k: (s.get(k), None if s.get(k) is not None else notes.get(k) or "not measured")
+           for k in HEADLINE_KEYS}
+    cw = (results.get("experiments") or {}).get("course_wall") or {"skipped": "not run"}
+    rows = cw.get("backends") or {}
+    secs = [rows[n]["seconds"] for n in ("fcgpu", "fcgpu_graph") if (rows.get(n) or {}).get(
+        "seconds")]
+    why = cw.get("skipped") or "; ".join("%s: %s" % (n, (rows.get(n) or {}).get(
+        "skipped", "not asked for")) for n in ("fcgpu_graph", "fcgpu"))
+    out["course_wall_s"] = (min(secs), None) if secs else (None, why)
+    return out
 
 
 def results_dir_name(machine):

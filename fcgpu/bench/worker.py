@@ -8,9 +8,11 @@ Requests:
   ``{"ok": false, "skip": reason}`` when the variant cannot run on this machine;
 * ``{"cmd": "kernel_setup", "op", "shape"}`` -> builds the inputs (rotating several
   input sets so that consecutive calls span 4x the last-level cache);
-* ``{"cmd": "kernel_run", "calls": k}`` -> per-call times: ``host`` (the host clock,
-  read after the device finished) and, on a GPU, ``device`` (CUDA events around the
-  call on its stream);
+* ``{"cmd": "kernel_run", "calls": k}`` -> times per call: on a CPU, ``host``, one
+  host-clock time per call; on a GPU, one pair of CUDA events on the stream brackets
+  all k calls launched back to back (after a device synchronize), so the GPU never
+  waits for Python between calls and the host's launch latency is spread over k:
+  ``device`` = [event time / k] and ``host`` = [host-clock time to the end event / k];
 * ``{"cmd": "train_setup", "net"}`` / ``{"cmd": "train_run", "steps": k}`` -> one time
   for k training steps with a device sync at the end only;
 * ``{"cmd": "free"}``, ``{"cmd": "quit"}``.
@@ -198,38 +200,42 @@ class _Server:
 
     def kernel_run(self, req):
         calls = int(req["calls"])
-        case = self.case
-        host, dev = [], None
-        perf = time.perf_counter
+        if calls < 1:
+            raise ValueError("kernel_run needs calls >= 1, got %d" % calls)
         if self.kind == "gpu":
-            dev = []
-            if self.family == "torch":
-                Event = self.torch.cuda.Event
-                pairs = [(Event(enable_timing=True), Event(enable_timing=True))
-                         for _ in range(calls)]
-            else:
-                Event = self.cp.cuda.Event
-                pairs = [(Event(), Event()) for _ in range(calls)]
-            sync = self._sync
-            for a, b in pairs:
-                sync()
-                t0 = perf()
-                a.record()
-                case.call()
-                b.record()
-                b.synchronize()
-                host.append(perf() - t0)
-            if self.family == "torch":
-                dev = [a.elapsed_time(b) / 1e3 for a, b in pairs]
-            else:
-                get = self.cp.cuda.get_elapsed_time
-                dev = [get(a, b) / 1e3 for a, b in pairs]
+            host, dev = self._gpu_chunk(self.case, calls)
+            return {"ok": True, "host": [host], "device": [dev], "calls": calls}
+        host = []
+        perf = time.perf_counter
+        for _ in range(calls):
+            t0 = perf()
+            self.case.call()
+            host.append(perf() - t0)
+        return {"ok": True, "host": host, "device": None, "calls": calls}
+
+    def _gpu_chunk(self, case, calls):
+        """``(host s, device s)`` per call: ``calls`` launches between one pair of
+        CUDA events on the current stream (PyTorch: ``torch.cuda.Event``; CuPy:
+        ``cupy.cuda.Event``, ``record`` on the current stream and
+        ``get_elapsed_time`` in ms, cupy/cuda/stream.pyx v14.2.0)."""
+        if self.family == "torch":
+            start = self.torch.cuda.Event(enable_timing=True)
+            end = self.torch.cuda.Event(enable_timing=True)
         else:
-            for _ in range(calls):
-                t0 = perf()
-                case.call()
-                host.append(perf() - t0)
-        return {"ok": True, "host": host, "device": dev}
+            start, end = self.cp.cuda.Event(), self.cp.cuda.Event()
+        self._sync()
+        t0 = time.perf_counter()
+        start.record()
+        for _ in range(calls):
+            case.call()
+        end.record()
+        end.synchronize()
+        host = time.perf_counter() - t0
+        if self.family == "torch":
+            ms = start.elapsed_time(end)
+        else:
+            ms = self.cp.cuda.get_elapsed_time(start, end)
+        return host / calls, ms / 1e3 / calls
 
     def free(self, req):
         self.case = None

@@ -13,6 +13,14 @@ import sys
 import time
 
 
+PART_HELP = ("headline: only the four summary figures (dropout bandwidth fractions at "
+             "2^26, fused vs what a CuPy user writes, training vs PyTorch eager, the "
+             "course's whole run), --deadline shared by their estimates "
+             "(fcgpu.bench.schedule); rest: everything else, added to the --part "
+             "headline results already in --out; all (default): on a GPU the headline "
+             "first, then the rest")
+
+
 def add_arguments(p):
     p.add_argument("--out", metavar="DIR",
                    help="folder for results.json and the raw pytest-benchmark JSON (needed "
@@ -38,15 +46,20 @@ def add_arguments(p):
                    help="also time the course's whole 17-epoch training per backend (fcgpu, "
                         "fcgpu + CUDA graph, PyTorch eager on the GPU; numpy too unless "
                         "--course-backends says otherwise) on synthetic CIFAR-10-shaped data; "
-                        "it runs first, in 40%% of --deadline (25 s, at most 60%%, where "
-                        "that is more)")
+                        "on a GPU it ends the headline (--part headline always runs it); "
+                        "without one it runs first, in 40%% of --deadline (25 s, at most "
+                        "60%%, where that is more)")
     p.add_argument("--course-backends", default=None, metavar="LIST",
                    help="comma-separated backends for --course-wall, in the order to run "
-                        "them (default: fcgpu_graph,torch_cuda,fcgpu,numpy)")
+                        "them (default: fcgpu_graph,torch_cuda,fcgpu,numpy; with --part "
+                        "headline: fcgpu_graph,torch_cuda,fcgpu)")
+    p.add_argument("--part", choices=["all", "headline", "rest"], default="all",
+                   help=PART_HELP)
     p.add_argument("--deadline", type=float, default=None, metavar="SECONDS",
                    help="finish within about this many seconds: cases not started by then "
-                        "are reported as not run (kernels get half, training up to 90%%); a "
-                        "suite still running 15 s past it is stopped")
+                        "are reported as not run and results.json says complete: false "
+                        "(kernels get half, training up to 90%%; --part headline: shares "
+                        "by the estimates); a suite still running 15 s past it is stopped")
     p.add_argument("--report", action="store_true",
                    help="also write report.md and the plots into --out")
     p.add_argument("--pytest-args", default="",
@@ -141,147 +154,278 @@ def run(args):
         return _profile_only(args)
     if not args.out:
         raise ValueError("--out DIR is required (only --profile runs without it)")
+    if args.deadline is not None and args.deadline <= 0:
+        raise ValueError("--deadline must be positive, got %g" % args.deadline)
     try:
         import pytest_benchmark  # noqa: F401
     except ImportError:
         raise ValueError("fcgpu bench needs pytest-benchmark: pip install 'fcgpu[bench]'") \
             from None
-    from ..atomic import atomic_write_bytes
-    from ..bench import experiments
-    from ..bench.machine import machine_info
-    from ..bench.results import build_results
-    from ..bench.worker import _worker_env
-
-    t0 = time.time()
-    deadline = t0 + args.deadline if args.deadline else None
+    _course_names(args)  # bad names fail before anything runs
+    b = _Bench(args)
+    if args.part == "rest":
+        b.load_headline()
     _warn_load()
-    out = os.path.abspath(args.out)
-    raw_dir = os.path.join(out, "raw")
-    os.makedirs(raw_dir, exist_ok=True)
-    path = os.path.join(out, "results.json")
-    machine = machine_info()
+    for phase, secs in _phases(args, b):
+        if phase == "headline":
+            _run_headline(b, args, secs)
+        else:
+            _run_rest(b, args, phase, secs)
+    if args.profile:
+        b.prof["profile"] = _profile(args)
+        b.write()
+    if args.only in (None, "experiments") and args.part != "headline":
+        _run_experiments(b, args)
+    results = b.write(final=True)
+    _print_results(b, results, args)
+    return 0 if b.rc in (0, 5) else 1
+
+
+def _course_names(args):
+    """--course-backends as a list (None: the default), checked."""
+    from ..bench.course_run import COURSE_BACKENDS
+    names = args.course_backends.split(",") if args.course_backends else None
+    bad = [n for n in names or () if n not in COURSE_BACKENDS]
+    if bad:
+        raise ValueError("--course-backends: unknown backend %s; choose from %s"
+                         % (", ".join(bad), ", ".join(COURSE_BACKENDS)))
+    return names
+
+
+def _phases(args, b):
+    """``[(phase, seconds or None)]``: --part all runs the headline first on a GPU (in
+    its estimated seconds plus 15, or all of --deadline where that is less), then the
+    rest in the time left."""
+    from .. import backend
+    from ..bench import schedule
+    d = args.deadline
+    if args.part != "all":
+        return [(args.part, d)]
+    if not backend.cupy_status()[0]:  # no GPU: no headline to measure first
+        return [("all", d)]
+    head = None if d is None else min(d, schedule.headline_seconds() + 15)
+    return [("headline", head), ("rest", None if d is None else d - head)]
+
+
+def _run_headline(b, args, secs):
+    """The summary's kernel cases, its training cases, then the course's whole run, each
+    phase by its share of ``secs`` (:func:`fcgpu.bench.schedule.phase_deadlines`)."""
+    from ..bench import schedule
+    from ..bench.course_run import course_wall
     suites = _suite_files(args.only)
-    raw_list, raw_paths, not_run, exps = [], [], {}, {}
-    prof = {}
-    rc = 0
+    course = args.part == "headline" or args.course_wall
+    phases = [p for p in schedule.PHASES if (p == "course" and course) or p in suites]
+    if not phases:
+        return
+    start = time.time()
+    ends = schedule.phase_deadlines(secs, phases) if secs else {}
+    for p in phases:
+        end = start + ends[p] if secs else None
+        if p != "course":
+            b.suite(p, suites[p], "headline", end, None if end is None else end + 10)
+            continue
+        names = _course_names(args) or (list(schedule.headline_course_backends())
+                                         if args.part == "headline" else None)
+        print("fcgpu bench: course wall time (headline)", file=sys.stderr, flush=True)
+        b.exps["course_wall"] = _guard(lambda: course_wall(enabled=True, backends=names,
+                                                           deadline=end))
+        b.write()
 
-    def write(complete):
-        results = build_results(raw_list, experiments=exps, machine=machine, settings={
-            "command": " ".join(sys.argv), "only": args.only,
-            "time_to_accuracy": args.time_to_accuracy, "course_wall": args.course_wall,
-            "deadline_s": args.deadline,
-            "raw": [os.path.relpath(p, out) for p in raw_paths], "complete": complete,
-            "suites_not_run": not_run}, profile=prof.get("profile"))
-        for key, note in results["summary_notes"].items():
-            for suite, why in not_run.items():
-                if note == "the %s suite did not run" % ("kernel" if suite == "kernels"
-                                                         else "training"):
-                    results["summary_notes"][key] = note + ": " + why
-        atomic_write_bytes(json.dumps(results, indent=1).encode(), path)
-        return results
 
-    if args.course_wall:  # first: it is short, and the headline of a first GPU run
-        from ..bench.course_run import COURSE_BACKENDS, course_wall, time_share
-        names = args.course_backends.split(",") if args.course_backends else None
-        bad = [n for n in names or () if n not in COURSE_BACKENDS]
-        if bad:
-            raise ValueError("--course-backends: unknown backend %s; choose from %s"
-                             % (", ".join(bad), ", ".join(COURSE_BACKENDS)))
-        exps["course_wall"] = _guard(lambda: course_wall(
-            enabled=True, backends=names,
-            deadline=t0 + time_share(args.deadline) if deadline else None))
-        write(complete=False)
-
-    # each suite in its own pytest run, and results.json rewritten after each, so that a
-    # run cut short still leaves what it measured
+def _run_rest(b, args, phase, secs):
+    """The suites (and, without a GPU, the course run first) in ``secs``: kernels may
+    start cases until half of it, training until 90%."""
+    from ..bench.course_run import course_wall, time_share
+    start = time.time()
+    end = None if secs is None else start + secs
+    if phase == "all" and args.course_wall:  # first: short, and a headline figure
+        b.exps["course_wall"] = _guard(lambda: course_wall(
+            enabled=True, backends=_course_names(args),
+            deadline=None if secs is None else start + time_share(secs)))
+        b.write()
+    suites = _suite_files(args.only)
     share = {"kernels": 0.5, "train": 0.9} if len(suites) > 1 else {k: 0.9 for k in suites}
     for name, file in suites.items():
-        if deadline and time.time() > deadline - 10:
-            not_run[name] = "the run's --deadline was reached first"
+        if end is not None and time.time() > end - 10:
+            b.not_run[name] = "the run's --deadline was reached first"
             continue
-        raw_path = os.path.join(raw_dir, "%s.json" % name)
-        partial = os.path.join(raw_dir, "%s.partial.jsonl" % name)
-        for p in (raw_path, partial):
-            if os.path.exists(p):
-                os.remove(p)
-        cmd = [sys.executable, "-m", "pytest", file, "-p", "no:cacheprovider", "-q",
-               "-o", "addopts=", "--benchmark-json", raw_path, "--benchmark-columns",
-               "median,rounds", "--benchmark-sort", "name", "--fcgpu-partial", partial]
-        if args.quick:
-            cmd.append("--fcgpu-quick")
-        if args.full:
-            cmd.append("--fcgpu-full")
-        if args.variants:
-            cmd += ["--fcgpu-variants", args.variants]
-        if args.budget:
-            cmd += ["--fcgpu-budget", str(args.budget)]
-        timeout = None
-        if deadline:
-            suite_deadline = t0 + share[name] * args.deadline
-            cmd += ["--fcgpu-deadline", "%.3f" % suite_deadline]
-            timeout = max(30.0, deadline + 15 - time.time())  # a hard stop after the soft one
-        if args.pytest_args:
-            import shlex
-            cmd += shlex.split(args.pytest_args)
-        print("fcgpu bench: %s" % " ".join(cmd), file=sys.stderr, flush=True)
-        try:
-            code = subprocess.call(cmd, env=_worker_env(), cwd=os.path.dirname(file),
-                                   timeout=timeout)
-        except subprocess.TimeoutExpired:
-            code = 124
-            not_run.setdefault(name, "stopped at the run's --deadline")
-        if code not in (0, 5):
-            rc = code
-            print("fcgpu bench: the %s suite's pytest exited with %d; keeping what was "
-                  "measured" % (name, code), file=sys.stderr)
-        try:
-            with open(raw_path) as f:
-                raw_list.append(json.load(f))
-            raw_paths.append(raw_path)
-        except (OSError, ValueError):
-            raw = _from_partial(partial)
-            if raw is not None:  # stopped before pytest-benchmark wrote its JSON
-                raw_list.append(raw)
-                raw_paths.append(partial)
-                not_run.setdefault(name + "_partial", "the %s suite was stopped (exit %d); "
-                                   "the cases it finished are kept" % (name, code))
-            else:
-                not_run.setdefault(name, "pytest wrote no results (exit %d)" % code)
-        write(complete=False)
+        b.suite(name, file, phase, None if end is None else start + share[name] * secs,
+                None if end is None else end + 15)
 
-    if args.profile:
-        prof["profile"] = _profile(args)
-        write(complete=False)
 
-    if args.only in (None, "experiments"):
-        if deadline and time.time() > deadline - 5:
-            why = "not run: the run's --deadline was reached first"
-            exps.update({k: {"skipped": why} for k in ("dropout_stats", "dropout_regularizer",
-                                                       "time_to_accuracy")})
-        else:
-            print("fcgpu bench: notebook experiments", file=sys.stderr, flush=True)
-            exps["dropout_stats"] = _guard(experiments.dropout_stats)
-            exps["dropout_regularizer"] = _guard(
-                lambda: experiments.dropout_regularizer(args.data, backend_name="auto"))
-            exps["time_to_accuracy"] = _guard(
-                lambda: experiments.time_to_accuracy(args.data, enabled=args.time_to_accuracy))
-        if "course_wall" not in exps:
-            from ..bench.course_run import course_wall
-            exps["course_wall"] = course_wall(enabled=False)
-    results = write(complete=True)
-    print("fcgpu bench: wrote %s (%.0f s)" % (path, time.time() - t0))
-    s = results["summary"]
-    for k, v in s.items():
+def _run_experiments(b, args):
+    from ..bench import experiments
+    from ..bench.course_run import course_wall
+    if b.deadline and time.time() > b.deadline - 5:
+        why = "not run: the run's --deadline was reached first"
+        b.exps.update({k: {"skipped": why} for k in ("dropout_stats", "dropout_regularizer",
+                                                     "time_to_accuracy")})
+    else:
+        print("fcgpu bench: notebook experiments", file=sys.stderr, flush=True)
+        b.exps["dropout_stats"] = _guard(experiments.dropout_stats)
+        b.exps["dropout_regularizer"] = _guard(
+            lambda: experiments.dropout_regularizer(args.data, backend_name="auto"))
+        b.exps["time_to_accuracy"] = _guard(
+            lambda: experiments.time_to_accuracy(args.data, enabled=args.time_to_accuracy))
+    if "course_wall" not in b.exps:
+        b.exps["course_wall"] = course_wall(enabled=False)
+
+
+def _print_results(b, results, args):
+    print("fcgpu bench: wrote %s (%.0f s)" % (b.path, time.time() - b.t0))
+    for k, v in results["summary"].items():
         print("  %-22s %s%s" % (k, "null" if v is None else "%.3f" % v,
                                 "" if v is not None else
                                 "  (%s)" % results["summary_notes"].get(k, "")))
+    st = results["settings"]
+    print("  complete: %s" % ("yes" if st["complete"] else "no: " + "; ".join(
+        st["cut"] + ["%s failed: %s" % kv for kv in st["suites_failed"].items()])))
     if results.get("suggested_dir"):
         print("  to commit it: bench/results/%s/" % results["suggested_dir"])
     if args.report:
         from ..bench import report
-        res = report.load([path])
-        print("fcgpu bench: wrote %s" % report.render(res, out))
-    return 0 if rc in (0, 5) else 1
+        res = report.load([b.path])
+        print("fcgpu bench: wrote %s" % report.render(res, b.out))
+
+
+class _Bench:
+    """One ``fcgpu bench`` run: what it measured so far, and results.json rewritten
+    after each piece, so that a run cut short keeps what it measured."""
+
+    def __init__(self, args):
+        from ..bench.machine import machine_info
+        self.args = args
+        self.t0 = time.time()
+        self.deadline = self.t0 + args.deadline if args.deadline else None
+        self.out = os.path.abspath(args.out)
+        self.raw_dir = os.path.join(self.out, "raw")
+        os.makedirs(self.raw_dir, exist_ok=True)
+        self.path = os.path.join(self.out, "results.json")
+        self.machine = machine_info()
+        self.raw_list, self.raw_paths, self.exps, self.prof = [], [], {}, {}
+        self.not_run, self.failed, self.prior_cut, self.rc = {}, {}, [], 0
+        self.n_prior, self.prior_exps = 0, set()  # what --part rest kept of the headline
+
+    def load_headline(self):
+        """--part rest: keep what a --part headline run left in --out."""
+        try:
+            with open(self.path) as f:
+                prior = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise ValueError("--part rest adds to a --part headline run in the same --out, "
+                             "and %s cannot be read (%s)" % (self.path, exc)) from None
+        st = prior.get("settings") or {}
+        if st.get("part") != "headline":
+            raise ValueError("--part rest adds to a --part headline run in the same --out; "
+                             "%s is from --part %s" % (self.path, st.get("part", "all")))
+        for rel in st.get("raw") or []:
+            p = os.path.join(self.out, rel)
+            raw = _from_partial(p) if p.endswith(".jsonl") else _load_json(p)
+            if raw is not None:
+                self.raw_list.append(raw)
+                self.raw_paths.append(p)
+        if "course_wall" in (prior.get("experiments") or {}):
+            self.exps["course_wall"] = prior["experiments"]["course_wall"]
+            self.prior_exps.add("course_wall")
+        self.n_prior = len(self.raw_list)
+        self.prior_cut = ["headline: " + c for c in st.get("cut") or []]
+        self.failed.update(st.get("suites_failed") or {})
+
+    def write(self, final=False):
+        from ..atomic import atomic_write_bytes
+        from ..bench.results import build_results, cut_reasons
+        args = self.args
+        mine = {k: v for k, v in self.exps.items() if k not in self.prior_exps}
+        cut = self.prior_cut + cut_reasons(self.raw_list[self.n_prior:], mine, self.not_run)
+        results = build_results(self.raw_list, experiments=self.exps, machine=self.machine,
+                                settings={
+            "command": " ".join(sys.argv), "only": args.only, "part": args.part,
+            "time_to_accuracy": args.time_to_accuracy, "course_wall": args.course_wall,
+            "deadline_s": args.deadline,
+            "raw": [os.path.relpath(p, self.out) for p in self.raw_paths],
+            "complete": bool(final and not cut and not self.failed), "cut": cut,
+            "suites_not_run": self.not_run, "suites_failed": self.failed},
+            profile=self.prof.get("profile"))
+        notes = results["summary_notes"]
+        for key, note in notes.items():
+            for suite, why in dict(self.not_run, **self.failed).items():
+                base = suite.replace("headline-", "").replace("_partial", "")
+                if note == "the %s suite did not run" % ("kernel" if base == "kernels"
+                                                         else "training"):
+                    notes[key] = note + ": " + why
+        atomic_write_bytes(json.dumps(results, indent=1).encode(), self.path)
+        return results
+
+    def suite(self, name, file, part, deadline, hard_stop):
+        """One suite in its own pytest run; ``deadline``/``hard_stop``: Unix times (or
+        None) by which cases must have started, and at which the run is stopped."""
+        key = "headline-" + name if part == "headline" else name
+        raw_path = os.path.join(self.raw_dir, "%s.json" % key)
+        partial = os.path.join(self.raw_dir, "%s.partial.jsonl" % key)
+        for p in (raw_path, partial):
+            if os.path.exists(p):
+                os.remove(p)
+        cmd = self._suite_cmd(file, raw_path, partial, part, deadline)
+        timeout = None if hard_stop is None else max(30.0, hard_stop - time.time())
+        print("fcgpu bench: %s" % " ".join(cmd), file=sys.stderr, flush=True)
+        from ..bench.worker import _worker_env
+        try:
+            code = subprocess.call(cmd, env=_worker_env(), cwd=os.path.dirname(file),
+                                   timeout=timeout)
+        except subprocess.TimeoutExpired:  # a hard stop cuts the run; it is no error
+            code = None
+            self.not_run[key] = "stopped at the run's --deadline"
+        if code not in (None, 0, 5):
+            self.rc = code
+            self.failed[key] = "pytest exited %d (what it measured is kept)" % code
+            print("fcgpu bench: the %s suite's pytest exited with %d; keeping what was "
+                  "measured" % (key, code), file=sys.stderr)
+        self._keep(key, raw_path, partial, code)
+        self.write()
+
+    def _suite_cmd(self, file, raw_path, partial, part, deadline):
+        args = self.args
+        cmd = [sys.executable, "-m", "pytest", file, "-p", "no:cacheprovider", "-q",
+               "-o", "addopts=", "--benchmark-json", raw_path, "--benchmark-columns",
+               "median,rounds", "--benchmark-sort", "name", "--fcgpu-partial", partial,
+               "--fcgpu-part", part]
+        cmd += ["--fcgpu-quick"] if args.quick else []
+        cmd += ["--fcgpu-full"] if args.full else []
+        cmd += ["--fcgpu-variants", args.variants] if args.variants else []
+        cmd += ["--fcgpu-budget", str(args.budget)] if args.budget else []
+        cmd += ["--fcgpu-deadline", "%.3f" % deadline] if deadline else []
+        if args.pytest_args:
+            import shlex
+            cmd += shlex.split(args.pytest_args)
+        return cmd
+
+    def _keep(self, key, raw_path, partial, code):
+        raw = _load_json(raw_path)
+        if raw is not None:
+            self.raw_list.append(raw)
+            self.raw_paths.append(raw_path)
+            return
+        raw = _from_partial(partial)
+        if raw is not None:  # stopped before pytest-benchmark wrote its JSON
+            self.raw_list.append(raw)
+            self.raw_paths.append(partial)
+            if code is not None:
+                self.failed[key] = ("pytest exited %d before writing its JSON; the cases it "
+                                    "finished are kept" % code)
+            else:
+                self.not_run[key] += "; the cases it finished are kept"
+        elif code is None:
+            self.not_run[key] = "stopped at the run's --deadline before finishing a case"
+        else:
+            self.failed[key] = "pytest wrote no results (exit %d)" % code
+
+
+def _load_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def _profile_only(args):

@@ -160,7 +160,7 @@ def kernel_section(results, names):
                 return r["time_s"] if r else None
             f = t("fcgpu")
             cells = ["x".join(map(str, shape))]
-            for base in ("cupy_unfused", "cupy_curand", "torch_cuda"):
+            for base in ("cupy_curand", "cupy_unfused", "torch_cuda"):
                 b = t(base)
                 cells.append(fmt_ratio(b / f) if f and b else "—")
             n_, c_ = t("numba"), t("numpy_ref")
@@ -170,9 +170,10 @@ def kernel_section(results, names):
         if fr:
             out += ["Speedups of the fused forward (time of the alternative / time of fcgpu's "
                     "fused pass on the same device):", "",
-                    table(["N x D", "GPU: vs CuPy unfused (*_ref)", "GPU: vs CuPy + cuRAND",
-                           "GPU: vs PyTorch", "CPU: Numba vs NumPy ref",
-                           "CPU: Numba vs PyTorch"], fr), ""]
+                    table(["N x D", "GPU: vs CuPy as a user writes it (cupy.random mask; "
+                           "the summary's baseline)", "GPU: vs CuPy emulating fcgpu "
+                           "(*_ref, Philox mask as array code)", "GPU: vs PyTorch",
+                           "CPU: Numba vs NumPy ref", "CPU: Numba vs PyTorch"], fr), ""]
     out += gather_section(results, names)
     out += skipped_section(results, names, "kernel")
     return out
@@ -356,10 +357,13 @@ def method_section(results):
             "case (an op at one size, or one net); within it the variants run in interleaved "
             "rounds, one chunk of calls each, in an order that rotates every round, so noise "
             "on a shared machine hits all of them alike. Ratios come from the same run.",
-            "- Kernel times are medians over all calls. On a GPU each call is bracketed by CUDA "
-            "events on its stream, after a device synchronize (the host clock, read after the "
-            "device finished, is kept too); on a CPU the host clock times each call. One "
-            "untimed warm-up call (compilation) and three calls to size the chunks come first.",
+            "- Kernel times are medians over chunks of calls. On a GPU one pair of CUDA events "
+            "on the stream brackets a whole chunk (at least 10 calls, launched back to back "
+            "after a device synchronize), so Python's launch overhead overlaps the kernels "
+            "instead of counting as kernel time: time per call = event time / calls (the host "
+            "clock to the end event is kept too); on a CPU the host clock times each call. "
+            "One untimed warm-up call (compilation) and three calls to size the chunks come "
+            "first.",
             "- Bytes counted: each input read once and each output written once, by the op's "
             "contract (dropout: x in, out out; batchnorm forward: x in, out out, plus the "
             "per-feature vectors; backward: dout and x in, dx out; the fused backward also "
@@ -378,10 +382,15 @@ def method_section(results):
             "device synchronize; step time = chunk time / steps; samples/s = 490 / median step "
             "time. PyTorch uses as many threads as there are usable cores "
             "(`torch.set_num_threads`); NumPy's BLAS and Numba use their defaults (all cores).",
-            "- `CuPy unfused` is fcgpu on CuPy with `fcgpu.fused.impl_for` patched, inside that "
-            "worker only, to return the plain xp references (every fusable step as separate "
-            "CuPy operations; the Philox mask as array code). `CuPy + cuRAND` is what a plain "
-            "CuPy user would write: batchnorm in xp code, `maximum`, and a `cupy.random` mask.",
+            "- The fused pass's baseline in the summary is CuPy as a user writes it "
+            "(`cupy_curand`): the course's batchnorm (`mean`, `var`, `(x - mu) / sqrt(var + "
+            "eps)`, `gamma * xhat + beta`), `cupy.maximum(y, 0)` and dropout as `x * "
+            "(cupy.random.random(shape, dtype=float32) < p) * (1/p)`, a fresh mask each call, "
+            "every step a separate CuPy op. `CuPy ops emulating fcgpu` (`cupy_unfused`) runs "
+            "fcgpu's plain xp references on CuPy, its Philox mask as array code (bit for bit "
+            "ours, and slow): in the details only. In training, `cupy_unfused` is fcgpu on "
+            "CuPy with `fcgpu.fused.impl_for` patched, inside that worker only, to return "
+            "those references.",
             "- Tests never time anything; only these benchmarks do. Variants that cannot run are "
             "listed with the reason, never dropped silently.",
             ""]
