@@ -195,6 +195,44 @@ def run_optim(cp, dtype, rng):
                 train_ops.rule_step_device(code, d[0], d[1], d[3] if key else None,
                                      cp.asarray([1e-2]), h=0.9, eps=1e-8)
                 check(rel(d[0].get(), ref) < tol(dtype), "rule_step_device %s %s" % (rule, tag))
+                d, h = _views(cp, hosts, n, misaligned)
+                out = train_ops.rule_step(code, d[0], d[1], d[3] if key else None, 1e-2,
+                                          h=0.9, eps=1e-8)
+                check(rel(out.get(), ref) < tol(dtype), "rule_step %s %s" % (rule, tag))
+
+
+def run_blas(cp, dtype, rng):
+    """fcgpu.cuda.blas (cuBLAS through ctypes): the layers' three product layouts
+    against float64, then one product captured in a CUDA graph and replayed against
+    the same product uncaptured, bit for bit (the CUDA-graph step's guarantee)."""
+    from fcgpu.cuda import blas
+    for m, k, n in ((7, 5, 3), (1, 9, 4), (49, 300, 17)):
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        at = np.ascontiguousarray(a.T)
+        bt = np.ascontiguousarray(b.T)
+        ref = a.astype(np.float64) @ b.astype(np.float64)
+        tag = "%s %dx%dx%d" % (np.dtype(dtype).name, m, k, n)
+        for what, x, y in (("a @ b", cp.asarray(a), cp.asarray(b)),
+                           ("a.T-view @ b", cp.asarray(at).T, cp.asarray(b)),
+                           ("a @ b.T-view", cp.asarray(a), cp.asarray(bt).T)):
+            check(rel(blas.matmul(x, y).get(), ref) < tol(dtype), "blas.matmul %s %s" % (what, tag))
+    a = cp.asarray(rng.standard_normal((64, 96)).astype(dtype))
+    b = cp.asarray(rng.standard_normal((96, 32)).astype(dtype))
+    side = cp.cuda.Stream(non_blocking=True)
+    out = cp.zeros((64, 32), dtype)
+    with side:
+        plain = blas.matmul(a, b)
+        side.begin_capture()
+        try:
+            blas.matmul(a, b, out=out)
+        finally:
+            graph = side.end_capture()
+    graph.launch(stream=side)
+    side.synchronize()
+    check(np.array_equal(out.get().view(np.uint8), plain.get().view(np.uint8)),
+          "blas.matmul captured and replayed == uncaptured, bit for bit (%s)"
+          % np.dtype(dtype).name)
 
 
 def run_graph(cp, dtype, rng):
@@ -349,6 +387,7 @@ def main(argv=None):
         run_flat(cp, dtype, rng)
         run_bn(cp, dtype, rng)
         run_optim(cp, dtype, rng)
+        run_blas(cp, dtype, rng)
         run_graph(cp, dtype, rng)
         run_augment(cp, dtype, rng)
     cp.cuda.runtime.deviceSynchronize()

@@ -1,7 +1,11 @@
-"""Adam's update as one pass: a CUDA kernel on CuPy, a compiled loop on NumPy, plain
-array code otherwise (and as the reference the tests compare with).
+"""The update rules' passes: a CUDA kernel on CuPy, a compiled loop on NumPy (Adam),
+plain array code otherwise (and as the reference the tests compare with).
 
-``m`` and ``v`` are updated in place; a new ``next_w`` is returned.
+* ``adam_step``: ``m`` and ``v`` are updated in place; a new ``next_w`` is returned;
+* ``rule_step`` (SGD, SGD with momentum, RMSProp): on CuPy one kernel that keeps
+  float32 subnormals as NumPy does (CuPy's own elementwise kernels flush them), so the
+  plain GPU step equals NumPy's and the CUDA-graph step's bit for bit; ``None`` where
+  the arrays do not fit it (the rule then runs its plain array code).
 """
 from __future__ import annotations
 
@@ -42,3 +46,22 @@ def adam_step(w, dw, m, v, lr, beta1, beta2, eps, t):
         from .cpu import ops
         return ops.adam_step(w, dw, m, v, lr, beta1, beta2, eps, t)
     return adam_step_ref(w, dw, m, v, lr, beta1, beta2, eps, t)
+
+
+def rule_step(rule, w, dw, state, lr, h=0.0, eps=0.0):
+    """``next_w`` of SGD (``rule`` 'sgd'), SGD with momentum ('sgd_momentum': ``state``
+    the velocity, ``h`` the momentum) or RMSProp ('rmsprop': ``state`` the cache,
+    ``h`` the decay rate, ``eps``) in one CUDA kernel, ``state`` updated in place; or
+    None when the arrays are not CuPy arrays of one float dtype and shape (the caller
+    then computes the rule itself)."""
+    if not is_cupy_array(w):
+        return None
+    arrays = (w, dw) if state is None else (w, dw, state)
+    if not (all(is_cupy_array(a) for a in arrays) and all(a.dtype == w.dtype for a in arrays)
+            and w.dtype in _FLOATS and all(a.shape == w.shape for a in arrays)
+            and (state is None or state.flags.c_contiguous)):
+        return None
+    from .cuda import train_ops
+    code = {"sgd": train_ops.RULE_SGD, "sgd_momentum": train_ops.RULE_SGD_MOMENTUM,
+            "rmsprop": train_ops.RULE_RMSPROP}[rule]
+    return train_ops.rule_step(code, w, dw, state, lr, h, eps)

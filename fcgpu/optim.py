@@ -2,10 +2,12 @@
 
 ``config`` holds the hyperparameters and the rule's state (velocity, moments),
 created on the first call with the course's defaults. State arrays live with ``w``
-(NumPy or CuPy); ``w`` itself is not modified.
+(NumPy or CuPy); ``w`` itself is not modified. On CuPy arrays each rule is one of our
+kernels (:mod:`fcgpu.fused_optim`), with NumPy's rounding, float32 subnormals included.
 """
 from __future__ import annotations
 
+from . import fused_optim
 from .backend import get_array_module
 
 __all__ = ["sgd", "sgd_momentum", "rmsprop", "adam", "RULES"]
@@ -21,6 +23,9 @@ def sgd(w, dw, config=None):
     """Vanilla stochastic gradient descent. config: learning_rate (1e-2)."""
     config = {} if config is None else config
     config.setdefault("learning_rate", 1e-2)
+    fused = fused_optim.rule_step("sgd", w, dw, None, config["learning_rate"])
+    if fused is not None:
+        return fused, config
     return w - config["learning_rate"] * dw, config
 
 
@@ -30,6 +35,10 @@ def sgd_momentum(w, dw, config=None):
     config.setdefault("learning_rate", 1e-2)
     config.setdefault("momentum", 0.9)
     v = _state(config, "velocity", w)
+    fused = fused_optim.rule_step("sgd_momentum", w, dw, v, config["learning_rate"],
+                                  config["momentum"])
+    if fused is not None:
+        return fused, config
     v *= config["momentum"]
     v -= config["learning_rate"] * dw
     return w + v, config
@@ -44,6 +53,10 @@ def rmsprop(w, dw, config=None):
     xp = get_array_module(w)
     cache = _state(config, "cache", w)
     dr = config["decay_rate"]
+    fused = fused_optim.rule_step("rmsprop", w, dw, cache, config["learning_rate"], dr,
+                                  config["epsilon"])
+    if fused is not None:
+        return fused, config
     cache *= dr
     cache += (1 - dr) * dw * dw
     return w - config["learning_rate"] * dw / (xp.sqrt(cache) + config["epsilon"]), config
@@ -61,7 +74,6 @@ def adam(w, dw, config=None):
     m = _state(config, "m", w)
     v = _state(config, "v", w)
     config["t"] += 1
-    from . import fused_optim
     next_w = fused_optim.adam_step(w, dw, m, v, config["learning_rate"], config["beta1"],
                                    config["beta2"], config["epsilon"], config["t"])
     return next_w, config

@@ -9,9 +9,13 @@
 //                           pairs, one per step of the epoch, computed in Python exactly
 //                           as for fcgpu_adam; the kernel takes pair *index (the graph's
 //                           batch counter).
+//   fcgpu_rule<T, RULE, VEC>
+//                           SGD / SGD with momentum / RMSProp with the learning rate by
+//                           value, next w to `out` (the plain step: fcgpu.optim's rules
+//                           on CuPy arrays keep float32 subnormals, as NumPy does).
 //   fcgpu_rule_dev<T, RULE, VEC>
-//                           SGD / SGD with momentum / RMSProp with the learning rate
-//                           read from device memory; w updated in place.
+//                           the same reading the learning rate from device memory; w
+//                           updated in place (a step captured in a CUDA graph).
 //
 // `out` may be `w` itself (in-place update: each element is read and then written by
 // the same thread), so neither carries __restrict__. One thread handles 4 consecutive
@@ -80,14 +84,14 @@ fcgpu_adam_dev(T* out, const T* w, const T* __restrict__ dw, T* __restrict__ m,
   adam_body<T, VEC>(out, w, dw, m, v, n, k);
 }
 
-// w = rule(w, dw, s) in place; s (velocity / cache) in place too, unused by SGD.
-// h: momentum (RULE_SGD_MOMENTUM) or decay_rate (RULE_RMSPROP); eps: RMSProp's.
+// out = rule(w, dw, s); s (velocity / cache) in place, unused by SGD. h: momentum
+// (RULE_SGD_MOMENTUM) or decay_rate (RULE_RMSPROP); eps: RMSProp's. `out` may be `w`.
 template <typename T, int RULE, bool VEC>
-__global__ void __launch_bounds__(256)
-fcgpu_rule_dev(T* w, const T* __restrict__ dw, T* __restrict__ s, u64 n,
-               const double* __restrict__ lr_ptr, double h, double eps) {
+__device__ __forceinline__ void rule_body(T* out, const T* w, const T* __restrict__ dw,
+                                          T* __restrict__ s, u64 n, double lr_d, double h,
+                                          double eps) {
   typedef fcgpu::RuleTraits<RULE> traits;
-  const T lr = fcgpu::narrow<T>(*lr_ptr), th = fcgpu::narrow<T>(h);
+  const T lr = fcgpu::narrow<T>(lr_d), th = fcgpu::narrow<T>(h);
   const T tomh = fcgpu::narrow<T>(1.0 - h), teps = fcgpu::narrow<T>(eps);
   const u64 ngrp = (n + 3) >> 2;
   const u64 stride = fcgpu::grid_stride();
@@ -102,18 +106,36 @@ fcgpu_rule_dev(T* w, const T* __restrict__ dw, T* __restrict__ s, u64 n,
       for (int q = 0; q < 4; ++q)
         vw[q] = fcgpu::rule_elem<T, RULE>(vw[q], vg[q], vs[q], lr, th, tomh, teps);
       if (traits::state) fcgpu::store4(s + i, vs);
-      fcgpu::store4(w + i, vw);
+      fcgpu::store4(out + i, vw);
     } else {
 #pragma unroll 1  // (unrolled, the double division slow paths spill)
       for (int q = 0; q < 4; ++q) {
         if (i + q < n) {
           T sq = traits::state ? s[i + q] : T(0);
-          w[i + q] = fcgpu::rule_elem<T, RULE>(w[i + q], dw[i + q], sq, lr, th, tomh, teps);
+          out[i + q] = fcgpu::rule_elem<T, RULE>(w[i + q], dw[i + q], sq, lr, th, tomh, teps);
           if (traits::state) s[i + q] = sq;
         }
       }
     }
   }
+}
+
+// SGD / SGD with momentum / RMSProp with the learning rate by value: the plain step
+// (fcgpu.optim's rules on CuPy arrays), next w to `out`.
+template <typename T, int RULE, bool VEC>
+__global__ void __launch_bounds__(256)
+fcgpu_rule(T* out, const T* w, const T* __restrict__ dw, T* __restrict__ s, u64 n, double lr,
+           double h, double eps) {
+  rule_body<T, RULE, VEC>(out, w, dw, s, n, lr, h, eps);
+}
+
+// The same with the learning rate read from device memory, w updated in place: the
+// step captured in a CUDA graph.
+template <typename T, int RULE, bool VEC>
+__global__ void __launch_bounds__(256)
+fcgpu_rule_dev(T* w, const T* __restrict__ dw, T* __restrict__ s, u64 n,
+               const double* __restrict__ lr_ptr, double h, double eps) {
+  rule_body<T, RULE, VEC>(w, w, dw, s, n, *lr_ptr, h, eps);
 }
 
 // Explicit instantiations: the set fcgpu.cuda asks NVRTC for by name, so that
@@ -127,6 +149,9 @@ fcgpu_rule_dev(T* w, const T* __restrict__ dw, T* __restrict__ s, u64 n,
       const double* __restrict__, const double* __restrict__, const u64* __restrict__, u64,   \
       double, double, double);
 #define FCGPU_RULE_INST(T, RULE, VEC)                                                         \
+  template __global__ void fcgpu_rule<T, RULE, VEC>(T*, const T*, const T* __restrict__,      \
+                                                    T* __restrict__, u64, double, double,     \
+                                                    double);                                  \
   template __global__ void fcgpu_rule_dev<T, RULE, VEC>(T*, const T* __restrict__,            \
                                                         T* __restrict__, u64,                 \
                                                         const double* __restrict__, double,   \

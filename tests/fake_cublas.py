@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -18,7 +19,7 @@ import toolchain as tc
 
 SOURCE = tc.HOST / "fake_cublas.c"
 LOG_FIELDS = ("transa", "transb", "m", "n", "k", "A", "lda", "B", "ldb", "C", "ldc",
-              "type", "compute", "stream", "workspace_bytes", "capturing")
+              "type", "compute", "stream", "workspace_bytes", "capturing", "alpha", "beta")
 
 
 @functools.lru_cache(maxsize=None)
@@ -39,13 +40,39 @@ def build():
 
 
 def log(lib):
-    """The product calls made so far, as dicts of :data:`LOG_FIELDS`."""
+    """The product calls made so far, as dicts of :data:`LOG_FIELDS` (alpha and beta
+    as floats)."""
     rows = []
     buf = (ctypes.c_longlong * len(LOG_FIELDS))()
     for i in range(lib.fake_cublas_log_size()):
         assert lib.fake_cublas_log_get(i, buf) == 0
-        rows.append(dict(zip(LOG_FIELDS, list(buf))))
+        row = dict(zip(LOG_FIELDS, list(buf)))
+        for key in ("alpha", "beta"):
+            row[key] = struct.unpack("<d", struct.pack("<q", row[key]))[0]
+        rows.append(row)
     return rows
+
+
+def run_logged(lib, row, stream):
+    """Run one logged product again on ``stream`` (a replay of a captured graph that
+    has no Python body to run again)."""
+    handle = ctypes.c_void_p()
+    assert lib.cublasCreate_v2(ctypes.byref(handle)) == 0
+    ws = ctypes.create_string_buffer(row["workspace_bytes"] + 256)
+    lib.cublasSetStream_v2(handle, ctypes.c_void_p(stream))
+    lib.cublasSetWorkspace_v2(handle, ctypes.c_void_p(ctypes.addressof(ws) + (-ctypes.addressof(
+        ws)) % 256), ctypes.c_size_t(row["workspace_bytes"]))
+    scalar = ctypes.c_float if row["type"] == 0 else ctypes.c_double
+    alpha, beta = scalar(row["alpha"]), scalar(row["beta"])
+    i = ctypes.c_int
+    p = ctypes.c_void_p
+    status = lib.cublasGemmEx(handle, i(row["transa"]), i(row["transb"]), i(row["m"]),
+                              i(row["n"]), i(row["k"]), ctypes.byref(alpha), p(row["A"]),
+                              i(row["type"]), i(row["lda"]), p(row["B"]), i(row["type"]),
+                              i(row["ldb"]), ctypes.byref(beta), p(row["C"]), i(row["type"]),
+                              i(row["ldc"]), i(row["compute"]), i(-1))
+    lib.cublasDestroy_v2(handle)
+    assert status == 0, status
 
 
 def install(monkeypatch):

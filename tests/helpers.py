@@ -89,8 +89,9 @@ def bits_equal_nan(a, b):
 
 def check_exact_steps_on_edge_values(ops, dev, host, dtype, seed=0):
     """The CUDA steps that promise NumPy's results bit for bit (fcgpu.cuda.ops:
-    dropout forward and backward, ReLU + dropout forward and backward, Adam, and the
-    device-lr SGD / momentum / RMSProp updates) against the xp references on
+    dropout forward and backward, ReLU + dropout forward and backward, Adam, the
+    device-lr SGD / momentum / RMSProp updates, and the plain SGD / momentum /
+    RMSProp steps of fcgpu.optim on device arrays) against the xp references on
     :func:`edge_floats`, contiguous (vector path) and misaligned (scalar path). A NaN
     only has to stay a NaN. ``dev``/``host`` move arrays to and from the device."""
     from fcgpu import fused, fused_optim, optim
@@ -154,3 +155,12 @@ def check_exact_steps_on_edge_values(ops, dev, host, dtype, seed=0):
                 assert bits_equal_nan(host(wd2), ref), rule
                 if key:
                     assert bits_equal_nan(host(sd2), cfg[key]), rule + " state"
+                # the plain step: fcgpu.optim's rule itself on device arrays
+                dcfg = {"learning_rate": 1e-3, "momentum": 0.9, "decay_rate": 0.9,
+                        "epsilon": 1e-8}
+                if key:
+                    dcfg[key] = dev(vh.copy())
+                out, dcfg = optim.RULES[rule](wd, gd, dcfg)
+                assert bits_equal_nan(host(out), ref), rule + " (optim, plain step)"
+                if key:
+                    assert bits_equal_nan(host(dcfg[key]), cfg[key]), rule + " state (optim)"

@@ -246,6 +246,12 @@ class _FakeGraph:
 
     def launch(self, stream=None):
         st = self.state
+        if not hasattr(self.owner, "_body"):
+            # captured outside a step (bench/gpu_smoke.py): run the recorded products
+            assert not self.launches, "the stand-in replays kernels through a step's body"
+            for row in self.products:
+                fake_cublas.run_logged(st.cublas, row, (stream or st.current()).ptr)
+            return
         st.replaying = []
         mark = st.cublas.fake_cublas_log_size()
         try:
@@ -728,22 +734,22 @@ def _solver(xp, data, dtype, rule, bn, dropout, fresh, reg, cuda_graph, epochs=2
     return Solver(model, data, **args)
 
 
-def _assert_same_training(a, b):
+def _assert_same_training(a, b, host=_np):
     """Solver b (captured) ended exactly where solver a (uncaptured) did."""
     assert a.loss_history == b.loss_history
     assert a.train_acc_history == b.train_acc_history and a.val_acc_history == b.val_acc_history
     for k in a.model.params:
-        assert bits_equal(_np(a.model.params[k]), _np(b.model.params[k])), k
+        assert bits_equal(host(a.model.params[k]), host(b.model.params[k])), k
     for bpa, bpb in zip(a.model.bn_params, b.model.bn_params):
         for key in ("running_mean", "running_var"):
-            assert bits_equal(_np(bpa[key]), _np(bpb[key])), key
+            assert bits_equal(host(bpa[key]), host(bpb[key])), key
     assert a.model.dropout_step == b.model.dropout_step
     for k, ca in a.optim_configs.items():
         cb = b.optim_configs[k]
         assert set(ca) == set(cb), (k, set(ca) ^ set(cb))
         for key, va in ca.items():
             if hasattr(va, "shape"):
-                assert bits_equal(_np(va), _np(cb[key])), (k, key)
+                assert bits_equal(host(va), host(cb[key])), (k, key)
             else:
                 assert va == cb[key], (k, key, va, cb[key])
 
@@ -762,6 +768,12 @@ def test_emulated_graphed_solver_equals_uncaptured(emu, rule, bn, dropout, fresh
     steps = 2 * (80 // 20)
     assert emu.state.captures == captures + 1 and g.captures == 1
     assert g.replays == steps - 1  # the first step runs uncaptured, then the capture
+    # the products are in the graph: 3 forward, 3 weight gradients, 2 input gradients,
+    # through cuBLAS itself on the side stream with its workspace
+    captured = [r for r in fake_cublas.log(emu.cublas) if r["capturing"]]
+    assert len(captured) == 8
+    assert {r["stream"] for r in captured} == {g._side.ptr}
+    assert all(r["workspace_bytes"] == 32 << 20 for r in captured)
     assert g.counters() == g.host_counters()
     assert g.counters()["steps"] == steps and g.counters()["batch"] == 0
     if dropout and fresh:
@@ -775,6 +787,35 @@ def test_emulated_graphed_solver_equals_uncaptured(emu, rule, bn, dropout, fresh
     # (train() ends by restoring the best parameters as copies, like the plain loop)
     if rule == "adam":
         assert graphed.optim_configs["W1"]["m"] is g._state[("W1", "m")]
+
+
+@pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "rmsprop", "adam"])
+def test_emulated_plain_and_graphed_steps_keep_subnormals_alike(emu, rule):
+    """The Solver's promise (the graph step gives the plain step's losses and
+    parameters) down to float32 subnormals: the stand-in flushes them in CuPy's own
+    elementwise operations as CuPy's -ftz=true kernels do, and both steps update
+    through our kernels, which keep them as NumPy does. A weight row whose gradient is
+    exactly zero (its input feature is always 0) starts subnormal and must stay so on
+    both sides. Mutant caught: the plain SGD/momentum/RMSProp step on CuPy's
+    elementwise operations (fcgpu.fused_optim.rule_step returning None)."""
+    data = blobs(np.random.default_rng(12))
+    for key in ("X_train", "X_val"):
+        data[key] = data[key].copy()
+        data[key][:, 0] = 0.0
+    tiny = np.float32(np.finfo(np.float32).tiny)
+    row = (np.arange(1, 17, dtype=np.float32) * tiny / np.float32(64)) * np.where(
+        np.arange(16) % 2, np.float32(-1), np.float32(1))
+    assert (np.abs(row) < tiny).all() and (row != 0).all()
+    solvers = []
+    for graph in (False, True):
+        s = _solver(emu.cp, data, np.float32, rule, False, 0, True, 0.0, cuda_graph=graph,
+                    epochs=1)
+        s.model.params["W1"][0, :] = row
+        s.train()
+        solvers.append(s)
+    _assert_same_training(*solvers)
+    for s in solvers:
+        assert bits_equal(_np(s.model.params["W1"])[0], row), rule
 
 
 def test_emulated_graphed_solver_continues_and_resumes(emu, tmp_path):
@@ -984,9 +1025,9 @@ def _noise_drift_bound(solver):
 
 def _assert_close_training(host, a, b, rtol):
     """Solvers a (uncaptured) and b (captured) trained alike, up to rounding: losses,
-    weights, gammas, betas, the last bias and the running variances within ``rtol``.
-    cuBLAS may choose other GEMM algorithms for a captured step, so gradients can
-    differ in the last bits. The biases that feed a batchnorm have a true gradient of
+    weights, gammas, betas, the last bias and the running variances within ``rtol``
+    (a diagnosis before the bit-for-bit check: it tells "close but not identical"
+    from "wrong"). The biases that feed a batchnorm have a true gradient of
     zero: Adam and RMSProp turn their noise into full-size steps, different on each
     side, and batchnorm removes them again. Those biases, and the running means they
     shift, are compared on the absolute scale of how far noise can move them."""
@@ -1052,10 +1093,14 @@ def test_gpu_graphed_solver_matches_uncaptured(cp, rule, bn, dropout, fresh, reg
     assert g.counters()["steps"] == steps
     assert g._pool.total_bytes() > 0  # the step's temporaries live in the private pool
     # the same minibatches and dropout masks (other masks would move the losses by far
-    # more): the losses agree to rounding
+    # more): first the losses and parameters to rounding (what went wrong, if anything
+    # does), then the guarantee: the captured step makes the plain step's kernel
+    # launches and cuBLAS calls (fcgpu.cuda.blas: same handle settings and workspace
+    # size), so the whole run is the same bit for bit
     tol = _tol(dtype)
     np.testing.assert_allclose(graphed.loss_history[0], plain.loss_history[0], rtol=tol)
     _assert_close_training(cp.asnumpy, plain, graphed, 100 * tol)
+    _assert_same_training(plain, graphed, host=cp.asnumpy)
     assert plain.model.dropout_step == graphed.model.dropout_step
     for k, ca in plain.optim_configs.items():
         cb = graphed.optim_configs[k]
@@ -1085,6 +1130,7 @@ def test_gpu_graphed_solver_continues_after_restore_best(cp):
         s.train()
     assert graphed._graph_step.captures == 1
     _assert_close_training(cp.asnumpy, plain, graphed, 1e-3)
+    _assert_same_training(plain, graphed, host=cp.asnumpy)
 
 
 @pytest.mark.gpu
@@ -1210,8 +1256,9 @@ def test_gpu_gather_rows_and_advance(cp, dtype):
 
 
 def test_emulated_gpu_smoke_sections(emu):
-    """bench/gpu_smoke.py's optimizer and graph sections (run under the sanitizers on
-    the GPU machine) pass on the host-built kernels."""
+    """bench/gpu_smoke.py's optimizer, cuBLAS and graph sections (run under the
+    sanitizers on the GPU machine) pass on the host-built kernels and the host
+    stand-in for libcublas."""
     import importlib.util
     from pathlib import Path
     path = Path(__file__).resolve().parent.parent / "bench" / "gpu_smoke.py"
@@ -1221,6 +1268,7 @@ def test_emulated_gpu_smoke_sections(emu):
     rng = np.random.default_rng(0)
     for dtype in DTYPES:
         smoke.run_optim(emu.cp, dtype, rng)
+        smoke.run_blas(emu.cp, dtype, rng)
         smoke.run_graph(emu.cp, dtype, rng)
     assert smoke.FAILURES == []
     launched = {name for name, _, _ in emu.log}

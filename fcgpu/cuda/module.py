@@ -51,6 +51,7 @@ def _optim_names():
     for t in CTYPES:
         for vec in ("true", "false"):
             names += [f"fcgpu_adam<{t}, {vec}>", f"fcgpu_adam_dev<{t}, {vec}>"]
+            names += [f"fcgpu_rule<{t}, {rule}, {vec}>" for rule in range(3)]
             names += [f"fcgpu_rule_dev<{t}, {rule}, {vec}>" for rule in range(3)]
     return names
 

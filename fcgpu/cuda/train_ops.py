@@ -1,7 +1,8 @@
 """The training step's kernels for CuPy arrays: parameter updates
 (``kernels/optim.cu``) and the CUDA-graph step's bookkeeping (``kernels/graph.cu``).
 
-* :func:`adam_step`: Adam in one kernel per parameter (the plain step);
+* :func:`adam_step`, :func:`rule_step`: Adam, SGD, SGD with momentum and RMSProp in
+  one kernel per parameter (the plain step);
 * :func:`adam_step_device`, :func:`rule_step_device`: the updates of a step captured
   in a CUDA graph (:mod:`fcgpu.cuda.graph`), with the learning rate and Adam's bias
   corrections read from device memory when the kernel runs;
@@ -18,7 +19,7 @@ import numpy as np
 from ..backend import is_cupy_array
 from . import ops
 
-__all__ = ["adam_step", "adam_step_device", "rule_step_device", "gather_rows",
+__all__ = ["adam_step", "adam_step_device", "rule_step", "rule_step_device", "gather_rows",
            "graph_advance", "bias_corrections", "RULE_SGD", "RULE_SGD_MOMENTUM",
            "RULE_RMSPROP"]
 
@@ -118,6 +119,33 @@ def adam_step_device(w, dw, m, v, lr_ptr, corrections, index, beta1, beta2, eps,
                              (out, w, dw, m, v, _u64(n), lr_ptr, corrections, index,
                               _u64(corrections.shape[0]), _f64(beta1), _f64(beta2),
                               _f64(eps)))
+    return out
+
+
+def rule_step(rule, w, dw, state, lr, h=0.0, eps=0.0):
+    """SGD (``rule`` RULE_SGD: ``w - lr*dw``), SGD with momentum (RULE_SGD_MOMENTUM:
+    ``state`` is the velocity, ``h`` the momentum) or RMSProp (RULE_RMSPROP: ``state``
+    is the cache, ``h`` the decay rate, ``eps``) in one kernel, the learning rate by
+    value: ``state`` updated in place, a new ``next_w`` returned. The math and rounding
+    of :mod:`fcgpu.optim`'s rules, float32 subnormals kept (CuPy's own elementwise
+    kernels would flush them: -ftz=true)."""
+    cp = ops._cp()
+    if rule not in (RULE_SGD, RULE_SGD_MOMENTUM, RULE_RMSPROP):
+        raise ValueError("unknown update rule code %r" % (rule,))
+    dt = ops._float_dtype(w, "w")
+    w = ops._as_input(w, "w")
+    dw = ops._as_input(_same_as(dw, w, "dw"), "dw")
+    state = w if rule == RULE_SGD else _same_as(state, w, "state", contiguous=True)
+    with ops._device_of(w):
+        out = cp.empty(w.shape, dtype=dt)
+        n = w.size
+        if n == 0:
+            return out
+        vec = "true" if ops._aligned(out, w, dw, state) else "false"
+        name = "fcgpu_rule<%s, %d, %s>" % (ops._CTYPE[dt], rule, vec)
+        grid, block = _grouped(name, n)
+        ops.get_kernel(name)(grid, block, (out, w, dw, state, _u64(n), _f64(lr), _f64(h),
+                                           _f64(eps)))
     return out
 
 

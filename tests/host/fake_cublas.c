@@ -20,7 +20,8 @@
  * as capturing; a product on it is recorded but not computed, and is refused
  * (CUBLAS_STATUS_NOT_SUPPORTED) unless the handle has a user workspace, the condition
  * under which cuBLAS allocates nothing inside a capture. Every product call is logged
- * (fake_cublas_log_*) so that a replay can be compared with the capture.
+ * (fake_cublas_log_*, alpha and beta as the bits of doubles) so that a replay can be
+ * compared with the capture, or run from the log.
  */
 #include <math.h>
 #include <stdint.h>
@@ -44,7 +45,7 @@ typedef struct {
 #define MAX_CAPTURING 16
 static void* capturing[MAX_CAPTURING];
 
-#define LOG_FIELDS 16
+#define LOG_FIELDS 18
 #define LOG_MAX 4096
 static long long log_rows[LOG_MAX][LOG_FIELDS];
 static int log_size = 0;
@@ -157,17 +158,20 @@ int cublasGemmEx(Handle* h, int transa, int transb, int m, int n, int k, const v
     return STATUS_INVALID_VALUE;
   const int cap = is_capturing(h->stream);
   if (cap && h->workspace == NULL) return STATUS_NOT_SUPPORTED;
+  const double al = f32 ? *(const float*)alpha : *(const double*)alpha;
+  const double be = f32 ? *(const float*)beta : *(const double*)beta;
   if (log_size < LOG_MAX) {
     long long* r = log_rows[log_size++];
+    long long ab[2];
+    memcpy(&ab[0], &al, 8);
+    memcpy(&ab[1], &be, 8);
     long long row[LOG_FIELDS] = {transa, transb, m, n, k, (long long)(uintptr_t)A, lda,
                                  (long long)(uintptr_t)B, ldb, (long long)(uintptr_t)C, ldc,
                                  Atype, computeType, (long long)(uintptr_t)h->stream,
-                                 (long long)h->workspace_bytes, cap};
+                                 (long long)h->workspace_bytes, cap, ab[0], ab[1]};
     memcpy(r, row, sizeof(row));
   }
   if (cap) return STATUS_SUCCESS; /* recorded into the graph, not run */
-  const double al = f32 ? *(const float*)alpha : *(const double*)alpha;
-  const double be = f32 ? *(const float*)beta : *(const double*)beta;
   const int round = computeType == 77;
   for (int j = 0; j < n; ++j) {
     for (int i = 0; i < m; ++i) {

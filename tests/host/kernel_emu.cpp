@@ -68,8 +68,9 @@ struct Entry {
 
 #define EMU_OPTIM_VEC(T, VEC)                                                           \
   EMU_REG(false, fcgpu_adam<T, VEC>), EMU_REG(false, fcgpu_adam_dev<T, VEC>),          \
-      EMU_REG(false, fcgpu_rule_dev<T, 0, VEC>), EMU_REG(false, fcgpu_rule_dev<T, 1, VEC>), \
-      EMU_REG(false, fcgpu_rule_dev<T, 2, VEC>)
+      EMU_REG(false, fcgpu_rule<T, 0, VEC>), EMU_REG(false, fcgpu_rule<T, 1, VEC>),         \
+      EMU_REG(false, fcgpu_rule<T, 2, VEC>), EMU_REG(false, fcgpu_rule_dev<T, 0, VEC>),     \
+      EMU_REG(false, fcgpu_rule_dev<T, 1, VEC>), EMU_REG(false, fcgpu_rule_dev<T, 2, VEC>)
 #define EMU_OPTIM(T) EMU_OPTIM_VEC(T, true), EMU_OPTIM_VEC(T, false)
 
 #define EMU_GRAPH(T)                                                                   \
