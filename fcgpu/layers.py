@@ -6,6 +6,9 @@ which runs our CUDA kernels for CuPy arrays and the compiled CPU path for NumPy.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 from . import fused, linalg
 from .backend import get_array_module
 from .random import DeviceStream, check_seed, fresh_stream, keep_threshold
@@ -13,7 +16,7 @@ from .random import DeviceStream, check_seed, fresh_stream, keep_threshold
 __all__ = [
     "affine_forward", "affine_backward", "relu_forward", "relu_backward",
     "batchnorm_forward", "batchnorm_backward", "batchnorm_backward_alt",
-    "dropout_forward", "dropout_backward", "svm_loss", "softmax_loss",
+    "dropout_forward", "dropout_backward", "svm_loss", "softmax_loss", "labels_checked",
 ]
 
 
@@ -174,11 +177,38 @@ def dropout_backward(dout, cache):
     return fused.dropout_backward(dout, p, seed, stream, mask)
 
 
+_LABELS_CHECKED = contextvars.ContextVar("fcgpu_labels_checked", default=False)
+
+
+@contextlib.contextmanager
+def labels_checked():
+    """Within this block :func:`softmax_loss` and :func:`svm_loss` trust that their
+    labels lie in ``[0, C)``: the caller has checked them once (the Solver does, for
+    its data, so that its steps, and a step captured in a CUDA graph, read nothing
+    back from the device). Outside it each call checks them, because CuPy's integer
+    indexing wraps out-of-range labels silently
+    (``cupy/_core/_routines_indexing.pyx`` v14.2.0 line 1207, "wrap all out-of-bound
+    indices"), and NumPy's wraps negative ones; on CuPy arrays that check reads two
+    numbers back to the host."""
+    token = _LABELS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _LABELS_CHECKED.reset(token)
+
+
 def _check_scores(x, y, name):
     if x.ndim != 2:
         raise ValueError("%s: scores must be 2-D (N, C), got shape %s" % (name, x.shape))
     if y.shape != (x.shape[0],):
         raise ValueError("%s: labels must have shape (%d,), got %s" % (name, x.shape[0], y.shape))
+    if y.dtype.kind not in "iu":
+        raise ValueError("%s: labels must be integers, got dtype %s" % (name, y.dtype))
+    if y.size and not _LABELS_CHECKED.get():
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= x.shape[1]:
+            raise ValueError("%s: labels must be in [0, %d) for %d classes, got values in "
+                             "[%d, %d]" % (name, x.shape[1], x.shape[1], lo, hi))
 
 
 def svm_loss(x, y):

@@ -20,6 +20,7 @@ The API is the course framework's (``train()``, ``check_accuracy()``, the histor
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -30,6 +31,7 @@ from . import checkpoint
 from . import schedules
 from .augment import DEFAULT_PAD, augment_gather
 from .augment_spec import check_image_shape, check_input_dtype, check_mode, check_pad
+from .layers import labels_checked
 from .random import check_seed
 from .backend import asnumpy, get_array_module, synchronize, to_backend
 
@@ -474,7 +476,14 @@ class Solver:
         synchronize(self.xp)
 
     def train(self):
-        """Run (or continue) the optimization; the model ends with ``best_params``."""
+        """Run (or continue) the optimization; the model ends with ``best_params``.
+        (The labels were checked against the model's classes when the Solver was made,
+        so the steps' losses do not check them again: :func:`fcgpu.layers.labels_checked`.)"""
+        checked = getattr(self.model, "num_classes", None) is not None
+        with labels_checked() if checked else contextlib.nullcontext():
+            self._train()
+
+    def _train(self):
         xp = self.xp
         num_train = self.X_train.shape[0]
         per_epoch = max(num_train // self.batch_size, 1)

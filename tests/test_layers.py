@@ -6,8 +6,8 @@ import pytest
 from fcgpu.backend import get_array_module
 from fcgpu.gradient_check import eval_numerical_gradient, eval_numerical_gradient_array
 from fcgpu.layers import (affine_backward, affine_forward, batchnorm_backward,
-                          batchnorm_forward, dropout_backward, dropout_forward, relu_backward,
-                          relu_forward, softmax_loss, svm_loss)
+                          batchnorm_forward, dropout_backward, dropout_forward, labels_checked,
+                          relu_backward, relu_forward, softmax_loss, svm_loss)
 from fcgpu.layer_utils import (affine_bn_relu_dropout_backward, affine_bn_relu_dropout_forward,
                                affine_relu_backward, affine_relu_dropout_backward,
                                affine_relu_dropout_forward, affine_relu_forward)
@@ -248,6 +248,33 @@ def test_svm_loss(xp, rng):
 def test_loss_shape_errors(xp):
     with pytest.raises(ValueError, match="labels"):
         softmax_loss(xp.ones((4, 3)), xp.zeros(5, dtype=int))
+
+
+@pytest.mark.parametrize("loss", [softmax_loss, svm_loss])
+@pytest.mark.parametrize("bad", [3, -1, 7])
+def test_loss_label_range(xp, rng, loss, bad):
+    """A label outside [0, C) is an error on every backend: CuPy's indexing would wrap
+    it silently, and NumPy's wraps negative ones. Within labels_checked() (the
+    Solver's steps, whose data were checked once) the check is skipped. Mutant
+    caught: the range check removed (-1 then gives a loss on NumPy)."""
+    x = randn(xp, rng, 4, 3)
+    y = xp.asarray(np.array([0, 2, bad, 1]))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\) for 3 classes, got "
+                                         r"values in \[%d, %d\]" % (min(0, bad), max(2, bad))):
+        loss(x, y)
+    with pytest.raises(ValueError, match="labels must be integers, got dtype float"):
+        loss(x, xp.asarray(np.array([0.0, 1.0, 2.0, 1.0])))
+    if bad == -1:
+        with labels_checked():
+            loss(x, y)  # trusted: not checked (NumPy wraps -1 to the last class)
+    loss(x, xp.asarray(np.array([0, 2, 2, 1])))
+
+
+def test_model_loss_checks_labels(rng):
+    from fcgpu.fc_net import FullyConnectedNet
+    model = FullyConnectedNet([5], input_dim=6, num_classes=3, seed=0, dtype=np.float64)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
+        model.loss(rng.standard_normal((4, 6)), np.array([0, 1, 2, 3]))
 
 
 def test_affine_relu_sandwich(xp, rng):
