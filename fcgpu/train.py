@@ -60,6 +60,7 @@ class TrainConfig:
     data: str | None = None
     dtype: str = "float32"
     cuda_graph: bool = False      # capture the training step as a CUDA graph (CuPy only)
+    matmul_precision: str = "highest"  # 'high': TF32 float32 products on the GPU (cc >= 8.0)
     image_shape: tuple | None = None  # an .npz's image_shape (C, H, W), for augmentation
     augment: str = "none"         # 'none' | 'flip' | 'crop' (crop includes flip)
     pad: int = 4                  # crop padding, pixels per side
@@ -102,6 +103,10 @@ class TrainConfig:
                              "step's rate (use lr_decay 1)" % (self.lr_decay, self.schedule))
         if self.warmup_epochs is not None and not 0 <= self.warmup_epochs < max(self.epochs, 1):
             raise ValueError("warmup_epochs must be in [0, epochs), got %r" % self.warmup_epochs)
+        from .backend import MATMUL_PRECISIONS
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ValueError("matmul_precision must be one of %s, got %r"
+                             % (", ".join(MATMUL_PRECISIONS), self.matmul_precision))
         if self.preset not in PRESETS:
             raise ValueError("preset must be one of %s, got %r"
                              % (", ".join(PRESETS), self.preset))
@@ -229,7 +234,8 @@ def _checkpoint_compatible(state, cfg):
         return "it was not written by fcgpu train"
     mine = cfg.to_dict()
     # (how the step runs, not what it computes: a run may resume with or without)
-    keys = [k for k in mine if k not in ("epochs", "backend", "data", "cuda_graph", "preset")]
+    keys = [k for k in mine if k not in ("epochs", "backend", "data", "cuda_graph", "preset",
+                                         "matmul_precision")]
     default = TrainConfig().to_dict()  # (fields added later: earlier runs had the default)
     diff = [k for k in keys if saved.get(k, default[k]) != mine[k]]
     if diff:
@@ -248,14 +254,42 @@ def run_training(cfg, data=None, checkpoint=None, resume=False, progress=True, v
     or from other settings raises :class:`fcgpu.checkpoint.CheckpointError` before
     anything is trained or written.
     ``epoch_callback(solver)`` runs after each epoch (Optuna pruning uses it).
+    ``cfg.matmul_precision`` applies for the run (the previous setting comes back).
     """
+    from . import backend
+
+    out = out or sys.stdout
+    xp = backend.set_backend(cfg.backend)
+    previous = backend.set_matmul_precision(cfg.matmul_precision)
+    try:
+        return _run(cfg, xp, data, checkpoint, resume, progress, verbose, epoch_callback, out)
+    finally:
+        backend.set_matmul_precision(previous)
+
+
+def _matmul_note(cfg, xp):
+    """The precision the products ran in, in words, and whether TF32 was used."""
+    dtype = np.dtype(cfg.dtype)
+    if xp is np:
+        note = ("matmul precision %s: the NumPy backend computes %s products in %s whatever "
+                "the setting (TF32 is a GPU format)" % (cfg.matmul_precision, dtype, dtype))
+        return note, False
+    from .cuda.blas import tf32_enabled
+    tf32 = tf32_enabled(dtype)
+    if tf32:
+        return "matmul precision high: float32 products in TF32", True
+    why = ("float64 products" if dtype != np.float32 else
+           "this GPU has no TF32 (compute capability 8.0 or later needed)"
+           if cfg.matmul_precision == "high" else "float32 products in float32")
+    return "matmul precision %s: %s" % (cfg.matmul_precision, why), False
+
+
+def _run(cfg, xp, data, checkpoint, resume, progress, verbose, epoch_callback, out):
     from . import backend
     from .checkpoint import CheckpointError, load as load_checkpoint, save as save_checkpoint
     from .fc_net import FullyConnectedNet
     from .solver import Solver
 
-    out = out or sys.stdout
-    xp = backend.set_backend(cfg.backend)
     if cfg.cuda_graph and xp is np:
         raise ValueError("--cuda-graph captures the training step as a CUDA graph, which needs "
                          "the GPU backend; the backend here is numpy (%s)"
@@ -326,6 +360,9 @@ def run_training(cfg, data=None, checkpoint=None, resume=False, progress=True, v
         log(blas)
         if warning:
             print("fcgpu: warning: " + warning, file=sys.stderr)
+    precision_note, tf32 = _matmul_note(cfg, xp)
+    if cfg.matmul_precision != "highest" or xp is not np:
+        log(precision_note)
     log("training %s on %s (%s%s): %d train / %d val images, %d epochs of %d steps"
         % ("x".join(map(str, cfg.hidden_dims)), backend.device_name(xp), backend.get_backend(),
            ", CUDA graph" if cfg.cuda_graph else "",
@@ -348,6 +385,8 @@ def run_training(cfg, data=None, checkpoint=None, resume=False, progress=True, v
         "backend": backend.get_backend(),
         "device": backend.device_name(xp),
         "blas": blas,
+        "matmul_precision": cfg.matmul_precision,
+        "tf32": tf32,
         "epochs": solver.epoch,
         "train_acc": train_acc,
         "val_acc": val_acc,

@@ -253,3 +253,19 @@ def test_gpu_captured_product_is_bit_identical(dtype, fixed_precision):
         graph.launch(stream=side)
         side.synchronize()
         assert bits_equal(cp.asnumpy(out), cp.asnumpy(plain)), precision
+
+
+def test_emulated_training_reports_the_precision_it_ran_in(emu, fixed_precision):  # noqa: F811
+    """What fcgpu train prints and records (metrics 'tf32') for each case on a GPU."""
+    from fcgpu.train import TrainConfig, _matmul_note
+    cfg = TrainConfig(matmul_precision="high")
+    backend.set_matmul_precision("high")
+    assert _matmul_note(cfg, emu.cp) == ("matmul precision high: float32 products in TF32", True)
+    note, tf32 = _matmul_note(TrainConfig(matmul_precision="high", dtype="float64"), emu.cp)
+    assert not tf32 and "float64 products" in note
+    blas._capability[0] = 75
+    note, tf32 = _matmul_note(cfg, emu.cp)
+    assert not tf32 and "compute capability 8.0" in note
+    backend.set_matmul_precision("highest")
+    note, tf32 = _matmul_note(TrainConfig(), emu.cp)
+    assert not tf32 and note == "matmul precision highest: float32 products in float32"

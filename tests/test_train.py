@@ -145,3 +145,36 @@ def test_cli_corrupt_archive_is_one_clear_line(tmp_path):
 def test_cli_bad_flag_values():
     assert main(["train", "--hidden", "500,abc", "--backend", "numpy"]) == 2
     assert main(["train", "--resume", "--backend", "numpy"]) == 2
+
+
+def test_matmul_precision_on_numpy_changes_nothing_and_says_so(rng):
+    """--matmul-precision high on the NumPy backend: the same run bit for bit, a line
+    saying the setting has no effect there, recorded in the metrics; the process's
+    setting is back afterwards. Mutants caught: the setting not restored, not
+    recorded, or the NumPy note missing."""
+    import io
+    from fcgpu import backend
+    data = fake_cifar(rng)
+    before = backend.get_matmul_precision()
+    out = io.StringIO()
+    high = run_training(cfg(epochs=1, matmul_precision="high"), data=data, progress=False,
+                        out=out)
+    assert backend.get_matmul_precision() == before
+    assert "matmul precision high: the NumPy backend computes float32 products in float32" \
+        in out.getvalue()
+    highest = run_training(cfg(epochs=1), data=data, progress=False, verbose=False)
+    assert high["loss_history"] == highest["loss_history"]
+    assert (high["matmul_precision"], high["tf32"]) == ("high", False)
+    assert highest["matmul_precision"] == "highest"
+    with pytest.raises(ValueError, match="matmul_precision must be one of highest, high"):
+        cfg(matmul_precision="medium")
+
+
+def test_cli_matmul_precision_flag(capsys):
+    from fcgpu.cli import build_parser
+    args = build_parser().parse_args(["train", "--matmul-precision", "high"])
+    from fcgpu.cli.train import config_from_args
+    assert config_from_args(args).matmul_precision == "high"
+    assert config_from_args(build_parser().parse_args(["train"])).matmul_precision == "highest"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--matmul-precision", "medium"])

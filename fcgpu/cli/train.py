@@ -72,6 +72,10 @@ def add_arguments(p):
     g.add_argument("--cuda-graph", action="store_true", default=None,
                    help="capture the whole training step as one CUDA graph and replay it "
                         "(GPU backend only; same results, fewer launches)")
+    g.add_argument("--matmul-precision", default=None, choices=["highest", "high"],
+                   help="float32 matrix products: highest (float32, the default) or high "
+                        "(TF32 on GPUs of compute capability 8.0 and later; on the NumPy "
+                        "backend it changes nothing)")
     g = p.add_argument_group("output")
     g.add_argument("--metrics", metavar="FILE.json", help="write the run's metrics as JSON")
     g.add_argument("--plot", metavar="FILE.png", help="plot loss and accuracy per epoch")
@@ -112,7 +116,8 @@ def config_from_args(args):
                        learning_rate=args.learning_rate, lr_decay=args.lr_decay,
                        batch_size=args.batch_size, epochs=args.epochs, num_train=args.num_train,
                        seed=args.seed, backend=backend, data=args.data, dtype=args.dtype,
-                       cuda_graph=args.cuda_graph, augment=args.augment, pad=args.pad,
+                       cuda_graph=args.cuda_graph, matmul_precision=args.matmul_precision,
+                       augment=args.augment, pad=args.pad,
                        label_smoothing=args.label_smoothing, schedule=args.schedule,
                        warmup_epochs=args.warmup_epochs)
 
