@@ -4,7 +4,8 @@ listed in docs/cupy.md.
 
 What the scan takes for CuPy:
 
-* module roots: the names ``cp``, ``cupy``, ``_cupy`` and ``xp`` anywhere (``xp`` is
+* module roots: the names ``cp``, ``cupy``, ``_cupy`` and ``xp`` (unless imported, or
+  assigned only other things in their scope, like ``cp = subprocess.run(...)``; ``xp`` is
   the array module of the arrays a function got: CuPy's whenever they are CuPy
   arrays, so every ``xp.<name>`` must exist in CuPy too), any attribute named ``cp``
   or ``xp`` (``self.cp``, ``model.xp``), names bound by ``import cupy...`` /
@@ -74,6 +75,19 @@ class _Scope:
         self.names = {}
         self.imports = set()
         self.globals = set()
+        self.others = set()  # names assigned something that is not CuPy's
+
+    def shadowed(self, name):
+        """Whether ``name`` is assigned only non-CuPy values in its nearest scope (then
+        a ``cp`` or ``xp`` there is not CuPy: ``cp = subprocess.run(...)``)."""
+        s = self
+        while s is not None:
+            if name in s.names:
+                return False
+            if name in s.others:
+                return True
+            s = s.parent
+        return False
 
     def get(self, name):
         s = self
@@ -174,6 +188,8 @@ class Scanner:
             for tgt in targets:
                 if isinstance(tgt, ast.Name):
                     scope.bind(tgt.id, t)
+                    if t is None and not isinstance(node.value, ast.Constant):
+                        scope.others.add(tgt.id)
                 elif (isinstance(tgt, ast.Attribute) and isinstance(tgt.value, ast.Name)
                       and tgt.value.id == "self" and cls is not None and t is not None):
                     self.class_attrs.setdefault((self.rel, cls), {}).setdefault(tgt.attr, t)
@@ -211,7 +227,8 @@ class Scanner:
         """("static", path) | ("inst", class path) | ("member", path, precise) | None."""
         if isinstance(node, ast.Name):
             t = scope.get(node.id)
-            if t is None and node.id in MODULE_NAMES and not scope.imported(node.id):
+            if (t is None and node.id in MODULE_NAMES and not scope.imported(node.id)
+                    and not scope.shadowed(node.id)):
                 t = _static("cupy")
             return t
         if isinstance(node, ast.Attribute):
