@@ -163,18 +163,25 @@ def test_cli_flag_lands_in_results_json(tmp_path, monkeypatch):
                  "numpy,cuda", "--out", str(tmp_path / "c")]) == 2
 
 
+def _script_function(name):
+    from pathlib import Path
+    script = (Path(__file__).resolve().parent.parent / "bench" / "gpu_check.sh").read_text()
+    start = script.index("%s() {" % name)
+    return script[start:script.index("\n}\n", start) + 3]
+
+
 def test_time_share_of_a_deadline_and_the_gpu_check_asks_for_it():
+    from fcgpu.bench import schedule
     assert course_run.time_share(40) == pytest.approx(24)     # 60%: 25 s would be more
     assert course_run.time_share(50) == pytest.approx(25)
     assert course_run.time_share(150) == pytest.approx(60)    # 40%
-    from pathlib import Path
-    script = (Path(__file__).resolve().parent.parent / "bench" / "gpu_check.sh").read_text()
-    step = script[script.index("bench_step() {"):]
-    step = step[:step.index("\n}\n")]
+    step = _script_function("bench_step")
     assert "--course-wall" in step and "--deadline" in step
-    assert "GPU_CHECK_COURSE_MIN_S" in step  # only with time to spare
     names = step.split("--course-backends", 1)[1].split()[0].rstrip(")").split(",")
     assert names and set(names) <= set(course_run.GPU_BACKENDS)
+    # the headline runs the course on the GPU backends, in their estimated order
+    assert "--part headline" in _script_function("headline_step")
+    assert set(schedule.headline_course_backends()) == set(course_run.GPU_BACKENDS)
 
 
 def test_ratio_to_pytorch_and_the_children_it_runs(monkeypatch):
@@ -196,20 +203,22 @@ def test_ratio_to_pytorch_and_the_children_it_runs(monkeypatch):
     assert b["torch_cuda"]["vs_torch_cuda"] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("seconds,wanted", [(60, False), (119, False), (120, True), (300, True)])
-def test_gpu_check_asks_for_the_course_run_only_with_time_to_spare(seconds, wanted):
-    """The first GPU run's bench step may have only ~60 s: the kernel and training suites
-    come first then, and a rerun (STEPS=bench) measures the course run."""
+@pytest.mark.parametrize("headline_ran", [True, False])
+def test_gpu_checks_bench_adds_the_rest_to_this_calls_headline(tmp_path, headline_ran):
+    """After this call's headline step the bench step measures the rest only (--part
+    rest, the course run kept); on a second call (STEPS=bench, no headline here) it
+    measures everything, the headline first (--part all, with the course run)."""
     import subprocess
-    from pathlib import Path
-    script = (Path(__file__).resolve().parent.parent / "bench" / "gpu_check.sh").read_text()
-    start = script.index("bench_step() {")
-    func = script[start:script.index("\n}\n", start) + 3]
-    r = subprocess.run(["bash", "-c", func + "\nbench_step"], capture_output=True, text=True,
-                       env={"PY": "echo", "WORK": "/w", "STEP_SECONDS": str(seconds),
+    work = tmp_path / "w"
+    (work / "bench").mkdir(parents=True)
+    if headline_ran:
+        (work / "bench" / "results.json").write_text("{}")
+    funcs = _script_function("gpu_or_fail") + _script_function("bench_step")
+    r = subprocess.run(["bash", "-c", funcs + "\nbench_step"], capture_output=True, text=True,
+                       env={"PY": "echo", "WORK": str(work), "STEP_SECONDS": "200",
                             "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     cmd = r.stdout.strip().splitlines()[-1]  # what PY (echo) was given
-    assert ("--course-wall" in cmd) == wanted, r.stdout
-    assert "--deadline" in cmd and "--quick" in cmd
-    assert ("rerun with STEPS=bench" in r.stdout) == (not wanted)
+    assert "--deadline 180" in cmd and "--quick" in cmd
+    assert ("--part rest" in cmd) == headline_ran
+    assert ("--part all" in cmd and "--course-wall" in cmd) == (not headline_ran)
