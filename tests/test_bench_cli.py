@@ -180,3 +180,22 @@ def test_a_failing_suite_fails_the_run(bench, tmp_path):
             return 1
     rc, res, _, _ = bench(tmp_path / "o", "--part", "headline", suites=Failing())
     assert rc == 1 and res["settings"]["complete"] is False
+
+
+def test_a_suite_whose_every_case_skipped_is_neither_failed_nor_cut(bench, tmp_path):
+    """pytest-benchmark saves no JSON when no case ran (no GPU variant could start, say);
+    the per-case lines stand in. Mutant caught: that read as a failed suite."""
+    class AllSkipped(Suites):
+        def __call__(self, cmd, **kw):
+            partial = cmd[cmd.index("--fcgpu-partial") + 1]
+            case = dict(_cases("kernels", "headline")[0], measurements={},
+                        skipped={"fcgpu": "no GPU backend: none here"})
+            with open(partial, "w") as f:
+                f.write(json.dumps({"case": case, "variant_skips": {}, "workers": {},
+                                    "settings": {}}) + "\n")
+            return 0
+    rc, res, _, _ = bench(tmp_path / "o", "--part", "headline", suites=AllSkipped())
+    st = res["settings"]
+    assert rc == 0 and st["suites_failed"] == {} and st["complete"] is True, st
+    assert st["raw"] == ["raw/headline-kernels.partial.jsonl", "raw/headline-train.partial.jsonl"]
+    assert any(s["reason"] == "no GPU backend: none here" for s in res["kernel_skips"])
