@@ -202,7 +202,8 @@ def user_batchnorm_train(xp, x, gamma, beta, eps, momentum, running):
 
 def user_bn_relu_dropout(xp, x, gamma, beta, eps, momentum, running, p, rand):
     """The sandwich batchnorm -> ReLU -> dropout as a CuPy user writes it: the two
-    functions above around ``xp.maximum(y, 0)``."""
+    functions above around ``xp.maximum(y, 0)`` (``cupy.maximum``, a ufunc:
+    cupy/_math/misc.py, v14.2.0; so is ``cupy.sqrt`` above)."""
     y, mu, inv_std = user_batchnorm_train(xp, x, gamma, beta, eps, momentum, running)
     return user_dropout(xp.maximum(y, 0), p, rand), mu, inv_std
 
