@@ -222,3 +222,16 @@ def test_gpu_checks_bench_adds_the_rest_to_this_calls_headline(tmp_path, headlin
     assert "--deadline 180" in cmd and "--quick" in cmd
     assert ("--part rest" in cmd) == headline_ran
     assert ("--part all" in cmd and "--course-wall" in cmd) == (not headline_ran)
+
+
+@pytest.mark.parametrize("seconds,deadline", [(120, 105), (15, 7)])
+def test_gpu_checks_headline_deadline_stays_positive(seconds, deadline):
+    """The headline's --deadline is its step's seconds less 15, but at least half of
+    them. Mutant caught: a step given only 15 s passing --deadline 0 (a usage error)."""
+    import subprocess
+    funcs = "gpu_or_fail() { :; }\n" + _script_function("headline_step")
+    r = subprocess.run(["bash", "-c", funcs + "\nheadline_step"], capture_output=True, text=True,
+                       env={"PY": "echo", "WORK": "/w", "STEP_SECONDS": str(seconds),
+                            "HEADLINE_MARGIN": "15", "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-2:] == ["--deadline", str(deadline)], r.stdout
