@@ -199,3 +199,22 @@ def test_a_suite_whose_every_case_skipped_is_neither_failed_nor_cut(bench, tmp_p
     assert rc == 0 and st["suites_failed"] == {} and st["complete"] is True, st
     assert st["raw"] == ["raw/headline-kernels.partial.jsonl", "raw/headline-train.partial.jsonl"]
     assert any(s["reason"] == "no GPU backend: none here" for s in res["kernel_skips"])
+
+
+def test_a_headline_phase_left_no_time_is_not_started(bench, tmp_path, monkeypatch):
+    """The kernel phase overran its share: the training phase is reported as not started
+    (the run incomplete) instead of starting a pytest run it has no time for."""
+    import time
+    clock = {"t": time.time()}
+    monkeypatch.setattr(time, "time", lambda: clock["t"])
+
+    class Slow(Suites):
+        def __call__(self, cmd, **kw):
+            clock["t"] += 97      # past the training phase's share, and 3 s before the end
+            return super().__call__(cmd, **kw)
+    rc, res, suites, seen = bench(tmp_path / "o", "--part", "headline", "--deadline", "100",
+                                  suites=Slow())
+    assert rc == 0 and [c["suite"] for c in suites.cmds] == ["kernels"] and seen == []
+    cut = res["settings"]["cut"]
+    assert any(c.startswith("headline-train: not started") for c in cut), cut
+    assert any(c.startswith("headline-course: not started") for c in cut), cut

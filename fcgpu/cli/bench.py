@@ -221,8 +221,11 @@ def _run_headline(b, args, secs):
     ends = schedule.phase_deadlines(secs, phases) if secs else {}
     for p in phases:
         end = start + ends[p] if secs else None
+        if end is not None and time.time() > end - 5:  # an earlier phase overran
+            b.not_run["headline-" + p] = "not started: the run's --deadline was reached first"
+            continue
         if p != "course":
-            b.suite(p, suites[p], "headline", end, None if end is None else end + 10)
+            b.suite(p, suites[p], "headline", end, end + 10 if end else None)
             continue
         names = _course_names(args) or (list(schedule.headline_course_backends())
                                          if args.part == "headline" else None)
