@@ -69,7 +69,8 @@
 # compiled. GPU_CHECK_PLAN=1 prints the steps and caps and exits. GPU_CHECK_CMD_<step>
 # replaces a step's command (bash -c; tests/test_gpu_check.py uses it with stand-ins).
 #
-# Each step's status (bench/gpu_check_status.py decides it from what the step left):
+# Each step's status (bench/gpu_check_status.py decides it for the test, sanitizer and
+# bench steps from what they left; the others by their exit status):
 #   ok           it ran to its end and passed;
 #   FAIL         something is wrong: a test failed, the smoke found a mismatch, a
 #                sanitizer reported an error, a summary figure is missing although
