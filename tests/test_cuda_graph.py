@@ -160,7 +160,7 @@ class _State:
 
     def __init__(self, cublas):
         self.cublas = cublas            # the host stand-in for libcublas
-        self.null = _FakeStream(self, null=True)
+        self.legacy = _FakeStream(self, null=True)
         self.stack = []                 # streams made current with ``with stream:``
         self.capture = None             # the capturing stream
         self.captured = None
@@ -175,7 +175,7 @@ class _State:
         return self.capture is not None
 
     def current(self):
-        return self.stack[-1] if self.stack else self.null
+        return self.stack[-1] if self.stack else self.legacy
 
     def stream_capturing(self, ptr):
         return self.capture is not None and self.capture.ptr == ptr
@@ -196,7 +196,7 @@ class _State:
 
 class _FakeStream:
     def __init__(self, state, non_blocking=False, null=False):
-        self.state, self.null = state, null
+        self.state, self._legacy = state, null
         self.ptr = 0 if null else id(self)
         self.capturing = False
 
@@ -213,7 +213,7 @@ class _FakeStream:
 
     def begin_capture(self, mode=None):
         st = self.state
-        if self.null:  # cupy/cuda/stream.pyx lines 393-394
+        if self._legacy:  # cupy/cuda/stream.pyx lines 393-394
             raise RuntimeError("cannot capture on the default (legacy) stream")
         assert not st.capturing, "nested capture"
         st.capture, st.captured = self, []
@@ -380,19 +380,32 @@ def _wrap(v):
 
 
 _UPLOADS = ("array", "asarray", "asanyarray", "asfortranarray")
+# what cupy.linalg and cupy.random offer (their __init__.py in v14.2.0), of NumPy's
+_CUPY_LINALG = ("matrix_power", "cholesky", "qr", "svd", "eigh", "eig", "eigvalsh", "eigvals",
+                "norm", "cond", "det", "matrix_rank", "slogdet", "solve", "tensorsolve", "lstsq",
+                "inv", "pinv", "tensorinv")
+_CUPY_RANDOM = ("beta", "binomial", "chisquare", "dirichlet", "exponential", "f", "gamma",
+                "geometric", "gumbel", "hypergeometric", "laplace", "logistic", "lognormal",
+                "logseries", "multivariate_normal", "negative_binomial", "noncentral_chisquare",
+                "noncentral_f", "normal", "pareto", "poisson", "power", "rayleigh",
+                "standard_cauchy", "standard_exponential", "standard_gamma", "standard_normal",
+                "standard_t", "triangular", "uniform", "vonmises", "wald", "weibull", "zipf",
+                "seed", "permutation", "shuffle", "choice", "multinomial", "rand", "randint",
+                "randn", "random_integers", "random_sample", "random")
 _PRODUCTS = ("matmul", "dot", "inner", "tensordot", "vdot", "einsum")
 # cupy.linalg functions that call cuSOLVER (the rest: reductions or products)
 _CUSOLVER = ("solve", "inv", "pinv", "cholesky", "qr", "svd", "eigh", "eigvalsh", "lstsq",
              "det", "slogdet", "matrix_rank", "tensorsolve", "tensorinv")
 
 
-def _library_namespace(state, module, library, names=None):
-    """``module``'s functions as a namespace whose calls (of ``names``, default all)
-    go through ``state.library_call(library)`` first; results as FakeArray."""
+def _library_namespace(state, module, library, offered, names=None):
+    """``module``'s functions of the names CuPy ``offered`` as a namespace whose calls
+    (of ``names``, default all) go through ``state.library_call(library)`` first;
+    results as FakeArray."""
     ns = types.SimpleNamespace()
-    for name in dir(module):
-        f = getattr(module, name)
-        if name.startswith("_") or not callable(f) or isinstance(f, type):
+    for name in offered:
+        f = getattr(module, name, None)
+        if f is None or not callable(f) or isinstance(f, type):
             continue
         guarded = names is None or name in names
 
@@ -438,8 +451,8 @@ def _make_cupy(state):
     fake.asarray = no_upload("asarray", fake.asarray)
     for name in _PRODUCTS:
         setattr(fake, name, product(name))
-    fake.random = _library_namespace(state, np.random, "cuRAND")
-    fake.linalg = _library_namespace(state, np.linalg, "cuSOLVER", _CUSOLVER)
+    fake.random = _library_namespace(state, np.random, "cuRAND", _CUPY_RANDOM)
+    fake.linalg = _library_namespace(state, np.linalg, "cuSOLVER", _CUPY_LINALG, _CUSOLVER)
     to_host = fake.asnumpy
 
     def asnumpy(a, stream=None, **kwargs):
