@@ -264,6 +264,8 @@ def build_xp_case(variant, op, shape, xp, k):
         base = arr(host, seed)
         return [base] + [base.copy() for _ in range(k - 1)]
 
+    if op in ROW_OPS:
+        return _row_case(variant, op, shape, xp, k, impl, sets, hx, hd)
     p, seed, stream = KEEP_P, SEED, STREAM
     if op == "copy":
         src = sets(hx, 1)
@@ -292,7 +294,12 @@ def build_xp_case(variant, op, shape, xp, k):
         del xs
         return Case(lambda i: impl.dropout_backward(ds[i], p, seed, stream, mask), k,
                     label(variant, op))
+    raise ValueError("unknown op %r" % op)
 
+
+def _row_case(variant, op, shape, xp, k, impl, sets, hx, hd):
+    """The (N, D) ops of :func:`build_xp_case`: batchnorm and the fused pass."""
+    p, seed, stream = KEEP_P, SEED, STREAM
     n, d = shape
     gamma = xp.asarray(np.linspace(0.5, 1.5, d, dtype=np.float32))
     beta = xp.asarray(np.linspace(-0.2, 0.2, d, dtype=np.float32))
