@@ -15,6 +15,8 @@ Layout:
   time-to-accuracy.
 * :mod:`fcgpu.bench.results`: pytest-benchmark JSON -> one results JSON with a
   ``summary``; :mod:`fcgpu.bench.report`: results JSON -> Markdown + PNG plots.
+* :mod:`fcgpu.bench.schedule`: the four summary figures' cases (``fcgpu bench --part
+  headline``) and the time estimates the GPU check's plan rests on.
 """
 
 RESULTS_FORMAT = "fcgpu-bench-1"
