@@ -25,6 +25,8 @@ import sys
 
 import numpy
 
+from .errors import BackendUnavailable, ConfigError
+
 __all__ = [
     "BackendUnavailable", "set_backend", "get_backend", "get_xp", "get_array_module",
     "is_cupy_array", "asnumpy", "to_backend", "require_cupy", "cupy_status",
@@ -37,10 +39,6 @@ CHOICES = ("numpy", "cupy", "auto")
 PRECISION_ENV_VAR = "FCGPU_MATMUL_PRECISION"
 # float32 matrix products: 'highest' in float32, 'high' may round inputs to TF32 on GPUs
 MATMUL_PRECISIONS = ("highest", "high")
-
-
-class BackendUnavailable(RuntimeError):
-    """The requested backend cannot run here; the message names the cause."""
 
 
 _cupy = None          # the cupy module once probed successfully

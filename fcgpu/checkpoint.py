@@ -40,6 +40,7 @@ import numpy as np
 
 from .atomic import atomic_write_bytes
 from .backend import asnumpy
+from .errors import CheckpointError
 from .safepickle import is_pickle, load_numpy_pickle
 
 __all__ = ["CheckpointError", "FORMAT", "VERSION", "SOLVER_STATE", "encode", "save",
@@ -77,20 +78,6 @@ _PICKLE = ("it is a pickle, the checkpoint format of earlier fcgpu versions. Loa
            "pickle can run any code it names, so fcgpu no longer reads them. If you trust "
            "where this file came from, convert it once with: fcgpu convert-checkpoint "
            "--trust OLD NEW")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is unreadable, corrupt, foreign, or does not fit the run.
-
-    ``problem`` says what is wrong, ``path`` (when known) which file; ``str()`` is
-    one line naming both.
-    """
-
-    def __init__(self, problem, path=None):
-        self.problem = " ".join(str(problem).split())
-        self.path = None if path is None else os.fspath(path)
-        super().__init__(self.problem if self.path is None
-                         else "checkpoint %s: %s" % (self.path, self.problem))
 
 
 _REPR = reprlib.Repr()

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from .errors import DataError
 from .safepickle import load_numpy_pickle
 
 __all__ = [
@@ -72,14 +73,6 @@ _HINT = (
     f"Pass --data PATH (path=...) or set FCGPU_DATA to the CIFAR-10 python "
     f"archive {ARCHIVE_NAME} or its extracted {FOLDER_NAME}/ folder."
 )
-
-
-class DataError(ValueError):
-    """The CIFAR-10 data is missing, unreadable or not shaped as expected. The
-    message is one line (whatever the underlying error's message looked like)."""
-
-    def __init__(self, message):
-        super().__init__(" ".join(str(message).split()))
 
 
 def cache_dir() -> Path:

@@ -34,14 +34,11 @@ from .augment_spec import check_image_shape, check_input_dtype, check_mode, chec
 from .layers import labels_checked
 from .random import check_seed
 from .backend import asnumpy, get_array_module, synchronize, to_backend
+from .errors import NonFiniteLossError
 
 __all__ = ["Solver", "NonFiniteLossError", "CheckpointError"]
 
 CheckpointError = checkpoint.CheckpointError
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
 
 
 def _check_finite(X, name):

@@ -1,9 +1,13 @@
 """The ``fcgpu`` command: ``train``, ``bench``, ``report``, ``search``, ``convert-checkpoint``.
 
 Each subcommand lives in its own module here with ``add_arguments(parser)`` and
-``run(args) -> exit code``; heavy imports happen inside ``run``. Expected failures
-(bad input, missing data, no GPU) end in one line on stderr and exit code 2, never
-a traceback; ``FCGPU_DEBUG=1`` shows the traceback too.
+``run(args) -> exit code``; heavy imports happen inside ``run``.
+
+The error policy: fcgpu's own errors (:class:`fcgpu.errors.FcgpuError`: bad input,
+missing data, no GPU, a checkpoint that does not fit) end in one line on stderr and
+exit code 2, never a traceback (``FCGPU_DEBUG=1`` shows it too). Anything else is a
+bug: its traceback, a line asking for a report, and exit code 1. A subcommand whose
+module cannot be imported stays listed, and says why when it is run.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 
 # --help shows plain text (the module docstring is reStructuredText)
 DESCRIPTION = "fcgpu: train fully-connected nets on NVIDIA GPUs (CuPy) or the CPU (NumPy)."
@@ -27,6 +32,17 @@ SUBCOMMANDS = {
 }
 
 
+def _unavailable(name, modname, exc):
+    """The run of a subcommand whose module failed to import: one line saying why."""
+    why = "%s: %s" % (type(exc).__name__, exc)
+
+    def run(args):
+        from ..errors import FcgpuError
+        raise FcgpuError("this subcommand cannot run: importing %s failed (%s); reinstall "
+                         "fcgpu with the extras it needs" % (modname, why))
+    return run
+
+
 def build_parser():
     from .. import __version__
     parser = argparse.ArgumentParser(prog="fcgpu", description=DESCRIPTION)
@@ -35,7 +51,11 @@ def build_parser():
     for name, (modname, help_text) in SUBCOMMANDS.items():
         try:
             mod = importlib.import_module(modname)
-        except ImportError:
+        except ImportError as exc:
+            p = sub.add_parser(name, help=help_text + " (unavailable: cannot import %s)"
+                               % modname, description=help_text)
+            p.add_argument("ignored", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            p.set_defaults(_run=_unavailable(name, modname, exc))
             continue
         p = sub.add_parser(name, help=help_text, description=help_text)
         mod.add_arguments(p)
@@ -43,13 +63,12 @@ def build_parser():
     return parser
 
 
-def _expected_errors():
-    from ..backend import BackendUnavailable
-    from ..solver import NonFiniteLossError
-    return (BackendUnavailable, NonFiniteLossError, ValueError, OSError)
+BUG_REPORT = ("fcgpu: this is a bug in fcgpu, not a problem with your input; please report "
+              "it with the traceback above, the command line and `fcgpu --version`")
 
 
 def main(argv=None):
+    from ..errors import FcgpuError
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
@@ -60,12 +79,16 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("fcgpu: interrupted", file=sys.stderr)
         return 130
-    except _expected_errors() as exc:
+    except FcgpuError as exc:
         if os.environ.get("FCGPU_DEBUG"):
             raise
-        msg = " ".join(str(exc).split()) or type(exc).__name__
+        msg = str(exc) or type(exc).__name__
         print("fcgpu %s: error: %s" % (args.command, msg), file=sys.stderr)
         return 2
+    except Exception:
+        traceback.print_exc()
+        print(BUG_REPORT, file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

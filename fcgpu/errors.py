@@ -1,0 +1,74 @@
+"""fcgpu's own errors: the problems a user can fix, each told in one line.
+
+Everything fcgpu raises for bad input, a missing resource or a run that cannot go on
+derives from :class:`FcgpuError`. The ``fcgpu`` command prints those as one line on
+stderr and exits with status 2; any other exception is a bug in fcgpu (or in what it
+calls) and keeps its traceback (exit status 1, with a line asking for a report).
+
+Each class also derives from the built-in type that callers caught before it existed
+(``ValueError``, ``RuntimeError``, ``OSError``, ``FloatingPointError``), so code written
+against those keeps working.
+
+This module imports nothing of fcgpu: every layer may raise these.
+"""
+from __future__ import annotations
+
+import os
+
+__all__ = ["FcgpuError", "ConfigError", "DataError", "CheckpointError", "BackendUnavailable",
+           "NonFiniteLossError", "StorageError", "DeviceOutOfMemory", "one_line"]
+
+
+def one_line(text):
+    """``text`` with its white space folded: messages are one line whatever they quote."""
+    return " ".join(str(text).split())
+
+
+class FcgpuError(Exception):
+    """A problem the user can fix; ``str()`` names it in one line."""
+
+    def __init__(self, message=""):
+        super().__init__(one_line(message))
+
+
+class ConfigError(FcgpuError, ValueError):
+    """A setting, flag or argument that is out of its range or of the wrong kind."""
+
+
+class DataError(FcgpuError, ValueError):
+    """Data that cannot be used: missing or unreadable files, shapes, dtypes, labels
+    out of range, NaN or inf."""
+
+
+class CheckpointError(FcgpuError, ValueError):
+    """A checkpoint is unreadable, corrupt, foreign, or does not fit the run.
+
+    ``problem`` says what is wrong, ``path`` (when known) which file; ``str()`` is
+    one line naming both.
+    """
+
+    def __init__(self, problem, path=None):
+        self.problem = one_line(problem)
+        self.path = None if path is None else os.fspath(path)
+        super().__init__(self.problem if self.path is None
+                         else "checkpoint %s: %s" % (self.path, self.problem))
+
+
+class BackendUnavailable(FcgpuError, RuntimeError):
+    """The requested backend cannot run here; the message names the cause (not
+    installed, no driver, no device)."""
+
+
+class NonFiniteLossError(FcgpuError, FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class StorageError(FcgpuError, OSError):
+    """A file or database that a run writes to could not be written or reached (a full
+    disk, a read-only folder, a server that went away); the message names which and
+    why."""
+
+
+class DeviceOutOfMemory(FcgpuError, MemoryError):
+    """The GPU ran out of memory; the message gives the size asked for, the device's
+    free and total memory, and what to make smaller."""
