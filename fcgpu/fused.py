@@ -41,8 +41,16 @@ the bias is added inside the next pass and its gradient summed inside the backwa
   -> (dx, dgamma, dbeta, db)`` with ``db = dx.sum(axis=0)``
 * ``bias_relu_dropout_forward(x, b, p, seed, stream) -> out``: of ``x + b``
 * ``bias_relu_dropout_backward(dout, out, p) -> (dx, db)``
+
+Which implementation runs: by default the CUDA kernels for CuPy arrays, the Numba
+passes for NumPy arrays (the reference instead when ``use_compiled_cpu(False)`` is
+set). ``with force_impl(name):`` picks one for the block instead (``'reference'``,
+``'numba'`` or ``'cuda'``; see :func:`force_impl`).
 """
 from __future__ import annotations
+
+import contextlib
+import contextvars
 
 import numpy as np
 
@@ -60,23 +68,80 @@ __all__ = [
     "relu_dropout_forward", "relu_dropout_backward", "dropout_mask", "impl_for",
     "use_compiled_cpu", "folds_bias", "bias_bn_relu_dropout_forward",
     "bias_bn_relu_dropout_backward", "bias_relu_dropout_forward", "bias_relu_dropout_backward",
+    "force_impl", "forced_impl", "IMPLS",
 ]
 
+# the names force_impl takes: the xp reference (any array), the Numba passes (NumPy
+# arrays), the CUDA kernels (CuPy arrays)
+IMPLS = ("reference", "numba", "cuda")
+
 _use_compiled_cpu = True
+_forced = contextvars.ContextVar("fcgpu_fused_forced_impl", default=None)
 
 
 def use_compiled_cpu(flag=None):
     """Get (or set, with ``flag``) whether NumPy arrays take the Numba path.
 
-    Off, NumPy arrays run the ``*_ref`` code: handy to compare or to profile."""
+    Off, NumPy arrays run the ``*_ref`` code: handy to compare or to profile. The
+    setting holds for the process; inside a :func:`force_impl` block the getter says
+    what the block forces ('reference': False, 'numba': True), so the Numba passes of
+    Adam (:mod:`fcgpu.fused_optim`) and of the augmenting gather follow the block too."""
     global _use_compiled_cpu
     if flag is not None:
         _use_compiled_cpu = bool(flag)
+    forced = _forced.get()
+    if forced in ("reference", "numba"):
+        return forced == "numba"
     return _use_compiled_cpu
+
+
+def forced_impl():
+    """The name :func:`force_impl` forces here, or None outside such a block."""
+    return _forced.get()
+
+
+@contextlib.contextmanager
+def force_impl(name):
+    """Within the ``with`` block, every fused step (and :func:`dropout_mask`) runs
+    implementation ``name``, whatever :func:`use_compiled_cpu` says:
+
+    * ``'reference'``: the plain ``xp`` code of :mod:`fcgpu.fused_ref`, for NumPy and
+      CuPy arrays alike (what a CuPy user would write, unfused);
+    * ``'numba'``: the compiled CPU passes (:mod:`fcgpu.cpu.ops`); NumPy arrays only;
+    * ``'cuda'``: our kernels (:mod:`fcgpu.cuda.ops`); CuPy arrays only.
+
+    An array the forced implementation cannot take raises TypeError (never a silent
+    fall back). Blocks nest (the innermost wins) and are local to the thread or
+    asyncio task that enters them (a :class:`contextvars.ContextVar`). Used by the
+    step profiler and the benchmark variants instead of patching :func:`impl_for`."""
+    if name not in IMPLS:
+        raise ValueError("force_impl: unknown implementation %r (one of %s)"
+                         % (name, ", ".join(IMPLS)))
+    token = _forced.set(name)
+    try:
+        yield name
+    finally:
+        _forced.reset(token)
+
+
+def _forced_module(name, x):
+    cupy = is_cupy_array(x)
+    if name == "reference":
+        return reference
+    if name == "numba" and not cupy:
+        from .cpu import ops
+        return ops
+    if name == "cuda" and cupy:
+        from .cuda import ops
+        return ops
+    raise TypeError("force_impl(%r) cannot take a %s array" % (name, type(x).__module__))
 
 
 def impl_for(x):
     """The module implementing the fused steps for arrays like ``x``."""
+    forced = _forced.get()
+    if forced is not None:
+        return _forced_module(forced, x)
     if is_cupy_array(x):
         from .cuda import ops
         return ops
@@ -159,8 +224,16 @@ def dropout_mask(shape, p, seed, stream, xp=None):
 
     ``xp`` (default NumPy) picks where it is made: NumPy uses the compiled CPU path,
     CuPy the CUDA kernel. Results are bit-identical to
-    :func:`fcgpu.random.dropout_mask_reference`.
+    :func:`fcgpu.random.dropout_mask_reference`. Inside a :func:`force_impl` block
+    the forced implementation makes it ('reference': that function, on ``xp``).
     """
+    forced = _forced.get()
+    if forced == "reference":
+        from .random import dropout_mask_reference
+        return dropout_mask_reference(shape, p, seed, stream, np if xp is None else xp)
+    if forced is not None and (forced == "cuda") == (xp is None or xp is np):
+        raise TypeError("force_impl(%r) cannot make a mask on %s"
+                        % (forced, getattr(xp, "__name__", xp)))
     if xp is None or xp is np:
         from .cpu import philox
         return philox.dropout_mask(shape, p, seed, stream)
