@@ -8,6 +8,7 @@ way (a cell injected after the one tagged "parameters"), and has its printed res
 checked, not just its lack of errors. CI runs it small: ``FCGPU_NB_SMALL=1``
 (subsets, one or two epochs) on the NumPy backend.
 """
+import ast
 import json
 import os
 import re
@@ -109,3 +110,47 @@ def test_notebook_runs_small_on_numpy(tmp_path, monkeypatch):
     images = [o for c in nb.cells for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]
     assert len(images) == 2, "expected the two figures"
+
+
+def _install_source():
+    """The setup cell's install_source function, compiled on its own."""
+    cell = next(c for c in _load()["cells"] if c["cell_type"] == "code"
+                and "def install_source" in "".join(c["source"]))
+    tree = ast.parse("".join(cell["source"]))
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef)
+              and n.name == "install_source")
+    ns = {"Path": Path}
+    exec(compile(ast.Module([fn], []), "setup cell", "exec"), ns)
+    return ns["install_source"]
+
+
+def test_notebook_installs_only_what_it_is_told(tmp_path):
+    """The setup cell installs fcgpu from `install` (a wheel, or a git address), else
+    from the repository address in the pyproject.toml of the clone it sits in; with
+    neither it stops with a message, and it never asks the package index for the
+    unpublished name 'fcgpu'. Mutant caught: a fallback to 'fcgpu[cuda12]'."""
+    install_source = _install_source()
+    wheel = str(tmp_path / "fcgpu-0.1.0-py3-none-any.whl")
+    assert install_source(wheel) == wheel
+    clone = tmp_path / "clone"
+    (clone / "examples").mkdir(parents=True)
+    (clone / "pyproject.toml").write_text(
+        '[project]\nname = "fcgpu"\n[project.urls]\nRepository = "https://example.org/me/fcgpu"\n')
+    assert install_source("", clone / "examples") == \
+        "fcgpu[cuda12] @ git+https://example.org/me/fcgpu"
+    (clone / "pyproject.toml").write_text('[project]\nname = "fcgpu"\n')
+    with pytest.raises(RuntimeError, match="set `install` in the parameters cell .* not "
+                                           "published on the package index"):
+        install_source("", clone / "examples")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "pyproject.toml").write_text(
+        '[project]\nname = "fcgpu-impostor"\n[project.urls]\nRepository = "https://x/y"\n')
+    with pytest.raises(RuntimeError, match="nothing says where to get it"):
+        install_source("", other)
+    # this checkout: whatever its pyproject.toml holds, never the bare index name
+    try:
+        got = install_source("", NOTEBOOK.parent)
+    except RuntimeError:
+        got = None
+    assert got is None or "@ git+" in got
