@@ -552,7 +552,11 @@ def convert_pickle(old, new):
     if os.path.exists(new) and os.path.samefile(old, new):
         raise CheckpointError("NEW is the same file as OLD; write the converted checkpoint "
                               "to another path (OLD is kept unchanged)", old)
-    with open(old, "rb") as f:
+    try:
+        f = open(old, "rb")
+    except OSError as e:
+        raise CheckpointError("cannot read it (%s)" % (e.strerror or e), old) from None
+    with f:
         head = f.read(2)
         if not is_pickle(head):
             try:

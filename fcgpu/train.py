@@ -287,11 +287,12 @@ def _matmul_note(cfg, xp):
 def _run(cfg, xp, data, checkpoint, resume, progress, verbose, epoch_callback, out):
     from . import backend
     from .checkpoint import CheckpointError, load as load_checkpoint, save as save_checkpoint
+    from .errors import ConfigError
     from .fc_net import FullyConnectedNet
     from .solver import Solver
 
     if cfg.cuda_graph and xp is np:
-        raise ValueError("--cuda-graph captures the training step as a CUDA graph, which needs "
+        raise ConfigError("--cuda-graph captures the training step as a CUDA graph, which needs "
                          "the GPU backend; the backend here is numpy (%s)"
                          % (backend.cupy_status()[1] or "selected explicitly"))
     if data is None:

@@ -30,8 +30,9 @@ def add_arguments(p):
 
 
 def run(args):
+    from ..errors import ConfigError
     if not args.trust:
-        raise ValueError("%s is read by unpickling it, and a pickle from an untrusted source "
+        raise ConfigError("%s is read by unpickling it, and a pickle from an untrusted source "
                          "can run code; if you trust this file, run again with --trust"
                          % args.old)
     from ..checkpoint import convert_pickle

@@ -25,6 +25,7 @@ def run(args):
 
     from .. import backend
     from ..data_npz import is_npz
+    from ..errors import ConfigError, DataError
     from ..evaluate import (CIFAR10_CLASSES, evaluate, format_report,
                             load_model_from_checkpoint, plot_confusion)
     from ..train import TrainConfig, load_data
@@ -33,7 +34,7 @@ def run(args):
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise ValueError("--plot needs matplotlib: pip install 'fcgpu[plot]'") from None
+            raise ConfigError("--plot needs matplotlib: pip install 'fcgpu[plot]'") from None
     name = args.backend
     if name == "auto" and os.environ.get("FCGPU_BACKEND"):
         name = os.environ["FCGPU_BACKEND"]
@@ -46,11 +47,11 @@ def run(args):
     data = load_data(TrainConfig(data=path, batch_size=1, num_train=None), progress=False)
     X, y = data.get("X_" + args.split), data.get("y_" + args.split)
     if X is None:
-        raise ValueError("%s has no %s split (X_%s/y_%s)" % (path, args.split, args.split,
+        raise DataError("%s has no %s split (X_%s/y_%s)" % (path, args.split, args.split,
                                                              args.split))
     num_classes = int(data.get("num_classes", 10))
     if num_classes > model.num_classes:
-        raise ValueError("the data have %d classes but the checkpoint's net has %d outputs"
+        raise DataError("the data have %d classes but the checkpoint's net has %d outputs"
                          % (num_classes, model.num_classes))
     result = evaluate(model, X, y, num_classes=model.num_classes, batch_size=args.batch_size)
     names = CIFAR10_CLASSES if not is_npz(path) else None

@@ -6,10 +6,11 @@ import sys
 
 
 def _dims(text):
+    from ..errors import ConfigError
     try:
         dims = tuple(int(t) for t in text.replace("x", ",").split(",") if t.strip())
     except ValueError:
-        raise ValueError("--hidden takes sizes like 500,500,500, got %r" % text) from None
+        raise ConfigError("--hidden takes sizes like 500,500,500, got %r" % text) from None
     return dims
 
 
@@ -123,14 +124,15 @@ def config_from_args(args):
 
 
 def run(args):
+    from ..errors import ConfigError
     from ..train import plot_history, run_training, write_metrics
     if args.resume and not args.checkpoint:
-        raise ValueError("--resume needs --checkpoint FILE")
+        raise ConfigError("--resume needs --checkpoint FILE")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise ValueError("--plot needs matplotlib: pip install 'fcgpu[plot]'") from None
+            raise ConfigError("--plot needs matplotlib: pip install 'fcgpu[plot]'") from None
     cfg = config_from_args(args)
     metrics = run_training(cfg, checkpoint=args.checkpoint, resume=args.resume,
                            progress=not args.quiet and sys.stderr.isatty(),
