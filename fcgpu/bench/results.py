@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as _dt
 
+from ..errors import DataError
 from . import RESULTS_FORMAT
 from .kernels import VARIANTS as KVARIANTS
 from .kernels import shape_label
@@ -272,6 +273,44 @@ def headline_figures(results):
         "skipped", "not asked for")) for n in ("fcgpu_graph", "fcgpu"))
     out["course_wall_s"] = (min(secs), None) if secs else (None, why)
     return out
+
+
+# What the report reads without a default: each top-level field's type (absent or
+# null is fine), the keys of every row of the row lists, and those of a profile.
+FIELD_TYPES = {"settings": dict, "machine": dict, "workers": dict, "variant_skips": dict,
+               "copy_bandwidth": dict, "kernels": list, "kernel_skips": list, "train": list,
+               "train_skips": list, "experiments": dict, "profile": dict, "summary": dict,
+               "summary_notes": dict, "summary_details": dict}
+ROW_KEYS = {"kernels": ("op", "shape", "n", "variant", "label", "device", "time_s", "gbps",
+                        "bw_frac"),
+            "kernel_skips": ("op", "shape_label", "variant", "reason"),
+            "train": ("net", "hidden", "batch", "variant", "device", "samples_per_s"),
+            "train_skips": ("net", "variant", "reason")}
+PROFILE_KEYS = ("ratio", "step_s", "floor_s", "phases", "gemms", "gemm_flops")
+
+
+def check_results(res, where="results"):
+    """Raise :class:`fcgpu.errors.DataError` (one line naming ``where`` and the field)
+    unless ``res`` is an fcgpu results dict of this format that the report can read."""
+    if not isinstance(res, dict) or res.get("format") != RESULTS_FORMAT:
+        raise DataError("%s is not an fcgpu results file (format %r, expected %r)"
+                        % (where, res.get("format") if isinstance(res, dict) else None,
+                           RESULTS_FORMAT))
+    for key, kind in FIELD_TYPES.items():
+        if res.get(key) is not None and not isinstance(res[key], kind):
+            raise DataError("%s: %r is a %s, not a %s" % (where, key, type(res[key]).__name__,
+                                                          kind.__name__))
+    for key, need in ROW_KEYS.items():
+        for i, row in enumerate(res.get(key) or []):
+            missing = [k for k in need if not isinstance(row, dict) or k not in row]
+            if missing:
+                raise DataError("%s: %s[%d] lacks %s" % (where, key, i, ", ".join(missing)))
+    missing = [k for k in PROFILE_KEYS if res.get("profile") and k not in res["profile"]]
+    if missing:
+        raise DataError("%s: the profile lacks %s" % (where, ", ".join(missing)))
+    bad = [k for k, v in (res.get("experiments") or {}).items() if not isinstance(v, dict)]
+    if bad:
+        raise DataError("%s: experiments %s are not objects" % (where, ", ".join(bad)))
 
 
 def results_dir_name(machine):

@@ -12,6 +12,9 @@ import subprocess
 import sys
 import time
 
+from ..errors import BackendUnavailable, ConfigError, DataError
+from .report import make_out_dir
+
 
 PART_HELP = ("headline: only the four summary figures (dropout bandwidth fractions at "
              "2^26, fused vs what a CuPy user writes, training vs PyTorch eager, the "
@@ -110,7 +113,7 @@ def _profile_net(text):
     except ValueError:
         hidden = []
     if not hidden or min(hidden) < 1:
-        raise ValueError("--profile-net %r: give one of %s, or hidden sizes such as "
+        raise ConfigError("--profile-net %r: give one of %s, or hidden sizes such as "
                          "1024,1024,1024" % (text, ", ".join(NETS)))
     return {"hidden": hidden, "batch": NETS["default"]["batch"]}
 
@@ -120,9 +123,11 @@ def _profile(args):
     from ..bench.profile import profile_step
     from ..bench.report.profile import profile_text
     if args.pad < 0:
-        raise ValueError("--pad must be >= 0, got %d" % args.pad)
+        raise ConfigError("--pad must be >= 0, got %d" % args.pad)
     if args.rounds < 3:
-        raise ValueError("--rounds must be at least 3, got %d" % args.rounds)
+        raise ConfigError("--rounds must be at least 3, got %d" % args.rounds)
+    if args.profile_seconds is not None and args.profile_seconds <= 0:
+        raise ConfigError("--profile-seconds must be positive, got %g" % args.profile_seconds)
     print("fcgpu bench: profiling the CPU training step (%d rounds%s)" % (
         args.rounds, ", at most %.0f s" % args.profile_seconds if args.profile_seconds else ""),
         file=sys.stderr, flush=True)
@@ -152,16 +157,7 @@ def _warn_load():
 def run(args):
     if args.profile and args.only is None:
         return _profile_only(args)
-    if not args.out:
-        raise ValueError("--out DIR is required (only --profile runs without it)")
-    if args.deadline is not None and args.deadline <= 0:
-        raise ValueError("--deadline must be positive, got %g" % args.deadline)
-    try:
-        import pytest_benchmark  # noqa: F401
-    except ImportError:
-        raise ValueError("fcgpu bench needs pytest-benchmark: pip install 'fcgpu[bench]'") \
-            from None
-    _course_names(args)  # bad names fail before anything runs
+    _check_args(args)
     b = _Bench(args)
     if args.part == "rest":
         b.load_headline()
@@ -181,13 +177,43 @@ def run(args):
     return 0 if b.rc in (0, 5) else 1
 
 
+def _check_args(args):
+    """The flags of a suite run, checked before anything runs (one-line errors)."""
+    if not args.out:
+        raise ConfigError("--out DIR is required (only --profile runs without it)")
+    if args.deadline is not None and args.deadline <= 0:
+        raise ConfigError("--deadline must be positive, got %g" % args.deadline)
+    if args.budget is not None and args.budget <= 0:
+        raise ConfigError("--budget must be positive, got %g" % args.budget)
+    try:
+        import pytest_benchmark  # noqa: F401
+    except ImportError:
+        raise ConfigError("fcgpu bench needs pytest-benchmark: pip install 'fcgpu[bench]'") \
+            from None
+    _course_names(args)
+    if args.variants:
+        from ..bench.kernels import VARIANTS as KV
+        from ..bench.models import VARIANTS as TV
+        bad = [v for v in args.variants.split(",") if v.strip() not in set(KV) | set(TV)]
+        if bad:
+            raise ConfigError("--variants: unknown variant %s; choose from %s"
+                              % (", ".join(bad), ", ".join(dict.fromkeys(list(KV) + list(TV)))))
+    if args.part != "all":
+        from .. import backend
+        ok, why = backend.cupy_status()
+        if not ok:
+            raise BackendUnavailable("--part %s splits a GPU run (the headline is the GPU's "
+                                     "summary figures), and there is no GPU backend here: %s"
+                                     % (args.part, why))
+
+
 def _course_names(args):
     """--course-backends as a list (None: the default), checked."""
     from ..bench.course_run import COURSE_BACKENDS
     names = args.course_backends.split(",") if args.course_backends else None
     bad = [n for n in names or () if n not in COURSE_BACKENDS]
     if bad:
-        raise ValueError("--course-backends: unknown backend %s; choose from %s"
+        raise ConfigError("--course-backends: unknown backend %s; choose from %s"
                          % (", ".join(bad), ", ".join(COURSE_BACKENDS)))
     return names
 
@@ -302,7 +328,7 @@ class _Bench:
         self.deadline = self.t0 + args.deadline if args.deadline else None
         self.out = os.path.abspath(args.out)
         self.raw_dir = os.path.join(self.out, "raw")
-        os.makedirs(self.raw_dir, exist_ok=True)
+        make_out_dir(self.raw_dir)
         self.path = os.path.join(self.out, "results.json")
         self.machine = machine_info()
         self.raw_list, self.raw_paths, self.exps, self.prof = [], [], {}, {}
@@ -315,12 +341,13 @@ class _Bench:
             with open(self.path) as f:
                 prior = json.load(f)
         except (OSError, ValueError) as exc:
-            raise ValueError("--part rest adds to a --part headline run in the same --out, "
-                             "and %s cannot be read (%s)" % (self.path, exc)) from None
-        st = prior.get("settings") or {}
-        if st.get("part") != "headline":
-            raise ValueError("--part rest adds to a --part headline run in the same --out; "
-                             "%s is from --part %s" % (self.path, st.get("part", "all")))
+            raise DataError("--part rest adds to a --part headline run in the same --out, "
+                            "and %s cannot be read (%s)" % (self.path, exc)) from None
+        st = prior.get("settings") if isinstance(prior, dict) else None
+        if not isinstance(st, dict) or st.get("part") != "headline":
+            raise ConfigError("--part rest adds to a --part headline run in the same --out; "
+                              "%s is from --part %s"
+                              % (self.path, (st or {}).get("part", "all")))
         for rel in st.get("raw") or []:
             p = os.path.join(self.out, rel)
             raw = _from_partial(p) if p.endswith(".jsonl") else _load_json(p)
@@ -439,7 +466,7 @@ def _profile_only(args):
     from ..bench.machine import machine_info
     from ..bench.results import build_results
     out = os.path.abspath(args.out)
-    os.makedirs(out, exist_ok=True)
+    make_out_dir(out)
     path = os.path.join(out, "results.json")
     results = build_results([], machine=machine_info(), profile=prof, settings={
         "command": " ".join(sys.argv), "only": "profile", "complete": True,

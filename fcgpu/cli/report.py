@@ -14,16 +14,35 @@ def add_arguments(p):
 
 
 def run(args):
+    """Errors of the input (matplotlib missing, an unreadable --notes file, results that
+    are unreadable, not JSON or not fcgpu's) are ConfigError or DataError: one line."""
+    from ..errors import ConfigError
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise ValueError("fcgpu report needs matplotlib: pip install 'fcgpu[plot]'") from None
+        raise ConfigError("fcgpu report needs matplotlib: pip install 'fcgpu[plot]'") from None
     from ..bench import report
     results = report.load(args.results)
+    make_out_dir(args.out)
     notes = None
     if args.notes:
-        with open(args.notes, encoding="utf-8") as f:
-            notes = f.read()
+        try:
+            with open(args.notes, encoding="utf-8") as f:
+                notes = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("--notes %s cannot be read: %s"
+                              % (args.notes, getattr(exc, "strerror", None) or exc)) from None
     path = report.render(results, args.out, title=args.title, notes=notes)
     print("fcgpu report: wrote %s" % path)
     return 0
+
+
+def make_out_dir(path):
+    """``path`` as a folder to write into (made if missing), else a ConfigError."""
+    import os
+    from ..errors import ConfigError
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("--out %s: cannot make the folder (%s)"
+                          % (path, exc.strerror or exc)) from None

@@ -18,7 +18,8 @@ import json
 import os
 
 from ...atomic import atomic_write_bytes
-from .. import RESULTS_FORMAT
+from ...errors import DataError
+from ..results import check_results
 from .course import course_section
 from .format import machine_names
 from .plots import (plot_dropout, plot_gather, plot_regularizer, plot_rowops, plot_train,
@@ -32,19 +33,21 @@ __all__ = ["load", "render", "target_status"]
 
 
 def load(paths):
-    """The results files at ``paths``, each checked to be an fcgpu results file (a
-    one-line ``ValueError`` naming the file otherwise)."""
+    """The results files at ``paths``, each checked to be an fcgpu results file that
+    the report can read (:func:`fcgpu.bench.results.check_results`); a file that is
+    not is a one-line :class:`fcgpu.errors.DataError` naming it."""
     out = []
     for p in paths:
-        with open(p) as f:
-            try:
+        try:
+            with open(p, encoding="utf-8") as f:
                 res = json.load(f)
-            except json.JSONDecodeError as exc:
-                raise ValueError("%s is not JSON: %s" % (p, exc)) from None
-        if not isinstance(res, dict) or res.get("format") != RESULTS_FORMAT:
-            raise ValueError("%s is not an fcgpu results file (format %r, expected %r)"
-                             % (p, res.get("format") if isinstance(res, dict) else None,
-                                RESULTS_FORMAT))
+        except OSError as exc:
+            raise DataError("%s cannot be read: %s" % (p, exc.strerror or exc)) from None
+        except UnicodeDecodeError as exc:
+            raise DataError("%s is not JSON: %s" % (p, exc)) from None
+        except json.JSONDecodeError as exc:
+            raise DataError("%s is not JSON: %s" % (p, exc)) from None
+        check_results(res, p)
         res["_path"] = p
         out.append(res)
     return out
