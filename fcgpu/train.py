@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import ConfigError
+from .optim import RULES
+from .settings import SETTINGS
+
 __all__ = ["TrainConfig", "PRESETS", "DEFAULT_PRESET", "from_preset", "describe_preset",
            "run_training",
            "load_data", "write_metrics", "plot_history"]
@@ -70,54 +74,31 @@ class TrainConfig:
     preset: str = "course"        # the recipe the fields started from (a label)
 
     def __post_init__(self):
+        """Each field checked by its :data:`fcgpu.settings.SETTINGS` entry, then the
+        checks that involve two fields; a bad value raises ConfigError."""
+        for name, setting in SETTINGS.items():
+            setting.check(getattr(self, name))
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
-        if not self.hidden_dims or any(h < 1 for h in self.hidden_dims):
-            raise ValueError("hidden layer sizes must be positive integers, got %r"
-                             % (self.hidden_dims,))
-        if not 0 <= self.dropout <= 1:
-            raise ValueError("dropout is the keep probability, in [0, 1], got %r" % self.dropout)
-        for name in ("learning_rate", "weight_scale", "lr_decay"):
-            if not getattr(self, name) > 0:
-                raise ValueError("%s must be positive, got %r" % (name, getattr(self, name)))
-        if self.reg < 0:
-            raise ValueError("reg must be >= 0, got %r" % self.reg)
-        for name in ("batch_size", "num_train", "num_val"):
-            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
-                raise ValueError("%s must be >= 1, got %r" % (name, getattr(self, name)))
-        if self.epochs < 0:
-            raise ValueError("epochs must be >= 0, got %r" % self.epochs)
         if self.image_shape is not None:
             self.image_shape = tuple(int(v) for v in self.image_shape)
-        from .augment_spec import check_mode
-        check_mode(self.augment)
-        if int(self.pad) < 0:
-            raise ValueError("pad must be >= 0, got %r" % self.pad)
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError("label_smoothing must be in [0, 1), got %r" % self.label_smoothing)
-        from .schedules import SCHEDULES
-        if self.schedule not in SCHEDULES:
-            raise ValueError("schedule must be one of %s, got %r"
-                             % (", ".join(SCHEDULES), self.schedule))
-        if self.schedule != "step" and self.lr_decay != 1.0:
-            raise ValueError("lr_decay %r is the 'step' schedule's; schedule %r sets every "
-                             "step's rate (use lr_decay 1)" % (self.lr_decay, self.schedule))
-        if self.warmup_epochs is not None and not 0 <= self.warmup_epochs < max(self.epochs, 1):
-            raise ValueError("warmup_epochs must be in [0, epochs), got %r" % self.warmup_epochs)
-        from .backend import MATMUL_PRECISIONS
-        if self.matmul_precision not in MATMUL_PRECISIONS:
-            raise ValueError("matmul_precision must be one of %s, got %r"
-                             % (", ".join(MATMUL_PRECISIONS), self.matmul_precision))
         if self.preset not in PRESETS:
-            raise ValueError("preset must be one of %s, got %r"
-                             % (", ".join(PRESETS), self.preset))
+            raise ConfigError("preset must be one of %s, got %r"
+                              % (", ".join(PRESETS), self.preset))
+        if self.schedule != "step" and self.lr_decay != 1.0:
+            raise ConfigError("lr_decay %r is the 'step' schedule's; schedule %r sets every "
+                              "step's rate (use lr_decay 1)" % (self.lr_decay, self.schedule))
+        if self.warmup_epochs is not None and not self.warmup_epochs < max(self.epochs, 1):
+            raise ConfigError("warmup_epochs must be in [0, epochs), got %r"
+                              % self.warmup_epochs)
         from .data_npz import is_npz
         if is_npz(self.data):
             return
         if self.num_train is None:
             self.num_train = 49000
         if self.num_train > 49000 or self.num_val > 1000:
-            raise ValueError("num_train must be <= 49000 and num_val <= 1000 (validation is "
-                             "train[49000:50000]), got %d and %d" % (self.num_train, self.num_val))
+            raise ConfigError("num_train must be <= 49000 and num_val <= 1000 (validation is "
+                              "train[49000:50000]), got %d and %d"
+                              % (self.num_train, self.num_val))
 
     def schedule_options(self, steps_per_epoch):
         """The Solver's ``(lr_schedule, lr_schedule_options)`` for this config."""
@@ -155,8 +136,7 @@ def describe_preset(name):
         parts.append("label smoothing %g" % c.label_smoothing)
     if c.reg:
         parts.append("L2 %g" % c.reg)
-    rule = {"adam": "Adam", "sgd": "SGD", "sgd_momentum": "SGD with momentum",
-            "rmsprop": "RMSProp"}[c.update_rule]
+    rule = RULES[c.update_rule].title
     if c.schedule == "step":
         parts.append("%s %g decayed %g per epoch" % (rule, c.learning_rate, c.lr_decay))
     else:
@@ -169,7 +149,7 @@ def describe_preset(name):
 def from_preset(name, **overrides):
     """``TrainConfig`` of the preset ``name`` with ``overrides`` (None values ignored)."""
     if name not in PRESETS:
-        raise ValueError("unknown preset %r; choose one of %s" % (name, ", ".join(PRESETS)))
+        raise ConfigError("unknown preset %r; choose one of %s" % (name, ", ".join(PRESETS)))
     fields = dict(PRESETS[name], preset=name)
     given = {k: v for k, v in overrides.items() if v is not None}
     fields.update(given)
@@ -287,7 +267,6 @@ def _matmul_note(cfg, xp):
 def _run(cfg, xp, data, checkpoint, resume, progress, verbose, epoch_callback, out):
     from . import backend
     from .checkpoint import CheckpointError, load as load_checkpoint, save as save_checkpoint
-    from .errors import ConfigError
     from .fc_net import FullyConnectedNet
     from .solver import Solver
 
@@ -327,11 +306,11 @@ def _run(cfg, xp, data, checkpoint, resume, progress, verbose, epoch_callback, o
     extra = {}
     if cfg.augment != "none":
         if cfg.image_shape is None and np.ndim(data["X_train"]) != 4:
-            raise ValueError("--augment %s needs images: an .npz with image_shape [C, H, W] "
-                             "(docs/data.md)" % cfg.augment)
+            raise ConfigError("--augment %s needs images: an .npz with image_shape [C, H, W] "
+                              "(docs/data.md)" % cfg.augment)
         if cfg.image_shape is not None and len(cfg.image_shape) != 3:
-            raise ValueError("--augment %s needs image_shape [C, H, W], the data's is %s"
-                             % (cfg.augment, list(cfg.image_shape)))
+            raise ConfigError("--augment %s needs image_shape [C, H, W], the data's is %s"
+                              % (cfg.augment, list(cfg.image_shape)))
         extra = dict(augment=cfg.augment, pad=cfg.pad, image_shape=cfg.image_shape,
                      mean=data.get("mean"))
     solver = Solver(model, data, update_rule=cfg.update_rule,

@@ -87,3 +87,38 @@ def test_adam_defaults_and_fresh_state(xp, rng):
     assert (config["learning_rate"], config["beta1"], config["beta2"], config["epsilon"],
             config["t"]) == (1e-3, 0.9, 0.999, 1e-8, 1)
     assert config["m"].shape == W.shape
+
+
+# ----------------------------------------------------------------- the rules table
+
+def test_rules_table_entries_are_the_rules_and_match_the_device_enum():
+    """optim.RULES is the one table: each entry is callable as its update function,
+    its defaults and state arrays are what a fresh config gets, and the device ids are
+    kernels/optim.cuh's UpdateRule values (as fcgpu.cuda.train_ops spells them).
+    Mutants caught: an entry whose defaults or state keys differ from what its function
+    sets; a device id off by one; a rule missing from the table."""
+    from fcgpu import optim
+    from fcgpu.cuda import train_ops
+    assert set(optim.RULES) == {"sgd", "sgd_momentum", "rmsprop", "adam"}
+    assert (optim.sgd, optim.sgd_momentum, optim.rmsprop, optim.adam) == tuple(
+        optim.RULES[n].update for n in ("sgd", "sgd_momentum", "rmsprop", "adam"))
+    w, dw = np.ones((2, 3)), np.full((2, 3), 0.5)
+    for name, rule in optim.RULES.items():
+        assert rule.name == name and rule.title
+        next_w, config = rule(w, dw)  # (callable as the function, as callers use it)
+        ref_w, _ = rule.update(w, dw)
+        assert np.array_equal(next_w, ref_w)
+        assert set(config) == {k for k, _ in rule.defaults} | set(rule.state), name
+        for key, value in rule.defaults:
+            if key not in rule.counters:
+                assert config[key] == value, (name, key)
+        for key in rule.state:
+            assert config[key].shape == w.shape, (name, key)
+        if rule.device == optim.DEVICE_RULE:
+            assert rule.device_id == getattr(train_ops, "RULE_" + name.upper()), name
+            assert set(rule.device_args) <= set(rule.hyper)
+        else:
+            assert rule.device_id is None
+    assert optim.RULES["adam"].counters == ("t",)
+    assert optim.RULES["adam"].hyper == ("learning_rate", "beta1", "beta2", "epsilon")
+

@@ -15,6 +15,9 @@ def _dims(text):
 
 
 def add_arguments(p):
+    from ..augment_spec import MODES
+    from ..optim import rule_names
+    from ..schedules import SCHEDULES
     from ..train import DEFAULT_PRESET, PRESETS, TrainConfig, describe_preset
     d = TrainConfig()  # the course's run
     # every default is None: the preset fills what the command line leaves out
@@ -38,15 +41,15 @@ def add_arguments(p):
     g.add_argument("--label-smoothing", type=float, default=None,
                    help="softmax targets (1-e)*onehot + e/C (course: 0)")
     g = p.add_argument_group("optimization")
-    g.add_argument("--update-rule", default=None,
-                   choices=["sgd", "sgd_momentum", "rmsprop", "adam"])
+    g.add_argument("--update-rule", default=None, choices=rule_names(),
+                   help="optimizer (course: %s)" % d.update_rule)
     g.add_argument("--lr", "--learning-rate", dest="learning_rate", type=float,
                    default=None, help="learning rate, the peak of cosine/onecycle (course: %s)"
                    % d.learning_rate)
     g.add_argument("--lr-decay", type=float, default=None,
                    help="learning-rate factor per epoch, --schedule step (course: %s)"
                    % d.lr_decay)
-    g.add_argument("--schedule", default=None, choices=["step", "cosine", "onecycle"],
+    g.add_argument("--schedule", default=None, choices=SCHEDULES,
                    help="learning-rate schedule (course: step, i.e. --lr-decay per epoch)")
     g.add_argument("--warmup-epochs", type=float, default=None,
                    help="cosine: linear warmup epochs (default 0); onecycle: the epoch of "
@@ -58,7 +61,7 @@ def add_arguments(p):
                         "CIFAR-10 training images)")
     g.add_argument("--seed", type=int, default=None)
     g = p.add_argument_group("augmentation")
-    g.add_argument("--augment", default=None, choices=["none", "flip", "crop"],
+    g.add_argument("--augment", default=None, choices=MODES,
                    help="per-sample random flips, or crops (with flips), made in the "
                         "minibatch gather (course: none)")
     g.add_argument("--pad", type=int, default=None,

@@ -66,6 +66,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_matmul_precision, is_cupy_array, require_cupy
+from ..errors import ConfigError
+from ..optim import DEVICE_ADAM, RULES
 
 __all__ = ["GraphedTrainStep", "SUPPORTED_RULES", "check_supported", "COUNTER_SLOTS"]
 
@@ -73,16 +75,8 @@ __all__ = ["GraphedTrainStep", "SUPPORTED_RULES", "check_supported", "COUNTER_SL
 CTR_BATCH, CTR_STREAM, CTR_T, CTR_STEPS, CTR_COUNT = 0, 1, 2, 3, 4
 COUNTER_SLOTS = {"batch": CTR_BATCH, "stream": CTR_STREAM, "t": CTR_T, "steps": CTR_STEPS}
 
-# rule name -> (state keys, defaults applied to its config exactly as fcgpu.optim does)
-_RULES = {
-    "sgd": ((), (("learning_rate", 1e-2),)),
-    "sgd_momentum": (("velocity",), (("learning_rate", 1e-2), ("momentum", 0.9))),
-    "rmsprop": (("cache",), (("learning_rate", 1e-2), ("decay_rate", 0.99),
-                             ("epsilon", 1e-8))),
-    "adam": (("m", "v"), (("learning_rate", 1e-3), ("beta1", 0.9), ("beta2", 0.999),
-                          ("epsilon", 1e-8), ("t", 0))),
-}
-SUPPORTED_RULES = tuple(_RULES)
+# the update rules a captured step can run: those with a device kernel (fcgpu.optim.RULES)
+SUPPORTED_RULES = tuple(name for name, rule in RULES.items() if rule.device is not None)
 
 
 def check_supported(model, update_rule):
@@ -90,12 +84,13 @@ def check_supported(model, update_rule):
     captured: a :class:`~fcgpu.fc_net.FullyConnectedNet` and one of the named rules
     of :mod:`fcgpu.optim`. Needs no GPU."""
     from ..fc_net import FullyConnectedNet
-    if not isinstance(update_rule, str) or update_rule not in _RULES:
+    if not isinstance(update_rule, str) or update_rule not in SUPPORTED_RULES:
         what = getattr(update_rule, "__name__", None) or repr(update_rule)
-        raise ValueError("cuda_graph: update rule %s cannot be captured; the CUDA-graph "
-                         "step supports the named rules %s" % (what, ", ".join(SUPPORTED_RULES)))
+        raise ConfigError("cuda_graph: update rule %s cannot be captured; the CUDA-graph "
+                          "step supports the named rules %s"
+                          % (what, ", ".join(SUPPORTED_RULES)))
     if not isinstance(model, FullyConnectedNet):
-        raise ValueError("cuda_graph: the CUDA-graph step supports FullyConnectedNet models, "
+        raise ConfigError("cuda_graph: the CUDA-graph step supports FullyConnectedNet models, "
                          "got %s" % type(model).__name__)
 
 
@@ -121,6 +116,7 @@ class GraphedTrainStep:
         self.cp = cp
         self.model = model
         self.rule = update_rule
+        self.spec = RULES[update_rule]
         self.dtype = np.dtype(model.dtype)
         if not is_cupy_array(X) or not is_cupy_array(y):
             raise ValueError("cuda_graph: the training data must be CuPy arrays")
@@ -155,7 +151,7 @@ class GraphedTrainStep:
             self.augment["mean"] = cp.ascontiguousarray(cp.asarray(augment["mean"]))
         self.lr = cp.zeros(len(self.names), dtype=np.float64)
         self.corr = (cp.zeros((len(self.names), self.per_epoch, 2), dtype=np.float64)
-                     if update_rule == "adam" else None)
+                     if self.spec.device == DEVICE_ADAM else None)
         self.loss_buf = cp.zeros(self.per_epoch, dtype=self.dtype)
         self.lr_rows = None
         if lr_schedule:
@@ -212,7 +208,7 @@ class GraphedTrainStep:
         rule's defaults to the configs as fcgpu.optim would; return what the graph
         bakes in by value."""
         model = self.model
-        state_keys, defaults = _RULES[self.rule]
+        spec = self.spec
         if set(configs) != set(self.names) or set(model.params) != set(self.names):
             raise ValueError("cuda_graph: the parameters changed (%s); build a new Solver"
                              % ", ".join(sorted(set(configs) ^ set(self.names))))
@@ -222,13 +218,12 @@ class GraphedTrainStep:
                              model.params[name].shape, "parameter " + name)
             model.params[name] = w
             cfg = configs[name]
-            for key, value in defaults:
+            for key, value in spec.defaults:
                 cfg.setdefault(key, value)
-            for key in state_keys:
+            for key in spec.state:
                 cfg[key] = self._static(self._state, (name, key), cfg.get(key), w.shape,
                                         "%s of %s" % (key, name))
-            baked.append(tuple(float(cfg[k]) for k, _ in defaults
-                               if k not in ("learning_rate", "t")))
+            baked.append(tuple(float(cfg[k]) for k in spec.hyper if k != "learning_rate"))
         for i, bp in enumerate(model.bn_params):
             dim = model.hidden_dims[i]
             for key in ("running_mean", "running_var"):
@@ -265,7 +260,7 @@ class GraphedTrainStep:
         if self._baked is not None and baked != self._baked:
             self._graph = None  # a hyperparameter baked into the graph changed: recapture
         self._baked = baked
-        if self.rule == "adam":
+        if self.spec.device == DEVICE_ADAM:  # (one step counter t, on the device)
             ts = {int(configs[name]["t"]) for name in self.names}
             if len(ts) != 1:
                 raise ValueError("cuda_graph: Adam's step counters differ between parameters "
@@ -319,7 +314,7 @@ class GraphedTrainStep:
         self._synced = True
         if self.stream_stride:
             self.model.dropout_step = self._dstep
-        if self.rule == "adam":
+        if self.spec.device == DEVICE_ADAM:
             for name in self.names:
                 configs[name]["t"] = self._t
 
@@ -350,25 +345,19 @@ class GraphedTrainStep:
         if self.lr_rows is not None:  # this step's rates: row ctr[0] of lr_rows
             ops.gather_rows(self.lr_rows, self._lr_y, self._lr_perm, batch,
                             self.lr.reshape(1, len(self.names)), self._lr_yb)
-        hyper = dict(zip(self.names, self._baked[0]))
+        spec = self.spec
+        keys = [k for k in spec.hyper if k != "learning_rate"]  # (the order _bind bakes)
         for k, name in enumerate(self.names):
             w = self._params[name]
-            g = grads[name]
             lr_ptr = self.lr[k:k + 1]
-            h = hyper[name]
-            if self.rule == "adam":
-                beta1, beta2, eps = h
-                ops.adam_step_device(w, g, self._state[(name, "m")], self._state[(name, "v")],
-                                     lr_ptr, self.corr[k], batch, beta1, beta2, eps)
-            elif self.rule == "sgd":
-                ops.rule_step_device(ops.RULE_SGD, w, g, None, lr_ptr)
-            elif self.rule == "sgd_momentum":
-                ops.rule_step_device(ops.RULE_SGD_MOMENTUM, w, g,
-                                     self._state[(name, "velocity")], lr_ptr, h=h[0])
+            h = dict(zip(keys, self._baked[0][k]))
+            state = [self._state[(name, key)] for key in spec.state]
+            if spec.device == DEVICE_ADAM:
+                ops.adam_step_device(w, grads[name], *state, lr_ptr, self.corr[k], batch,
+                                     h["beta1"], h["beta2"], h["epsilon"])
             else:
-                decay, eps = h
-                ops.rule_step_device(ops.RULE_RMSPROP, w, g, self._state[(name, "cache")],
-                                     lr_ptr, h=decay, eps=eps)
+                ops.rule_step_device(spec.device_id, w, grads[name], *(state or [None]),
+                                     lr_ptr, *(h[key] for key in spec.device_args))
         if not is_cupy_array(loss):  # (a host value would be baked into the graph)
             raise TypeError("cuda_graph: the model's loss must be a device array, got %s"
                             % type(loss).__name__)

@@ -10,67 +10,43 @@ from __future__ import annotations
 import math
 
 
-_UPDATE_RULES = ("sgd", "sgd_momentum", "rmsprop", "adam")
-_AUGMENT = ("none", "flip", "crop")          # fcgpu.augment_spec.MODES
-_SCHEDULES = ("step", "cosine", "onecycle")  # fcgpu.schedules.SCHEDULES
-
-
-def _check_positive(v):
-    return None if v > 0 else "must be > 0"
-
-
-def _check_nonneg(v):
-    return None if v >= 0 else "must be >= 0"
-
-
-def _check_keep(v):
-    return None if 0 <= v <= 1 else "is a keep probability, in [0, 1]"
+from ..errors import ConfigError
+from ..settings import SETTINGS
 
 
 def _check_layers(v):
     return None if 1 <= v <= 20 else "must be in 1..20"
 
 
-def _check_augment(v):
-    return None if v in _AUGMENT else "must be one of " + ", ".join(_AUGMENT)
+def _units(v):
+    return None if v > 0 else "must be > 0"
 
 
-def _check_schedule(v):
-    return None if v in _SCHEDULES else "must be one of " + ", ".join(_SCHEDULES)
+def _train_setting(name, default):
+    """A parameter that is a TrainConfig field: its kind, check and help come from
+    :data:`fcgpu.settings.SETTINGS` (one range per setting)."""
+    s = SETTINGS[name]
+    return (s.kind, default, s.why, s.help)
 
 
-def _check_smoothing(v):
-    return None if 0 <= v < 1 else "must be in [0, 1)"
-
-
-def _check_rule(v):
-    return None if v in _UPDATE_RULES else "must be one of " + ", ".join(_UPDATE_RULES)
-
-
-# name: (type, default spec, check of a single value, help)
+# name: (type, default spec, check of a single value (None or the reason), help)
 PARAMS = {
     "layers": (int, {"low": 1, "high": 3}, _check_layers, "number of hidden layers"),
-    "units": (int, {"low": 100, "high": 1000}, _check_positive,
+    "units": (int, {"low": 100, "high": 1000}, _units,
               "units per hidden layer (drawn per layer: units_1, units_2, ...)"),
-    "dropout": (float, {"low": 0.5, "high": 1.0}, _check_keep,
-                "dropout KEEP probability (1 = no dropout)"),
-    "learning_rate": (float, {"low": 1e-4, "high": 1e-2, "log": True}, _check_positive,
-                      "learning rate"),
-    "reg": (float, {"low": 1e-8, "high": 1e-2, "log": True}, _check_nonneg, "L2 strength"),
-    "weight_scale": (float, {"low": 1e-3, "high": 1e-1, "log": True}, _check_positive,
-                     "std of the initial weights"),
-    "batch_size": (int, {"choices": [100, 200, 490, 1000]}, _check_positive, "minibatch size"),
-    "batchnorm": (bool, {"value": True}, lambda v: None, "batch normalization"),
-    "update_rule": (str, {"value": "adam"}, _check_rule, "optimizer"),
-    "lr_decay": (float, {"value": 0.9}, _check_positive,
-                 "learning-rate factor per epoch (schedule 'step' only)"),
+    "dropout": _train_setting("dropout", {"low": 0.5, "high": 1.0}),
+    "learning_rate": _train_setting("learning_rate", {"low": 1e-4, "high": 1e-2, "log": True}),
+    "reg": _train_setting("reg", {"low": 1e-8, "high": 1e-2, "log": True}),
+    "weight_scale": _train_setting("weight_scale", {"low": 1e-3, "high": 1e-1, "log": True}),
+    "batch_size": _train_setting("batch_size", {"choices": [100, 200, 490, 1000]}),
+    "batchnorm": _train_setting("batchnorm", {"value": True}),
+    "update_rule": _train_setting("update_rule", {"value": "adam"}),
+    "lr_decay": _train_setting("lr_decay", {"value": 0.9}),
     # fixed at the course's behaviour by default: open them with --param or --space
-    "augment": (str, {"value": "none"}, _check_augment,
-                "per-sample augmentation in the gather: none, flip or crop (with flips)"),
-    "pad": (int, {"value": 4}, _check_nonneg, "crop padding, pixels per side"),
-    "label_smoothing": (float, {"value": 0.0}, _check_smoothing, "label smoothing"),
-    "schedule": (str, {"value": "step"}, _check_schedule,
-                 "learning-rate schedule: step (lr_decay per epoch), cosine or onecycle"),
+    "augment": _train_setting("augment", {"value": "none"}),
+    "pad": _train_setting("pad", {"value": 4}),
+    "label_smoothing": _train_setting("label_smoothing", {"value": 0.0}),
+    "schedule": _train_setting("schedule", {"value": "step"}),
 }
 
 
@@ -85,7 +61,7 @@ def default_space():
 
 def _coerce(name, value, where):
     kind = PARAMS[name][0]
-    bad = ValueError("%s: %s takes %s values, got %r" % (where, name, kind.__name__, value))
+    bad = ConfigError("%s: %s takes %s values, got %r" % (where, name, kind.__name__, value))
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -118,7 +94,7 @@ def _coerce(name, value, where):
 def normalize(name, raw, where):
     """One parameter's spec in canonical form, checked."""
     if name not in PARAMS:
-        raise ValueError("%s: unknown search parameter %r (known: %s)"
+        raise ConfigError("%s: unknown search parameter %r (known: %s)"
                          % (where, name, ", ".join(PARAMS)))
     kind, _, check, _ = PARAMS[name]
 
@@ -126,7 +102,7 @@ def normalize(name, raw, where):
         v = _coerce(name, v, where)
         why = check(v)
         if why:
-            raise ValueError("%s: %s = %r %s" % (where, name, v, why))
+            raise ConfigError("%s: %s = %r %s" % (where, name, v, why))
         return v
 
     if isinstance(raw, dict):
@@ -136,29 +112,29 @@ def normalize(name, raw, where):
         if keys == {"choices"}:
             raw = raw["choices"]
             if not isinstance(raw, (list, tuple)):
-                raise ValueError("%s: %s.choices must be a list" % (where, name))
+                raise ConfigError("%s: %s.choices must be a list" % (where, name))
         elif keys and keys <= {"low", "high", "log"} and {"low", "high"} <= keys:
             if kind not in (int, float):
-                raise ValueError("%s: %s is not numeric: give a value or a list of choices"
+                raise ConfigError("%s: %s is not numeric: give a value or a list of choices"
                                  % (where, name))
             low, high = ok(raw["low"]), ok(raw["high"])
             log = raw.get("log", name in _LOG_BY_DEFAULT)
             if not isinstance(log, bool):
-                raise ValueError("%s: %s.log must be true or false" % (where, name))
+                raise ConfigError("%s: %s.log must be true or false" % (where, name))
             if low > high:
-                raise ValueError("%s: %s range has low %r > high %r" % (where, name, low, high))
+                raise ConfigError("%s: %s range has low %r > high %r" % (where, name, low, high))
             if log and low <= 0:
-                raise ValueError("%s: %s log range needs low > 0, got %r" % (where, name, low))
+                raise ConfigError("%s: %s log range needs low > 0, got %r" % (where, name, low))
             if low == high:
                 return {"value": low}
             return {"low": low, "high": high, "log": log}
         else:
-            raise ValueError("%s: %s must be a value, a list of choices, or a table with "
+            raise ConfigError("%s: %s must be a value, a list of choices, or a table with "
                              "low/high[/log], {choices = [...]} or {value = ...}; got keys %s"
                              % (where, name, ", ".join(sorted(keys)) or "none"))
     if isinstance(raw, (list, tuple)):
         if not raw:
-            raise ValueError("%s: %s has an empty list of choices" % (where, name))
+            raise ConfigError("%s: %s has an empty list of choices" % (where, name))
         choices = []
         for v in raw:
             v = ok(v)
@@ -172,12 +148,12 @@ def parse_param(text):
     """``NAME=SPEC`` from the command line: ``LOW:HIGH[:log|:linear]`` is a range,
     ``A,B,C`` a list of choices, anything else a fixed value. Returns ``(name, spec)``."""
     if "=" not in text:
-        raise ValueError("--param takes NAME=SPEC (e.g. learning_rate=1e-4:1e-2, "
+        raise ConfigError("--param takes NAME=SPEC (e.g. learning_rate=1e-4:1e-2, "
                          "batch_size=100,200, batchnorm=false), got %r" % text)
     name, spec = (s.strip() for s in text.split("=", 1))
     where = "--param %s" % text
     if name not in PARAMS:
-        raise ValueError("%s: unknown search parameter %r (known: %s)"
+        raise ConfigError("%s: unknown search parameter %r (known: %s)"
                          % (where, name, ", ".join(PARAMS)))
     if ":" in spec:
         parts = spec.split(":")
@@ -185,7 +161,7 @@ def parse_param(text):
         if len(parts) == 3 and parts[2] in ("log", "linear"):
             raw["log"] = parts[2] == "log"
         elif len(parts) != 2:
-            raise ValueError("%s: a range is LOW:HIGH, LOW:HIGH:log or LOW:HIGH:linear" % where)
+            raise ConfigError("%s: a range is LOW:HIGH, LOW:HIGH:log or LOW:HIGH:linear" % where)
         return name, normalize(name, raw, where)
     if "," in spec:
         return name, normalize(name, [s.strip() for s in spec.split(",") if s.strip()], where)
@@ -199,13 +175,13 @@ def _read_toml(path):
         try:
             import tomli as tomllib
         except ImportError:
-            raise ValueError("--space %s: reading TOML needs Python 3.11+ (tomllib) or the "
+            raise ConfigError("--space %s: reading TOML needs Python 3.11+ (tomllib) or the "
                              "tomli package on Python 3.10 (pip install tomli)" % path) from None
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError("--space %s: not valid TOML: %s" % (path, exc)) from None
+        raise ConfigError("--space %s: not valid TOML: %s" % (path, exc)) from None
 
 
 def load_space_file(path):
