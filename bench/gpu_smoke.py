@@ -391,7 +391,7 @@ def main(argv=None):
         run_graph(cp, dtype, rng)
         run_augment(cp, dtype, rng)
     cp.cuda.runtime.deviceSynchronize()
-    launched = {name for (d, name) in cmod._kernels if d == dev.id}
+    launched = cmod.loaded_kernels(dev.id)
     missing = sorted(set().union(*[set(n) for _, n in cmod.MODULES.values()]) - launched)
     print("kernels launched: %d, never launched: %s" % (len(launched), missing or "none"))
     if args.warm_up:

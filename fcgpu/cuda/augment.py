@@ -12,30 +12,27 @@ import numbers
 import numpy as np
 
 from ..augment_spec import MODE_CODES, check_gather_args
-from ..backend import is_cupy_array, require_cupy
-from .module import get_kernel
+from ..backend import is_cupy_array
+from .module import FLOAT_DTYPES, Kernel, get_kernel
+from .ops import NULL, THREADS, cupy as _cp   # (_cp: the tests stand CuPy in here)
 
 __all__ = ["augment_gather", "kernel_name"]
 
-THREADS = 256
 ELEMS_PER_THREAD = 4    # output elements of one row per thread (the row's draw is redone per thread)
 MAX_GRID_X = 64
 MAX_GRID_Y = 65535
 # The largest row (D = C*H*W values) the kernel walks without its 32-bit index
 # wrapping: see check_row_size.
 MAX_ROW_VALUES = 2 ** 32 - MAX_GRID_X * THREADS
-_CTYPE = {np.dtype(np.uint8): "unsigned char", np.dtype(np.float32): "float",
-          np.dtype(np.float64): "double"}
 _u64 = np.uint64
-_NULL = np.uint64(0)
 
-
-def _cp():
-    return require_cupy()
+# kernels/augment.cu
+_GATHER = Kernel("augment.cu", "fcgpu_augment_gather", (np.uint8,) + FLOAT_DTYPES, FLOAT_DTYPES)
 
 
 def kernel_name(in_dtype, out_dtype):
-    return "fcgpu_augment_gather<%s, %s>" % (_CTYPE[np.dtype(in_dtype)], _CTYPE[np.dtype(out_dtype)])
+    """The kernel's name expression for images of ``in_dtype`` gathered to ``out_dtype``."""
+    return _GATHER.name(np.dtype(in_dtype), np.dtype(out_dtype))
 
 
 def grid_x(d):
@@ -77,12 +74,12 @@ def _counter(value, what):
     """``(value, pointer)`` for a kernel argument given as an int (by value) or as a
     one-element uint64 device array (read when the kernel runs)."""
     if isinstance(value, numbers.Integral):
-        return _u64(int(value)), _NULL
+        return _u64(int(value)), NULL
     if (not is_cupy_array(value) or value.dtype != np.uint64 or value.size < 1
             or not value.flags.c_contiguous):
         raise ValueError("%s must be an integer or a contiguous uint64 CuPy array of at least "
                          "one element, got %s" % (what, getattr(value, "dtype", type(value).__name__)))
-    return _NULL, value
+    return NULL, value
 
 
 def _out(buf, shape, dtype, what):
@@ -107,10 +104,10 @@ def augment_gather(X, y, perm, b, batch_size, image_shape, mode="crop", pad=4, s
     perm_d = _device_array(a.perm, "perm", np.int64)
     b_val, b_ptr = _counter(a.b, "batch index b")
     e_val, e_ptr = _counter(a.epoch, "epoch")
-    mean_d = _NULL if a.mean is None else _device_array(a.mean, "mean")
+    mean_d = NULL if a.mean is None else _device_array(a.mean, "mean")
     Xb = _out(out, (B, d), T, "out")
     if a.y is None:
-        y_d, yb = _NULL, None
+        y_d, yb = NULL, None
     else:
         y_d = _device_array(a.y, "y", np.int64)
         yb = _out(y_out, (B,), np.int64, "y_out")
@@ -124,5 +121,5 @@ def augment_gather(X, y, perm, b, batch_size, image_shape, mode="crop", pad=4, s
             (gx, gy), (THREADS,),
             (Xc, y_d, perm_d, b_ptr, e_ptr, mean_d, _u64(a.n), _u64(perm_d.size), _u64(C),
              _u64(H), _u64(W), _u64(B), b_val, e_val, _u64(MODE_CODES[a.mode]), _u64(a.pad),
-             _u64(a.seed), Xb, _NULL if yb is None else yb))
+             _u64(a.seed), Xb, NULL if yb is None else yb))
     return Xb, yb

@@ -15,68 +15,128 @@ edited header then always gives a new key instead of a stale binary.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import threading
+from collections.abc import Mapping
 from pathlib import Path
+
+import numpy as np
 
 from ..backend import require_cupy
 
 __all__ = ["kernels_dir", "expand_source", "name_expressions", "get_kernel", "sm_count",
-           "blocks_per_sm", "compile_options", "MODULES", "CTYPES"]
+           "blocks_per_sm", "compile_options", "loaded_kernels", "Kernel", "MODULES",
+           "CTYPES", "c_type", "FLOAT_DTYPES"]
 
 ENV_KERNELS_DIR = "FCGPU_KERNELS_DIR"
 
-CTYPES = ("float", "double")
+# the C++ spelling of each array dtype a kernel template takes
+_C_TYPES = {np.dtype(np.uint8): "unsigned char", np.dtype(np.float32): "float",
+            np.dtype(np.float64): "double"}
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+CTYPES = tuple(_C_TYPES[d] for d in FLOAT_DTYPES)   # ("float", "double")
 
 
-def _flat_names():
-    return [f"fcgpu_flat<{t}, {op}, {vec}>" for t in CTYPES for op in range(4)
-            for vec in ("true", "false")] + ["fcgpu_dropout_mask"]
+def c_type(dtype):
+    """``'float'``, ``'double'`` or ``'unsigned char'`` for a NumPy dtype."""
+    try:
+        return _C_TYPES[np.dtype(dtype)]
+    except (KeyError, TypeError):
+        raise ValueError("no kernel takes arrays of dtype %r" % (dtype,)) from None
 
 
-def _bn_names():
-    names = []
-    for t in CTYPES:
-        names += [f"fcgpu_bn_stats<{t}>", f"fcgpu_bn_stats_finalize<{t}>",
-                  f"fcgpu_bn_infer_coef<{t}>", f"fcgpu_bn_bwd_sums<{t}, false>",
-                  f"fcgpu_bn_bwd_sums<{t}, true>", f"fcgpu_bn_bwd_finalize<{t}>"]
-        names += [f"fcgpu_col_vec<{t}, {op}>" for op in range(5)]
-        names += [f"fcgpu_col_flat<{t}, {op}>" for op in range(5)]
-    return names
+def _spell(value):
+    """A template argument as C++ writes it in a name expression."""
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, str):
+        return value
+    return c_type(value)
 
 
-def _optim_names():
-    names = []
-    for t in CTYPES:
-        for vec in ("true", "false"):
-            names += [f"fcgpu_adam<{t}, {vec}>", f"fcgpu_adam_dev<{t}, {vec}>"]
-            names += [f"fcgpu_rule<{t}, {rule}, {vec}>" for rule in range(3)]
-            names += [f"fcgpu_rule_dev<{t}, {rule}, {vec}>" for rule in range(3)]
-    return names
+# source file in kernels/ -> the Kernel objects declared for it, in declaration order
+_REGISTRY = {}
 
 
-def _graph_names():
-    names = []
-    for t in CTYPES:
-        names += [f"fcgpu_gather_rows<{t}, true>", f"fcgpu_gather_rows<{t}, false>",
-                  f"fcgpu_graph_advance<{t}>"]
-    return names
+class Kernel:
+    """A ``__global__`` function (template) of ``kernels/<source>`` and the
+    instantiations fcgpu launches: the one place a kernel's name is spelled in Python.
+
+    ``Kernel("dropout.cu", "fcgpu_flat", FLOAT_DTYPES, FLAT_OPS, (True, False))``
+    declares ``fcgpu_flat<T, OP, VEC>`` for every combination of the given values
+    (dtypes, ints, bools, or C++ spellings); without value lists, a plain kernel.
+    ``kernel.name(np.float32, 2, True)`` is the name expression
+    ``'fcgpu_flat<float, 2, true>'`` (built once per argument tuple, and refused
+    unless the table declares it), which ``get_kernel`` compiles and
+    ``blocks_per_sm`` sizes. The objects live beside the Python that launches them, in
+    CuPy's style; declaring one adds its names to :data:`MODULES`, from which NVRTC's
+    name expressions, the host emulator of the tests and the nvcc checks all derive.
+    Each ``.cu`` must explicitly instantiate exactly these names (the tests check)."""
+
+    def __init__(self, source, template, *params):
+        if not source.endswith(".cu"):
+            raise ValueError("Kernel source must be a kernels/*.cu file, got %r" % (source,))
+        self.source, self.template = source, template
+        self.params = tuple(tuple(_spell(v) for v in p) for p in params)
+        combos = itertools.product(*self.params) if self.params else [()]
+        self.names = tuple(self._join(c) for c in combos)
+        self._cache = {}
+        owners = _REGISTRY.setdefault(source, [])
+        taken = {n for k in owners for n in k.names}
+        if taken & set(self.names) or any(k.template == template for k in owners):
+            raise ValueError("kernel %s of %s is declared twice" % (template, source))
+        owners.append(self)
+
+    def _join(self, spelled):
+        return "%s<%s>" % (self.template, ", ".join(spelled)) if spelled else self.template
+
+    def name(self, *args):
+        """The name expression of the instantiation for template arguments ``args``."""
+        got = self._cache.get(args)
+        if got is None:
+            if len(args) != len(self.params):
+                raise TypeError("%s takes %d template arguments, got %d"
+                                % (self.template, len(self.params), len(args)))
+            got = self._join(tuple(_spell(a) for a in args))
+            if got not in self.names:
+                raise KeyError("%s is not among the instantiations declared for %s"
+                               % (got, self.source))
+            self._cache[args] = got
+        return got
+
+    def __repr__(self):
+        return "Kernel(%r, %r, %d instantiations)" % (self.source, self.template,
+                                                      len(self.names))
 
 
-def _augment_names():
-    return [f"fcgpu_augment_gather<{ti}, {to}>" for ti in ("unsigned char",) + CTYPES
-            for to in CTYPES]
+class _Modules(Mapping):
+    """``{module: (source file, name expressions)}``, read from the declared
+    :class:`Kernel` objects (module = the file's stem: ``'dropout'`` for dropout.cu)."""
+
+    def _table(self):
+        return {src[:-3]: (src, tuple(n for k in ks for n in k.names))
+                for src, ks in _REGISTRY.items()}
+
+    def __getitem__(self, module):
+        return self._table()[module]
+
+    def __iter__(self):
+        return iter(self._table())
+
+    def __len__(self):
+        return len(_REGISTRY)
+
+    def __repr__(self):
+        return "MODULES(%r)" % (self._table(),)
 
 
-# module name -> (source file in kernels/, the kernels' name expressions)
-MODULES = {
-    "dropout": ("dropout.cu", tuple(_flat_names())),
-    "batchnorm": ("batchnorm.cu", tuple(_bn_names())),
-    "optim": ("optim.cu", tuple(_optim_names())),
-    "graph": ("graph.cu", tuple(_graph_names())),
-    "augment": ("augment.cu", tuple(_augment_names())),
-}
+# Filled as fcgpu.cuda's launcher modules (ops, train_ops, augment) declare their
+# kernels; the package's __init__ imports them, so it is complete before any launch.
+MODULES = _Modules()
 
 
 def name_expressions(module):
@@ -141,16 +201,16 @@ def compile_options(kdir=None):
 
 _lock = threading.Lock()
 _sources = {}       # module -> expanded source text
-_modules = {}       # (device id, module) -> cupy.RawModule
+_modules = {}       # (device id, module) -> (cupy.RawModule, the names it was built with)
 _kernels = {}       # (device id, name expression) -> cupy.RawKernel
 _sm_counts = {}     # device id -> multiprocessor count
 _occupancy = {}     # (device id, name, threads per block) -> resident blocks per SM
 
 
 def _module_of(name):
-    for mod, (_, names) in MODULES.items():
-        if name in names:
-            return mod
+    for src, kernels in _REGISTRY.items():
+        if any(name in k.names for k in kernels):
+            return src[:-3]
     raise KeyError("no fcgpu kernel named %r" % (name,))
 
 
@@ -167,15 +227,16 @@ def get_kernel(name):
         kern = _kernels.get((dev, name))
         if kern is not None:
             return kern
-        raw = _modules.get((dev, module))
-        if raw is None:
+        raw, built = _modules.get((dev, module), (None, ()))
+        if name not in built:  # first use here (or a kernel declared since the build)
+            fname, built = MODULES[module]
             src = _sources.get(module)
             kdir = kernels_dir()
             if src is None:
-                src = _sources[module] = expand_source(MODULES[module][0], kdir)
+                src = _sources[module] = expand_source(fname, kdir)
             raw = cp.RawModule(code=src, options=compile_options(kdir),
-                               name_expressions=list(MODULES[module][1]))
-            _modules[(dev, module)] = raw
+                               name_expressions=list(built))
+            _modules[(dev, module)] = (raw, built)
         kern = raw.get_function(name)
         _kernels[(dev, name)] = kern
         return kern
@@ -210,6 +271,11 @@ def blocks_per_sm(name, threads, default=8):
         n = max(1, n)
         _occupancy[key] = n
     return n
+
+
+def loaded_kernels(device_id):
+    """The name expressions fetched on device ``device_id`` in this process."""
+    return {name for dev, name in list(_kernels) if dev == device_id}
 
 
 def clear_caches():

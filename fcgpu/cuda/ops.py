@@ -15,9 +15,10 @@ docstring), plus :func:`dropout_mask`. Differences that callers can see:
   stream from device memory when they run (a step captured in a CUDA graph).
 
 The launch plumbing lives here too (``get_kernel``, grid sizing from the device's
-occupancy, argument checks); :mod:`fcgpu.cuda.train_ops` launches the training
-step's kernels (Adam and the other updates, the CUDA-graph step's bookkeeping)
-through it. This module does not import that one: imports point one way.
+occupancy, argument checks: the public helpers below); :mod:`fcgpu.cuda.train_ops`
+and :mod:`fcgpu.cuda.augment` launch their kernels through it. This module imports
+neither: imports point one way. Each kernel is a :class:`fcgpu.cuda.module.Kernel`
+declared beside the function that launches it (``_FLAT``, ``_BN_STATS``, ...).
 
 Importing this module compiles nothing: each kernel module is built on its first
 launch on a device and cached (see :mod:`fcgpu.cuda.module`).
@@ -30,7 +31,7 @@ import numpy as np
 
 from ..backend import is_cupy_array, require_cupy
 from ..random import DeviceStream, check_seed, dropout_scale, keep_threshold, mask_args
-from .module import blocks_per_sm, get_kernel, sm_count
+from .module import FLOAT_DTYPES, Kernel, blocks_per_sm, get_kernel, sm_count
 
 __all__ = [
     "dropout_forward", "dropout_backward", "dropout_mask", "bn_forward_train",
@@ -38,9 +39,12 @@ __all__ = [
     "bn_relu_dropout_backward", "relu_dropout_forward", "relu_dropout_backward",
 ]
 
-# op codes: kernels/ops.cuh (FlatOp, ColOp)
+# op codes: kernels/ops.cuh (FlatOp, ColOp; tests/test_kernel_enums.py compares them)
 FLAT_DROPOUT, FLAT_RELU_DROPOUT, FLAT_RELU, FLAT_RELU_DROPOUT_BWD = 0, 1, 2, 3
 COL_BN, COL_BN_RELU, COL_BN_RELU_DROPOUT, COL_BN_BWD, COL_BN_RELU_DROPOUT_BWD = 0, 1, 2, 3, 4
+FLAT_OPS = (FLAT_DROPOUT, FLAT_RELU_DROPOUT, FLAT_RELU, FLAT_RELU_DROPOUT_BWD)
+COL_OPS = (COL_BN, COL_BN_RELU, COL_BN_RELU_DROPOUT, COL_BN_BWD, COL_BN_RELU_DROPOUT_BWD)
+VEC = (True, False)     # the 16-byte vector path, or the scalar one
 
 KEEP_ALL = 1 << 32          # threshold meaning p >= 1
 THREADS = 256
@@ -48,33 +52,52 @@ RED_X, RED_Y = 32, 8        # reduction block shape (kernels/batchnorm.cu)
 WAVES = 2                   # grid-stride grids: this many full waves of resident blocks
 MAX_GRID_Y = 65535
 
-_CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 _u64 = np.uint64
 _f64 = np.float64
-_NULL = np.uint64(0)        # a null pointer argument (8 bytes of zero)
+NULL = np.uint64(0)         # a null pointer argument (8 bytes of zero)
+
+# kernels/dropout.cu
+_FLAT = Kernel("dropout.cu", "fcgpu_flat", FLOAT_DTYPES, FLAT_OPS, VEC)
+_MASK = Kernel("dropout.cu", "fcgpu_dropout_mask")
+# kernels/batchnorm.cu
+_BN_STATS = Kernel("batchnorm.cu", "fcgpu_bn_stats", FLOAT_DTYPES)
+_BN_STATS_FINALIZE = Kernel("batchnorm.cu", "fcgpu_bn_stats_finalize", FLOAT_DTYPES)
+_BN_INFER_COEF = Kernel("batchnorm.cu", "fcgpu_bn_infer_coef", FLOAT_DTYPES)
+_BN_BWD_SUMS = Kernel("batchnorm.cu", "fcgpu_bn_bwd_sums", FLOAT_DTYPES, (False, True))
+_BN_BWD_FINALIZE = Kernel("batchnorm.cu", "fcgpu_bn_bwd_finalize", FLOAT_DTYPES)
+_COL_VEC = Kernel("batchnorm.cu", "fcgpu_col_vec", FLOAT_DTYPES, COL_OPS)
+_COL_FLAT = Kernel("batchnorm.cu", "fcgpu_col_flat", FLOAT_DTYPES, COL_OPS)
 
 
 # ----------------------------------------------------------------- helpers
+# (public: fcgpu.cuda.train_ops and fcgpu.cuda.augment launch through them)
 
-def _cp():
+def _cp():  # every CuPy call of the launchers goes through here (tests stand CuPy in)
     return require_cupy()
 
 
-def _float_dtype(a, what):
+def cupy():
+    """The cupy module."""
+    return _cp()
+
+
+def float_dtype(a, what):
+    """``a``'s dtype, refused unless float32 or float64."""
     dt = np.dtype(a.dtype)
-    if dt not in _CTYPE:
+    if dt not in FLOAT_DTYPES:
         raise ValueError("%s must be float32 or float64, got %s" % (what, dt))
     return dt
 
 
-def _device_of(a):
+def device_of(a):
+    """A context on ``a``'s device when it is not the current one."""
     cp = _cp()
     if is_cupy_array(a) and a.device.id != cp.cuda.runtime.getDevice():
         return a.device
     return contextlib.nullcontext()
 
 
-def _as_input(a, what, dtype=None):
+def as_input(a, what, dtype=None):
     """``a`` as a C-contiguous CuPy array (of ``dtype`` when given)."""
     cp = _cp()
     if not is_cupy_array(a):
@@ -87,7 +110,8 @@ def _as_input(a, what, dtype=None):
     return a
 
 
-def _same_shape(a, b, what_a, what_b):
+def same_shape(a, b, what_a, what_b):
+    """Refuse ``b`` unless it has ``a``'s shape."""
     if tuple(a.shape) != tuple(b.shape):
         raise ValueError("%s has shape %s but %s has shape %s"
                          % (what_b, tuple(b.shape), what_a, tuple(a.shape)))
@@ -112,7 +136,7 @@ def _running(a, d, dtype, what):
     function copying it back."""
     cp = _cp()
     if a is None:
-        return _NULL, None
+        return NULL, None
     shape = tuple(getattr(a, "shape", ()))
     if shape != (d,):
         raise ValueError("%s must have shape (%d,), got %s" % (what, d, shape))
@@ -133,11 +157,11 @@ def _seed_stream(seed, stream):
     its device counter as the kernels' pointer argument; a number gives a null one."""
     seed = check_seed(seed)
     if isinstance(stream, DeviceStream):
-        return seed, stream.offset, _device_scalar(stream.base, np.uint64, "DeviceStream.base")
-    return seed, check_seed(stream, "stream"), _NULL
+        return seed, stream.offset, device_scalar(stream.base, np.uint64, "DeviceStream.base")
+    return seed, check_seed(stream, "stream"), NULL
 
 
-def _device_scalar(a, dtype, what):
+def device_scalar(a, dtype, what):
     """A one-element (or more) contiguous CuPy array of ``dtype``, whose first element
     a kernel reads through a pointer."""
     if not is_cupy_array(a):
@@ -158,7 +182,8 @@ def _scale(p, dtype, keep_all):
     return np.dtype(dtype).type(1.0) if keep_all else dropout_scale(p, dtype)
 
 
-def _aligned(*arrays):
+def aligned(*arrays):
+    """Whether every array starts on a 16-byte boundary (the vector paths)."""
     return all(a.data.ptr % 16 == 0 for a in arrays)
 
 
@@ -167,7 +192,7 @@ def _resident(name, threads=THREADS):
     return sm_count() * blocks_per_sm(name, threads)
 
 
-def _grid_1d(name, nwork):
+def grid_1d(name, nwork):
     """Blocks for a grid-stride loop over ``nwork`` items of one thread each: enough
     to cover them, at most WAVES whole waves of the kernel's resident blocks."""
     return max(1, min((nwork + THREADS - 1) // THREADS, _resident(name) * WAVES))
@@ -179,7 +204,7 @@ def _pow2_at_least(v):
 
 # ----------------------------------------------------------------- flat kernels
 
-def _flat(op, a, b, seed, stream, threshold, s, stream_ptr=_NULL):
+def _flat(op, a, b, seed, stream, threshold, s, stream_ptr=NULL):
     """y = flat op of a (and b), C-contiguous, same shape as a."""
     cp = _cp()
     y = cp.empty(a.shape, dtype=a.dtype)
@@ -187,11 +212,10 @@ def _flat(op, a, b, seed, stream, threshold, s, stream_ptr=_NULL):
     if n == 0:
         return y
     arrays = (a,) if b is None else (a, b)
-    vec = "true" if _aligned(*arrays) else "false"
-    name = "fcgpu_flat<%s, %d, %s>" % (_CTYPE[a.dtype], op, vec)
+    name = _FLAT.name(a.dtype, op, aligned(*arrays))
     kern = get_kernel(name)
     nblk = (n + 3) // 4
-    kern((_grid_1d(name, nblk),), (THREADS,),
+    kern((grid_1d(name, nblk),), (THREADS,),
          (a, a if b is None else b, y, _u64(n), _u64(seed), _u64(stream), _u64(threshold), s,
           stream_ptr))
     return y
@@ -205,9 +229,9 @@ def dropout_mask(shape, p, seed, stream):
         return cp.ones(shape, dtype=bool)
     mask = cp.empty(shape, dtype=bool)
     if n:
-        kern = get_kernel("fcgpu_dropout_mask")
-        kern((_grid_1d("fcgpu_dropout_mask", (n + 3) // 4),), (THREADS,),
-             (mask, _u64(n), _u64(seed), _u64(stream), _u64(t)))
+        name = _MASK.name()
+        get_kernel(name)((grid_1d(name, (n + 3) // 4),), (THREADS,),
+                         (mask, _u64(n), _u64(seed), _u64(stream), _u64(t)))
     return mask
 
 
@@ -215,11 +239,11 @@ def dropout_forward(x, p, seed, stream):
     """``(x * s where kept else 0, None)``: inverted dropout, no stored mask."""
     seed, stream, sptr = _seed_stream(seed, stream)
     t, keep_all = _threshold(p)
-    _float_dtype(x, "x")
+    float_dtype(x, "x")
     if keep_all:
         return x.copy(), None
-    x = _as_input(x, "x")
-    with _device_of(x):
+    x = as_input(x, "x")
+    with device_of(x):
         return _flat(FLAT_DROPOUT, x, None, seed, stream, t,
                      _scale(p, x.dtype, False), sptr), None
 
@@ -228,11 +252,11 @@ def dropout_backward(dout, p, seed, stream, mask=None):
     """dx of dropout: the mask is regenerated from (seed, stream); ``mask`` is ignored."""
     seed, stream, sptr = _seed_stream(seed, stream)
     t, keep_all = _threshold(p)
-    _float_dtype(dout, "dout")
+    float_dtype(dout, "dout")
     if keep_all:
         return dout.copy()
-    dout = _as_input(dout, "dout")
-    with _device_of(dout):
+    dout = as_input(dout, "dout")
+    with device_of(dout):
         return _flat(FLAT_DROPOUT, dout, None, seed, stream, t, _scale(p, dout.dtype, False),
                      sptr)
 
@@ -241,28 +265,29 @@ def relu_dropout_forward(x, p, seed, stream):
     """dropout(relu(x)) in one pass."""
     seed, stream, sptr = _seed_stream(seed, stream)
     t, keep_all = _threshold(p)
-    _float_dtype(x, "x")
-    x = _as_input(x, "x")
+    float_dtype(x, "x")
+    x = as_input(x, "x")
     op = FLAT_RELU if keep_all else FLAT_RELU_DROPOUT
-    with _device_of(x):
+    with device_of(x):
         return _flat(op, x, None, seed, stream, t, _scale(p, x.dtype, keep_all), sptr)
 
 
 def relu_dropout_backward(dout, out, p):
     """dx = dout * s where out > 0, else 0 (out > 0 is both the ReLU gate and the mask)."""
     t, keep_all = _threshold(p)
-    dt = _float_dtype(dout, "dout")
-    dout = _as_input(dout, "dout")
-    out = _as_input(out, "out", dt)
-    _same_shape(dout, out, "dout", "out")
-    with _device_of(dout):
+    dt = float_dtype(dout, "dout")
+    dout = as_input(dout, "dout")
+    out = as_input(out, "out", dt)
+    same_shape(dout, out, "dout", "out")
+    with device_of(dout):
         return _flat(FLAT_RELU_DROPOUT_BWD, dout, out, 0, 0, t, _scale(p, dt, keep_all))
 
 
 # ----------------------------------------------------------------- batchnorm
 
-def _check_2d(x, what="x"):
-    dt = _float_dtype(x, what)
+def check_2d(x, what="x"):
+    """``x``'s float dtype, refused unless ``x`` is 2-D."""
+    dt = float_dtype(x, what)
     if x.ndim != 2:
         raise ValueError("%s must be 2-D (N, D) for batchnorm, got shape %s"
                          % (what, tuple(x.shape)))
@@ -287,7 +312,7 @@ def _chunks(n, d, kernel):
 
 
 def _col(op, a, b, c, p0, p1, p2, p3, seed=0, stream=0, threshold=KEEP_ALL, s=None,
-         stream_ptr=_NULL):
+         stream_ptr=NULL):
     """One elementwise pass over (N, D) with per-column coefficients p0..p3."""
     cp = _cp()
     n_rows, d = a.shape
@@ -297,12 +322,11 @@ def _col(op, a, b, c, p0, p1, p2, p3, seed=0, stream=0, threshold=KEEP_ALL, s=No
     if s is None:
         s = a.dtype.type(1.0)
     ins = [a] + [v for v in (b, c) if v is not None]
-    ct = _CTYPE[a.dtype]
     args = (a, a if b is None else b, a if c is None else c, y, _u64(n_rows), _u64(d),
             p0, p1, p2, p0 if p3 is None else p3,
             _u64(seed), _u64(stream), _u64(threshold), s, stream_ptr)
-    if d % 4 == 0 and _aligned(*ins):
-        name = "fcgpu_col_vec<%s, %d>" % (ct, op)
+    if d % 4 == 0 and aligned(*ins):
+        name = _COL_VEC.name(a.dtype, op)
         kern = get_kernel(name)
         d4 = d // 4
         bx = min(64, _pow2_at_least(d4))
@@ -311,10 +335,10 @@ def _col(op, a, b, c, p0, p1, p2, p3, seed=0, stream=0, threshold=KEEP_ALL, s=No
         gy = max(1, min((n_rows + by - 1) // by, (_resident(name) * WAVES) // gx, MAX_GRID_Y))
         kern((gx, gy), (bx, by), args)
     else:
-        name = "fcgpu_col_flat<%s, %d>" % (ct, op)
+        name = _COL_FLAT.name(a.dtype, op)
         kern = get_kernel(name)
         nblk = (n_rows * d + 3) // 4
-        kern((_grid_1d(name, nblk),), (THREADS,), args)
+        kern((grid_1d(name, nblk),), (THREADS,), args)
     return y
 
 
@@ -323,7 +347,6 @@ def _stats(x, gamma, eps, momentum, running_mean, running_var):
     cp = _cp()
     n_rows, d = x.shape
     dt = x.dtype
-    ct = _CTYPE[dt]
     rm, rm_back = _running(running_mean, d, dt, "running_mean")
     rv, rv_back = _running(running_var, d, dt, "running_var")
     if (running_mean is None) != (running_var is None):
@@ -332,12 +355,13 @@ def _stats(x, gamma, eps, momentum, running_mean, running_var):
     mean, inv_std, scale = coef[0], coef[1], coef[2]
     if d == 0:
         return mean, inv_std, scale
-    r, g = _chunks(n_rows, d, "fcgpu_bn_stats<%s>" % ct)
+    stats = _BN_STATS.name(dt)
+    r, g = _chunks(n_rows, d, stats)
     ws = cp.empty((2, g, d), dtype=dt)
-    get_kernel("fcgpu_bn_stats<%s>" % ct)(
+    get_kernel(stats)(
         ((d + RED_X - 1) // RED_X, g), (RED_X, RED_Y),
         (x, _u64(n_rows), _u64(d), _u64(r), ws[0], ws[1]))
-    get_kernel("fcgpu_bn_stats_finalize<%s>" % ct)(
+    get_kernel(_BN_STATS_FINALIZE.name(dt))(
         ((d + THREADS - 1) // THREADS,), (THREADS,),
         (ws[0], ws[1], _u64(n_rows), _u64(d), _u64(r), _u64(g), _f64(eps), _f64(momentum),
          gamma, mean, inv_std, scale, rm, rv))
@@ -348,8 +372,8 @@ def _stats(x, gamma, eps, momentum, running_mean, running_var):
 
 
 def _bn_prepare(x, gamma, beta=None):
-    dt = _check_2d(x)
-    x = _as_input(x, "x")
+    dt = check_2d(x)
+    x = as_input(x, "x")
     n_rows, d = x.shape
     if n_rows < 1:
         raise ValueError("batchnorm needs at least one row, got shape %s" % (tuple(x.shape),))
@@ -362,7 +386,7 @@ def _bn_prepare(x, gamma, beta=None):
 def bn_forward_train(x, gamma, beta, eps, momentum, running_mean, running_var):
     """``(out, mean, inv_std)``; running statistics updated in place."""
     x, gamma, beta = _bn_prepare(x, gamma, beta)
-    with _device_of(x):
+    with device_of(x):
         mean, inv_std, scale = _stats(x, gamma, eps, momentum, running_mean, running_var)
         out = _col(COL_BN, x, None, None, mean, scale, beta, None)
     return out, mean, inv_std
@@ -376,25 +400,25 @@ def bn_forward_infer(x, gamma, beta, eps, running_mean, running_var):
     dt = x.dtype
     rm = _param(running_mean, d, dt, "running_mean")
     rv = _param(running_var, d, dt, "running_var")
-    with _device_of(x):
+    with device_of(x):
         scale = cp.empty(d, dtype=dt)
         if d == 0:
             return cp.empty(x.shape, dtype=dt)
-        get_kernel("fcgpu_bn_infer_coef<%s>" % _CTYPE[dt])(
+        get_kernel(_BN_INFER_COEF.name(dt))(
             ((d + THREADS - 1) // THREADS,), (THREADS,), (gamma, rv, _u64(d), _f64(eps), scale))
         return _col(COL_BN, x, None, None, rm, scale, beta, None)
 
 
 def _bn_bwd(dout, out, x, gamma, mean, inv_std, p):
     cp = _cp()
-    dt = _check_2d(x)
-    x = _as_input(x, "x")
-    dout = _as_input(dout, "dout", dt)
-    _same_shape(x, dout, "x", "dout")
+    dt = check_2d(x)
+    x = as_input(x, "x")
+    dout = as_input(dout, "dout", dt)
+    same_shape(x, dout, "x", "dout")
     fused = out is not None
     if fused:
-        out = _as_input(out, "out", dt)
-        _same_shape(x, out, "x", "out")
+        out = as_input(out, "out", dt)
+        same_shape(x, out, "x", "out")
         _, keep_all = _threshold(p)
         s = _scale(p, dt, keep_all)
     else:
@@ -405,20 +429,19 @@ def _bn_bwd(dout, out, x, gamma, mean, inv_std, p):
     gamma = _param(gamma, d, dt, "gamma")
     mean = _param(mean, d, dt, "mean")
     inv_std = _param(inv_std, d, dt, "inv_std")
-    ct = _CTYPE[dt]
-    with _device_of(x):
+    with device_of(x):
         coef = cp.empty((5, d), dtype=dt)
         dgamma, dbeta, k1, k2, k3 = coef[0], coef[1], coef[2], coef[3], coef[4]
         if d == 0:
             return cp.empty((n_rows, 0), dtype=dt), dgamma, dbeta
-        sums = "fcgpu_bn_bwd_sums<%s, %s>" % (ct, "true" if fused else "false")
+        sums = _BN_BWD_SUMS.name(dt, fused)
         r, g = _chunks(n_rows, d, sums)
         ws = cp.empty((2, g, d), dtype=dt)
         get_kernel(sums)(
             ((d + RED_X - 1) // RED_X, g), (RED_X, RED_Y),
             (dout, out if fused else dout, x, mean, _u64(n_rows), _u64(d), _u64(r), s,
              ws[0], ws[1]))
-        get_kernel("fcgpu_bn_bwd_finalize<%s>" % ct)(
+        get_kernel(_BN_BWD_FINALIZE.name(dt))(
             ((d + THREADS - 1) // THREADS,), (THREADS,),
             (ws[0], ws[1], _u64(n_rows), _u64(d), _u64(g), gamma, inv_std,
              dgamma, dbeta, k1, k2, k3))
@@ -439,7 +462,7 @@ def bn_relu_dropout_forward(x, gamma, beta, eps, momentum, running_mean, running
     seed, stream, sptr = _seed_stream(seed, stream)
     t, keep_all = _threshold(p)
     x, gamma, beta = _bn_prepare(x, gamma, beta)
-    with _device_of(x):
+    with device_of(x):
         mean, inv_std, scale = _stats(x, gamma, eps, momentum, running_mean, running_var)
         op = COL_BN_RELU if keep_all else COL_BN_RELU_DROPOUT
         out = _col(op, x, None, None, mean, scale, beta, None, seed, stream, t,

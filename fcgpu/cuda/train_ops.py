@@ -10,7 +10,7 @@
   :func:`graph_advance` (the step's loss recorded, the counters advanced).
 
 These launch through :mod:`fcgpu.cuda.ops` (its ``get_kernel``, grid sizing and
-argument checks), which also re-exports every public name here.
+argument checks); each kernel is a :class:`fcgpu.cuda.module.Kernel` declared below.
 """
 from __future__ import annotations
 
@@ -18,16 +18,27 @@ import numpy as np
 
 from ..backend import is_cupy_array
 from . import ops
+from .module import FLOAT_DTYPES, Kernel
 
 __all__ = ["adam_step", "adam_step_device", "rule_step", "rule_step_device", "gather_rows",
            "graph_advance", "bias_corrections", "RULE_SGD", "RULE_SGD_MOMENTUM",
            "RULE_RMSPROP"]
 
-# kernels/optim.cuh (UpdateRule)
+# kernels/optim.cuh (UpdateRule; tests/test_kernel_enums.py compares them)
 RULE_SGD, RULE_SGD_MOMENTUM, RULE_RMSPROP = 0, 1, 2
+RULES = (RULE_SGD, RULE_SGD_MOMENTUM, RULE_RMSPROP)
 
 _u64 = np.uint64
 _f64 = np.float64
+
+# kernels/optim.cu
+_ADAM = Kernel("optim.cu", "fcgpu_adam", FLOAT_DTYPES, ops.VEC)
+_ADAM_DEV = Kernel("optim.cu", "fcgpu_adam_dev", FLOAT_DTYPES, ops.VEC)
+_RULE = Kernel("optim.cu", "fcgpu_rule", FLOAT_DTYPES, RULES, ops.VEC)
+_RULE_DEV = Kernel("optim.cu", "fcgpu_rule_dev", FLOAT_DTYPES, RULES, ops.VEC)
+# kernels/graph.cu
+_GATHER_ROWS = Kernel("graph.cu", "fcgpu_gather_rows", FLOAT_DTYPES, ops.VEC)
+_GRAPH_ADVANCE = Kernel("graph.cu", "fcgpu_graph_advance", FLOAT_DTYPES)
 
 
 def bias_corrections(beta1, beta2, t, count=1):
@@ -50,7 +61,7 @@ def _same_as(a, w, what, contiguous=False):
                          % (what, type(a).__name__))
     if a.dtype != w.dtype:
         raise ValueError("%s has dtype %s, expected %s" % (what, a.dtype, w.dtype))
-    ops._same_shape(w, a, "w", what)
+    ops.same_shape(w, a, "w", what)
     if contiguous and not a.flags.c_contiguous:
         raise ValueError("%s must be C-contiguous (it is updated in place)" % what)
     return a
@@ -58,7 +69,7 @@ def _same_as(a, w, what, contiguous=False):
 
 def _grouped(name, n):
     """Grid of the optimizer kernels: one thread per group of 4 elements."""
-    return (ops._grid_1d(name, (n + 3) // 4),), (ops.THREADS,)
+    return (ops.grid_1d(name, (n + 3) // 4),), (ops.THREADS,)
 
 
 def adam_step(w, dw, m, v, lr, beta1, beta2, eps, t):
@@ -67,20 +78,19 @@ def adam_step(w, dw, m, v, lr, beta1, beta2, eps, t):
     corrections ``1 - beta**t`` are :func:`bias_corrections`' float64 numbers, those
     of the CPU path and of the CUDA-graph step. ``m`` and ``v`` must be C-contiguous
     arrays of ``w``'s dtype and shape."""
-    cp = ops._cp()
-    dt = ops._float_dtype(w, "w")
-    w = ops._as_input(w, "w")
-    dw = ops._as_input(_same_as(dw, w, "dw"), "dw")
+    cp = ops.cupy()
+    dt = ops.float_dtype(w, "w")
+    w = ops.as_input(w, "w")
+    dw = ops.as_input(_same_as(dw, w, "dw"), "dw")
     m = _same_as(m, w, "m", contiguous=True)
     v = _same_as(v, w, "v", contiguous=True)
     (c1, c2), = bias_corrections(beta1, beta2, t)
-    with ops._device_of(w):
+    with ops.device_of(w):
         out = cp.empty(w.shape, dtype=dt)
         n = w.size
         if n == 0:
             return out
-        vec = "true" if ops._aligned(out, w, dw, m, v) else "false"
-        name = "fcgpu_adam<%s, %s>" % (ops._CTYPE[dt], vec)
+        name = _ADAM.name(dt, ops.aligned(out, w, dw, m, v))
         grid, block = _grouped(name, n)
         ops.get_kernel(name)(grid, block,
                              (out, w, dw, m, v, _u64(n), _f64(lr), _f64(beta1), _f64(beta2),
@@ -96,24 +106,23 @@ def adam_step_device(w, dw, m, v, lr_ptr, corrections, index, beta1, beta2, eps,
     uses row ``index[0]`` (uint64); an index past the table updates nothing.
     ``m``, ``v`` in place; next w into ``out`` (default: ``w`` itself, in place).
     ``w``, ``m``, ``v``, ``out`` must be C-contiguous."""
-    dt = ops._float_dtype(w, "w")
+    dt = ops.float_dtype(w, "w")
     w = _same_as(w, w, "w", contiguous=True)
-    dw = ops._as_input(_same_as(dw, w, "dw"), "dw")
+    dw = ops.as_input(_same_as(dw, w, "dw"), "dw")
     m = _same_as(m, w, "m", contiguous=True)
     v = _same_as(v, w, "v", contiguous=True)
     out = w if out is None else _same_as(out, w, "out", contiguous=True)
-    lr_ptr = ops._device_scalar(lr_ptr, np.float64, "lr_ptr")
-    corrections = ops._device_scalar(corrections, np.float64, "corrections")
+    lr_ptr = ops.device_scalar(lr_ptr, np.float64, "lr_ptr")
+    corrections = ops.device_scalar(corrections, np.float64, "corrections")
     if corrections.ndim != 2 or corrections.shape[1] != 2:
         raise ValueError("corrections must have shape (K, 2), got %s"
                          % (tuple(corrections.shape),))
-    index = ops._device_scalar(index, np.uint64, "index")
+    index = ops.device_scalar(index, np.uint64, "index")
     n = w.size
     if n == 0:
         return out
-    with ops._device_of(w):
-        vec = "true" if ops._aligned(out, w, dw, m, v) else "false"
-        name = "fcgpu_adam_dev<%s, %s>" % (ops._CTYPE[dt], vec)
+    with ops.device_of(w):
+        name = _ADAM_DEV.name(dt, ops.aligned(out, w, dw, m, v))
         grid, block = _grouped(name, n)
         ops.get_kernel(name)(grid, block,
                              (out, w, dw, m, v, _u64(n), lr_ptr, corrections, index,
@@ -129,20 +138,19 @@ def rule_step(rule, w, dw, state, lr, h=0.0, eps=0.0):
     value: ``state`` updated in place, a new ``next_w`` returned. The math and rounding
     of :mod:`fcgpu.optim`'s rules, float32 subnormals kept (CuPy's own elementwise
     kernels would flush them: -ftz=true)."""
-    cp = ops._cp()
-    if rule not in (RULE_SGD, RULE_SGD_MOMENTUM, RULE_RMSPROP):
+    cp = ops.cupy()
+    if rule not in RULES:
         raise ValueError("unknown update rule code %r" % (rule,))
-    dt = ops._float_dtype(w, "w")
-    w = ops._as_input(w, "w")
-    dw = ops._as_input(_same_as(dw, w, "dw"), "dw")
+    dt = ops.float_dtype(w, "w")
+    w = ops.as_input(w, "w")
+    dw = ops.as_input(_same_as(dw, w, "dw"), "dw")
     state = w if rule == RULE_SGD else _same_as(state, w, "state", contiguous=True)
-    with ops._device_of(w):
+    with ops.device_of(w):
         out = cp.empty(w.shape, dtype=dt)
         n = w.size
         if n == 0:
             return out
-        vec = "true" if ops._aligned(out, w, dw, state) else "false"
-        name = "fcgpu_rule<%s, %d, %s>" % (ops._CTYPE[dt], rule, vec)
+        name = _RULE.name(dt, rule, ops.aligned(out, w, dw, state))
         grid, block = _grouped(name, n)
         ops.get_kernel(name)(grid, block, (out, w, dw, state, _u64(n), _f64(lr), _f64(h),
                                            _f64(eps)))
@@ -155,22 +163,21 @@ def rule_step_device(rule, w, dw, state, lr_ptr, h=0.0, eps=0.0):
     RMSProp (RULE_RMSPROP: ``state`` is the cache, ``h`` the decay rate, ``eps``), with
     the learning rate read from device memory (``lr_ptr[0]``, float64) when the
     kernel runs. The math and rounding of :mod:`fcgpu.optim`'s rules."""
-    if rule not in (RULE_SGD, RULE_SGD_MOMENTUM, RULE_RMSPROP):
+    if rule not in RULES:
         raise ValueError("unknown update rule code %r" % (rule,))
-    dt = ops._float_dtype(w, "w")
+    dt = ops.float_dtype(w, "w")
     w = _same_as(w, w, "w", contiguous=True)
-    dw = ops._as_input(_same_as(dw, w, "dw"), "dw")
+    dw = ops.as_input(_same_as(dw, w, "dw"), "dw")
     if rule == RULE_SGD:
         state = w  # not read
     else:
         state = _same_as(state, w, "state", contiguous=True)
-    lr_ptr = ops._device_scalar(lr_ptr, np.float64, "lr_ptr")
+    lr_ptr = ops.device_scalar(lr_ptr, np.float64, "lr_ptr")
     n = w.size
     if n == 0:
         return w
-    with ops._device_of(w):
-        vec = "true" if ops._aligned(w, dw, state) else "false"
-        name = "fcgpu_rule_dev<%s, %d, %s>" % (ops._CTYPE[dt], rule, vec)
+    with ops.device_of(w):
+        name = _RULE_DEV.name(dt, rule, ops.aligned(w, dw, state))
         grid, block = _grouped(name, n)
         ops.get_kernel(name)(grid, block,
                              (w, dw, state, _u64(n), lr_ptr, _f64(h), _f64(eps)))
@@ -183,7 +190,7 @@ def gather_rows(X, y, perm, batch_index, Xb, yb):
     """``Xb[r] = X[perm[b*B + r]]``, ``yb[r] = y[perm[b*B + r]]`` for r < B, with
     ``b = batch_index[0]`` read on the device. ``X`` (N, D) and ``Xb`` (B, D) of one
     float dtype, ``y``, ``perm``, ``yb`` int64, ``batch_index`` uint64; all contiguous."""
-    dt = ops._check_2d(X, "X")
+    dt = ops.check_2d(X, "X")
     if Xb.ndim != 2 or Xb.shape[1] != X.shape[1] or Xb.dtype != dt:
         raise ValueError("Xb must be (B, %d) of dtype %s, got %s %s"
                          % (X.shape[1], dt, tuple(Xb.shape), Xb.dtype))
@@ -192,18 +199,18 @@ def gather_rows(X, y, perm, batch_index, Xb, yb):
             raise ValueError("%s must be a C-contiguous CuPy array" % what)
     n_rows, d = X.shape
     b_rows = Xb.shape[0]
-    y = ops._device_scalar(y, np.int64, "y")
-    perm = ops._device_scalar(perm, np.int64, "perm")
-    yb = ops._device_scalar(yb, np.int64, "yb")
-    batch_index = ops._device_scalar(batch_index, np.uint64, "batch_index")
+    y = ops.device_scalar(y, np.int64, "y")
+    perm = ops.device_scalar(perm, np.int64, "perm")
+    yb = ops.device_scalar(yb, np.int64, "yb")
+    batch_index = ops.device_scalar(batch_index, np.uint64, "batch_index")
     if y.size != n_rows or yb.size != b_rows:
         raise ValueError("y must have %d labels and yb %d, got %d and %d"
                          % (n_rows, b_rows, y.size, yb.size))
     if b_rows == 0 or d == 0:
         return Xb, yb
-    with ops._device_of(X):
-        vec = d % 4 == 0 and ops._aligned(X, Xb)
-        name = "fcgpu_gather_rows<%s, %s>" % (ops._CTYPE[dt], "true" if vec else "false")
+    with ops.device_of(X):
+        vec = d % 4 == 0 and ops.aligned(X, Xb)
+        name = _GATHER_ROWS.name(dt, vec)
         ncol = d // 4 if vec else d
         gx = max(1, min((ncol + ops.THREADS - 1) // ops.THREADS, 64))
         gy = max(1, min(b_rows, ops.MAX_GRID_Y))
@@ -217,15 +224,15 @@ def graph_advance(ctr, loss, loss_buf, batches_per_epoch, stream_stride):
     """End of a graph step (one thread): ``loss_buf[ctr[0]] = loss``, then the batch
     index ``ctr[0]`` advances (wrapping at ``batches_per_epoch``), the dropout stream
     base ``ctr[1]`` by ``stream_stride``, ``ctr[2]`` (t) and ``ctr[3]`` (steps) by 1."""
-    ctr = ops._device_scalar(ctr, np.uint64, "ctr")
+    ctr = ops.device_scalar(ctr, np.uint64, "ctr")
     if ctr.size < 4:
         raise ValueError("ctr must hold 4 counters, got %d" % ctr.size)
-    dt = ops._float_dtype(loss_buf, "loss_buf")
-    loss_buf = ops._device_scalar(loss_buf, dt, "loss_buf")
-    loss = ops._device_scalar(loss, dt, "loss")
+    dt = ops.float_dtype(loss_buf, "loss_buf")
+    loss_buf = ops.device_scalar(loss_buf, dt, "loss_buf")
+    loss = ops.device_scalar(loss, dt, "loss")
     if loss_buf.size < int(batches_per_epoch):
         raise ValueError("loss_buf holds %d values, fewer than the %d batches per epoch"
                          % (loss_buf.size, batches_per_epoch))
-    with ops._device_of(ctr):
-        ops.get_kernel("fcgpu_graph_advance<%s>" % ops._CTYPE[dt])(
+    with ops.device_of(ctr):
+        ops.get_kernel(_GRAPH_ADVANCE.name(dt))(
             (1,), (32,), (ctr, loss, loss_buf, _u64(batches_per_epoch), _u64(stream_stride)))

@@ -20,11 +20,10 @@ emu_dim3 blockDim;
 emu_dim3 gridDim;
 std::barrier<>* emu_block_barrier = nullptr;
 
-#include "dropout.cu"
-#include "batchnorm.cu"
-#include "optim.cu"
-#include "graph.cu"
-#include "augment.cu"
+// emu_sources.inc and emu_registry.inc are written by tests/toolchain.py (build_emulator)
+// from fcgpu.cuda.module.MODULES, the table the launchers declare: every kernels/*.cu
+// there is included, and each of its name expressions registered.
+#include "emu_sources.inc"
 
 namespace {
 
@@ -48,44 +47,10 @@ struct Entry {
   bool syncs;  // uses __syncthreads: run each block's threads concurrently
 };
 
-#define EMU_REG(SYNC, ...) {#__VA_ARGS__, Entry{&Invoker<&__VA_ARGS__>::run, SYNC}}
-
-#define EMU_FLAT(T)                                                                    \
-  EMU_REG(false, fcgpu_flat<T, 0, true>), EMU_REG(false, fcgpu_flat<T, 0, false>),     \
-      EMU_REG(false, fcgpu_flat<T, 1, true>), EMU_REG(false, fcgpu_flat<T, 1, false>), \
-      EMU_REG(false, fcgpu_flat<T, 2, true>), EMU_REG(false, fcgpu_flat<T, 2, false>), \
-      EMU_REG(false, fcgpu_flat<T, 3, true>), EMU_REG(false, fcgpu_flat<T, 3, false>)
-
-#define EMU_BN(T)                                                                          \
-  EMU_REG(true, fcgpu_bn_stats<T>), EMU_REG(false, fcgpu_bn_stats_finalize<T>),            \
-      EMU_REG(false, fcgpu_bn_infer_coef<T>), EMU_REG(true, fcgpu_bn_bwd_sums<T, false>),  \
-      EMU_REG(true, fcgpu_bn_bwd_sums<T, true>), EMU_REG(false, fcgpu_bn_bwd_finalize<T>), \
-      EMU_REG(false, fcgpu_col_vec<T, 0>), EMU_REG(false, fcgpu_col_vec<T, 1>),            \
-      EMU_REG(false, fcgpu_col_vec<T, 2>), EMU_REG(false, fcgpu_col_vec<T, 3>),            \
-      EMU_REG(false, fcgpu_col_vec<T, 4>), EMU_REG(false, fcgpu_col_flat<T, 0>),           \
-      EMU_REG(false, fcgpu_col_flat<T, 1>), EMU_REG(false, fcgpu_col_flat<T, 2>),          \
-      EMU_REG(false, fcgpu_col_flat<T, 3>), EMU_REG(false, fcgpu_col_flat<T, 4>)
-
-#define EMU_OPTIM_VEC(T, VEC)                                                           \
-  EMU_REG(false, fcgpu_adam<T, VEC>), EMU_REG(false, fcgpu_adam_dev<T, VEC>),          \
-      EMU_REG(false, fcgpu_rule<T, 0, VEC>), EMU_REG(false, fcgpu_rule<T, 1, VEC>),         \
-      EMU_REG(false, fcgpu_rule<T, 2, VEC>), EMU_REG(false, fcgpu_rule_dev<T, 0, VEC>),     \
-      EMU_REG(false, fcgpu_rule_dev<T, 1, VEC>), EMU_REG(false, fcgpu_rule_dev<T, 2, VEC>)
-#define EMU_OPTIM(T) EMU_OPTIM_VEC(T, true), EMU_OPTIM_VEC(T, false)
-
-#define EMU_GRAPH(T)                                                                   \
-  EMU_REG(false, fcgpu_gather_rows<T, true>), EMU_REG(false, fcgpu_gather_rows<T, false>), \
-      EMU_REG(false, fcgpu_graph_advance<T>)
-
-#define EMU_AUGMENT(TI) \
-  EMU_REG(false, fcgpu_augment_gather<TI, float>), EMU_REG(false, fcgpu_augment_gather<TI, double>)
-
 const std::map<std::string, Entry>& registry() {
+  // {"fcgpu_flat<float, 0, true>", Entry{&Invoker<&fcgpu_flat<float, 0, true>>::run, false}}, ...
   static const std::map<std::string, Entry> reg = {
-      EMU_FLAT(float), EMU_FLAT(double), EMU_REG(false, fcgpu_dropout_mask),
-      EMU_BN(float), EMU_BN(double), EMU_OPTIM(float), EMU_OPTIM(double),
-      EMU_GRAPH(float), EMU_GRAPH(double),
-      EMU_AUGMENT(unsigned char), EMU_AUGMENT(float), EMU_AUGMENT(double),
+#include "emu_registry.inc"
   };
   return reg;
 }
