@@ -32,12 +32,13 @@ the timed run with the data already on the device:
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 
 import numpy as np
+
+from ..errors import ConfigError
+from .child import Child, ChildGone, protocol_out, send
 
 # in the order they run: with little time, the CUDA-graph row and its reference first
 COURSE_BACKENDS = ("fcgpu_graph", "torch_cuda", "fcgpu", "numpy")
@@ -138,19 +139,21 @@ def _child(spec):
 
 
 def _run_child(spec, timeout):
-    from .worker import _worker_env
-    cmd = [sys.executable, "-m", "fcgpu.bench.course_run", json.dumps(spec)]
+    """One backend's run in a child process (:class:`fcgpu.bench.child.Child`), stopped
+    after ``timeout`` seconds; its result, or ``{"skipped": why}``."""
+    child = Child("fcgpu.bench.course_run", [json.dumps(spec)], keep_stderr=True)
     try:
-        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env=_worker_env(), timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"skipped": "stopped after %.0f s (the time it was given)" % timeout}
-    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-    if p.returncode != 0 or not lines:
-        tail = [ln for ln in p.stderr.strip().splitlines() if ln.strip()][-1:]
-        return {"skipped": "failed (exit %d)%s" % (p.returncode,
-                                                   ": " + tail[0] if tail else "")}
-    return json.loads(lines[-1])
+        result = child.read(timeout)
+        if child.proc.wait(max(timeout, 1)) != 0:
+            raise ChildGone("died", code=child.proc.returncode, tail=child.tail())
+        return result
+    except ChildGone as gone:
+        if gone.reason == "timeout":
+            return {"skipped": "stopped after %.0f s (the time it was given)" % timeout}
+        return {"skipped": "failed (exit %d)%s" % (gone.code, ": " + gone.tail if gone.tail
+                                                   else "")}
+    finally:
+        child.close()
 
 
 def time_share(deadline_s):
@@ -172,7 +175,7 @@ def course_wall(enabled=False, backends=None, epochs=17, num_train=49000, num_va
     backends = list(backends or COURSE_BACKENDS)
     bad = [b for b in backends if b not in COURSE_BACKENDS]
     if bad:
-        raise ValueError("unknown course-wall backend %s; choose from %s"
+        raise ConfigError("unknown course-wall backend %s; choose from %s"
                          % (", ".join(bad), ", ".join(COURSE_BACKENDS)))
     from .. import backend
     gpu_ok, gpu_why = backend.cupy_status()
@@ -212,20 +215,15 @@ def _main(argv):
     if len(argv) != 1:
         print("usage: python -m fcgpu.bench.course_run SPEC_JSON", file=sys.stderr)
         return 2
-    proto = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)  # anything printed on the way goes to stderr; stdout carries the result
-    sys.stdout = sys.stderr
+    proto = protocol_out()  # anything printed on the way goes to stderr
     from .. import backend
     spec = json.loads(argv[0])
     if spec["backend"] in ("fcgpu", "fcgpu_graph"):
         ok, why = backend.cupy_status()
         if not ok:
-            proto.write(json.dumps({"skipped": "no GPU backend: %s" % why}) + "\n")
-            proto.flush()
+            send(proto, {"skipped": "no GPU backend: %s" % why})
             return 0
-    result = _child(spec)
-    proto.write(json.dumps(result) + "\n")
-    proto.flush()
+    send(proto, _child(spec))
     return 0
 
 

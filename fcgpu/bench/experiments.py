@@ -14,13 +14,13 @@ Each returns a dict; ``{"skipped": reason}`` where it cannot run.
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
+
+from .child import Child, ChildGone, protocol_out, send
 
 DROPOUT_PS = (0.25, 0.3, 0.4, 0.6, 0.7, 0.75)
 TTA_TARGET = 0.60
@@ -131,8 +131,7 @@ class _Turns:
         self.t_go = None
 
     def send(self, obj):
-        self.proto.write(json.dumps(obj) + "\n")
-        self.proto.flush()
+        send(self.proto, obj)
 
     def wait_go(self):
         line = sys.stdin.readline()
@@ -219,10 +218,7 @@ def _tta_torch(turns, device, src, max_epochs):
 
 
 def _tta_child(name, src, max_epochs, target):
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    turns = _Turns(proto, target, max_epochs)
+    turns = _Turns(protocol_out(), target, max_epochs)
     if name in PRESET_ROWS:
         from ..train import DEFAULT_PRESET
         plain = PRESET_ROWS[name]
@@ -237,42 +233,36 @@ def _tta_child(name, src, max_epochs, target):
     turns.send(turns.result(device))
 
 
-class _Child:
-    def __init__(self, name, cmd):
-        from .worker import _worker_env
+class _Backend:
+    """The parent's side of one backend's child (:class:`fcgpu.bench.child.Child`):
+    every failure reads as ``{"skipped": why}``."""
+
+    def __init__(self, name, args):
         self.name = name
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=_worker_env(), bufsize=1)
+        self.child = Child("fcgpu.bench.experiments", args)
         self.loads = []
 
     def read(self, timeout):
-        import select
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            self.proc.kill()
-            self.proc.wait()
-            return {"skipped": "no answer within %d s; stopped it" % timeout}
-        line = self.proc.stdout.readline()
-        if not line:
-            return {"skipped": "failed (exit %s)" % self.proc.wait()}
-        return json.loads(line)
+        try:
+            return self.child.read(timeout)
+        except ChildGone as gone:
+            return {"skipped": self._why(gone)}
 
     def go(self, timeout):
         try:
-            self.proc.stdin.write("go\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError):
-            return {"skipped": "failed (exit %s)" % self.proc.wait()}
+            self.child.send("go")
+        except ChildGone as gone:
+            return {"skipped": self._why(gone)}
         return self.read(timeout)
 
+    @staticmethod
+    def _why(gone):
+        if gone.reason == "timeout":
+            return "no answer within %d s; stopped it" % gone.timeout
+        return "failed (exit %s)" % (gone.code if gone.code is not None else "?")
+
     def close(self):
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-                self.proc.wait(30)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
+        self.child.close(30)
 
 
 def time_to_accuracy(path=None, enabled=False, backends=None, max_epochs=17,
@@ -297,9 +287,8 @@ def time_to_accuracy(path=None, enabled=False, backends=None, max_epochs=17,
         if PRESET_ROWS.get(name, name) == "fcgpu" and not gpu_ok:
             results[name] = {"skipped": "no GPU backend: %s" % gpu_why}
             continue
-        cmd = [sys.executable, "-m", "fcgpu.bench.experiments", "tta", name, src,
-               str(max_epochs), str(target)]
-        children.append(_Child(name, cmd))
+        cmd = ["tta", name, src, max_epochs, target]
+        children.append(_Backend(name, cmd))
     live = []
     for c in children:  # all start (and load the data) at once
         resp = c.read(epoch_timeout)

@@ -29,11 +29,11 @@ from __future__ import annotations
 import gc
 import json
 import os
-import select
-import subprocess
 import sys
 import time
 import traceback
+
+from .child import Child, ChildGone, protocol_out, send
 
 
 def _family(variant):
@@ -300,9 +300,7 @@ class _Server:
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)  # library chatter goes to stderr, never into the protocol
-    sys.stdout = sys.stderr
+    proto = protocol_out()  # library chatter goes to stderr, never into the protocol
     server = _Server(argv[0])
     for line in sys.stdin:
         line = line.strip()
@@ -311,14 +309,14 @@ def main(argv=None):
         req = json.loads(line)
         cmd = req.get("cmd")
         if cmd == "quit":
-            proto.write(json.dumps({"ok": True}) + "\n")
+            send(proto, {"ok": True})
             break
         try:
             resp = getattr(server, cmd)(req)
         except Exception as exc:
             resp = {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc),
                     "traceback": traceback.format_exc(limit=6)}
-        proto.write(json.dumps(resp) + "\n")
+        send(proto, resp)
     return 0
 
 
@@ -328,25 +326,16 @@ class WorkerGone(RuntimeError):
     """The worker died or did not answer in time; the message says which."""
 
 
-def _worker_env():
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    parts = [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(parts)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
 class Worker:
-    """A started worker for one variant. ``info`` holds its hello (or ``skip``)."""
+    """A started worker for one variant (a :class:`fcgpu.bench.child.Child`). ``info``
+    holds its hello (or ``skip``, why it cannot run here)."""
 
     def __init__(self, variant, timeout=180.0, wait=True):
         self.variant = variant
         self.skip = None
         self.info = {}
-        self.proc = subprocess.Popen([sys.executable, "-m", "fcgpu.bench.worker", variant],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=_worker_env(), bufsize=1)
+        self.child = Child("fcgpu.bench.worker", [variant])
+        self.proc = self.child.proc
         if wait:
             self.hello(timeout)
 
@@ -365,45 +354,36 @@ class Worker:
 
     @property
     def alive(self):
-        return self.skip is None and self.proc.poll() is None
+        return self.skip is None and self.child.running
 
     def request(self, req, timeout=600.0):
-        if self.proc.poll() is not None:
-            raise WorkerGone("the %s worker exited (code %s)" % (self.variant,
-                                                                 self.proc.returncode))
         try:
-            self.proc.stdin.write(json.dumps(req) + "\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError) as exc:
-            raise WorkerGone("the %s worker is gone (%s)" % (self.variant, exc)) from None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        if not ready:
-            self.kill()
-            raise WorkerGone("the %s worker did not answer %r within %.0f s; stopped it"
-                             % (self.variant, req.get("cmd"), timeout))
-        line = self.proc.stdout.readline()
-        if not line:
-            code = self.proc.wait()
-            raise WorkerGone("the %s worker died during %r (exit code %s%s)"
-                             % (self.variant, req.get("cmd"), code,
-                                ", likely killed for memory" if code in (-9, 137) else ""))
-        return json.loads(line)
+            return self.child.request(req, timeout)
+        except ChildGone as gone:
+            raise WorkerGone(self._why(gone, req.get("cmd"))) from None
+
+    def _why(self, gone, cmd):
+        v = self.variant
+        if gone.reason == "exited":
+            return "the %s worker exited (code %s)" % (v, gone.code)
+        if gone.reason == "gone":
+            return "the %s worker is gone (%s)" % (v, gone.detail)
+        if gone.reason == "timeout":
+            return "the %s worker did not answer %r within %.0f s; stopped it" % (
+                v, cmd, gone.timeout)
+        return "the %s worker died during %r (exit code %s%s)" % (
+            v, cmd, gone.code, ", likely killed for memory" if gone.code in (-9, 137) else "")
 
     def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        self.child.kill()
 
     def close(self):
-        if self.proc.poll() is None:
+        if self.child.running:
             try:
                 self.request({"cmd": "quit"}, 10)
             except WorkerGone:
                 pass
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        self.child.close(10)
 
 
 if __name__ == "__main__":

@@ -398,9 +398,9 @@ class _Bench:
         cmd = self._suite_cmd(file, raw_path, partial, part, deadline)
         timeout = None if hard_stop is None else max(30.0, hard_stop - time.time())
         print("fcgpu bench: %s" % " ".join(cmd), file=sys.stderr, flush=True)
-        from ..bench.worker import _worker_env
+        from ..bench import child
         try:
-            code = subprocess.call(cmd, env=_worker_env(), cwd=os.path.dirname(file),
+            code = subprocess.call(cmd, env=child.env(), cwd=os.path.dirname(file),
                                    timeout=timeout)
         except subprocess.TimeoutExpired:  # a hard stop cuts the run; it is no error
             code = None
