@@ -308,15 +308,15 @@ class Solver:
             "settings": self._settings(),
         }
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state, train_config=None):
         """Continue from ``state`` (from :meth:`state_dict` or a checkpoint). The whole
-        state is checked against the model and the update rule first
-        (:func:`fcgpu.checkpoint.check_state`); on any problem a
-        :class:`CheckpointError` is raised and the Solver and model are unchanged.
-        The arrays are copied in: ``state`` is not changed by training on."""
+        state is checked against the model, the update rule and the training settings
+        first (:func:`fcgpu.checkpoint.check_resume`; with ``train_config``, a
+        :class:`~fcgpu.train.TrainConfig`, against that run's settings too); on any
+        problem a :class:`CheckpointError` is raised and the Solver and model are
+        unchanged. The arrays are copied in: ``state`` is not changed by training on."""
         rule = self.update_rule_name if isinstance(self.update_rule_name, str) else None
-        checkpoint.check_state(state, self.model, rule)
-        self._check_settings(state.get("settings"))
+        checkpoint.check_resume(state, self.model, rule, self._settings(), train_config)
         state = _copy_arrays(state)  # training on must not write into the caller's state
         xp = self.xp
         if hasattr(self.model, "load_state_dict"):
@@ -340,20 +340,6 @@ class Solver:
         if state.get("settings") is not None:
             self.augment_seed = state["settings"]["augment_seed"]
         self._pending = []
-
-    def _check_settings(self, saved):
-        """Refuse a state trained with other augmentation, schedule or loss settings
-        (a state without them was written with the defaults)."""
-        mine = self._settings()
-        if saved is None:
-            saved = dict(mine, augment="none", mean=False, lr_schedule=None,
-                         lr_schedule_options={}, label_smoothing=0.0)
-        diff = [k for k in mine if k != "augment_seed" and saved.get(k) != mine[k]
-                and not (k in ("pad", "image_shape", "augment_seed")
-                         and mine["augment"] == "none" and not mine["mean"])]
-        if diff:
-            raise CheckpointError("it was trained with other settings (%s)" % ", ".join(
-                "%s %r, this Solver %r" % (k, saved.get(k), mine[k]) for k in diff))
 
     def save_checkpoint(self, path):
         """Write :meth:`state_dict` to ``path`` atomically, as a safetensors file."""

@@ -209,18 +209,14 @@ def load_data(cfg, progress=True):
 
 
 def _checkpoint_compatible(state, cfg):
-    saved = state.get("train_config")
-    if saved is None:
-        return "it was not written by fcgpu train"
-    mine = cfg.to_dict()
-    # (how the step runs, not what it computes: a run may resume with or without)
-    keys = [k for k in mine if k not in ("epochs", "backend", "data", "cuda_graph", "preset",
-                                         "matmul_precision")]
-    default = TrainConfig().to_dict()  # (fields added later: earlier runs had the default)
-    diff = [k for k in keys if saved.get(k, default[k]) != mine[k]]
-    if diff:
-        return "its settings differ (%s)" % ", ".join(
-            "%s: %r vs %r" % (k, saved.get(k), mine[k]) for k in diff)
+    """Why ``state`` cannot continue a run of ``cfg``, or None (its train_config part:
+    :func:`fcgpu.checkpoint.check_train_config`, which ``run_training`` applies through
+    :func:`fcgpu.checkpoint.check_resume`)."""
+    from .checkpoint import CheckpointError, check_train_config
+    try:
+        check_train_config(state, cfg)
+    except CheckpointError as e:
+        return e.problem
     return None
 
 
@@ -323,11 +319,8 @@ def _run(cfg, xp, data, checkpoint, resume, progress, verbose, epoch_callback, o
     if resume and checkpoint and os.path.exists(checkpoint):
         # every check (file, settings, model) passes before the run changes
         state = load_checkpoint(checkpoint)
-        why = _checkpoint_compatible(state, cfg)
-        if why:
-            raise CheckpointError("cannot resume from it: %s" % why, checkpoint)
         try:
-            solver.load_state_dict(state)
+            solver.load_state_dict(state, train_config=cfg)
         except CheckpointError as e:
             raise CheckpointError("cannot resume from it: %s" % e.problem, checkpoint) from e
         resumed_from = solver.epoch
