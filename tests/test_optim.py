@@ -122,3 +122,37 @@ def test_rules_table_entries_are_the_rules_and_match_the_device_enum():
     assert optim.RULES["adam"].counters == ("t",)
     assert optim.RULES["adam"].hyper == ("learning_rate", "beta1", "beta2", "epsilon")
 
+
+
+def test_everything_that_lists_update_rules_reads_the_table(monkeypatch):
+    """The command line's choices, the settings' check, the search space, the
+    CUDA-graph step and the checkpoint schema take the rules from optim.RULES: a rule
+    added to the table (here a copy of SGD) is accepted by each of them. Mutant
+    caught: a hand-written list of rules left somewhere."""
+    import argparse
+    from fcgpu import optim, settings
+    from fcgpu.checkpoint import schema
+    from fcgpu.cli import train as cli_train
+    from fcgpu.cuda import graph
+    from fcgpu.search import space
+    extra = optim.UpdateRule("plain", "plain SGD", optim.sgd, (("learning_rate", 1e-2),))
+    monkeypatch.setitem(optim.RULES, "plain", extra)
+    p = argparse.ArgumentParser()
+    cli_train.add_arguments(p)
+    for name in optim.RULES:
+        assert p.parse_args(["--update-rule", name]).update_rule == name
+    assert settings.SETTINGS["update_rule"].why("plain") is None
+    assert settings.SETTINGS["update_rule"].why("nesterov") is not None
+    assert space.normalize("update_rule", "plain", "test") == {"value": "plain"}
+    # the graph captures the rules with a device kernel; this one has none
+    assert graph.supported_rules() == ("sgd", "sgd_momentum", "rmsprop", "adam")
+    with pytest.raises(ValueError, match="update rule 'plain' cannot be captured"):
+        graph.check_supported(None, "plain")
+    extra = optim.UpdateRule("plain", "plain SGD", optim.sgd, (("learning_rate", 1e-2),),
+                             device=optim.DEVICE_RULE, device_id=0)
+    monkeypatch.setitem(optim.RULES, "plain", extra)
+    assert "plain" in graph.supported_rules()
+    monkeypatch.undo()
+    assert set(schema.STATE_ARRAYS) == {k for r in optim.RULES.values() for k in r.state}
+    # every hyperparameter of a rule has its range
+    assert set(optim.HYPER_KEYS) <= set(settings.HYPERPARAMETERS)

@@ -69,14 +69,21 @@ from ..backend import get_matmul_precision, is_cupy_array, require_cupy
 from ..errors import ConfigError
 from ..optim import DEVICE_ADAM, RULES
 
-__all__ = ["GraphedTrainStep", "SUPPORTED_RULES", "check_supported", "COUNTER_SLOTS"]
+__all__ = ["GraphedTrainStep", "SUPPORTED_RULES", "supported_rules", "check_supported",
+           "COUNTER_SLOTS"]
 
 # kernels/graph.cu GraphCounter
 CTR_BATCH, CTR_STREAM, CTR_T, CTR_STEPS, CTR_COUNT = 0, 1, 2, 3, 4
 COUNTER_SLOTS = {"batch": CTR_BATCH, "stream": CTR_STREAM, "t": CTR_T, "steps": CTR_STEPS}
 
-# the update rules a captured step can run: those with a device kernel (fcgpu.optim.RULES)
-SUPPORTED_RULES = tuple(name for name, rule in RULES.items() if rule.device is not None)
+
+def supported_rules():
+    """The update rules a captured step can run: those of :data:`fcgpu.optim.RULES`
+    with a device kernel."""
+    return tuple(name for name, rule in RULES.items() if rule.device is not None)
+
+
+SUPPORTED_RULES = supported_rules()
 
 
 def check_supported(model, update_rule):
@@ -84,11 +91,11 @@ def check_supported(model, update_rule):
     captured: a :class:`~fcgpu.fc_net.FullyConnectedNet` and one of the named rules
     of :mod:`fcgpu.optim`. Needs no GPU."""
     from ..fc_net import FullyConnectedNet
-    if not isinstance(update_rule, str) or update_rule not in SUPPORTED_RULES:
+    supported = supported_rules()
+    if not isinstance(update_rule, str) or update_rule not in supported:
         what = getattr(update_rule, "__name__", None) or repr(update_rule)
         raise ConfigError("cuda_graph: update rule %s cannot be captured; the CUDA-graph "
-                          "step supports the named rules %s"
-                          % (what, ", ".join(SUPPORTED_RULES)))
+                          "step supports the named rules %s" % (what, ", ".join(supported)))
     if not isinstance(model, FullyConnectedNet):
         raise ConfigError("cuda_graph: the CUDA-graph step supports FullyConnectedNet models, "
                          "got %s" % type(model).__name__)
