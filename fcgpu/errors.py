@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["FcgpuError", "ConfigError", "DataError", "CheckpointError", "BackendUnavailable",
-           "NonFiniteLossError", "StorageError", "DeviceOutOfMemory", "one_line"]
+__all__ = ["FcgpuError", "ConfigError", "DataError", "CheckpointError", "CheckpointUnreadable",
+           "BackendUnavailable", "NonFiniteLossError", "StorageError", "StudyStorageError",
+           "DeviceOutOfMemory", "one_line"]
 
 
 def one_line(text):
@@ -54,6 +55,11 @@ class CheckpointError(FcgpuError, ValueError):
                          else "checkpoint %s: %s" % (self.path, self.problem))
 
 
+class CheckpointUnreadable(CheckpointError, OSError):
+    """The checkpoint file cannot be opened or read at all (missing, a folder, no
+    permission). Also an ``OSError``, which ``open`` raised before."""
+
+
 class BackendUnavailable(FcgpuError, RuntimeError):
     """The requested backend cannot run here; the message names the cause (not
     installed, no driver, no device)."""
@@ -67,6 +73,17 @@ class StorageError(FcgpuError, OSError):
     """A file or database that a run writes to could not be written or reached (a full
     disk, a read-only folder, a server that went away); the message names which and
     why."""
+
+
+class StudyStorageError(StorageError, ValueError):
+    """The search's study storage (an Optuna database: SQLite, PostgreSQL, MySQL)
+    cannot be opened, or went away during the search. The message is one line naming
+    the storage URL with its password masked, and the cause; ``url`` holds that masked
+    URL. Also a ``ValueError``, which the search raised before."""
+
+    def __init__(self, message, url=None):
+        self.url = url
+        super().__init__(message)
 
 
 class DeviceOutOfMemory(FcgpuError, MemoryError):

@@ -4,13 +4,17 @@
 :func:`evaluate`, :func:`format_report` and :func:`plot_confusion`. Probabilities
 come from ``FullyConnectedNet.predict_proba`` on the model's backend (NumPy or
 CuPy); everything returned here is on the host.
+
+Labels and arrays that do not fit raise :class:`~fcgpu.errors.DataError`, arguments
+out of range :class:`~fcgpu.errors.ConfigError`, a checkpoint that cannot be read or
+does not fit the net :class:`~fcgpu.errors.CheckpointError` (all ``ValueError`` too).
 """
 from __future__ import annotations
-
 
 import numpy as np
 
 from .backend import asnumpy
+from .errors import CheckpointError, CheckpointUnreadable, ConfigError, DataError
 
 __all__ = ["CIFAR10_CLASSES", "confusion_matrix", "evaluate", "format_report",
            "plot_confusion", "load_model_from_checkpoint"]
@@ -24,11 +28,11 @@ def _labels(y, name, num_classes):
     # __array__ raises TypeError, cupy/_core/core.pyx:1803-1809 in CuPy v14.2.0)
     y = asnumpy(y)
     if y.ndim != 1:
-        raise ValueError("%s must be 1-D class labels, got shape %s" % (name, y.shape))
+        raise DataError("%s must be 1-D class labels, got shape %s" % (name, y.shape))
     if y.size and y.dtype.kind not in "iu":
-        raise ValueError("%s must hold integer class labels, got dtype %s" % (name, y.dtype))
+        raise DataError("%s must hold integer class labels, got dtype %s" % (name, y.dtype))
     if y.size and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError("%s has labels in [%d, %d]; they must be in [0, %d)"
+        raise DataError("%s has labels in [%d, %d]; they must be in [0, %d)"
                          % (name, int(y.min()), int(y.max()), num_classes))
     return y.astype(np.int64)
 
@@ -39,11 +43,11 @@ def confusion_matrix(y_true, y_pred, num_classes):
     may be NumPy or CuPy arrays (or sequences); the counts are on the host."""
     num_classes = int(num_classes)
     if num_classes < 1:
-        raise ValueError("num_classes must be >= 1, got %d" % num_classes)
+        raise ConfigError("num_classes must be >= 1, got %d" % num_classes)
     t = _labels(y_true, "y_true", num_classes)
     p = _labels(y_pred, "y_pred", num_classes)
     if t.shape != p.shape:
-        raise ValueError("y_true has %d labels but y_pred has %d" % (t.size, p.size))
+        raise DataError("y_true has %d labels but y_pred has %d" % (t.size, p.size))
     counts = np.bincount(t * num_classes + p, minlength=num_classes * num_classes)
     return counts.reshape(num_classes, num_classes).astype(np.int64)
 
@@ -58,12 +62,12 @@ def evaluate(model, X, y, num_classes=None, batch_size=1000):
     num_classes = int(num_classes if num_classes is not None else model.num_classes)
     y = _labels(asnumpy(y), "y", num_classes)
     if len(y) != X.shape[0]:
-        raise ValueError("X has %d rows but y has %d labels" % (X.shape[0], len(y)))
+        raise DataError("X has %d rows but y has %d labels" % (X.shape[0], len(y)))
     if len(y) == 0:
-        raise ValueError("nothing to evaluate: X and y are empty")
+        raise DataError("nothing to evaluate: X and y are empty")
     probs = model.predict_proba(X, batch_size=batch_size)
     if probs.shape[1] != num_classes:
-        raise ValueError("the model has %d outputs but num_classes is %d"
+        raise ConfigError("the model has %d outputs but num_classes is %d"
                          % (probs.shape[1], num_classes))
     pred = asnumpy(probs.argmax(axis=1)).astype(np.int64)
     cm = confusion_matrix(y, pred, num_classes)
@@ -85,7 +89,7 @@ def format_report(result, class_names=None):
     names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in
                                                                            range(C)]
     if len(names) != C:
-        raise ValueError("%d class names for %d classes" % (len(names), C))
+        raise ConfigError("%d class names for %d classes" % (len(names), C))
     w = max(5, max(len(n) for n in names))
     lines = ["accuracy %.4f (%d examples, %d classes)"
              % (result["accuracy"], result["num_examples"], C), "",
@@ -157,38 +161,43 @@ def load_model_from_checkpoint(path, xp=None):
     from .backend import to_backend
     from .fc_net import FullyConnectedNet
 
-    state = checkpoint.load(path)
+    try:
+        state = checkpoint.load(path)
+    except CheckpointError:
+        raise
+    except OSError as exc:   # a file that is missing, a folder, unreadable
+        raise CheckpointUnreadable("cannot read it: %s" % (exc.strerror or exc), path) from exc
     try:
         params = dict(state["model"]["params"])
         L = sum(1 for k in params if k.startswith("W"))
         Ws = [params["W%d" % i] for i in range(1, L + 1)]
     except (KeyError, TypeError) as exc:
-        raise ValueError("%s: the checkpoint's model parameters are incomplete (%s)"
-                         % (path, exc)) from None
+        raise CheckpointError("the model parameters are incomplete (%s: %s)"
+                              % (type(exc).__name__, exc), path) from None
     if L < 1 or any(getattr(W, "ndim", 0) != 2 for W in Ws) or any(
             Ws[i].shape[1] != Ws[i + 1].shape[0] for i in range(L - 1)):
-        raise ValueError("%s: the checkpoint's weights W1..W%d do not form a chain of "
-                         "matrices" % (path, L))
+        raise CheckpointError("the weights W1..W%d do not form a chain of matrices" % L, path)
+    model = FullyConnectedNet([W.shape[1] for W in Ws[:-1]], input_dim=Ws[0].shape[0],
+                              num_classes=Ws[-1].shape[1], use_batchnorm="gamma1" in params,
+                              dtype=Ws[0].dtype, xp=xp)
+    if set(params) != set(model.params):
+        raise CheckpointError("its parameters are %s, not the net's %s"
+                              % (sorted(params), sorted(model.params)), path)
+    best = state.get("best_params") or {}
+    if best and set(best) != set(model.params):
+        raise CheckpointError("its best parameters are %s, not the net's %s"
+                              % (sorted(best), sorted(model.params)), path)
     try:
-        model = FullyConnectedNet([W.shape[1] for W in Ws[:-1]], input_dim=Ws[0].shape[0],
-                                  num_classes=Ws[-1].shape[1],
-                                  use_batchnorm="gamma1" in params, dtype=Ws[0].dtype, xp=xp)
-        if set(params) != set(model.params):
-            raise ValueError("its parameters are %s, not the net's %s"
-                             % (sorted(params), sorted(model.params)))
         checkpoint.check_state(state, model)
-        model.load_state_dict(state["model"])
-        best = state.get("best_params") or {}
-        if best:
-            if set(best) != set(model.params):
-                raise ValueError("its best parameters are %s, not the net's %s"
-                                 % (sorted(best), sorted(model.params)))
-            model.load_state_dict(dict(state["model"], params=best))
-            for bp, snap in zip(model.bn_params, state.get("best_bn") or []):
-                bp.update({k: to_backend(v, model.xp, model.dtype) for k, v in snap.items()})
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError("%s: the checkpoint does not fit a FullyConnectedNet (%s)"
-                         % (path, exc)) from None
+    except CheckpointError as exc:
+        if exc.path is not None:
+            raise
+        raise CheckpointError(exc.problem, path) from None
+    model.load_state_dict(state["model"])
+    if best:
+        model.load_state_dict(dict(state["model"], params=best))
+        for bp, snap in zip(model.bn_params, state.get("best_bn") or []):
+            bp.update({k: to_backend(v, model.xp, model.dtype) for k, v in snap.items()})
     info = {"train_config": state.get("train_config"), "epoch": state.get("epoch"),
             "best_val_acc": state.get("best_val_acc")}
     return model, info

@@ -11,6 +11,7 @@ import pytest
 from fcgpu import checkpoint
 from fcgpu.backend import asnumpy
 from fcgpu.cli import main
+from fcgpu.errors import CheckpointUnreadable, ConfigError, DataError, FcgpuError
 from fcgpu.evaluate import (confusion_matrix, evaluate, format_report,
                             load_model_from_checkpoint, plot_confusion)
 from fcgpu.fc_net import FullyConnectedNet
@@ -125,6 +126,30 @@ def test_evaluate_against_reference_predictions(xp, rng):
         evaluate(model, X, np.append(y[:-1], 5))
 
 
+def test_bad_input_raises_fcgpus_own_errors(rng):
+    """Labels and arrays that do not fit are DataError, arguments out of range
+    ConfigError (the CLI tells both in one line; both still ValueError). Mutant: any of
+    them back to a plain ValueError (the CLI would report it as a bug)."""
+    model = random_net(rng, np, c=5)
+    X, y = rng.standard_normal((40, 13)), rng.integers(5, size=40)
+    r = evaluate(model, X, y)
+    cases = [
+        (DataError, "must be 1-D", lambda: confusion_matrix(y.reshape(8, 5), y.reshape(8, 5), 5)),
+        (DataError, "integer class labels", lambda: confusion_matrix(y + 0.5, y, 5)),
+        (DataError, r"labels in \[0, 5\]", lambda: confusion_matrix(y, np.append(y[:-1], 5), 5)),
+        (ConfigError, "num_classes must be >= 1", lambda: confusion_matrix(y, y, 0)),
+        (DataError, "40 labels but y_pred has 39", lambda: confusion_matrix(y, y[:-1], 5)),
+        (DataError, "X has 40 rows but y has 39", lambda: evaluate(model, X, y[:-1])),
+        (DataError, "nothing to evaluate", lambda: evaluate(model, X[:0], y[:0])),
+        (ConfigError, "5 outputs but num_classes is 6", lambda: evaluate(model, X, y, 6)),
+        (ConfigError, "2 class names for 5 classes", lambda: format_report(r, ["a", "b"])),
+    ]
+    for cls, msg, call in cases:
+        with pytest.raises(cls, match=msg) as info:
+            call()
+        assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
+
+
 def test_plot_confusion_writes_a_png(tmp_path, rng):
     pytest.importorskip("matplotlib")
     t, p = rng.integers(3, size=50), rng.integers(3, size=50)
@@ -176,8 +201,15 @@ def test_checkpoint_gives_back_the_best_net(tmp_path, rng):
 
 
 def test_checkpoint_files_that_are_not_checkpoints(tmp_path):
-    with pytest.raises(OSError):
-        load_model_from_checkpoint(tmp_path / "missing.ckpt")
+    """A file that is not there, or a folder, is a CheckpointError naming it (and still
+    an OSError). Mutant: the OSError of ``checkpoint.load`` let through (the CLI would
+    report a bug)."""
+    for path, why in [(tmp_path / "missing.ckpt", "No such file or directory"),
+                      (tmp_path, "Is a directory")]:
+        with pytest.raises(CheckpointUnreadable) as info:
+            load_model_from_checkpoint(path)
+        assert isinstance(info.value, OSError) and isinstance(info.value, FcgpuError)
+        assert str(info.value) == "checkpoint %s: cannot read it: %s" % (path, why)
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"\x00not a checkpoint at all")
     with pytest.raises(checkpoint.CheckpointError, match="junk.ckpt"):
