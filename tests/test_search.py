@@ -292,6 +292,82 @@ def test_bad_storage_is_one_clear_line(tmp_path, capsys, url, shown):
     assert "Traceback" not in captured.err
 
 
+def test_bad_storage_is_a_study_storage_error():
+    """Storage problems raise their own FcgpuError (also the ValueError callers caught
+    before, and an OSError) carrying the masked URL. Mutants: ``_cannot_open`` returning
+    a plain ValueError (the CLI reports a bug); the URL unmasked."""
+    from fcgpu.errors import FcgpuError, StorageError, StudyStorageError
+    with pytest.raises(StudyStorageError) as info:
+        search.open_storage("nosuchdb://user:s3cret@host/db")
+    exc = info.value
+    assert isinstance(exc, FcgpuError) and isinstance(exc, StorageError)
+    assert isinstance(exc, ValueError) and isinstance(exc, OSError)
+    assert exc.url == "nosuchdb://user:***@host/db" and "s3cret" not in str(exc)
+
+
+def _lost(kind):
+    """What a database that went away mid-search raises: SQLAlchemy's OperationalError
+    (the driver's error inside), or Optuna's StorageInternalError wrapping it."""
+    import sqlalchemy.exc
+    driver = Exception("server closed the connection unexpectedly\n\tThis probably means "
+                       "the server terminated abnormally")
+    op = sqlalchemy.exc.OperationalError("SELECT trials.trial_id FROM trials", {}, driver)
+    if kind == "sqlalchemy":
+        return op
+    try:
+        raise optuna.exceptions.StorageInternalError("An exception is raised during the "
+                                                     "commit.") from op
+    except optuna.exceptions.StorageInternalError as exc:
+        return exc
+
+
+@pytest.mark.parametrize("kind", ["sqlalchemy", "optuna"])
+def test_a_storage_lost_mid_search_is_one_clear_line(tmp_path, capsys, monkeypatch, kind):
+    """The database fails while trials run: one line naming the storage and the driver's
+    reason, exit 2. Mutants: ``run_worker`` without ``storage_failures_named`` (a bug's
+    traceback, exit 1); ``database_errors`` without Optuna's StorageInternalError (the
+    same, for that case); ``short_error`` not following the wrapped cause (Optuna's
+    generic "exception during the commit" instead of the reason)."""
+    url = sqlite_url(tmp_path)
+
+    def optimize(self, *args, **kwargs):
+        raise _lost(kind)
+    monkeypatch.setattr(optuna.study.Study, "optimize", optimize)
+    assert main(["search", "--storage", url, "--n-trials", "1", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err == ("fcgpu search: error: lost the study storage %s: server closed the "
+                   "connection unexpectedly This probably means the server terminated "
+                   "abnormally\n" % url)
+
+
+def test_a_study_that_minimizes_is_a_setting_to_change(tmp_path, capsys):
+    """An existing study of that name minimizes: one line telling to pick another
+    --study, exit 2. Mutant: a plain ValueError (a bug's traceback, exit 1)."""
+    url = sqlite_url(tmp_path)
+    optuna.create_study(storage=url, study_name="low", direction="minimize")
+    assert main(["search", "--storage", url, "--study", "low", "--n-trials", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fcgpu search: error: study 'low' in %s minimizes" % url)
+    assert err.rstrip().endswith("pick another --study name") and err.count("\n") == 1
+
+
+def test_search_flags_that_cannot_work_are_one_line(tmp_path, capsys):
+    """--workers 0, a --space file that is not there, a --report folder that cannot be
+    made: each one line, exit 2. Mutants: each raised as a plain ValueError/OSError
+    again (a bug's traceback, exit 1)."""
+    url = sqlite_url(tmp_path)
+    (tmp_path / "afile").write_text("")
+    for args, msg in [(["--workers", "0", "--n-trials", "1"], "--workers must be >= 1"),
+                      (["--space", str(tmp_path / "no.toml")], "no.toml: no such file"),
+                      (["--n-trials", "0", "--report", str(tmp_path / "afile" / "r")],
+                       "cannot write the report to %s: Not a directory"
+                       % (tmp_path / "afile" / "r"))]:
+        assert main(["search", "--storage", url, *TINY, *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("fcgpu search: error: ") and msg in err, err
+        assert err.count("\n") == 1, err
+
+
 def test_space_file_and_params(tmp_path):
     f = tmp_path / "space.toml"
     f.write_text('layers = 2\nunits = [64, 128]\nlearning_rate = {low = 1e-3, high = 5e-3}\n'

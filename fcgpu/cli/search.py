@@ -82,12 +82,13 @@ def add_arguments(p):
 
 def settings_from_args(args):
     import os
+    from ..errors import ConfigError
     from ..search import SearchSettings, build_space
     backend = args.backend
     if backend == "auto" and os.environ.get("FCGPU_BACKEND"):
         backend = os.environ["FCGPU_BACKEND"]
     if args.space and not os.path.isfile(args.space):
-        raise ValueError("--space %s: no such file" % args.space)
+        raise ConfigError("--space %s: no such file" % args.space)
     return SearchSettings(storage=args.storage, study=args.study, n_trials=args.n_trials,
                           timeout=args.timeout, epochs=args.epochs, num_train=args.num_train,
                           data=args.data, backend=backend, sampler=args.sampler,
@@ -99,17 +100,18 @@ def settings_from_args(args):
 
 def run(args):
     from .. import search
+    from ..errors import ConfigError
     if args.worker:
         return search.worker_main(args.worker, args.worker_index, args.worker_tickets)
     try:
         import optuna  # noqa: F401
     except ImportError:
-        raise ValueError("fcgpu search needs Optuna: pip install 'fcgpu[search]'") from None
+        raise ConfigError("fcgpu search needs Optuna: pip install 'fcgpu[search]'") from None
     if args.report:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise ValueError("--report needs matplotlib: pip install 'fcgpu[plot]'") from None
+            raise ConfigError("--report needs matplotlib: pip install 'fcgpu[plot]'") from None
     settings = settings_from_args(args)
     _, code = search.run_search(settings, workers=args.workers, out=sys.stdout,
                                 report=args.report)

@@ -58,7 +58,7 @@ def make_objective(settings, data, out=None):
     """The Optuna objective: validation accuracy of one training run."""
     import numpy as np
     import optuna
-    from ..solver import NonFiniteLossError
+    from ..errors import NonFiniteLossError
     from ..train import run_training
     out = out or sys.stdout
 

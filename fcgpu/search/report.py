@@ -6,6 +6,7 @@ import os
 import warnings
 
 from ..atomic import atomic_save_figure, atomic_write_bytes
+from ..errors import StorageError
 from .storage import mask_url
 from .summary import count_states, counts_text, fail_reason, fmt_value, retrain_command
 
@@ -41,7 +42,11 @@ def write_report(study, folder, storage_url=None, top=10):
     Optuna's standard plots as PNG in ``folder``. Returns the Markdown file's path."""
     import csv
     import io
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise StorageError("cannot write the report to %s: %s"
+                           % (folder, exc.strerror or exc)) from exc
     trials = study.get_trials(deepcopy=False)
     counts = count_states(trials)
     complete = sorted((t for t in trials if t.state.name == "COMPLETE"),

@@ -11,7 +11,7 @@ from .objective import TrialFailed, load_search_data, make_objective, prefetch_d
 from .report import write_report
 from .settings import SearchSettings
 from .storage import make_pruner, make_sampler, mask_url, open_storage, open_study, quiet_optuna, \
-    short_error
+    storage_failures_named
 from .summary import progress_callback, stale_callback, summarize
 from .workers import LocalTickets, TermAsInterrupt, Tickets, pin_this_process, plan_workers, \
     spawn_workers
@@ -37,21 +37,15 @@ def run_worker(settings, index=0, tickets=None, data=None, out=None, pruner=None
     objective = make_objective(settings, data, out=out)
     callbacks = [progress_callback(out, tag)]
     ran = 0
-    import sqlalchemy.exc
-    with TermAsInterrupt():
-        try:
-            while True:
-                if settings.deadline is not None and time.time() >= settings.deadline:
-                    break
-                if not tickets.claim():
-                    break
-                study.optimize(objective, n_trials=1, catch=(TrialFailed,),
-                               callbacks=callbacks, gc_after_trial=True)
-                ran += 1
-        except sqlalchemy.exc.SQLAlchemyError as exc:
-            raise ValueError("lost the study storage %s: %s"
-                             % (mask_url(settings.storage), short_error(exc, settings.storage))
-                             ) from None
+    with TermAsInterrupt(), storage_failures_named(settings.storage):
+        while True:
+            if settings.deadline is not None and time.time() >= settings.deadline:
+                break
+            if not tickets.claim():
+                break
+            study.optimize(objective, n_trials=1, catch=(TrialFailed,),
+                           callbacks=callbacks, gc_after_trial=True)
+            ran += 1
     return ran
 
 
@@ -79,7 +73,8 @@ def run_search(settings, workers=None, data=None, out=None, pruner=None, report=
     storage = open_storage(settings.storage, settings.heartbeat, settings.grace,
                            stale_callback=stale_callback(out))
     study = open_study(storage, settings.study, url=settings.storage)
-    before = len(study.get_trials(deepcopy=False))
+    with storage_failures_named(settings.storage):
+        before = len(study.get_trials(deepcopy=False))
     budget = settings.trial_budget()
     print("study %r in %s: %d trial%s so far; this run: %s trial%s, %d epoch%s on %d images"
           % (settings.study, mask_url(settings.storage), before, "" if before == 1 else "s",
@@ -99,8 +94,9 @@ def run_search(settings, workers=None, data=None, out=None, pruner=None, report=
             if any(c != 0 for c in codes):
                 code = 1
     study = open_study(storage, settings.study, url=settings.storage)
-    summarize(study, out=out, run_id=settings.run_id, storage_url=settings.storage)
-    if report:
-        path = write_report(study, report, storage_url=settings.storage)
-        print("report: %s" % path, file=out, flush=True)
+    with storage_failures_named(settings.storage):
+        summarize(study, out=out, run_id=settings.run_id, storage_url=settings.storage)
+        if report:
+            path = write_report(study, report, storage_url=settings.storage)
+            print("report: %s" % path, file=out, flush=True)
     return study, code

@@ -1,12 +1,19 @@
 """The study's storage and the study itself: an Optuna RDB storage (SQLite on one
 machine, PostgreSQL or MySQL shared by many) with its URL handling and one-line
-errors that never show a password, and the study with its sampler and pruner."""
+errors that never show a password, and the study with its sampler and pruner.
+
+A storage that cannot be opened, or a study that cannot be loaded, raises
+:class:`fcgpu.errors.StudyStorageError`: one line naming the URL (password masked) and
+the cause, which ``fcgpu search`` prints without a traceback."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
 import warnings
+
+from ..errors import ConfigError, StudyStorageError
 
 
 def mask_url(url):
@@ -18,8 +25,20 @@ def mask_url(url):
         return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", str(url))
 
 
+def database_errors():
+    """The exception types that mean the database failed, not fcgpu: SQLAlchemy's (a
+    driver's error arrives wrapped in one) and Optuna's ``StorageInternalError`` (what
+    Optuna makes of a SQLAlchemy error inside its sessions)."""
+    import optuna
+    import sqlalchemy.exc
+    return (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
+
+
 def short_error(exc, url=None):
-    """A one-line reason from a (SQLAlchemy/driver) exception, without secrets."""
+    """A one-line reason from a (SQLAlchemy/driver) exception, without secrets. An
+    Optuna ``StorageInternalError`` gives the reason of the error it wraps."""
+    while (type(exc).__name__ == "StorageInternalError" and exc.__cause__ is not None):
+        exc = exc.__cause__
     orig = getattr(exc, "orig", None)
     text = str(orig if orig is not None else exc) or type(exc).__name__
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
@@ -62,8 +81,8 @@ def _prepare_sqlite(url, masked):
         return
     folder = os.path.dirname(os.path.abspath(u.database))
     if not os.path.isdir(folder):
-        raise ValueError("cannot open the study storage %s: the folder %s does not exist"
-                         % (masked, folder))
+        raise StudyStorageError("cannot open the study storage %s: the folder %s does not "
+                                "exist" % (masked, folder), url=masked)
     import sqlite3
     try:
         con = sqlite3.connect(u.database, timeout=60)
@@ -73,9 +92,22 @@ def _prepare_sqlite(url, masked):
             con.close()
     except sqlite3.DatabaseError as exc:
         if "not a database" in str(exc) or "malformed" in str(exc):
-            raise ValueError("cannot open the study storage %s: %s" % (masked, exc)) from None
+            raise StudyStorageError("cannot open the study storage %s: %s" % (masked, exc),
+                                    url=masked) from None
     except sqlite3.Error:
         pass  # e.g. a read-only folder: SQLite's default journal still works
+
+
+@contextlib.contextmanager
+def storage_failures_named(url):
+    """Inside, a database failure (:func:`database_errors`) becomes a one-line
+    :class:`~fcgpu.errors.StudyStorageError`, ``lost the study storage URL: cause``."""
+    try:
+        yield
+    except database_errors() as exc:
+        raise StudyStorageError("lost the study storage %s: %s"
+                                % (mask_url(url), short_error(exc, url)),
+                                url=mask_url(url)) from None
 
 
 def _cannot_open(url, exc):
@@ -86,23 +118,26 @@ def _cannot_open(url, exc):
         hint = " (pip install psycopg2-binary, or fcgpu[search])"
     if str(url).startswith("postgres://"):
         hint = " (write postgresql://, not postgres://)"
-    return ValueError("cannot open the study storage %s: %s%s"
-                      % (mask_url(url), short_error(exc, url), hint))
+    return StudyStorageError("cannot open the study storage %s: %s%s"
+                             % (mask_url(url), short_error(exc, url), hint), url=mask_url(url))
 
 
 def open_storage(url, heartbeat_interval=60, grace_period=None, stale_callback=None):
     """An :class:`optuna.storages.RDBStorage` for ``url`` with the heartbeat on.
 
     Any problem (unparseable URL, unknown dialect, missing driver, unreachable or
-    refusing server, missing folder) raises ``ValueError`` naming the URL with its
-    password masked.
+    refusing server, missing folder) raises :class:`~fcgpu.errors.StudyStorageError` (a
+    ``ValueError`` too) naming the URL with its password masked.
     """
     import optuna
 
     masked = mask_url(url)
+    # what a bad URL, a missing driver, a refusing server or an old schema raise (Optuna
+    # raises RuntimeError for a study database that needs `optuna storage upgrade`)
+    failures = database_errors() + (ImportError, RuntimeError)
     try:
         kwargs = _engine_kwargs(url)
-    except Exception as exc:
+    except failures as exc:
         raise _cannot_open(url, exc) from None
     _prepare_sqlite(url, masked)
     for attempt in range(6):
@@ -113,7 +148,7 @@ def open_storage(url, heartbeat_interval=60, grace_period=None, stale_callback=N
                     url, engine_kwargs=kwargs, heartbeat_interval=int(heartbeat_interval),
                     grace_period=int(grace_period) if grace_period else None,
                     heartbeat_stale_trial_callback=stale_callback)
-            except Exception as exc:
+            except failures as exc:
                 if attempt < 5 and _creation_race(exc):
                     # another worker is creating the same tables right now
                     time.sleep(0.2 * (attempt + 1) + 0.3 * (os.getpid() % 7) / 7)
@@ -150,18 +185,22 @@ def make_pruner(name, warmup=0):
 
 
 def open_study(storage, name, sampler=None, pruner=None, url=None):
-    """Create the study (maximizing validation accuracy) or load the existing one."""
+    """Create the study (maximizing validation accuracy) or load the existing one.
+
+    A storage that fails raises :class:`~fcgpu.errors.StudyStorageError`; a study of that
+    name that minimizes, :class:`~fcgpu.errors.ConfigError`."""
     import optuna
+    where = mask_url(url) if url else "the storage"
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
                                     sampler=sampler, pruner=pruner, load_if_exists=True)
-    except Exception as exc:
-        raise ValueError("cannot open study %r in %s: %s"
-                         % (name, mask_url(url or "the storage"), short_error(exc, url))) from None
+    except database_errors() as exc:
+        raise StudyStorageError("cannot open study %r in %s: %s"
+                                % (name, where, short_error(exc, url)),
+                                url=where) from None
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise ValueError("study %r in %s minimizes its objective; fcgpu search maximizes the "
-                         "validation accuracy: pick another --study name"
-                         % (name, mask_url(url or "the storage")))
+        raise ConfigError("study %r in %s minimizes its objective; fcgpu search maximizes the "
+                          "validation accuracy: pick another --study name" % (name, where))
     return study
 
 

@@ -12,6 +12,8 @@ import tempfile
 import threading
 import time
 
+from ..errors import ConfigError
+
 
 class Tickets:
     """The trial budget of one command, shared by its worker processes: a counter in a
@@ -141,7 +143,7 @@ def plan_workers(n_workers=None, backend="auto", gpus=None, cpus=None):
     cpus = list(cpus) if cpus else usable_cpus()
     k = n_workers if n_workers is not None else (len(gpus) if gpus else 1)
     if k < 1:
-        raise ValueError("--workers must be >= 1, got %r" % k)
+        raise ConfigError("--workers must be >= 1, got %r" % k)
     threads = max(1, len(cpus) // k)
     envs, descs = [], []
     for i in range(k):
