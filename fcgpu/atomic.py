@@ -1,18 +1,39 @@
 """Atomic file writes: a temporary file in the same folder, fsync, then rename.
 
 A reader sees the old file or the new one, never a partial write, even if the
-process is killed mid-way.
+process is killed mid-way. A write that the system refuses (a full disk, a read-only
+folder, a path through a file) raises :class:`fcgpu.errors.StorageError`, one line
+naming the file and the reason (an ``OSError`` too, chained to the original).
 """
 from __future__ import annotations
 
 import os
 import tempfile
 
+from .errors import StorageError
+
 __all__ = ["atomic_write_bytes", "atomic_save_figure"]
 
 
 def atomic_write_bytes(data, path):
+    """Write ``data`` (bytes) to ``path`` atomically, creating its folder."""
     path = os.fspath(path)
+    try:
+        _write(data, path)
+    except StorageError:
+        raise
+    except OSError as exc:
+        why = exc.strerror or str(exc) or type(exc).__name__
+        # the part in the way, when it is not the file itself or our temporary file
+        others = [os.fspath(n) for n in (exc.filename, exc.filename2) if n]
+        others = [n for n in others if n != path and not os.path.basename(n).startswith(
+            ".tmp-")]
+        if others:
+            why += " (%s)" % others[0]
+        raise StorageError("cannot write %s: %s" % (path, why)) from exc
+
+
+def _write(data, path):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)

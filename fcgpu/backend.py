@@ -100,7 +100,7 @@ def require_cupy():
 def _resolve(name):
     name = (name or "auto").strip().lower()
     if name not in CHOICES:
-        raise ValueError("unknown backend %r: choose one of %s" % (name, ", ".join(CHOICES)))
+        raise ConfigError("unknown backend %r: choose one of %s" % (name, ", ".join(CHOICES)))
     if name == "numpy":
         return "numpy"
     if name == "cupy":
@@ -122,14 +122,14 @@ def get_backend():
     if _backend is None:
         try:
             _backend = _resolve(os.environ.get(ENV_VAR, "auto"))
-        except ValueError as exc:
-            raise ValueError("%s: %s" % (ENV_VAR, exc)) from None
+        except ConfigError as exc:
+            raise ConfigError("%s: %s" % (ENV_VAR, exc)) from None
     return _backend
 
 
 def _check_precision(name):
     if not isinstance(name, str) or name.strip().lower() not in MATMUL_PRECISIONS:
-        raise ValueError("unknown matmul precision %r: choose one of %s"
+        raise ConfigError("unknown matmul precision %r: choose one of %s"
                          % (name, ", ".join(MATMUL_PRECISIONS)))
     return name.strip().lower()
 
@@ -152,8 +152,8 @@ def get_matmul_precision():
     if _precision is None:
         try:
             _precision = _check_precision(os.environ.get(PRECISION_ENV_VAR, "highest"))
-        except ValueError as exc:
-            raise ValueError("%s: %s" % (PRECISION_ENV_VAR, exc)) from None
+        except ConfigError as exc:
+            raise ConfigError("%s: %s" % (PRECISION_ENV_VAR, exc)) from None
     return _precision
 
 

@@ -25,7 +25,9 @@ mtime) and later loads memory-map them. If the cache folder cannot be
 written, caching is skipped silently.
 
 Every problem with the data raises :class:`DataError` (a ``ValueError``) whose
-message names the path, the problem and what to do.
+message names the path, the problem and what to do; split sizes out of range raise
+:class:`~fcgpu.errors.ConfigError` (a ``ValueError`` too), a download that cannot be
+saved :class:`~fcgpu.errors.StorageError` (an ``OSError``).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import DataError
+from .errors import ConfigError, DataError, StorageError
 from .safepickle import load_numpy_pickle
 
 __all__ = [
@@ -178,8 +180,11 @@ def _download(cache: Path, progress: bool) -> Path:
                     f"{nothing_here}, and downloading {CIFAR10_URL} failed "
                     f"({type(e).__name__}: {e}). {_HINT}"
                 ) from e
-            tmp.flush()
-            os.fsync(tmp.fileno())
+            try:
+                tmp.flush()
+                os.fsync(tmp.fileno())
+            except OSError as e:   # a full disk, say
+                raise StorageError(f"cannot write the download to {cache}: {e}") from e
         digest = md5.hexdigest()
         if digest != CIFAR10_MD5:
             raise DataError(
@@ -187,7 +192,10 @@ def _download(cache: Path, progress: bool) -> Path:
                 f"{CIFAR10_MD5} (corrupt or incomplete transfer); nothing was "
                 f"saved as {final}. Try again, or fetch the archive yourself. {_HINT}"
             )
-        os.replace(tmp.name, final)
+        try:
+            os.replace(tmp.name, final)
+        except OSError as e:
+            raise StorageError(f"cannot save the download as {final}: {e}") from e
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp.name)
@@ -406,7 +414,7 @@ def _count(name: str, value) -> int:
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {value!r}") from None
     if n < 0:
-        raise ValueError(f"{name} must be >= 0, got {n}")
+        raise ConfigError(f"{name} must be >= 0, got {n}")
     return n
 
 
@@ -427,13 +435,13 @@ def get_CIFAR10_data(num_training=49000, num_validation=1000, num_test=1000,
     n_te = _count("num_test", num_test)
     total = len(TRAIN_BATCHES) * ROWS_PER_BATCH
     if n_tr + n_val > total:
-        raise ValueError(f"num_training + num_validation = {n_tr} + {n_val} exceeds "
+        raise ConfigError(f"num_training + num_validation = {n_tr} + {n_val} exceeds "
                          f"the {total} CIFAR-10 training images")
     if n_te > ROWS_PER_BATCH:
-        raise ValueError(f"num_test = {n_te} exceeds the {ROWS_PER_BATCH} CIFAR-10 "
+        raise ConfigError(f"num_test = {n_te} exceeds the {ROWS_PER_BATCH} CIFAR-10 "
                          "test images")
     if subtract_mean and n_tr == 0:
-        raise ValueError("num_training must be >= 1 when subtract_mean=True "
+        raise ConfigError("num_training must be >= 1 when subtract_mean=True "
                          "(the mean image comes from the training split)")
 
     X_all, y_all, X_te, y_te = _load_arrays(resolve_cifar10(path))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fcgpu import backend
+from fcgpu.errors import ConfigError
 
 # Makes `import cupy` fail in a child process, as on a machine without CuPy.
 BLOCK_CUPY = textwrap.dedent("""
@@ -97,8 +98,31 @@ def test_cli_reports_missing_gpu_in_one_line():
 
 
 def test_unknown_backend_name():
-    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
+    """Mutant: a plain ValueError again (the CLI would report a bug)."""
+    with pytest.raises(ConfigError, match="unknown backend 'tpu'"):
         backend.set_backend("tpu")
+    with pytest.raises(ConfigError, match="unknown matmul precision 'low'"):
+        backend.set_matmul_precision("low")
+
+
+def test_bad_backend_variables_are_one_line_from_the_command(monkeypatch, capsys, tmp_path):
+    """FCGPU_BACKEND or FCGPU_MATMUL_PRECISION set to a name that does not exist: one line
+    naming the variable, exit 2. Mutants: _resolve or _check_precision raising a plain
+    ValueError (a bug's traceback, exit 1); get_backend re-raising without the
+    variable's name."""
+    from fcgpu.cli import main
+    monkeypatch.setattr(backend, "_backend", None)
+    monkeypatch.setattr(backend, "_precision", None)
+    monkeypatch.delenv("FCGPU_DEBUG", raising=False)
+    monkeypatch.setenv("FCGPU_BACKEND", "tpu")
+    monkeypatch.setenv("FCGPU_MATMUL_PRECISION", "low")
+    with pytest.raises(ConfigError, match="^FCGPU_BACKEND: unknown backend 'tpu'"):
+        backend.get_backend()
+    with pytest.raises(ConfigError, match="^FCGPU_MATMUL_PRECISION: unknown matmul"):
+        backend.get_matmul_precision()
+    assert main(["evaluate", str(tmp_path / "x.ckpt")]) == 2
+    assert capsys.readouterr().err == ("fcgpu evaluate: error: unknown backend 'tpu': "
+                                       "choose one of numpy, cupy, auto\n")
 
 
 def test_get_array_module_and_asnumpy():

@@ -24,6 +24,7 @@ import pytest
 
 from fcgpu import data
 from fcgpu.data import DataError
+from fcgpu.errors import ConfigError, StorageError
 
 REAL_DATA = os.environ.get("FCGPU_DATA")  # captured before fixtures clear it
 ROWS = 20
@@ -253,9 +254,11 @@ def test_default_arguments_match_the_course_helper():
     ({"num_training": 0}, "num_training"),
 ])
 def test_argument_checks_come_first(tmp_path, kwargs, name):
-    with pytest.raises(ValueError) as e:
+    """Counts out of range are a ConfigError (one line from the CLI; still a
+    ValueError), checked before the data. Mutant: a plain ValueError again."""
+    with pytest.raises(ConfigError) as e:
         data.get_CIFAR10_data(path=tmp_path / "does-not-exist", **kwargs)
-    assert not isinstance(e.value, DataError)
+    assert isinstance(e.value, ValueError) and not isinstance(e.value, DataError)
     assert name in str(e.value)
 
 
@@ -550,6 +553,24 @@ def test_download_good_md5(tmp_path, small, monkeypatch, capsys):
     monkeypatch.setattr(data, "CIFAR10_URL", "http://127.0.0.1:9/x")
     d = data.get_CIFAR10_data(80, 20, 5)
     assert d["y_test"].tolist() == make_batches()["test_batch"][b"labels"][:5]
+
+
+def test_download_that_cannot_be_saved_is_a_storage_error(tmp_path, small, monkeypatch):
+    """The archive arrived but cannot be put in place (a full disk, say): one line naming
+    the cache file and the reason, an OSError, nothing left behind. Mutant: the
+    os.replace OSError let through (the CLI would report a bug)."""
+    payload = write_archive(tmp_path / "src.tgz", make_batches()).read_bytes()
+
+    def full(a, b):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "replace", full)
+    with _serve(monkeypatch, payload):
+        with pytest.raises(StorageError) as e:
+            data.resolve_cifar10(progress=False)
+    final = cache_root(tmp_path) / data.ARCHIVE_NAME
+    assert str(e.value) == ("cannot save the download as %s: [Errno 28] No space left on "
+                            "device" % final)
+    assert list(cache_root(tmp_path).iterdir()) == []
 
 
 def test_download_bad_md5_leaves_nothing(tmp_path, small, monkeypatch):
