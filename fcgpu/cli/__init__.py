@@ -7,7 +7,9 @@ The error policy: fcgpu's own errors (:class:`fcgpu.errors.FcgpuError`: bad inpu
 missing data, no GPU, a checkpoint that does not fit) end in one line on stderr and
 exit code 2, never a traceback (``FCGPU_DEBUG=1`` shows it too). Anything else is a
 bug: its traceback, a line asking for a report, and exit code 1. A subcommand whose
-module cannot be imported stays listed, and says why when it is run.
+module cannot be imported (a missing extra: ``ImportError``) stays listed, and says why
+in one line when it is run; one whose module fails otherwise (a bug) stays listed too,
+and running it shows that failure as a bug.
 """
 from __future__ import annotations
 
@@ -33,14 +35,26 @@ SUBCOMMANDS = {
 
 
 def _unavailable(name, modname, exc):
-    """The run of a subcommand whose module failed to import: one line saying why."""
+    """The run of a subcommand whose module failed to import.
+
+    An ``ImportError`` (a package the module needs is missing) is the user's to fix:
+    one line saying why. Anything else the import raised is a bug: running the
+    subcommand raises it again, with the traceback of the import."""
     why = "%s: %s" % (type(exc).__name__, exc)
 
     def run(args):
         from ..errors import FcgpuError
+        if not isinstance(exc, ImportError):
+            raise exc
         raise FcgpuError("this subcommand cannot run: importing %s failed (%s); reinstall "
-                         "fcgpu with the extras it needs" % (modname, why))
+                         "fcgpu with the extras it needs" % (modname, why)) from exc
     return run
+
+
+def debugging():
+    """Whether ``FCGPU_DEBUG`` asks for tracebacks of user errors too (set, and not
+    ``0``)."""
+    return os.environ.get("FCGPU_DEBUG", "").strip() not in ("", "0")
 
 
 def build_parser():
@@ -51,7 +65,7 @@ def build_parser():
     for name, (modname, help_text) in SUBCOMMANDS.items():
         try:
             mod = importlib.import_module(modname)
-        except ImportError as exc:
+        except Exception as exc:  # listed all the same; its run says why (_unavailable)
             p = sub.add_parser(name, help=help_text + " (unavailable: cannot import %s)"
                                % modname, description=help_text)
             p.add_argument("ignored", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -80,7 +94,7 @@ def main(argv=None):
         print("fcgpu: interrupted", file=sys.stderr)
         return 130
     except FcgpuError as exc:
-        if os.environ.get("FCGPU_DEBUG"):
+        if debugging():
             raise
         msg = str(exc) or type(exc).__name__
         print("fcgpu %s: error: %s" % (args.command, msg), file=sys.stderr)
