@@ -90,6 +90,15 @@ class _Recorder:
         return timed
 
 
+def fused_steps():
+    """The steps of :mod:`fcgpu.fused` the NumPy path can run: the dispatch's public
+    names that its Numba implementation defines (not the controls such as
+    ``force_impl`` or ``use_compiled_cpu``, nor constants)."""
+    from .. import fused
+    from ..cpu import ops
+    return [name for name in fused.__all__ if callable(getattr(ops, name, None))]
+
+
 def _patch(recorder):
     """Wrap every seam wherever it is bound (its module and the modules that imported it
     by name); returns the undo list."""
@@ -98,10 +107,8 @@ def _patch(recorder):
     targets = []
     for mod, attr, kind, label in SEAMS:
         targets.append((importlib.import_module(mod), attr, kind, label))
-    skip = {"impl_for", "use_compiled_cpu", "folds_bias", "dropout_mask"}
-    for name in fused.__all__:
-        if name not in skip:
-            targets.append((fused, name, FUSED_KIND, "fused " + name))
+    for name in fused_steps():
+        targets.append((fused, name, FUSED_KIND, "fused " + name))
     glue = importlib.import_module(GLUE_MODULES[0])
     for name in glue.__all__:
         targets.append((glue, name, "glue", "sandwich glue"))
