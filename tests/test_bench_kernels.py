@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pytest
 
-from fcgpu.bench import kernels, plugin, schedule
+from fcgpu.bench import kernels, plugin, schedule, variants
 from fcgpu.bench.cases import Case
 from fcgpu.bench.worker import _Server
 
@@ -65,7 +65,7 @@ def test_user_fused_forward_is_the_course_math_with_a_fresh_mask(no_fcgpu_passes
     xp = fake_cupy()
     n, d = 37, 11
     case = kernels.build_xp_case("cupy_curand", "fused_fwd", (n, d), xp, 2)
-    assert case.label == kernels.VARIANTS["cupy_curand"][1] and "cupy.random" in case.label
+    assert case.label == variants.label("cupy_curand") and "cupy.random" in case.label
     # the inputs it reads, made the way the case makes them
     xs0 = xp.random.RandomState(1).standard_normal((n, d), dtype=np.float32)
     gamma = np.linspace(0.5, 1.5, d, dtype=np.float32)
@@ -176,7 +176,7 @@ class FakeWorker:
         if cmd == "kernel_run":
             k = req["calls"]
             self.asked.append(k)
-            gpu = kernels.VARIANTS[self.variant][0] == "gpu"
+            gpu = variants.get(self.variant).device == "gpu"
             return {"ok": True, "host": [self.secs] if gpu else [self.secs] * k,
                     "device": [self.secs] if gpu else None, "calls": k}
         return {"ok": True}
@@ -241,5 +241,5 @@ def test_headline_cases_come_first_and_the_rest_leaves_them_out():
     assert plugin.train_variant(_opts("rest"), "default", "numpy")
     assert not plugin.train_variant(_opts("rest"), "default", "torch_cuda")
     assert plugin.train_variant(_opts("rest"), "wide", "torch_cuda")
-    assert plugin._part_variants(_opts("headline"), plugin.KERNEL_VARIANTS, "kernels") == \
+    assert plugin._part_variants(_opts("headline"), variants.names("kernels"), "kernels") == \
         ["cupy_unfused", "cupy_curand", "fcgpu", "torch_cuda"]

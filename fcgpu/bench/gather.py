@@ -41,6 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cases import TILE, Case, SkipCase, tiled
+from .variants import get as _variant, label as _label
 
 IMAGE_SHAPE = (3, 32, 32)
 D = 3 * 32 * 32
@@ -77,8 +78,6 @@ LABELS = {
         "torch_cuda": "PyTorch CUDA: X[idx].float() - mean",
     },
 }
-NOT_APPLICABLE = {("torch_cpu", "augment"), ("torch_cuda", "augment"),
-                  ("cupy_curand", "augment"), ("cupy_curand", "gather")}
 
 
 def batch_of(shape):
@@ -124,19 +123,22 @@ def _inputs(arrays, batch):
 
 
 def build_xp_case(variant, op, shape, xp, k):
-    """The ``numpy_ref``, ``numba``, ``cupy_unfused`` and ``fcgpu`` cases on ``xp``."""
+    """The cases of the numpy and cupy families on ``xp``: the plain-xp reference where
+    the row's ``impl`` is 'reference' (``numpy_ref``, ``cupy_unfused``), else the
+    dispatch (``numba``, ``fcgpu``)."""
     from .. import augment, fused
 
     B = batch_of(shape)
-    if variant == "numpy_ref" and op == "augment" and B * D > NUMPY_REF_MAX:
+    how = _variant(variant).impl
+    ref = how == "reference"
+    if ref and xp is np and op == "augment" and B * D > NUMPY_REF_MAX:
         raise SkipCase("the plain-NumPy reference (index grids and full-size temporaries, "
                        "~25 B per value) is capped at 2^22 values (batch %d)"
                        % (NUMPY_REF_MAX // D))
-    if variant == "numba":
+    if how == "numba":
         fused.use_compiled_cpu(True)
     X, y, perm, mean = arrays = tuple(xp.asarray(a) for a in host_inputs(B, k))
-    label = LABELS[op][variant]
-    ref = variant in ("numpy_ref", "cupy_unfused")
+    label = LABELS[op].get(variant) or _label(variant)
     if op == "augment":
         run = augment.augment_gather_reference if ref else augment.augment_gather
 

@@ -23,14 +23,15 @@ Bytes that must move (:func:`op_bytes`): each input read once and each output wr
 once, by the op's contract; masks that an implementation chooses to store are not
 counted (storing them is its cost).
 
-Variants: ``numpy_ref`` (the ``*_ref`` xp code on NumPy), ``numba`` (fcgpu's compiled
-CPU path through the :mod:`fcgpu.fused` dispatch), ``torch_cpu``, ``cupy_unfused``
-(the ``*_ref`` code on CuPy arrays: separate CuPy ops, and fcgpu's Philox mask
-emulated in array code, bit for bit), ``cupy_curand`` (what a CuPy user writes: the
-course's layers in CuPy, :func:`user_batchnorm_train`, ``cupy.maximum`` and
-:func:`user_dropout` with a ``cupy.random`` mask drawn each call; the summary's
-baseline for the fused pass), ``fcgpu`` (the :mod:`fcgpu.fused` dispatch on CuPy
-arrays: our CUDA kernels) and ``torch_cuda``.
+Variants (:mod:`fcgpu.bench.variants`; the builders read a row's ``impl``): impl
+``reference`` runs the ``*_ref`` xp code (``numpy_ref`` on NumPy; ``cupy_unfused`` on
+CuPy arrays: separate CuPy ops, and fcgpu's Philox mask emulated in array code, bit
+for bit), ``numba`` fcgpu's compiled CPU path through the :mod:`fcgpu.fused` dispatch,
+``user`` what a CuPy user writes (``cupy_curand``: the course's layers in CuPy,
+:func:`user_batchnorm_train`, ``cupy.maximum`` and :func:`user_dropout` with a
+``cupy.random`` mask drawn each call; the summary's baseline for the fused pass), and
+none the :mod:`fcgpu.fused` dispatch on CuPy arrays (``fcgpu``: our CUDA kernels);
+the torch family (``torch_cpu``, ``torch_cuda``) runs :func:`build_torch_case`.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import math
 import numpy as np
 
 from . import gather as _gather
+from . import variants as _variants
 from .cases import TILE, Case, SkipCase, tiled
 
 KEEP_P = 0.8
@@ -51,7 +53,7 @@ FLAT_OPS = ("copy", "dropout_fwd", "dropout_bwd")
 ROW_OPS = ("bn_fwd", "bn_bwd", "fused_fwd", "fused_bwd")
 GATHER_OPS = _gather.OPS
 OPS = FLAT_OPS + ROW_OPS + GATHER_OPS
-# ops whose variants run op-specific code, labelled per op (not by VARIANTS' labels)
+# ops whose variants run op-specific code, labelled per op (not by the table's labels)
 OWN_LABEL_OPS = ("copy",) + GATHER_OPS
 
 OP_TITLES = {
@@ -65,17 +67,6 @@ OP_TITLES = {
     **_gather.TITLES,
 }
 
-VARIANTS = {
-    # name: (device, label)
-    "numpy_ref": ("cpu", "NumPy (reference xp code)"),
-    "numba": ("cpu", "fcgpu CPU path (Numba)"),
-    "torch_cpu": ("cpu", "PyTorch CPU"),
-    "cupy_unfused": ("gpu", "CuPy ops emulating fcgpu (*_ref, Philox mask as array code)"),
-    "cupy_curand": ("gpu", "CuPy as a user writes it (cupy.random mask, separate ops)"),
-    "fcgpu": ("gpu", "fcgpu CUDA kernels"),
-    "torch_cuda": ("gpu", "PyTorch CUDA"),
-}
-
 COPY_LABELS = {
     "numpy_ref": "np.copyto (1 thread)",
     "numba": "Numba parallel copy",
@@ -84,26 +75,23 @@ COPY_LABELS = {
     "torch_cuda": "torch copy_ (CUDA)",
 }
 
-# which (variant, op) pairs exist at all; the others are "not applicable", not skipped
-NOT_APPLICABLE = {
-    ("fcgpu", "copy"), ("cupy_curand", "copy"), ("cupy_curand", "dropout_bwd"),
-    ("cupy_curand", "bn_fwd"), ("cupy_curand", "bn_bwd"), ("cupy_curand", "fused_bwd"),
-} | _gather.NOT_APPLICABLE
-
 # the plain-NumPy Philox costs ~70 ns and ~100 bytes of temporaries per element
 NUMPY_REF_PHILOX_MAX = 1 << 22
 
 
 def applicable(variant, op):
-    return (variant, op) not in NOT_APPLICABLE
+    """Whether ``variant`` has code for ``op`` (its row's ``ops``)."""
+    return _variants.applicable(variant, op)
 
 
 def label(variant, op):
+    """What ``variant`` runs for ``op``: the op's own label where it has one, else the
+    table's."""
     if op == "copy":
-        return COPY_LABELS.get(variant, VARIANTS[variant][1])
+        return COPY_LABELS.get(variant) or _variants.label(variant)
     if op in GATHER_OPS:
-        return _gather.LABELS[op][variant]
-    return VARIANTS[variant][1]
+        return _gather.LABELS[op].get(variant) or _variants.label(variant)
+    return _variants.label(variant)
 
 
 def numel(shape):
@@ -235,21 +223,22 @@ def _host_inputs(op, shape, seed=0):
 
 
 def build_xp_case(variant, op, shape, xp, k):
-    """Cases for the fcgpu / xp variants (numpy_ref, numba, cupy_unfused, cupy_curand,
-    fcgpu) on array module ``xp``."""
+    """Cases for the numpy and cupy families (by the row's ``impl``: the reference, the
+    Numba passes, what a user writes, or fcgpu's dispatch) on array module ``xp``."""
     from .. import fused
 
     if op in GATHER_OPS:
         return _gather.build_xp_case(variant, op, shape, xp, k)
-    if variant == "numpy_ref" and op in ("dropout_fwd", "fused_fwd") and \
-            numel(shape) > NUMPY_REF_PHILOX_MAX:
-        raise SkipCase("the plain-NumPy Philox mask (~70 ns and ~100 B of temporaries per "
-                       "element) is capped at 2^22 elements")
-    if variant == "numpy_ref" and op == "fused_bwd" and numel(shape) > NUMPY_REF_PHILOX_MAX:
-        raise SkipCase("its inputs come from the reference forward, capped at 2^22 elements "
-                       "(plain-NumPy Philox)")
-    impl = fused.reference if variant in ("numpy_ref", "cupy_unfused", "cupy_curand") else fused
-    if variant == "numba":
+    how = _variants.get(variant).impl
+    if how == "reference" and xp is np and numel(shape) > NUMPY_REF_PHILOX_MAX:
+        if op in ("dropout_fwd", "fused_fwd"):
+            raise SkipCase("the plain-NumPy Philox mask (~70 ns and ~100 B of temporaries "
+                           "per element) is capped at 2^22 elements")
+        if op == "fused_bwd":
+            raise SkipCase("its inputs come from the reference forward, capped at 2^22 "
+                           "elements (plain-NumPy Philox)")
+    impl = fused.reference if how in ("reference", "user") else fused
+    if how == "numba":
         fused.use_compiled_cpu(True)
 
     hx, hd = _host_inputs(op, shape) if xp is np else (None, None)
@@ -265,13 +254,13 @@ def build_xp_case(variant, op, shape, xp, k):
         return [base] + [base.copy() for _ in range(k - 1)]
 
     if op in ROW_OPS:
-        return _row_case(variant, op, shape, xp, k, impl, sets, hx, hd)
+        return _row_case(variant, op, shape, xp, k, impl, sets, hx, hd, how == "user")
     p, seed, stream = KEEP_P, SEED, STREAM
     if op == "copy":
         src = sets(hx, 1)
         dst = [xp.empty_like(a) for a in src]
         if xp is np:
-            if variant == "numba":
+            if how == "numba":
                 pcopy = _numba_copy()
                 pcopy(src[0].reshape(-1), dst[0].reshape(-1))  # compile
                 return Case(lambda i: pcopy(src[i], dst[i]), k, label(variant, op))
@@ -283,7 +272,7 @@ def build_xp_case(variant, op, shape, xp, k):
     if op in FLAT_OPS:
         xs = sets(hx, 1)
         if op == "dropout_fwd":
-            if variant == "cupy_curand":
+            if how == "user":
                 rand = user_rand(xp)
                 return Case(lambda i: user_dropout(xs[i], p, rand), k, label(variant, op))
             return Case(lambda i: impl.dropout_forward(xs[i], p, seed, stream), k,
@@ -297,7 +286,7 @@ def build_xp_case(variant, op, shape, xp, k):
     raise ValueError("unknown op %r" % op)
 
 
-def _row_case(variant, op, shape, xp, k, impl, sets, hx, hd):
+def _row_case(variant, op, shape, xp, k, impl, sets, hx, hd, user=False):
     """The (N, D) ops of :func:`build_xp_case`: batchnorm and the fused pass."""
     p, seed, stream = KEEP_P, SEED, STREAM
     n, d = shape
@@ -310,7 +299,7 @@ def _row_case(variant, op, shape, xp, k, impl, sets, hx, hd):
         return Case(lambda i: impl.bn_forward_train(xs[i], gamma, beta, EPS, MOMENTUM, rm, rv),
                     k, label(variant, op))
     if op == "fused_fwd":
-        if variant == "cupy_curand":
+        if user:
             rand, running = user_rand(xp), {"mean": rm, "var": rv}
             return Case(lambda i: user_bn_relu_dropout(xp, xs[i], gamma, beta, EPS, MOMENTUM,
                                                        running, p, rand),

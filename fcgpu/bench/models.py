@@ -7,16 +7,22 @@ CIFAR-10's shape, and live on the variant's device: a pool of 10 batches, from w
 each step gathers a batch by a device-side index (as ``Solver`` does), then runs the
 forward pass, the backward pass and one Adam update of every parameter.
 
-Variants: ``numpy`` (fcgpu, NumPy arrays, Numba passes), ``numpy_ref`` (fcgpu, NumPy
-arrays, plain xp reference passes), ``cupy_unfused`` (fcgpu on CuPy with
-``fcgpu.fused.impl_for`` patched, in this worker process only, to return the
-reference: every fusable step runs as separate CuPy ops), ``fcgpu`` (fcgpu on CuPy,
-our kernels), ``torch_cpu`` / ``torch_cuda`` (the same net in PyTorch eager) and
-``torch_cpu_compile`` / ``torch_cuda_compile`` (``torch.compile`` of the model).
+Variants (:mod:`fcgpu.bench.variants`; the builders read a row's ``family``,
+``device``, ``impl``, ``graph`` and ``compile``): fcgpu on NumPy arrays (``numpy``:
+the Numba passes; ``numpy_ref``: the plain xp reference passes), fcgpu on CuPy
+(``fcgpu``: our kernels; ``fcgpu_graph``: the same step captured as a CUDA graph;
+``cupy_unfused``: every fusable step as the xp reference, separate CuPy ops), each
+step run inside ``fcgpu.fused.force_impl`` of the row's ``impl`` where it has one;
+the same net in PyTorch eager (``torch_cpu``, ``torch_cuda``) and compiled
+(``torch_cpu_compile``, ``torch_cuda_compile``: ``torch.compile`` of the model).
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
+
+from .variants import get as _variant, label as _label
 
 NETS = {
     "default": {"hidden": [500, 500, 500], "batch": 490},
@@ -29,19 +35,6 @@ KEEP_P = 0.8
 LR = 5e-3
 WEIGHT_SCALE = 4e-2
 POOL_BATCHES = 10
-
-VARIANTS = {
-    "numpy": ("cpu", "fcgpu NumPy path (Numba)"),
-    "numpy_ref": ("cpu", "fcgpu NumPy path, no Numba (reference passes)"),
-    "torch_cpu": ("cpu", "PyTorch CPU eager"),
-    "torch_cpu_compile": ("cpu", "PyTorch CPU torch.compile"),
-    "cupy_unfused": ("gpu", "fcgpu on CuPy, unfused (reference ops)"),
-    "fcgpu": ("gpu", "fcgpu on CuPy, fused kernels"),
-    "fcgpu_graph": ("gpu", "fcgpu fused, step captured as a CUDA graph"),
-    "torch_cuda": ("gpu", "PyTorch CUDA eager"),
-    "torch_cuda_compile": ("gpu", "PyTorch CUDA torch.compile"),
-}
-
 
 class TrainCase:
     """``steps(k)`` runs k training steps and waits for the device at the end."""
@@ -63,10 +56,10 @@ def build_fcgpu(variant, net):
     step, sync = parts["step"], parts["sync"]
     model = parts["model"]
     nparams = int(sum(int(np.prod(v.shape)) for v in model.params.values()))
-    if variant == "fcgpu_graph":
+    if _variant(variant).graph:
         step = _graphed_step(model, parts["configs"], parts["X"], parts["y"], parts["batch"],
                              parts["rng"])
-    return TrainCase(step, sync, VARIANTS[variant][1], {"params": nparams})
+    return TrainCase(step, sync, _label(variant, "train"), {"params": nparams})
 
 
 def gather(X, y, idx):
@@ -87,20 +80,17 @@ def fcgpu_parts(variant, net, augment="none", pad=4):
     :data:`NETS`, or a spec like its values): ``{"step", "sync", "model",
     "configs", "X", "y", "batch", "rng", "xp"}``. ``step()`` gathers a minibatch
     (:func:`gather`), runs ``model.loss`` and Adam on every parameter (``optim.adam``),
-    all looked up at call time so that the step profiler can time each. With
-    ``augment`` 'flip' or 'crop' the pool holds uint8 images and the step gathers with
-    :func:`augmented_gather` instead, as ``fcgpu train --augment`` does."""
+    all looked up at call time so that the step profiler can time each, inside
+    ``fcgpu.fused.force_impl`` of the variant's ``impl`` where it has one ('numba':
+    the compiled CPU passes; 'reference': the xp references, on CuPy separate CuPy
+    ops). With ``augment`` 'flip' or 'crop' the pool holds uint8 images and the step
+    gathers with :func:`augmented_gather` instead, as ``fcgpu train --augment`` does."""
     from .. import backend, fused, optim
     from ..fc_net import FullyConnectedNet
 
-    if variant in ("numpy", "numpy_ref"):
-        xp = backend.set_backend("numpy")
-        fused.use_compiled_cpu(variant == "numpy")
-    else:
-        xp = backend.set_backend("cupy")
-        if variant == "cupy_unfused":
-            # this worker process only: every fusable step takes the xp reference
-            fused.impl_for = lambda x: fused.reference
+    row = _variant(variant)
+    xp = backend.set_backend(row.family)
+    forced = (lambda: fused.force_impl(row.impl)) if row.impl else contextlib.nullcontext
     spec = NETS[net] if isinstance(net, str) else net
     batch = spec["batch"]
     model = FullyConnectedNet(spec["hidden"], input_dim=INPUT_DIM, num_classes=CLASSES,
@@ -134,10 +124,11 @@ def fcgpu_parts(variant, net, augment="none", pad=4):
                                 mean)
 
     def step():
-        loss, grads = model.loss(*minibatch())
-        params = model.params
-        for p, w in params.items():
-            params[p], configs[p] = optim.adam(w, grads[p], configs[p])
+        with forced():
+            loss, grads = model.loss(*minibatch())
+            params = model.params
+            for p, w in params.items():
+                params[p], configs[p] = optim.adam(w, grads[p], configs[p])
         return loss
 
     def sync():
@@ -169,7 +160,8 @@ def build_torch(variant, net, torch):
     import torch.nn as nn
     import torch.nn.functional as F
 
-    device = "cuda" if variant.startswith("torch_cuda") else "cpu"
+    row = _variant(variant)
+    device = "cuda" if row.device == "gpu" else "cpu"
     spec = NETS[net]
     batch = spec["batch"]
     torch.manual_seed(0)
@@ -188,7 +180,7 @@ def build_torch(variant, net, torch):
                 m.bias.zero_()
     model = model.to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=LR)
-    run = torch.compile(model) if variant.endswith("_compile") else model
+    run = torch.compile(model) if row.compile else model
     g = torch.Generator(device="cpu")
     g.manual_seed(0)
     pool = batch * POOL_BATCHES
@@ -215,4 +207,4 @@ def build_torch(variant, net, torch):
         def sync():
             pass
     nparams = int(sum(p.numel() for p in model.parameters()))
-    return TrainCase(step, sync, VARIANTS[variant][1], {"params": nparams})
+    return TrainCase(step, sync, _label(variant, "train"), {"params": nparams})

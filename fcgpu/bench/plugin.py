@@ -20,12 +20,9 @@ import pytest
 from . import kernels as _kernels
 from . import models as _models
 from . import schedule as _schedule
+from . import variants as _variants
 from .worker import Worker, WorkerGone
 
-KERNEL_VARIANTS = ["numpy_ref", "numba", "torch_cpu", "cupy_unfused", "cupy_curand", "fcgpu",
-                   "torch_cuda"]
-TRAIN_VARIANTS = ["numpy", "numpy_ref", "torch_cpu", "torch_cpu_compile", "cupy_unfused",
-                  "fcgpu", "fcgpu_graph", "torch_cuda", "torch_cuda_compile"]
 
 PARTS = ("all", "headline", "rest")
 # on a GPU, one pair of CUDA events brackets at least this many back-to-back calls, so
@@ -141,13 +138,13 @@ def kernel_cases(opts):
     cases = first + [c for c in every if c not in first]
     if part == "rest":
         cases = [(op, shape) for op, shape in cases
-                 if any(case_variant(opts, op, shape, v) for v in _kernels.VARIANTS)]
+                 if any(case_variant(opts, op, shape, v) for v in _variants.names("kernels"))]
     return cases
 
 
 def case_variant(opts, op, shape, variant):
     """Whether this run's part measures ``variant`` on kernel case ``(op, shape)``."""
-    if not _kernels.applicable(variant, op):
+    if not _variants.applicable(variant, op):
         return False
     part = getattr(opts, "part", "all")
     if part == "all":
@@ -169,6 +166,12 @@ def train_variant(opts, net, variant):
         return True
     head = variant in _schedule.headline_train_variants(net)
     return head if part == "headline" else not head
+
+
+def suite_variants(opts, suite):
+    """The variants whose workers a suite ('kernels' or 'train') starts in this run's
+    part, in the table's order (:mod:`fcgpu.bench.variants`)."""
+    return _part_variants(opts, _variants.names(suite), suite)
 
 
 def _part_variants(opts, variants, suite):
@@ -201,18 +204,18 @@ def _start(variants, opts):
     """Start one worker per variant (all at once, then wait for each hello)."""
     started = {}
     for v in variants:
-        if opts.quick and v == "numpy_ref" and (opts.only is None or v not in opts.only):
-            RECORD["variant_skips"][v] = ("not measured with --quick (the plain NumPy "
-                                          "reference; select it with --variants)")
+        row = _variants.get(v)
+        if opts.quick and not row.quick and (opts.only is None or v not in opts.only):
+            RECORD["variant_skips"][v] = ("not measured with --quick (a slow reference; "
+                                          "select it with --variants)")
             continue
-        if opts.quick and v.endswith("_compile"):
+        if opts.quick and row.compile:
             RECORD["variant_skips"][v] = "not measured with --quick (torch.compile takes minutes)"
             continue
         if opts.only is not None and v not in opts.only:
             RECORD["variant_skips"][v] = "not selected (--fcgpu-variants / --variants)"
             continue
-        device = (_kernels.VARIANTS.get(v) or _models.VARIANTS.get(v))[0]
-        if device == "gpu" and v.startswith(("cupy", "fcgpu")) and not opts.gpu:
+        if row.family == "cupy" and not opts.gpu:
             RECORD["variant_skips"][v] = "no GPU backend: %s" % opts.gpu_reason
             continue
         started[v] = Worker(v, wait=False)
@@ -262,14 +265,14 @@ def bench_opts(request):
 
 @pytest.fixture(scope="module")
 def kernel_workers(bench_opts):
-    pool = _start(_part_variants(bench_opts, KERNEL_VARIANTS, "kernels"), bench_opts)
+    pool = _start(suite_variants(bench_opts, "kernels"), bench_opts)
     yield pool
     _close(pool)
 
 
 @pytest.fixture(scope="module")
 def train_workers(bench_opts):
-    pool = _start(_part_variants(bench_opts, TRAIN_VARIANTS, "train"), bench_opts)
+    pool = _start(suite_variants(bench_opts, "train"), bench_opts)
     yield pool
     _close(pool)
 
@@ -384,7 +387,7 @@ def measure_kernel_case(benchmark, pool, opts, op, shape):
     for v in list(pool):
         if not case_variant(opts, op, shape, v):
             continue
-        if opts.quick and _kernels.VARIANTS[v][0] == "cpu" and \
+        if opts.quick and _variants.get(v).device == "cpu" and \
                 _kernels.elements(op, shape) > QUICK_CPU_MAX:
             skipped[v] = "CPU variants stop at 2^24 elements with --quick"
             continue
@@ -426,7 +429,7 @@ def measure_kernel_case(benchmark, pool, opts, op, shape):
                                                                 for kv in skipped.items())))
     rounds = 6 if opts.quick else 10
     chunks = _plan(est, opts.kernel_budget(), rounds, 500,
-                   {v: MIN_GPU_CALLS for v in est if _kernels.VARIANTS[v][0] == "gpu"})
+                   {v: MIN_GPU_CALLS for v in est if _variants.get(v).device == "gpu"})
     rounds = _fit_rounds(opts, rounds, sum(chunks[v] * est[v] for v in active))
     data, failed = run_interleaved(
         benchmark, {v: (active[v], chunks[v]) for v in active},
@@ -442,7 +445,7 @@ def measure_kernel_case(benchmark, pool, opts, op, shape):
         hs, ds = _stats(host), _stats(dev)
         t = ds.get("median") or hs["median"]
         case["measurements"][v] = {
-            "label": labels[v], "device": _kernels.VARIANTS[v][0], "rotate": rot[v],
+            "label": labels[v], "device": _variants.get(v).device, "rotate": rot[v],
             "calls_per_chunk": chunks[v], "host": hs, "device_time": ds or None,
             "time_s": t, "timer": "cuda_events" if ds else "host_clock",
             "gbps": nbytes / t / 1e9 if t > 0 else None,
@@ -468,7 +471,7 @@ def measure_train_case(benchmark, pool, opts, net):
         if w is None:
             skipped[v] = pool[v].skip or "its worker died in an earlier case and did not restart"
             continue
-        if v.endswith("_compile"):
+        if _variants.get(v).compile:
             if opts.quick:
                 skipped[v] = "not measured with --quick (torch.compile takes minutes)"
                 continue
@@ -516,7 +519,7 @@ def measure_train_case(benchmark, pool, opts, net):
             continue
         st = _stats(per_step)
         m = dict(info[v])
-        m.update({"device": _models.VARIANTS[v][0], "steps_per_chunk": chunks[v],
+        m.update({"device": _variants.get(v).device, "steps_per_chunk": chunks[v],
                   "step_s": st, "samples_per_s": batch / st["median"],
                   "steps": chunks[v] * len(per_step)})
         case["measurements"][v] = m

@@ -29,7 +29,7 @@ import datetime as _dt
 
 from ..errors import DataError
 from . import RESULTS_FORMAT
-from .kernels import VARIANTS as KVARIANTS
+from . import variants
 from .kernels import shape_label
 
 BIG_FLAT = 1 << 26
@@ -130,7 +130,7 @@ def _fused_summary(kernels, kskips, variant_skips, kernels_ran, summary, notes, 
     (what a CuPy user writes) over fcgpu's; the *_ref emulation's ratio goes to the
     details (``fused_vs_ref_<shape>``)."""
     ratios = {}
-    details["fused_vs_unfused_baseline"] = KVARIANTS[FUSED_BASELINE][1]
+    details["fused_vs_unfused_baseline"] = variants.label(FUSED_BASELINE)
     for shape in FUSED_SHAPES:
         name = "x".join(map(str, shape))
         f = _find(kernels, op="fused_fwd", variant="fcgpu", shape=shape)
@@ -357,6 +357,6 @@ def build_results(raw_list, experiments=None, machine=None, settings=None, profi
         "summary": summary,
         "summary_notes": notes,
         "summary_details": details,
-        "variant_labels": {v: lab for v, (_, lab) in KVARIANTS.items()},
+        "variant_labels": {v: variants.label(v) for v in variants.names("kernels")},
         "suggested_dir": results_dir_name(machine) if machine else None,
     }

@@ -34,20 +34,7 @@ import time
 import traceback
 
 from .child import Child, ChildGone, protocol_out, send
-
-
-def _family(variant):
-    if variant.startswith("torch"):
-        return "torch"
-    if variant in ("cupy_unfused", "cupy_curand", "fcgpu", "fcgpu_graph"):
-        return "cupy"
-    return "numpy"
-
-
-def _device_kind(variant):
-    if variant in ("numpy_ref", "numba", "numpy", "torch_cpu", "torch_cpu_compile"):
-        return "cpu"
-    return "gpu"
+from .variants import VARIANTS
 
 
 def cpu_llc_bytes():
@@ -94,8 +81,9 @@ def _gpu_l2_bytes(cp, default=50 << 20):
 class _Server:
     def __init__(self, variant):
         self.variant = variant
-        self.family = _family(variant)
-        self.kind = _device_kind(variant)
+        self.row = VARIANTS.get(variant)
+        self.family = self.row.family if self.row else None
+        self.kind = self.row.device if self.row else None
         self.case = None
         self.train = None
         self.torch = None
@@ -104,8 +92,7 @@ class _Server:
 
     # ------------------------------------------------------------- hello
     def hello(self, req):
-        from . import kernels, models
-        if self.variant not in kernels.VARIANTS and self.variant not in models.VARIANTS:
+        if self.row is None:
             return {"ok": False, "skip": "unknown variant %r" % self.variant}
         threads = {}
         info = {"ok": True, "variant": self.variant, "device_kind": self.kind,
@@ -128,7 +115,7 @@ class _Server:
                 props = torch.cuda.get_device_properties(0)
                 info["cache_bytes"] = int(getattr(props, "L2_cache_size", 50 << 20))
                 info["cuda"] = torch.version.cuda
-            if self.variant.endswith("_compile"):
+            if self.row.compile:
                 if not hasattr(torch, "compile"):
                     return {"ok": False, "skip": "torch.compile is not available"}
         elif self.family == "cupy":
@@ -141,7 +128,7 @@ class _Server:
             info["device"] = backend.device_name(cp)
             info["cupy"] = cp.__version__
             info["cache_bytes"] = _gpu_l2_bytes(cp)
-            if self.variant == "fcgpu_graph":
+            if self.row.graph:
                 try:
                     from ..cuda import graph  # noqa: F401
                 except ImportError as exc:

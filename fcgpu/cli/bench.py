@@ -192,12 +192,11 @@ def _check_args(args):
             from None
     _course_names(args)
     if args.variants:
-        from ..bench.kernels import VARIANTS as KV
-        from ..bench.models import VARIANTS as TV
-        bad = [v for v in args.variants.split(",") if v.strip() not in set(KV) | set(TV)]
+        from ..bench.variants import VARIANTS
+        bad = [v for v in args.variants.split(",") if v.strip() not in VARIANTS]
         if bad:
             raise ConfigError("--variants: unknown variant %s; choose from %s"
-                              % (", ".join(bad), ", ".join(dict.fromkeys(list(KV) + list(TV)))))
+                              % (", ".join(bad), ", ".join(VARIANTS)))
     if args.part != "all":
         from .. import backend
         ok, why = backend.cupy_status()

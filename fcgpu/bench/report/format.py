@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import math
 
-from ..kernels import OWN_LABEL_OPS, VARIANTS as KVARIANTS
+from .. import variants as _variants
+from ..kernels import OWN_LABEL_OPS
 
 
-KERNEL_ORDER = ["numpy_ref", "numba", "torch_cpu", "cupy_unfused", "cupy_curand", "fcgpu",
-                "torch_cuda"]
-TRAIN_ORDER = ["numpy_ref", "numpy", "torch_cpu", "torch_cpu_compile", "cupy_unfused",
-               "fcgpu", "fcgpu_graph", "torch_cuda", "torch_cuda_compile"]
+
+def in_order(present, suite):
+    """The variants of ``present`` in the order the report lists them: the table's
+    (:mod:`fcgpu.bench.variants`) for ``suite``, then any the table lacks (results of
+    another fcgpu), by name."""
+    present = set(present)
+    known = _variants.names(suite)
+    return [v for v in known if v in present] + sorted(present - set(known))
 
 
 def fmt_time(s):
@@ -73,4 +78,4 @@ def variant_label(res, v, op=None):
     for r in res.get("kernels") or []:
         if r["variant"] == v and (r["op"] == op if op else r["op"] not in OWN_LABEL_OPS):
             return r["label"]
-    return KVARIANTS.get(v, (None, v))[1]
+    return _variants.label(v)

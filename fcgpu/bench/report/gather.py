@@ -2,9 +2,9 @@
 and what the augmentation costs (ops ``augment`` and ``gather``, :mod:`..gather`)."""
 from __future__ import annotations
 
+from .. import variants as _variants
 from ..gather import LABELS, OPS, PAD
-from ..kernels import VARIANTS as KVARIANTS, applicable
-from .format import KERNEL_ORDER, fmt_frac, fmt_num, fmt_ratio, fmt_time, table
+from .format import fmt_frac, in_order, fmt_num, fmt_ratio, fmt_time, table
 
 OP_SHORT = {"augment": "augmenting (crop, pad %d)" % PAD, "gather": "plain"}
 # (augmenting variant, plain variant, column): time of the first over the second's
@@ -60,17 +60,17 @@ def gather_section(results, names):
         rows = gather_rows(res)
         if not rows:
             continue
-        variants = [v for v in KERNEL_ORDER if any(r["variant"] == v for r in rows)]
+        variants = in_order({r["variant"] for r in rows}, "kernels")
         batches = sorted({r["shape"][0] for r in rows})
         speed, times = [], []
         for b in batches:
             for op in OPS:
                 head = [str(b), OP_SHORT[op]]
-                speed.append(head + [_cell(_find(rows, op, b, v), applicable(v, op),
+                speed.append(head + [_cell(_find(rows, op, b, v), _variants.applicable(v, op),
                                            lambda r: "%s (%s)" % (fmt_num(r["gbps"]),
                                                                   fmt_frac(r.get("bw_frac"))))
                                      for v in variants])
-                times.append(head + [_cell(_find(rows, op, b, v), applicable(v, op),
+                times.append(head + [_cell(_find(rows, op, b, v), _variants.applicable(v, op),
                                            lambda r: fmt_time(r["time_s"])) for v in variants])
         cols = [c for c in COSTS if any(_ratio(_time(rows, "augment", b, c[0]),
                                                _time(rows, "gather", b, c[1]))
@@ -78,7 +78,7 @@ def gather_section(results, names):
         cost = [[str(b)] + [fmt_ratio(_ratio(_time(rows, "augment", b, a),
                                              _time(rows, "gather", b, p)))
                             for a, p, _ in cols] for b in batches]
-        head = ["Batch", "Gather"] + [KVARIANTS[v][1] for v in variants]
+        head = ["Batch", "Gather"] + [_variants.label(v) for v in variants]
         align = ["r", "l"] + ["r"] * len(variants)
         if multi:
             body += ["*%s*" % name, ""]

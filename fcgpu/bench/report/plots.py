@@ -5,23 +5,11 @@ from __future__ import annotations
 import math
 
 from ...atomic import atomic_save_figure
-from ..kernels import GATHER_OPS, OP_TITLES, ROW_OPS, VARIANTS as KVARIANTS
-from .format import KERNEL_ORDER, TRAIN_ORDER, fmt_num, variant_label
+from .. import variants as _variants
+from ..kernels import GATHER_OPS, OP_TITLES, ROW_OPS
+from .format import fmt_num, in_order, variant_label
 
-
-TRAIN_SHORT = {
-    "numpy": "NumPy path (Numba)", "numpy_ref": "NumPy path, no Numba",
-    "torch_cpu": "PyTorch CPU eager", "torch_cpu_compile": "PyTorch CPU compile",
-    "cupy_unfused": "CuPy unfused", "fcgpu": "fcgpu fused (GPU)",
-    "fcgpu_graph": "fcgpu + CUDA graph", "torch_cuda": "PyTorch CUDA eager",
-    "torch_cuda_compile": "PyTorch CUDA compile",
-}
-COLORS = {
-    "numpy_ref": "#9e9e9e", "numba": "#1f77b4", "numpy": "#1f77b4", "torch_cpu": "#ff7f0e",
-    "torch_cpu_compile": "#ffbb78", "cupy_unfused": "#8c564b", "cupy_curand": "#c49c94",
-    "fcgpu": "#2ca02c", "fcgpu_graph": "#98df8a", "torch_cuda": "#d62728",
-    "torch_cuda_compile": "#ff9896", "copy": "#000000",
-}
+COPY_COLOR = "#000000"  # the copy reference's line; the variants' colours are the table's
 
 
 def _plt():
@@ -62,7 +50,7 @@ def plot_dropout(results, names, path, frac=False):
                 ax.plot([p[0] for p in pts], [p[1] for p in pts],
                         linestyle=":" if is_copy else styles[i % len(styles)],
                         marker="" if is_copy else "o", ms=3.5, lw=1.6,
-                        color=COLORS.get("copy" if is_copy else v, None), label=lab)
+                        color=COPY_COLOR if is_copy else _variants.color(v), label=lab)
                 any_line = True
         ax.set_xscale("log", base=2)
         ax.set_xlabel("elements (fp32)")
@@ -94,13 +82,13 @@ def plot_dropout(results, names, path, frac=False):
 def _bar_groups(groups, title, path):
     """Grouped bars of GB/s: ``groups`` = [(x label, {variant: GB/s})], log scale."""
     plt = _plt()
-    variants = [v for v in KERNEL_ORDER if any(v in g[1] for g in groups)]
+    variants = in_order({v for g in groups for v in g[1]}, "kernels")
     fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(groups) + 2), 4.8))
     width = 0.8 / max(len(variants), 1)
     for j, v in enumerate(variants):
         xs = [i + (j - (len(variants) - 1) / 2) * width for i in range(len(groups))]
         ys = [g[1].get(v, 0) or 0 for g in groups]
-        ax.bar(xs, ys, width=width, color=COLORS.get(v), label=KVARIANTS[v][1])
+        ax.bar(xs, ys, width=width, color=_variants.color(v), label=_variants.label(v))
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([g[0] for g in groups], fontsize=8)
     ax.set_yscale("log")
@@ -162,12 +150,12 @@ def plot_train(results, names, path):
     for net in nets:
         bars = []
         for res, name in zip(results, names):
-            for v in TRAIN_ORDER:
+            for v in in_order({r["variant"] for r in res.get("train") or []}, "train"):
                 r = next((r for r in res.get("train") or []
                           if r["net"] == net and r["variant"] == v), None)
                 if r:
-                    lab = TRAIN_SHORT.get(v, v) + (" — " + name if multi else "")
-                    bars.append((lab, r["samples_per_s"], COLORS.get(v), r))
+                    lab = _variants.short(v) + (" — " + name if multi else "")
+                    bars.append((lab, r["samples_per_s"], _variants.color(v), r))
         per_net[net] = bars[::-1]
     heights = [0.9 + 0.38 * len(b) for b in per_net.values()]
     fig, axes = plt.subplots(len(nets), 1, figsize=(9, sum(heights) + 0.4),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
-from ..kernels import OP_TITLES, ROW_OPS, VARIANTS as KVARIANTS
-from ..models import VARIANTS as TVARIANTS
-from .format import (KERNEL_ORDER, TRAIN_ORDER, fmt_frac, fmt_num, fmt_ratio, fmt_time, pow2,
+from .. import variants as _variants
+from ..kernels import OP_TITLES, ROW_OPS
+from .format import (fmt_frac, in_order, fmt_num, fmt_ratio, fmt_time, pow2,
                      table, variant_label)
 from .gather import gather_section
 
@@ -113,7 +113,7 @@ def kernel_section(results, names):
             rows_k = [r for r in res.get("kernels") or [] if r["op"] == op]
             if not rows_k:
                 continue
-            variants = [v for v in KERNEL_ORDER if any(r["variant"] == v for r in rows_k)]
+            variants = in_order({r["variant"] for r in rows_k}, "kernels")
             sizes = sorted({r["n"] for r in rows_k})
             body, tbody = [], []
             for n in sizes:
@@ -136,7 +136,7 @@ def kernel_section(results, names):
         rows_k = [r for r in res.get("kernels") or [] if r["op"] in ROW_OPS]
         if not rows_k:
             continue
-        variants = [v for v in KERNEL_ORDER if any(r["variant"] == v for r in rows_k)]
+        variants = in_order({r["variant"] for r in rows_k}, "kernels")
         body = []
         for op in ROW_OPS:
             for shape in sorted({tuple(r["shape"]) for r in rows_k if r["op"] == op}):
@@ -185,7 +185,7 @@ def skipped_section(results, names, kind):
     for res, name in zip(results, names):
         prefix = "%s: " % name if len(results) > 1 else ""
         vs = res.get("variant_skips") or {}
-        relevant = KVARIANTS if kind == "kernel" else TVARIANTS
+        relevant = _variants.names("kernels" if kind == "kernel" else "train")
         for v, why in vs.items():
             if v in relevant:
                 lines.append("- %s`%s` did not run at all: %s" % (prefix, v, why))
@@ -216,10 +216,11 @@ def train_section(results, names):
             sub = [r for r in tr if r["net"] == net]
             if not sub:
                 continue
-            ref = {dev: next((r["samples_per_s"] for r in sub if r["variant"] == v), None)
-                   for dev, v in (("cpu", "torch_cpu"), ("gpu", "torch_cuda"))}
+            ref = {dev: next((r["samples_per_s"] for r in sub
+                              if r["variant"] == _variants.baseline(dev)), None)
+                   for dev in ("cpu", "gpu")}
             npy = next((r["samples_per_s"] for r in sub if r["variant"] == "numpy"), None)
-            for v in TRAIN_ORDER:
+            for v in in_order({r["variant"] for r in sub}, "train"):
                 r = next((r for r in sub if r["variant"] == v), None)
                 if r is None:
                     continue
@@ -227,7 +228,7 @@ def train_section(results, names):
                 base = ref.get(r["device"])
                 rows.append(([name] if multi else []) + [
                     "%s (%s)" % (net, "×".join(map(str, r["hidden"][:1])) + " × %d" % len(r["hidden"])),
-                    r.get("label") or TVARIANTS.get(v, (None, v))[1], r["device"].upper(),
+                    r.get("label") or _variants.label(v, "train"), r["device"].upper(),
                     "**%s**" % fmt_num(r["samples_per_s"]),
                     "%s [%s–%s]" % (fmt_time(st.get("median")), fmt_time(st.get("q1")),
                                     fmt_time(st.get("q3"))),
