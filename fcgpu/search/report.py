@@ -40,91 +40,106 @@ RECIPE_COLUMNS = [("augment", "augment"), ("pad", "pad"), ("label_smoothing", "s
 def write_report(study, folder, storage_url=None, top=10):
     """``report.md`` (best trials, failures, retrain command), ``trials.csv`` and
     Optuna's standard plots as PNG in ``folder``. Returns the Markdown file's path."""
-    import csv
-    import io
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
         raise StorageError("cannot write the report to %s: %s"
                            % (folder, exc.strerror or exc)) from exc
     trials = study.get_trials(deepcopy=False)
-    counts = count_states(trials)
     complete = sorted((t for t in trials if t.state.name == "COMPLETE"),
                       key=lambda t: t.value, reverse=True)
     lines = ["# fcgpu search: study `%s`" % study.study_name, ""]
     if storage_url:
         lines += ["Storage: `%s`" % mask_url(storage_url), ""]
-    lines += ["%d trials: %s." % (len(trials), counts_text(counts) or "none"), ""]
-    lines += ["## Best trials", ""]
-    if complete:
-        from ..train import TrainConfig
-        course = TrainConfig().to_dict()  # what a trial's config leaves out
-        configs = [t.user_attrs.get("config") or {} for t in complete[:top]]
-        # the recipe's other settings, as columns where some trial sets them
-        extra = [(k, head) for k, head in RECIPE_COLUMNS
-                 if any(c.get(k, course.get(k)) != course.get(k) for c in configs)]
-        lines += ["| rank | trial | val acc | train acc | hidden | keep | lr | reg | "
-                  "weight scale | batch | " + "".join(h + " | " for _, h in extra)
-                  + "epochs | time (s) | worker |",
-                  "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|" + "---|" * len(extra)
-                  + "---:|---:|---|"]
-        for rank, (t, c) in enumerate(zip(complete[:top], configs), 1):
-            tr = (t.user_attrs.get("metrics") or {}).get("train_acc")
-            cells = [str(rank), str(t.number), "%.4f" % t.value,
-                     "%.4f" % tr if tr is not None else "",
-                     "x".join(str(h) for h in c.get("hidden_dims", [])),
-                     fmt_value(c.get("dropout", "")), fmt_value(c.get("learning_rate", "")),
-                     fmt_value(c.get("reg", "")), fmt_value(c.get("weight_scale", "")),
-                     str(c.get("batch_size", ""))]
-            cells += [fmt_value(c.get(k, course.get(k))) for k, _ in extra]
-            cells += [str(len(t.intermediate_values)),
-                      "%.1f" % (t.duration.total_seconds() if t.duration else float("nan")),
-                      t.user_attrs.get("worker", "")]
-            lines.append("| " + " | ".join(cells) + " |")
-        cfg = complete[0].user_attrs.get("config")
-        if cfg:
-            lines += ["", "Retrain the best trial:", "", "```", retrain_command(cfg), "```"]
-    else:
-        lines.append("No completed trial yet.")
+    lines += ["%d trials: %s." % (len(trials), counts_text(count_states(trials)) or "none"),
+              ""]
+    lines += ["## Best trials", ""] + _best_trials(complete[:top])
     failed = [t for t in trials if t.state.name == "FAIL"]
     if failed:
         lines += ["", "## Failed trials", "", "| trial | reason |", "|---:|---|"]
         for t in failed:
             lines.append("| %d | %s |" % (t.number, fail_reason(t).replace("|", "\\|")))
+    lines += ["", "## Plots", ""] + _plots(study, folder, trials, complete)
+    _write_csv(trials, os.path.join(folder, "trials.csv"))
+    lines += ["All trials: [trials.csv](trials.csv).", ""]
+    path = os.path.join(folder, "report.md")
+    atomic_write_bytes("\n".join(lines).encode(), path)
+    return path
 
-    lines += ["", "## Plots", ""]
+
+def _best_trials(best):
+    """The Markdown table of the ``best`` completed trials (best first) and the command
+    that retrains the first; a line saying so when there is none."""
+    if not best:
+        return ["No completed trial yet."]
+    from ..train import TrainConfig
+    course = TrainConfig().to_dict()  # what a trial's config leaves out
+    configs = [t.user_attrs.get("config") or {} for t in best]
+    # the recipe's other settings, as columns where some trial sets them
+    extra = [(k, head) for k, head in RECIPE_COLUMNS
+             if any(c.get(k, course.get(k)) != course.get(k) for c in configs)]
+    lines = ["| rank | trial | val acc | train acc | hidden | keep | lr | reg | "
+             "weight scale | batch | " + "".join(h + " | " for _, h in extra)
+             + "epochs | time (s) | worker |",
+             "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|" + "---|" * len(extra)
+             + "---:|---:|---|"]
+    for rank, (t, c) in enumerate(zip(best, configs), 1):
+        tr = (t.user_attrs.get("metrics") or {}).get("train_acc")
+        cells = [str(rank), str(t.number), "%.4f" % t.value,
+                 "%.4f" % tr if tr is not None else "",
+                 "x".join(str(h) for h in c.get("hidden_dims", [])),
+                 fmt_value(c.get("dropout", "")), fmt_value(c.get("learning_rate", "")),
+                 fmt_value(c.get("reg", "")), fmt_value(c.get("weight_scale", "")),
+                 str(c.get("batch_size", ""))]
+        cells += [fmt_value(c.get(k, course.get(k))) for k, _ in extra]
+        cells += [str(len(t.intermediate_values)),
+                  "%.1f" % (t.duration.total_seconds() if t.duration else float("nan")),
+                  t.user_attrs.get("worker", "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    cfg = best[0].user_attrs.get("config")
+    if cfg:
+        lines += ["", "Retrain the best trial:", "", "```", retrain_command(cfg), "```"]
+    return lines
+
+
+def _plots(study, folder, trials, complete):
+    """Optuna's plots as PNG in ``folder``; the Markdown lines that show each, or say
+    why it was not drawn."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import optuna.visualization.matplotlib as ovm
-        have_mpl = True
     except ImportError as exc:
-        have_mpl = False
-        lines.append("No plots: matplotlib is not installed (%s)." % exc)
-    if have_mpl:
-        plots = [("optimization_history.png", "Optimization history",
-                  None if complete else "it needs at least 1 completed trial",
-                  lambda: ovm.plot_optimization_history(study, target_name="val acc")),
-                 ("param_importances.png", "Parameter importances", _importance_blocker(study),
-                  lambda: ovm.plot_param_importances(study)),
-                 ("intermediate_values.png", "Validation accuracy per epoch",
-                  None if any(t.intermediate_values for t in trials)
-                  else "no trial has reported an epoch yet",
-                  lambda: ovm.plot_intermediate_values(study))]
-        for fname, title, blocker, make in plots:
-            if blocker is None:
-                try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        _save_fig(make(), os.path.join(folder, fname))
-                except Exception as exc:
-                    blocker = "plotting failed: %s: %s" % (type(exc).__name__, exc)
-            if blocker is None:
-                lines += ["### %s" % title, "", "![%s](%s)" % (title, fname), ""]
-            else:
-                lines += ["### %s" % title, "", "Not drawn: %s." % blocker, ""]
+        return ["No plots: matplotlib is not installed (%s)." % exc]
+    plots = [("optimization_history.png", "Optimization history",
+              None if complete else "it needs at least 1 completed trial",
+              lambda: ovm.plot_optimization_history(study, target_name="val acc")),
+             ("param_importances.png", "Parameter importances", _importance_blocker(study),
+              lambda: ovm.plot_param_importances(study)),
+             ("intermediate_values.png", "Validation accuracy per epoch",
+              None if any(t.intermediate_values for t in trials)
+              else "no trial has reported an epoch yet",
+              lambda: ovm.plot_intermediate_values(study))]
+    lines = []
+    for fname, title, blocker, make in plots:
+        if blocker is None:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    _save_fig(make(), os.path.join(folder, fname))
+            except Exception as exc:
+                blocker = "plotting failed: %s: %s" % (type(exc).__name__, exc)
+        if blocker is None:
+            lines += ["### %s" % title, "", "![%s](%s)" % (title, fname), ""]
+        else:
+            lines += ["### %s" % title, "", "Not drawn: %s." % blocker, ""]
+    return lines
 
-    # every trial as CSV (no pandas needed)
+
+def _write_csv(trials, path):
+    """Every trial as a CSV row (no pandas needed)."""
+    import csv
+    import io
     names = sorted({p for t in trials for p in t.params})
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -136,8 +151,4 @@ def write_report(study, folder, storage_url=None, top=10):
                     *[t.params.get(n, "") for n in names], len(t.intermediate_values),
                     t.user_attrs.get("worker", ""),
                     fail_reason(t) if t.state.name == "FAIL" else ""])
-    atomic_write_bytes(buf.getvalue().encode(), os.path.join(folder, "trials.csv"))
-    lines += ["All trials: [trials.csv](trials.csv).", ""]
-    path = os.path.join(folder, "report.md")
-    atomic_write_bytes("\n".join(lines).encode(), path)
-    return path
+    atomic_write_bytes(buf.getvalue().encode(), path)
