@@ -7,6 +7,7 @@ import numpy as np
 
 from . import layer_utils, layers
 from .backend import get_xp, to_backend
+from .errors import CheckpointError, ConfigError, DataError
 from .layer_utils import *  # noqa: F401,F403  (the course's fc_net re-exports the layers)
 from .layer_utils import (affine_bn_relu_dropout_backward, affine_bn_relu_dropout_forward,
                           affine_relu_backward, affine_relu_dropout_backward,
@@ -14,6 +15,7 @@ from .layer_utils import (affine_bn_relu_dropout_backward, affine_bn_relu_dropou
 from .layers import *  # noqa: F401,F403
 from .layers import affine_backward, affine_forward, softmax_loss
 from .random import DeviceStream
+from .setting_spec import DROPOUT, LABEL_SMOOTHING
 
 # `from fcgpu.fc_net import *` gives the notebook the layers too, as the course's did
 __all__ = ["FullyConnectedNet"] + layers.__all__ + layer_utils.__all__
@@ -40,22 +42,18 @@ class FullyConnectedNet:
                  seed=None, fresh_masks=None, xp=None, label_smoothing=0.0):
         hidden_dims = [int(h) for h in hidden_dims]
         if any(h < 1 for h in hidden_dims) or input_dim < 1 or num_classes < 1:
-            raise ValueError("FullyConnectedNet: layer sizes must be positive, got "
-                             "input_dim=%r hidden_dims=%r num_classes=%r"
-                             % (input_dim, hidden_dims, num_classes))
-        if not 0 <= dropout <= 1:
-            raise ValueError("FullyConnectedNet: dropout is the keep probability, in [0, 1] "
-                             "(0 or 1 means no dropout), got %r" % (dropout,))
+            raise ConfigError("FullyConnectedNet: layer sizes must be positive, got "
+                              "input_dim=%r hidden_dims=%r num_classes=%r"
+                              % (input_dim, hidden_dims, num_classes))
+        DROPOUT.check(dropout, "FullyConnectedNet: dropout (0 or 1: none)")
         if np.dtype(dtype) not in (np.float32, np.float64):
-            raise ValueError("FullyConnectedNet: dtype must be float32 or float64, got %r"
-                             % (dtype,))
+            raise ConfigError("FullyConnectedNet: dtype must be float32 or float64, got %r"
+                              % (dtype,))
         self.xp = get_xp() if xp is None else xp
         self.use_batchnorm = bool(use_batchnorm)
         self.use_dropout = dropout not in (0, 1)
         self.reg = reg
-        if not 0 <= label_smoothing < 1:
-            raise ValueError("FullyConnectedNet: label_smoothing must be in [0, 1), got %r"
-                             % (label_smoothing,))
+        LABEL_SMOOTHING.check(label_smoothing, "FullyConnectedNet: label_smoothing")
         self.label_smoothing = float(label_smoothing)
         self.num_layers = 1 + len(hidden_dims)
         self.dtype = np.dtype(dtype)
@@ -171,10 +169,10 @@ class FullyConnectedNet:
         xp = self.xp
         shape = getattr(X, "shape", None)
         if shape is None or len(shape) < 2 or int(np.prod(shape[1:])) != self.input_dim:
-            raise ValueError("predict_proba: X must be (N, ...) with %d features per row, got "
-                             "shape %s" % (self.input_dim, shape))
+            raise DataError("predict_proba: X must be (N, ...) with %d features per row, got "
+                            "shape %s" % (self.input_dim, shape))
         if int(batch_size) < 1:
-            raise ValueError("predict_proba: batch_size must be >= 1, got %r" % (batch_size,))
+            raise ConfigError("predict_proba: batch_size must be >= 1, got %r" % (batch_size,))
         n, batch_size = shape[0], int(batch_size)
         out = xp.empty((n, self.num_classes), self.dtype)
         for start in range(0, n, batch_size):
@@ -200,8 +198,8 @@ class FullyConnectedNet:
     def load_state_dict(self, state):
         for k, v in state["params"].items():
             if k not in self.params or self.params[k].shape != v.shape:
-                raise ValueError("checkpoint parameter %s of shape %s does not fit this net"
-                                 % (k, getattr(v, "shape", None)))
+                raise CheckpointError("checkpoint parameter %s of shape %s does not fit this "
+                                      "net" % (k, getattr(v, "shape", None)))
             self.params[k] = to_backend(v, self.xp, self.dtype)
         self.bn_params = [{k: (to_backend(v, self.xp, self.dtype) if hasattr(v, "shape") else v)
                            for k, v in bp.items()} for bp in state["bn_params"]]

@@ -5,7 +5,8 @@ step ``step`` (0-based; ``step == total_steps`` is allowed and gives the end poi
 of a run of ``total_steps`` steps:
 
 * ``'step'`` (:func:`step_lr`): the course's schedule, ``base_lr`` multiplied by
-  ``lr_decay`` after every epoch, exactly as the Solver does it (the same floats);
+  ``lr_decay`` after every epoch (:func:`step_decay`, which the Solver applies after
+  each epoch: one implementation, the same floats);
 * ``'cosine'`` (:func:`cosine_lr`): optional linear warmup, then cosine annealing
   from ``base_lr`` to ``min_lr``;
 * ``'onecycle'`` (:func:`onecycle_lr`): warmup (linear or cosine) from
@@ -22,7 +23,10 @@ import numbers
 
 import numpy as np
 
-__all__ = ["SCHEDULES", "step_lr", "cosine_lr", "onecycle_lr", "lr_at", "lr_table"]
+from .errors import ConfigError
+
+__all__ = ["SCHEDULES", "step_decay", "step_lr", "cosine_lr", "onecycle_lr", "lr_at",
+           "lr_table"]
 
 SCHEDULES = ("step", "cosine", "onecycle")
 _SHAPES = ("linear", "cos")
@@ -41,26 +45,26 @@ def _real(value, what):
         raise TypeError("%s must be a number, got %r" % (what, value))
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError("%s must be finite, got %r" % (what, value))
+        raise ConfigError("%s must be finite, got %r" % (what, value))
     return value
 
 
 def _run(step, total_steps, base_lr):
     total = _int(total_steps, "total_steps")
     if total < 1:
-        raise ValueError("total_steps must be >= 1, got %d" % total)
+        raise ConfigError("total_steps must be >= 1, got %d" % total)
     step = _int(step, "step")
     if not 0 <= step <= total:
-        raise ValueError("step must be in [0, total_steps] = [0, %d], got %d" % (total, step))
+        raise ConfigError("step must be in [0, total_steps] = [0, %d], got %d" % (total, step))
     base = _real(base_lr, "base_lr")
     if base <= 0:
-        raise ValueError("base_lr must be > 0, got %r" % base)
+        raise ConfigError("base_lr must be > 0, got %r" % base)
     return step, total, base
 
 
 def _shape(name, what):
     if name not in _SHAPES:
-        raise ValueError("%s must be 'linear' or 'cos', got %r" % (what, name))
+        raise ConfigError("%s must be 'linear' or 'cos', got %r" % (what, name))
     return name
 
 
@@ -71,20 +75,31 @@ def _ramp(t, shape):
 
 # ----------------------------------------------------------------- schedules
 
-def step_lr(step, total_steps, base_lr, steps_per_epoch, lr_decay=1.0):
-    """``base_lr`` multiplied by ``lr_decay`` once per finished epoch of
-    ``steps_per_epoch`` steps, one multiplication after another as the course's
-    Solver does (so the result is the Solver's float, not ``base * decay**e``)."""
-    step, _, lr = _run(step, total_steps, base_lr)
+def step_decay(lr, lr_decay, epochs=1):
+    """``lr`` multiplied by ``lr_decay`` ``epochs`` times, one multiplication after
+    another: the course's per-epoch decay (the Solver's float after each epoch, not
+    ``lr * lr_decay**epochs``). No checks: the Solver's arguments were checked."""
+    for _ in range(epochs):
+        lr *= lr_decay
+    return lr
+
+
+def _step_args(steps_per_epoch, lr_decay):
     spe = _int(steps_per_epoch, "steps_per_epoch")
     if spe < 1:
-        raise ValueError("steps_per_epoch must be >= 1, got %d" % spe)
+        raise ConfigError("steps_per_epoch must be >= 1, got %d" % spe)
     decay = _real(lr_decay, "lr_decay")
     if decay <= 0:
-        raise ValueError("lr_decay must be > 0, got %r" % decay)
-    for _ in range(step // spe):
-        lr *= decay
-    return lr
+        raise ConfigError("lr_decay must be > 0, got %r" % decay)
+    return spe, decay
+
+
+def step_lr(step, total_steps, base_lr, steps_per_epoch, lr_decay=1.0):
+    """``base_lr`` after the :func:`step_decay` of each finished epoch of
+    ``steps_per_epoch`` steps (the rate the Solver trains step ``step`` with)."""
+    step, _, lr = _run(step, total_steps, base_lr)
+    spe, decay = _step_args(steps_per_epoch, lr_decay)
+    return step_decay(lr, decay, step // spe)
 
 
 def cosine_lr(step, total_steps, base_lr, warmup_steps=0, min_lr=0.0):
@@ -95,11 +110,11 @@ def cosine_lr(step, total_steps, base_lr, warmup_steps=0, min_lr=0.0):
     step, total, base = _run(step, total_steps, base_lr)
     warm = _int(warmup_steps, "warmup_steps")
     if not 0 <= warm < total:
-        raise ValueError("warmup_steps must be in [0, total_steps) = [0, %d), got %d"
+        raise ConfigError("warmup_steps must be in [0, total_steps) = [0, %d), got %d"
                          % (total, warm))
     low = _real(min_lr, "min_lr")
     if not 0 <= low <= base:
-        raise ValueError("min_lr must be in [0, base_lr] = [0, %r], got %r" % (base, low))
+        raise ConfigError("min_lr must be in [0, base_lr] = [0, %r], got %r" % (base, low))
     if step < warm:
         return base * (step + 1) / (warm + 1)
     t = (step - warm) / (total - warm)
@@ -115,11 +130,11 @@ def onecycle_lr(step, total_steps, base_lr, pct_start=0.3, div_factor=25.0,
     step, total, base = _run(step, total_steps, base_lr)
     pct = _real(pct_start, "pct_start")
     if not 0 <= pct < 1:
-        raise ValueError("pct_start must be in [0, 1), got %r" % pct)
+        raise ConfigError("pct_start must be in [0, 1), got %r" % pct)
     div = _real(div_factor, "div_factor")
     final_div = _real(final_div_factor, "final_div_factor")
     if div < 1 or final_div < 1:
-        raise ValueError("div_factor and final_div_factor must be >= 1, got %r and %r"
+        raise ConfigError("div_factor and final_div_factor must be >= 1, got %r and %r"
                          % (div, final_div))
     up, down = _shape(warmup, "warmup"), _shape(anneal, "anneal")
     peak = min(int(round(pct * total)), total - 1)
@@ -136,7 +151,7 @@ _FUNCS = {"step": step_lr, "cosine": cosine_lr, "onecycle": onecycle_lr}
 
 def _func(schedule):
     if schedule not in _FUNCS:
-        raise ValueError("learning-rate schedule must be one of %s, got %r"
+        raise ConfigError("learning-rate schedule must be one of %s, got %r"
                          % (", ".join(SCHEDULES), schedule))
     return _FUNCS[schedule]
 
@@ -151,14 +166,13 @@ def lr_table(schedule, total_steps, base_lr, **options):
     """float64 array of the rates of steps ``0 .. total_steps - 1``."""
     f = _func(schedule)
     total = _int(total_steps, "total_steps")
-    if f is step_lr:  # (one multiplication per epoch, not per step and epoch)
+    if f is step_lr:  # (one step_decay per epoch, not per step and epoch)
         f(0, total, base_lr, **options)  # checks the arguments
-        spe = int(options.get("steps_per_epoch"))
-        decay = float(options.get("lr_decay", 1.0))
+        spe, decay = _step_args(options["steps_per_epoch"], options.get("lr_decay", 1.0))
         out, lr = np.empty(total), float(base_lr)
         for s in range(total):
             if s and s % spe == 0:
-                lr *= decay
+                lr = step_decay(lr, decay)
             out[s] = lr
         return out
     return np.array([f(s, total, base_lr, **options) for s in range(total)], dtype=np.float64)

@@ -7,16 +7,20 @@ The API is the course framework's (``train()``, ``check_accuracy()``, the histor
   the model's dtype; minibatches are gathered there, from one permutation of the
   training set per epoch (drawn on the host from the Solver's seeded generator);
 * losses stay on the device and are read at print points and epoch ends only;
-* with ``cuda_graph=True`` (CuPy models) the whole training step is captured once as
-  a CUDA graph and replayed (:mod:`fcgpu.cuda.graph`); the results are those of the
-  uncaptured loop;
+* how a step runs (plain rows, the augmenting gather, or with ``cuda_graph=True`` on
+  CuPy models the whole step captured once as a CUDA graph and replayed) is chosen
+  once per ``train()`` call (:mod:`fcgpu.solver_steps`); the results are those of
+  the plain loop;
 * a loss that turns NaN or inf stops training with :class:`NonFiniteLossError`; the
   best parameters so far are kept;
 * ``state_dict()`` / ``load_state_dict()`` capture everything needed to continue a
   run bit for bit (model, optimizer state, RNG positions, histories);
   ``save_checkpoint()`` / ``load_checkpoint()`` store them as safetensors files
   (:mod:`fcgpu.checkpoint`: arrays and plain data, nothing that can run code),
-  written atomically and checked against the model before anything is loaded.
+  written atomically and checked (:func:`fcgpu.checkpoint.check_resume`) before
+  anything is loaded;
+* the arguments are checked with :data:`fcgpu.settings.SETTINGS`' ranges, the data
+  with :mod:`fcgpu.data_checks`.
 """
 from __future__ import annotations
 
@@ -26,66 +30,19 @@ import time
 
 import numpy as np
 
-from . import optim
 from . import checkpoint
 from . import schedules
-from .augment import DEFAULT_PAD, augment_gather
-from .augment_spec import check_image_shape, check_input_dtype, check_mode, check_pad
-from .layers import labels_checked
-from .random import check_seed
+from .augment import augment_gather
 from .backend import asnumpy, get_array_module, synchronize, to_backend
-from .errors import NonFiniteLossError
+from .data_checks import check_split
+from .errors import ConfigError, NonFiniteLossError
+from .layers import labels_checked
+from .solver_options import SolverOptions
+from .solver_steps import GatherSteps, GraphSteps, PlainSteps, graph_step
 
 __all__ = ["Solver", "NonFiniteLossError", "CheckpointError"]
 
 CheckpointError = checkpoint.CheckpointError
-
-
-def _check_finite(X, name):
-    """Raise if ``X`` holds NaN or inf; scans in chunks to bound the memory used."""
-    xp = get_array_module(X)
-    if X.dtype.kind not in "fc":
-        return
-    rows = max(1, (1 << 22) // max(1, int(np.prod(X.shape[1:]))))
-    for start in range(0, X.shape[0], rows):
-        if not bool(xp.isfinite(X[start:start + rows]).all()):
-            chunk = X[start:start + rows].reshape(min(rows, X.shape[0] - start), -1)
-            bad = int(asnumpy(xp.argmax(~xp.isfinite(chunk).all(axis=1))))
-            raise ValueError("%s contains NaN or inf (first at row %d)" % (name, start + bad))
-
-
-def _check_split(X, y, name, model):
-    if X is None or y is None:
-        raise ValueError("Solver: data needs X_%s and y_%s" % (name, name))
-    if X.ndim < 2:
-        raise ValueError("Solver: X_%s must have a batch dimension and features, got shape %s"
-                         % (name, X.shape))
-    if y.ndim != 1:
-        raise ValueError("Solver: y_%s must be 1-D labels, got shape %s" % (name, y.shape))
-    if X.shape[0] != y.shape[0]:
-        raise ValueError("Solver: X_%s has %d rows but y_%s has %d labels"
-                         % (name, X.shape[0], name, y.shape[0]))
-    if X.shape[0] == 0:
-        raise ValueError("Solver: X_%s is empty" % name)
-    feat = int(np.prod(X.shape[1:]))
-    input_dim = getattr(model, "input_dim", None)
-    if input_dim is not None and feat != input_dim:
-        raise ValueError("Solver: X_%s has %d features per example (shape %s) but the model's "
-                         "input_dim is %d" % (name, feat, X.shape, input_dim))
-    if y.dtype.kind not in "iu":
-        if y.dtype.kind == "f" and bool((y == np.floor(y)).all()):
-            y = y.astype(np.int64)
-        else:
-            raise ValueError("Solver: y_%s must hold integer class labels, got dtype %s"
-                             % (name, y.dtype))
-    lo, hi = int(y.min()), int(y.max())
-    num_classes = getattr(model, "num_classes", None)
-    if lo < 0 or (num_classes is not None and hi >= num_classes):
-        raise ValueError("Solver: y_%s has labels in [%d, %d]; they must be in [0, %s)"
-                         % (name, lo, hi, num_classes if num_classes is not None else "C"))
-    _check_finite(X, "Solver: X_%s" % name)
-    return y
-
 
 def _host_copy(a):
     """A host (NumPy) array that shares no memory with ``a``."""
@@ -101,7 +58,7 @@ def _copy_arrays(obj):
     return np.array(obj) if isinstance(obj, np.ndarray) else obj
 
 
-class Solver:
+class Solver(SolverOptions):
     """Trains a model with minibatch gradient descent.
 
     ``Solver(model, data, update_rule='sgd', optim_config={}, lr_decay=1.0,
@@ -142,56 +99,23 @@ class Solver:
 
     def __init__(self, model, data, **kwargs):
         self.model = model
-        self.update_rule_name = kwargs.pop("update_rule", "sgd")
-        self.optim_config = kwargs.pop("optim_config", {})
-        self.lr_decay = kwargs.pop("lr_decay", 1.0)
-        self.batch_size = int(kwargs.pop("batch_size", 100))
-        self.num_epochs = int(kwargs.pop("num_epochs", 10))
-        self.num_train_samples = kwargs.pop("num_train_samples", 1000)
-        self.num_val_samples = kwargs.pop("num_val_samples", None)
-        self.checkpoint_name = kwargs.pop("checkpoint_name", None)
-        self.print_every = int(kwargs.pop("print_every", 10))
-        self.verbose = kwargs.pop("verbose", True)
-        self.seed = kwargs.pop("seed", None)
-        self.progress = kwargs.pop("progress", False)
-        self.epoch_callback = kwargs.pop("epoch_callback", None)
-        self.out = kwargs.pop("out", None)
-        self.cuda_graph = bool(kwargs.pop("cuda_graph", False))
-        self.augment = kwargs.pop("augment", "none")
-        self.pad = kwargs.pop("pad", DEFAULT_PAD)
-        self.image_shape = kwargs.pop("image_shape", None)
-        self.augment_seed = kwargs.pop("augment_seed", None)
-        self.mean = kwargs.pop("mean", None)
-        self.lr_schedule = kwargs.pop("lr_schedule", None)
-        self.lr_schedule_options = dict(kwargs.pop("lr_schedule_options", None) or {})
-        if kwargs:
-            raise ValueError("Solver: unrecognized arguments %s" % ", ".join(sorted(kwargs)))
-        if callable(self.update_rule_name):
-            self.update_rule = self.update_rule_name
-        elif self.update_rule_name in optim.RULES:
-            self.update_rule = optim.RULES[self.update_rule_name]
-        else:
-            raise ValueError("Solver: invalid update_rule %r; choose one of %s"
-                             % (self.update_rule_name, ", ".join(optim.RULES)))
-        if self.batch_size < 1 or self.num_epochs < 0 or self.print_every < 1:
-            raise ValueError("Solver: batch_size and print_every must be >= 1 and num_epochs "
-                             ">= 0, got %d, %d, %d"
-                             % (self.batch_size, self.print_every, self.num_epochs))
-
+        self._take_arguments(kwargs)
         xp = getattr(model, "xp", None) or get_array_module(*model.params.values())
         self.xp = xp
         self._check_schedule(int(getattr(data.get("X_train"), "shape", (1,))[0]))
         if self.cuda_graph:
             if xp is np:
-                raise ValueError("Solver: cuda_graph=True captures the training step as a CUDA "
-                                 "graph, which needs the model on CuPy (a GPU); this model's "
-                                 "parameters are NumPy arrays (backend 'numpy')")
+                raise ConfigError("Solver: cuda_graph=True captures the training step as a "
+                                  "CUDA graph, which needs the model on CuPy (a GPU); this "
+                                  "model's parameters are NumPy arrays (backend 'numpy')")
             from .cuda.graph import check_supported
             check_supported(model, self.update_rule_name)
         self._graph_step = None
         dtype = getattr(model, "dtype", None)
-        y_train = _check_split(data.get("X_train"), data.get("y_train"), "train", model)
-        y_val = _check_split(data.get("X_val"), data.get("y_val"), "val", model)
+        dims = dict(input_dim=getattr(model, "input_dim", None),
+                    num_classes=getattr(model, "num_classes", None))
+        y_train = check_split(data.get("X_train"), data.get("y_train"), "train", **dims)
+        y_val = check_split(data.get("X_val"), data.get("y_val"), "val", **dims)
         self._check_augment(data["X_train"])
         keep = self._gathers() and np.dtype(data["X_train"].dtype) == np.uint8
         self.X_train = to_backend(data["X_train"], xp, None if keep else dtype)
@@ -201,64 +125,6 @@ class Solver:
         self.X_val = to_backend(data["X_val"], xp, dtype)
         self.y_val = to_backend(y_val, xp)
         self._reset()
-
-    # ------------------------------------------------------------- options
-
-    def _gathers(self):
-        """Whether minibatches come from the augmenting gather (else the plain one)."""
-        return self.augment != "none" or self.mean is not None
-
-    def _scheduled(self):
-        """Whether the learning rate is set per step from a schedule."""
-        return self.lr_schedule not in (None, "step")
-
-    def _check_schedule(self, num_train):
-        if self.lr_schedule is not None and self.lr_schedule not in schedules.SCHEDULES:
-            raise ValueError("Solver: lr_schedule must be None or one of %s, got %r"
-                             % (", ".join(schedules.SCHEDULES), self.lr_schedule))
-        if not self._scheduled():
-            if self.lr_schedule_options:
-                raise ValueError("Solver: lr_schedule_options need lr_schedule 'cosine' or "
-                                 "'onecycle'")
-            return
-        if self.lr_decay != 1.0:
-            raise ValueError("Solver: lr_decay=%r is the 'step' schedule's; lr_schedule=%r "
-                             "sets every step's rate" % (self.lr_decay, self.lr_schedule))
-        lr = self.optim_config.get("learning_rate")
-        if lr is None:
-            raise ValueError("Solver: lr_schedule=%r needs optim_config['learning_rate'] "
-                             "(the peak rate)" % self.lr_schedule)
-        total = self.num_epochs * max(num_train // self.batch_size, 1)
-        schedules.lr_at(self.lr_schedule, 0, max(total, 1), lr,
-                        **self.lr_schedule_options)  # checks the options
-
-    def _check_augment(self, X):
-        check_mode(self.augment)
-        if not self._gathers():
-            if self.image_shape is not None:
-                check_image_shape(self.image_shape, int(np.prod(X.shape[1:])))
-            return
-        if self.image_shape is None:
-            if X.ndim != 4:
-                raise ValueError("Solver: augment=%r needs image_shape (C, H, W) for X_train "
-                                 "rows of %d values" % (self.augment, int(np.prod(X.shape[1:]))))
-            self.image_shape = tuple(int(v) for v in X.shape[1:])
-        self.image_shape = check_image_shape(self.image_shape, int(np.prod(X.shape[1:])))
-        self.pad = check_pad(self.pad, self.augment, self.image_shape)
-        check_input_dtype(X.dtype, "Solver: X_train")
-        if self.augment_seed is None:
-            self.augment_seed = (self.seed if self.seed is not None
-                                 else int(np.random.SeedSequence().entropy) % (1 << 64))
-        self.augment_seed = check_seed(self.augment_seed)
-
-    def _settings(self):
-        """The training settings a resume must share (the checkpoint's 'settings')."""
-        return {"augment": self.augment, "pad": int(self.pad),
-                "image_shape": None if self.image_shape is None else list(self.image_shape),
-                "augment_seed": self.augment_seed, "mean": self.mean is not None,
-                "lr_schedule": self.lr_schedule,
-                "lr_schedule_options": dict(self.lr_schedule_options),
-                "label_smoothing": float(getattr(self.model, "label_smoothing", 0.0))}
 
     # ------------------------------------------------------------- state
 
@@ -467,104 +333,94 @@ class Solver:
             self._train()
 
     def _train(self):
-        xp = self.xp
-        num_train = self.X_train.shape[0]
-        per_epoch = max(num_train // self.batch_size, 1)
-        num_iterations = self.num_epochs * per_epoch
-        sync_every = 1 if xp is np else (self.print_every if self.verbose else None)
-        graph = None
+        per_epoch = max(self.X_train.shape[0] // self.batch_size, 1)
+        total = self.num_epochs * per_epoch
+        steps = self._steps(per_epoch, total)
         try:
             while self.epoch < self.num_epochs:
-                perm = self.rng.permutation(num_train)
-                graph = self._graphed(per_epoch) if self.cuda_graph else None
-                if graph is None:
-                    order = to_backend(perm, xp)
-                else:
-                    graph.begin_epoch(perm, self.optim_configs, epoch=self.epoch,
-                                      lr_steps=self._lr_steps(per_epoch, num_iterations))
-                bar = None
-                if self.progress:
-                    from tqdm.auto import tqdm
-                    bar = tqdm(total=per_epoch, desc="epoch %d/%d" % (self.epoch + 1,
-                                                                     self.num_epochs),
-                               unit="step", leave=False, file=sys.stderr)
-                self._sync()
-                start = time.perf_counter()
-                for it in range(per_epoch):
-                    t = self.epoch * per_epoch + it
-                    if self._scheduled():
-                        self._set_lr(t, num_iterations)
-                    if graph is None and self._gathers():
-                        self._step(*self._gather(order, it, min(self.batch_size, num_train)))
-                    elif graph is None:
-                        idx = order[it * self.batch_size:(it + 1) * self.batch_size]
-                        self._step(self.X_train[idx], self.y_train[idx])
-                    else:
-                        self._pending.append(graph.step())
-                    if bar is not None:
-                        bar.update()
-                    if sync_every and t % sync_every == 0:
-                        self._flush_losses()
-                    if self.verbose and t % self.print_every == 0:
-                        self._print("(Iteration %d / %d) loss: %f"
-                                    % (t + 1, num_iterations, self.loss_history[-1]))
-                    if t == 0:
-                        # the course checks accuracy after the very first step too
-                        self._sync()
-                        paused = time.perf_counter()
-                        self._end_of_epoch_checks()
-                        start += time.perf_counter() - paused
-                if graph is not None:
-                    graph.sync_out(self.optim_configs)  # t, dropout_step: host mirrors
-                self._sync()
-                self.epoch_seconds.append(time.perf_counter() - start)
-                if bar is not None:
-                    bar.close()
-                self._flush_losses()
-                self.epoch += 1
-                for config in self.optim_configs.values():
-                    if "learning_rate" in config and not self._scheduled():
-                        config["learning_rate"] *= self.lr_decay
-                self._end_of_epoch_checks()
-                self._save_checkpoint()
-                if self.epoch_callback is not None:
-                    self.epoch_callback(self)
+                self._run_epoch(steps, per_epoch, total)
+                self._finish_epoch()
         finally:
-            if graph is not None:  # (steps ran through the graph in this call)
-                graph.sync_out(self.optim_configs)
+            steps.close()
             self._pending = []
             self.restore_best()
+
+    def _steps(self, per_epoch, total):
+        """How this train() call's steps run (:mod:`fcgpu.solver_steps`): chosen once."""
+        batch = min(self.batch_size, self.X_train.shape[0])
+        if self.cuda_graph:
+            return GraphSteps(lambda: self._graphed(per_epoch), lambda: self.optim_configs,
+                              lambda: self.epoch, lambda: self._lr_steps(per_epoch, total),
+                              lambda loss: self._pending.append(loss))
+        if self._gathers():
+            return GatherSteps(self._gather, batch, self.xp, self._step)
+        return PlainSteps(self.X_train, self.y_train, self.batch_size, self.xp, self._step)
 
     def _graphed(self, per_epoch):
         """The CUDA-graph step (built on first use, kept across epochs and train()
         calls while the data and the batch layout stay the same)."""
-        g = self._graph_step
-        if g is not None and (g.X_source is self.X_train and g.y_source is self.y_train
-                              and g.per_epoch == per_epoch
-                              and g.batch == min(self.batch_size, self.X_train.shape[0])
-                              and g.augment_key == self._graph_augment_key()
-                              and (g.lr_rows is not None) == self._scheduled()):
-            return g
-        from .cuda.graph import GraphedTrainStep
-        if g is not None:
-            g.close()
-        self._graph_step = GraphedTrainStep(self.model, self.update_rule_name, self.X_train,
-                                            self.y_train, self.batch_size, per_epoch,
-                                            augment=self._graph_augment(),
-                                            lr_schedule=self._scheduled())
-        self._graph_step.augment_key = self._graph_augment_key()
+        augment = None
+        if self._gathers():
+            augment = {"mode": self.augment, "pad": self.pad, "image_shape": self.image_shape,
+                       "seed": self.augment_seed, "mean": self.mean}
+        self._graph_step = graph_step(self._graph_step, self.model, self.update_rule_name,
+                                      self.X_train, self.y_train, self.batch_size, per_epoch,
+                                      augment, self._scheduled())
         return self._graph_step
 
-    def _graph_augment_key(self):
-        a = self._graph_augment()
-        return None if a is None else (a["mode"], a["pad"], a["image_shape"], a["seed"],
-                                       id(a["mean"]))
+    def _run_epoch(self, steps, per_epoch, total):
+        """The steps of one epoch, timed; the accuracy checks after the very first step
+        (as the course does) are not counted in the epoch's time."""
+        steps.begin_epoch(self.rng.permutation(self.X_train.shape[0]))
+        bar = self._progress_bar(per_epoch)
+        sync_every = 1 if self.xp is np else (self.print_every if self.verbose else None)
+        scheduled = self._scheduled()
+        self._sync()
+        start = time.perf_counter()
+        for it in range(per_epoch):
+            t = self.epoch * per_epoch + it
+            if scheduled:
+                self._set_lr(t, total)
+            steps.step(it)
+            if bar is not None:
+                bar.update()
+            if sync_every and t % sync_every == 0:
+                self._flush_losses()
+            if self.verbose and t % self.print_every == 0:
+                self._print("(Iteration %d / %d) loss: %f"
+                            % (t + 1, total, self.loss_history[-1]))
+            if t == 0:
+                self._sync()
+                paused = time.perf_counter()
+                self._end_of_epoch_checks()
+                start += time.perf_counter() - paused
+        steps.end_epoch()
+        self._sync()
+        self.epoch_seconds.append(time.perf_counter() - start)
+        if bar is not None:
+            bar.close()
 
-    def _graph_augment(self):
-        if not self._gathers():
+    def _finish_epoch(self):
+        """The epoch's bookkeeping: losses read, the step schedule's decay, accuracy,
+        the best parameters, the checkpoint, the callback."""
+        self._flush_losses()
+        self.epoch += 1
+        if not self._scheduled():
+            for config in self.optim_configs.values():
+                if "learning_rate" in config:
+                    config["learning_rate"] = schedules.step_decay(config["learning_rate"],
+                                                                   self.lr_decay)
+        self._end_of_epoch_checks()
+        self._save_checkpoint()
+        if self.epoch_callback is not None:
+            self.epoch_callback(self)
+
+    def _progress_bar(self, per_epoch):
+        if not self.progress:
             return None
-        return {"mode": self.augment, "pad": self.pad, "image_shape": self.image_shape,
-                "seed": self.augment_seed, "mean": self.mean}
+        from tqdm.auto import tqdm
+        return tqdm(total=per_epoch, desc="epoch %d/%d" % (self.epoch + 1, self.num_epochs),
+                    unit="step", leave=False, file=sys.stderr)
 
     def _bn_snapshot(self):
         # the running statistics belong to the parameters they were gathered with

@@ -7,6 +7,7 @@ import pytest
 
 from fcgpu.fc_net import FullyConnectedNet
 from fcgpu import checkpoint
+from fcgpu.errors import ConfigError, DataError
 from fcgpu.solver import CheckpointError, NonFiniteLossError, Solver
 
 
@@ -67,7 +68,7 @@ def test_data_is_moved_once_and_batches_stay_on_its_module(xp, rng):
 def test_bad_data_is_rejected_at_construction(rng, mutate, match):
     data = blobs(rng)
     mutate(data)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(DataError, match=match):
         Solver(small_model(), data)
 
 
@@ -75,7 +76,7 @@ def test_bad_solver_arguments(rng):
     data = blobs(rng)
     with pytest.raises(ValueError, match="unrecognized arguments frobnicate"):
         Solver(small_model(), data, frobnicate=1)
-    with pytest.raises(ValueError, match="invalid update_rule"):
+    with pytest.raises(ConfigError, match="update_rule must be one of sgd, sgd_momentum"):
         Solver(small_model(), data, update_rule="lbfgs")
 
 

@@ -176,7 +176,7 @@ def test_bad_options_are_one_line_errors():
         make(flat, augment="crop")
     with pytest.raises(ValueError, match="image_shape"):
         make(flat, augment="crop", image_shape=(3, 5, 5))
-    with pytest.raises(ValueError, match="augment mode"):
+    with pytest.raises(ValueError, match="augment must be one of none, flip, crop"):
         make(data, augment="rotate")
     with pytest.raises(ValueError, match="pad"):
         make(data, augment="crop", pad=5)
