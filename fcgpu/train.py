@@ -262,28 +262,41 @@ def _matmul_note(cfg, xp):
 
 def _run(cfg, xp, data, checkpoint, resume, progress, verbose, epoch_callback, out):
     from . import backend
-    from .checkpoint import CheckpointError, load as load_checkpoint, save as save_checkpoint
-    from .fc_net import FullyConnectedNet
-    from .solver import Solver
 
     if cfg.cuda_graph and xp is np:
-        raise ConfigError("--cuda-graph captures the training step as a CUDA graph, which needs "
-                         "the GPU backend; the backend here is numpy (%s)"
-                         % (backend.cupy_status()[1] or "selected explicitly"))
+        raise ConfigError("--cuda-graph captures the training step as a CUDA graph, which "
+                          "needs the GPU backend; the backend here is numpy (%s)"
+                          % (backend.cupy_status()[1] or "selected explicitly"))
     if data is None:
         data = load_data(cfg, progress=progress)
     if data.get("image_shape") is not None and cfg.image_shape is None:
         cfg = dataclasses.replace(cfg, image_shape=data["image_shape"])
-    model = FullyConnectedNet(cfg.hidden_dims, input_dim=int(np.prod(data["X_train"].shape[1:])),
-                              num_classes=int(data.get("num_classes", 10)), dropout=cfg.dropout,
-                              use_batchnorm=cfg.batchnorm, reg=cfg.reg,
-                              weight_scale=cfg.weight_scale, dtype=np.dtype(cfg.dtype),
-                              seed=cfg.seed, fresh_masks=True, xp=xp,
-                              label_smoothing=cfg.label_smoothing)
 
     def log(msg):
         if verbose:
             print(msg, file=out, flush=True)
+
+    solver = _solver(cfg, xp, data, _epoch_end(cfg, checkpoint, log, epoch_callback), progress)
+    resumed_from = None
+    if resume and checkpoint and os.path.exists(checkpoint):
+        resumed_from = _resume(solver, cfg, checkpoint)
+        log("resumed from %s at epoch %d" % (checkpoint, solver.epoch))
+    blas, tf32 = _log_start(cfg, xp, solver, log)
+    t0 = time.perf_counter()
+    solver.train()
+    wall = time.perf_counter() - t0
+    metrics = _metrics(cfg, xp, solver, data, dict(blas=blas, tf32=tf32, wall_seconds=wall,
+                                                   resumed_from_epoch=resumed_from))
+    log("done: val acc %.4f, test acc %s, %.0f samples/s"
+        % (metrics["val_acc"], "n/a" if metrics["test_acc"] is None
+           else "%.4f" % metrics["test_acc"], metrics["samples_per_s"] or 0))
+    return metrics
+
+
+def _epoch_end(cfg, checkpoint, log, epoch_callback):
+    """The Solver's epoch callback: the checkpoint (with the run's config), a line, then
+    the caller's callback."""
+    from .checkpoint import save as save_checkpoint
 
     def on_epoch(solver):
         if checkpoint:
@@ -296,7 +309,19 @@ def _run(cfg, xp, data, checkpoint, resume, progress, verbose, epoch_callback, o
                solver.epoch_seconds[-1]))
         if epoch_callback is not None:
             epoch_callback(solver)
+    return on_epoch
 
+
+def _solver(cfg, xp, data, on_epoch, progress):
+    """The net and the Solver of ``cfg`` on ``data``."""
+    from .fc_net import FullyConnectedNet
+    from .solver import Solver
+    model = FullyConnectedNet(cfg.hidden_dims, input_dim=int(np.prod(data["X_train"].shape[1:])),
+                              num_classes=int(data.get("num_classes", 10)), dropout=cfg.dropout,
+                              use_batchnorm=cfg.batchnorm, reg=cfg.reg,
+                              weight_scale=cfg.weight_scale, dtype=np.dtype(cfg.dtype),
+                              seed=cfg.seed, fresh_masks=True, xp=xp,
+                              label_smoothing=cfg.label_smoothing)
     per_epoch = max(len(data["X_train"]) // cfg.batch_size, 1)
     schedule, schedule_options = cfg.schedule_options(per_epoch)
     extra = {}
@@ -309,23 +334,30 @@ def _run(cfg, xp, data, checkpoint, resume, progress, verbose, epoch_callback, o
                               % (cfg.augment, list(cfg.image_shape)))
         extra = dict(augment=cfg.augment, pad=cfg.pad, image_shape=cfg.image_shape,
                      mean=data.get("mean"))
-    solver = Solver(model, data, update_rule=cfg.update_rule,
-                    optim_config={"learning_rate": cfg.learning_rate}, lr_decay=cfg.lr_decay,
-                    batch_size=cfg.batch_size, num_epochs=cfg.epochs, num_train_samples=1000,
-                    num_val_samples=None, verbose=False, seed=cfg.seed, progress=progress,
-                    epoch_callback=on_epoch, cuda_graph=cfg.cuda_graph,
-                    lr_schedule=schedule, lr_schedule_options=schedule_options, **extra)
-    resumed_from = None
-    if resume and checkpoint and os.path.exists(checkpoint):
-        # every check (file, settings, model) passes before the run changes
-        state = load_checkpoint(checkpoint)
-        try:
-            solver.load_state_dict(state, train_config=cfg)
-        except CheckpointError as e:
-            raise CheckpointError("cannot resume from it: %s" % e.problem, checkpoint) from e
-        resumed_from = solver.epoch
-        log("resumed from %s at epoch %d" % (checkpoint, solver.epoch))
+    return Solver(model, data, update_rule=cfg.update_rule,
+                  optim_config={"learning_rate": cfg.learning_rate}, lr_decay=cfg.lr_decay,
+                  batch_size=cfg.batch_size, num_epochs=cfg.epochs, num_train_samples=1000,
+                  num_val_samples=None, verbose=False, seed=cfg.seed, progress=progress,
+                  epoch_callback=on_epoch, cuda_graph=cfg.cuda_graph,
+                  lr_schedule=schedule, lr_schedule_options=schedule_options, **extra)
 
+
+def _resume(solver, cfg, checkpoint):
+    """Load ``checkpoint`` into ``solver`` after every check (file, train config, model,
+    settings: :func:`fcgpu.checkpoint.check_resume`) passed; returns the epoch."""
+    from .checkpoint import CheckpointError, load as load_checkpoint
+    state = load_checkpoint(checkpoint)
+    try:
+        solver.load_state_dict(state, train_config=cfg)
+    except CheckpointError as e:
+        raise CheckpointError("cannot resume from it: %s" % e.problem, checkpoint) from e
+    return solver.epoch
+
+
+def _log_start(cfg, xp, solver, log):
+    """The BLAS, the matmul precision and the run in one line each; returns the BLAS
+    summary (NumPy backend) and whether TF32 runs."""
+    from . import backend
     blas = None
     if xp is np:
         from .cpu.blas import blas_summary
@@ -341,10 +373,13 @@ def _run(cfg, xp, data, checkpoint, resume, progress, verbose, epoch_callback, o
            ", CUDA graph" if cfg.cuda_graph else "",
            solver.X_train.shape[0], solver.X_val.shape[0], cfg.epochs,
            max(solver.X_train.shape[0] // cfg.batch_size, 1)))
-    t0 = time.perf_counter()
-    solver.train()
-    wall = time.perf_counter() - t0
+    return blas, tf32
 
+
+def _metrics(cfg, xp, solver, data, extra):
+    """The run's metrics (``fcgpu train --metrics``); ``extra`` adds ``blas``, ``tf32``,
+    ``wall_seconds`` and ``resumed_from_epoch``."""
+    from . import backend
     # solver.train() leaves the best-validation parameters in the model
     val_acc = solver.check_accuracy(solver.X_val, solver.y_val)
     test_acc = None
@@ -354,12 +389,12 @@ def _run(cfg, xp, data, checkpoint, resume, progress, verbose, epoch_callback, o
                                       batch_size=1000)
     steps = max(solver.X_train.shape[0] // cfg.batch_size, 1)
     per_epoch = [steps * cfg.batch_size / s for s in solver.epoch_seconds if s > 0]
-    metrics = {
+    return {
         "backend": backend.get_backend(),
         "device": backend.device_name(xp),
-        "blas": blas,
+        "blas": extra["blas"],
         "matmul_precision": cfg.matmul_precision,
-        "tf32": tf32,
+        "tf32": extra["tf32"],
         "epochs": solver.epoch,
         "train_acc": train_acc,
         "val_acc": val_acc,
@@ -367,8 +402,8 @@ def _run(cfg, xp, data, checkpoint, resume, progress, verbose, epoch_callback, o
         "best_val_acc": solver.best_val_acc,
         "samples_per_s": statistics.median(per_epoch) if per_epoch else None,
         "epoch_seconds": list(solver.epoch_seconds),
-        "wall_seconds": wall,
-        "resumed_from_epoch": resumed_from,
+        "wall_seconds": extra["wall_seconds"],
+        "resumed_from_epoch": extra["resumed_from_epoch"],
         "train_acc_history": list(solver.train_acc_history),
         "val_acc_history": list(solver.val_acc_history),
         "loss_history": list(solver.loss_history),
@@ -377,10 +412,6 @@ def _run(cfg, xp, data, checkpoint, resume, progress, verbose, epoch_callback, o
         "augment": {"mode": cfg.augment, "pad": cfg.pad, "image_shape": list(
             solver.image_shape) if solver.image_shape is not None else None},
     }
-    log("done: val acc %.4f, test acc %s, %.0f samples/s"
-        % (val_acc, "%.4f" % test_acc if test_acc is not None else "n/a",
-           metrics["samples_per_s"] or 0))
-    return metrics
 
 
 def write_metrics(metrics, path):
