@@ -29,7 +29,8 @@ import zlib
 
 import numpy as np
 
-from .data import DataError
+from .data_checks import check_finite
+from .errors import DataError
 
 __all__ = ["is_npz", "load_npz", "KEYS", "VAL_ROWS"]
 
@@ -53,7 +54,33 @@ def load_npz(path, batch_size=1, subtract_mean=True):
     name = os.fspath(path)
     raw = _read(name)
     where = "%s:" % name
+    features = _check_entries(raw, where)
+    image_shape = None
+    if "image_shape" in raw:
+        image_shape = _check_image_shape(raw["image_shape"], features, where)
+    splits = _split(raw, where)
+    num_classes = _check_classes(splits, where)
+    if len(splits["train"][0]) < batch_size:
+        raise DataError("%s the training split has %d rows, fewer than one batch of %d; "
+                        "use a smaller --batch-size or more data"
+                        % (where, len(splits["train"][0]), batch_size))
+    X_train = splits["train"][0]
+    mean = (X_train.mean(axis=0, dtype=np.float64).astype(np.float32)
+            if subtract_mean else np.float32(0))
+    data = {}
+    for split, (X, y) in splits.items():
+        out = np.empty(X.shape, np.float32)
+        np.subtract(X, mean, out=out, dtype=np.float32)
+        data["X_" + split] = out
+        data["y_" + split] = y.astype(np.int64)
+    data["num_classes"] = num_classes
+    data["image_shape"] = image_shape
+    return data
 
+
+def _check_entries(raw, where):
+    """The entries present, in pairs, each X and y checked; returns the feature count
+    (the same for every X: X_train's)."""
     for k in ("X_train", "y_train"):
         if k not in raw:
             raise DataError("%s no %s entry (an fcgpu .npz needs X_train and y_train; "
@@ -64,24 +91,23 @@ def load_npz(path, batch_size=1, subtract_mean=True):
             missing = "y_" + split if has[0] else "X_" + split
             raise DataError("%s %s is missing (X_%s and y_%s come together or not at all)"
                             % (where, missing, split, split))
-
     features = None
-    for k in ("X_train", "X_val", "X_test"):
-        if k in raw:
-            f = _check_X(raw[k], k, where)
-            if features is None:
-                features = f
-            elif f != features:
-                raise DataError("%s %s has %d features per example but X_train has %d"
-                                % (where, k, f, features))
     for split in ("train", "val", "test"):
-        if "X_" + split in raw:
-            _check_y(raw["y_" + split], "y_" + split, len(raw["X_" + split]), where)
+        k = "X_" + split
+        if k not in raw:
+            continue
+        f = _check_X(raw[k], k, where)
+        if features is None:
+            features = f
+        elif f != features:
+            raise DataError("%s %s has %d features per example but X_train has %d"
+                            % (where, k, f, features))
+        _check_y(raw["y_" + split], "y_" + split, len(raw[k]), where)
+    return features
 
-    image_shape = None
-    if "image_shape" in raw:
-        image_shape = _check_image_shape(raw["image_shape"], features, where)
 
+def _split(raw, where):
+    """``{split: (X, y)}``: train, val (given, or the last rows of X_train) and test."""
     X_train, y_train = raw["X_train"], raw["y_train"]
     if "X_val" in raw:
         X_val, y_val = raw["X_val"], raw["y_val"]
@@ -92,7 +118,16 @@ def load_npz(path, batch_size=1, subtract_mean=True):
                             "(the last N // 10 rows); add X_val/y_val" % (where, len(X_train)))
         X_train, X_val = X_train[:-n_val], X_train[-n_val:]
         y_train, y_val = y_train[:-n_val], y_train[-n_val:]
+    splits = {"train": (X_train, y_train), "val": (X_val, y_val)}
+    if "X_test" in raw:
+        splits["test"] = (raw["X_test"], raw["y_test"])
+    return splits
 
+
+def _check_classes(splits, where):
+    """C from the training labels (0..C-1, every class present); the other splits'
+    labels within it. Returns C."""
+    y_train = splits["train"][1]
     num_classes = int(y_train.max()) + 1
     absent = np.flatnonzero(np.bincount(y_train, minlength=num_classes) == 0)
     if absent.size:
@@ -100,31 +135,12 @@ def load_npz(path, batch_size=1, subtract_mean=True):
                         "them (labels must be 0..C-1 with every class present; shift 1-based "
                         "labels down by one)"
                         % (where, num_classes - 1, ", ".join(map(str, absent[:5]))))
-    splits = {"val": (X_val, y_val)}
-    if "X_test" in raw:
-        splits["test"] = (raw["X_test"], raw["y_test"])
     for split, (_, y) in splits.items():
         hi = int(y.max())
-        if hi >= num_classes:
+        if split != "train" and hi >= num_classes:
             raise DataError("%s y_%s has label %d, out of range: the training labels are "
                             "0..%d" % (where, split, hi, num_classes - 1))
-
-    if len(X_train) < batch_size:
-        raise DataError("%s the training split has %d rows, fewer than one batch of %d; "
-                        "use a smaller --batch-size or more data"
-                        % (where, len(X_train), batch_size))
-
-    mean = (X_train.mean(axis=0, dtype=np.float64).astype(np.float32)
-            if subtract_mean else np.float32(0))
-    data = {}
-    for split, (X, y) in [("train", (X_train, y_train))] + list(splits.items()):
-        out = np.empty(X.shape, np.float32)
-        np.subtract(X, mean, out=out, dtype=np.float32)
-        data["X_" + split] = out
-        data["y_" + split] = y.astype(np.int64)
-    data["num_classes"] = num_classes
-    data["image_shape"] = image_shape
-    return data
+    return num_classes
 
 
 def _read(name):
@@ -174,14 +190,7 @@ def _check_X(X, k, where):
     features = int(np.prod(X.shape[1:]))
     if features == 0:
         raise DataError("%s %s has shape %s: no features" % (where, k, X.shape))
-    if X.dtype.kind == "f":
-        flat = X.reshape(X.shape[0], -1)
-        rows = max(1, (1 << 22) // features)
-        for start in range(0, len(flat), rows):
-            ok = np.isfinite(flat[start:start + rows]).all(axis=1)
-            if not ok.all():
-                raise DataError("%s %s contains NaN or inf (first at row %d)"
-                                % (where, k, start + int(np.argmin(ok))))
+    check_finite(X, "%s %s" % (where, k))
     return features
 
 
