@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def add_arguments(p):
+    from ..backend import CHOICES as BACKENDS
     p.add_argument("checkpoint", metavar="CHECKPOINT",
                    help="a file written by fcgpu train --checkpoint")
     p.add_argument("--data", default=None,
@@ -13,7 +14,7 @@ def add_arguments(p):
     p.add_argument("--split", default="test", choices=["test", "val"],
                    help="which split to evaluate (default %(default)s; CIFAR-10's test "
                         "split is all 10000 test images)")
-    p.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"],
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="array backend (default: FCGPU_BACKEND, else auto)")
     p.add_argument("--batch-size", type=int, default=1000,
                    help="rows per forward pass (default %(default)s)")

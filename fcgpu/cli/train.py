@@ -16,8 +16,10 @@ def _dims(text):
 
 def add_arguments(p):
     from ..augment_spec import MODES
+    from ..backend import CHOICES as BACKENDS, MATMUL_PRECISIONS
     from ..optim import rule_names
     from ..schedules import SCHEDULES
+    from ..settings import DTYPES
     from ..train import DEFAULT_PRESET, PRESETS, TrainConfig, describe_preset
     d = TrainConfig()  # the course's run
     # every default is None: the preset fills what the command line leaves out
@@ -67,16 +69,16 @@ def add_arguments(p):
     g.add_argument("--pad", type=int, default=None,
                    help="crop padding in pixels per side (default %d)" % d.pad)
     g = p.add_argument_group("where")
-    g.add_argument("--backend", default="auto", choices=["auto", "numpy", "cupy"],
+    g.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="array backend (default: FCGPU_BACKEND, else auto)")
     g.add_argument("--data", default=None,
                    help="CIFAR-10 archive or folder (default: FCGPU_DATA, the cache, "
                         "else download), or your own data as FILE.npz (see docs/data.md)")
-    g.add_argument("--dtype", default=None, choices=["float32", "float64"])
+    g.add_argument("--dtype", default=None, choices=DTYPES)
     g.add_argument("--cuda-graph", action="store_true", default=None,
                    help="capture the whole training step as one CUDA graph and replay it "
                         "(GPU backend only; same results, fewer launches)")
-    g.add_argument("--matmul-precision", default=None, choices=["highest", "high"],
+    g.add_argument("--matmul-precision", default=None, choices=MATMUL_PRECISIONS,
                    help="float32 matrix products: highest (float32, the default) or high "
                         "(TF32 on GPUs of compute capability 8.0 and later; on the NumPy "
                         "backend it changes nothing)")
