@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fcgpu import augment
-from fcgpu.bench import gather, kernels, plugin
+from fcgpu.bench import gather, kernels, measure, plugin
 from fcgpu.bench.report import load, render
 from fcgpu.bench.results import build_results
 from gpu_util import CUPY_OK, CUPY_WHY, bits_equal, cupy
@@ -164,7 +164,7 @@ def test_gathers_run_right_after_the_summary_cases(gpu):
     every batch size; without one the copy reference, then the gathers."""
     from fcgpu.bench import schedule
     o = _opts(gpu)
-    cases = plugin.kernel_cases(o)
+    cases = schedule.kernel_cases(o)
     top = o.flat_sizes()[-1]
     batches = [490, 65536] if gpu else [490]
     assert o.gather_batches() == batches
@@ -180,8 +180,8 @@ def test_gathers_run_right_after_the_summary_cases(gpu):
 
 
 def test_quick_cpu_variants_skip_the_big_batch_by_its_values():
-    assert kernels.elements("augment", (gather.BIG_BATCH,)) > plugin.QUICK_CPU_MAX
-    assert kernels.elements("augment", (gather.BATCH,)) <= plugin.QUICK_CPU_MAX
+    assert kernels.elements("augment", (gather.BIG_BATCH,)) > measure.QUICK_CPU_MAX
+    assert kernels.elements("augment", (gather.BATCH,)) <= measure.QUICK_CPU_MAX
 
 
 # ----------------------------------------------------------------- the GPU variants

@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pytest
 
-from fcgpu.bench import kernels, plugin, schedule, variants
+from fcgpu.bench import kernels, measure, plugin, schedule, variants
 from fcgpu.bench.cases import Case
 from fcgpu.bench.worker import _Server
 
@@ -204,10 +204,10 @@ def test_gpu_chunks_have_at_least_min_gpu_calls():
     pool = {"fcgpu": FakeWorker("fcgpu", 0.5), "cupy_curand": FakeWorker("cupy_curand", 0.5),
             "torch_cpu": FakeWorker("torch_cpu", 0.5)}
     bench = FakeBenchmark()
-    plugin.measure_kernel_case(bench, pool, _opts(), "fused_fwd", (490, 500))
+    measure.measure_kernel_case(bench, pool, _opts(), "fused_fwd", (490, 500))
     for v in ("fcgpu", "cupy_curand"):
         chunks = pool[v].asked[2:]   # after the warm-up call and the sizing calls
-        assert chunks and min(chunks) == plugin.MIN_GPU_CALLS, (v, pool[v].asked)
+        assert chunks and min(chunks) == measure.MIN_GPU_CALLS, (v, pool[v].asked)
     assert min(pool["torch_cpu"].asked[2:]) == 1
     assert set(bench.extra_info["measurements"]) == {"fcgpu", "cupy_curand", "torch_cpu"}
 
@@ -220,26 +220,26 @@ def test_parts_split_the_variants_of_a_headline_case():
                        ("all", {"fcgpu", "cupy_unfused", "torch_cuda"})):
         pool = {v: FakeWorker(v, 1e-4) for v in ("fcgpu", "cupy_unfused", "torch_cuda")}
         bench = FakeBenchmark()
-        plugin.measure_kernel_case(bench, pool, _opts(part), "dropout_fwd", big)
+        measure.measure_kernel_case(bench, pool, _opts(part), "dropout_fwd", big)
         assert set(bench.extra_info["measurements"]) == want, part
         assert all(not w.asked for v, w in pool.items() if v not in want), part
 
 
 def test_headline_cases_come_first_and_the_rest_leaves_them_out():
     o = _opts("all")
-    cases = plugin.kernel_cases(o)
+    cases = schedule.kernel_cases(o)
     head = [(op, tuple(shape)) for op, shape, _, _ in schedule.HEADLINE_KERNELS]
     assert cases[:len(head)] == head
     assert cases[len(head)] == ("augment", (490,))     # then the gathers
     assert len(set(cases)) == len(cases)
-    assert plugin.kernel_cases(_opts("headline")) == head
-    rest = plugin.kernel_cases(_opts("rest"))
+    assert schedule.kernel_cases(_opts("headline")) == head
+    rest = schedule.kernel_cases(_opts("rest"))
     # a headline case stays in the rest only where other variants measure it
     assert ("dropout_fwd", (schedule.BIG,)) in rest and ("copy", (schedule.BIG,)) in rest
     assert set(rest) == set(cases)
-    assert plugin.train_nets(_opts("headline")) == ["default"]
-    assert plugin.train_variant(_opts("rest"), "default", "numpy")
-    assert not plugin.train_variant(_opts("rest"), "default", "torch_cuda")
-    assert plugin.train_variant(_opts("rest"), "wide", "torch_cuda")
-    assert plugin._part_variants(_opts("headline"), variants.names("kernels"), "kernels") == \
+    assert schedule.train_nets(_opts("headline")) == ["default"]
+    assert schedule.train_variant(_opts("rest"), "default", "numpy")
+    assert not schedule.train_variant(_opts("rest"), "default", "torch_cuda")
+    assert schedule.train_variant(_opts("rest"), "wide", "torch_cuda")
+    assert schedule.suite_variants(_opts("headline"), "kernels") == \
         ["cupy_unfused", "cupy_curand", "fcgpu", "torch_cuda"]

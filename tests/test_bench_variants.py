@@ -71,12 +71,12 @@ def _opts(part="all"):
 def test_a_new_row_is_started_and_measured_where_it_applies(twins):
     """Mutants caught: the suites' variant lists written out by hand again (the new row
     is never started); applicability kept in a list of its own."""
-    assert "numba_twin" in plugin.suite_variants(_opts(), "kernels")
-    assert "numpy_twin" in plugin.suite_variants(_opts(), "train")
-    assert "numba_twin" not in plugin.suite_variants(_opts(), "train")
-    assert plugin.case_variant(_opts(), "dropout_fwd", (1 << 16,), "numba_twin")
+    assert "numba_twin" in schedule.suite_variants(_opts(), "kernels")
+    assert "numpy_twin" in schedule.suite_variants(_opts(), "train")
+    assert "numba_twin" not in schedule.suite_variants(_opts(), "train")
+    assert schedule.case_variant(_opts(), "dropout_fwd", (1 << 16,), "numba_twin")
     for op in ("copy", "bn_fwd", "augment"):   # not in its ops: not applicable
-        assert not plugin.case_variant(_opts(), op, (1 << 16,), "numba_twin"), op
+        assert not schedule.case_variant(_opts(), op, (1 << 16,), "numba_twin"), op
     assert kernels.label("numba_twin", "gather") == "Numba twin"
 
 

@@ -19,6 +19,10 @@ step's seconds, the smoke's module load times) is what to correct them with.
 """
 from __future__ import annotations
 
+from . import kernels as _kernels
+from . import models as _models
+from . import variants as _variants
+
 BIG = 1 << 26
 
 # why a case, suite, course backend or experiment did not run: a deadline cut it (a
@@ -158,3 +162,79 @@ def headline_train_variants(net):
 
 def headline_course_backends():
     return tuple(name for name, _ in HEADLINE_COURSE)
+
+
+# ----------------------------------------------------------------- what each part measures
+#
+# ``fcgpu bench --part`` (the suites' ``--fcgpu-part``): 'headline' measures the cases
+# and variants above only, 'rest' everything else (never what the headline measured),
+# 'all' both, the headline's cases first. ``opts``: the suites' options
+# (:class:`fcgpu.bench.plugin.Options`).
+
+def _part(opts):
+    return getattr(opts, "part", "all")
+
+
+def _in_part(opts, variant, headline):
+    """Whether this run's part measures ``variant`` where the headline measures the
+    variants ``headline``."""
+    if _part(opts) == "all":
+        return True
+    return (variant in headline) == (_part(opts) == "headline")
+
+
+def kernel_cases(opts):
+    """``[(op, shape)]`` in the order they run. A run with a deadline (the GPU check
+    gives the suite seconds) measures the first ones: the summary's cases first (the
+    copy reference and dropout at the largest size, the fused forward at each row
+    shape: :data:`HEADLINE_KERNELS`), then the minibatch gathers (augmenting and plain,
+    at every batch size), then the flat ops by size and the row ops. Part 'headline'
+    keeps the summary's cases only; 'rest' the cases with a variant the headline does
+    not measure."""
+    every = [("copy", (opts.flat_sizes()[-1],))]
+    for b in opts.gather_batches():
+        every += [(op, (b,)) for op in _kernels.GATHER_OPS]
+    for n in opts.flat_sizes():
+        every += [(op, (n,)) for op in _kernels.FLAT_OPS if (op, (n,)) not in every]
+    for shape in opts.row_shapes():
+        every += [(op, shape) for op in _kernels.ROW_OPS]
+    head = [(op, tuple(shape)) for op, shape, _, _ in HEADLINE_KERNELS]
+    if _part(opts) == "headline":
+        return head
+    # (without the 2^26 sizes, a CPU-only run, the copy reference stays first)
+    first = [c for c in head if c in every] if head[0] in every else []
+    cases = first + [c for c in every if c not in first]
+    if _part(opts) == "rest":
+        cases = [(op, shape) for op, shape in cases
+                 if any(case_variant(opts, op, shape, v) for v in _variants.names("kernels"))]
+    return cases
+
+
+def case_variant(opts, op, shape, variant):
+    """Whether this run's part measures ``variant`` on kernel case ``(op, shape)``."""
+    return _variants.applicable(variant, op) and _in_part(opts, variant,
+                                                          headline_variants(op, shape))
+
+
+def train_nets(opts):
+    if _part(opts) == "headline":
+        return [net for net, _, _ in HEADLINE_TRAIN]
+    return list(_models.NETS)
+
+
+def train_variant(opts, net, variant):
+    """Whether this run's part trains ``variant`` on ``net``."""
+    return _in_part(opts, variant, headline_train_variants(net))
+
+
+def suite_variants(opts, suite):
+    """The variants whose workers a suite ('kernels' or 'train') starts in this run's
+    part, in the table's order (:mod:`fcgpu.bench.variants`)."""
+    names = _variants.names(suite)
+    if _part(opts) != "headline":
+        return names
+    if suite == "kernels":
+        used = {v for _, _, vs, _ in HEADLINE_KERNELS for v in vs}
+    else:
+        used = {v for _, vs, _ in HEADLINE_TRAIN for v in vs}
+    return [v for v in names if v in used]

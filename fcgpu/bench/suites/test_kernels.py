@@ -4,7 +4,7 @@ floor), on every variant that runs here, plus a copy of the same size as the
 bandwidth reference. One test per (op, size); the variants are interleaved within it.
 See :mod:`fcgpu.bench.kernels` and :mod:`fcgpu.bench.gather` for the ops, variants and
 bytes counted."""
-from fcgpu.bench.plugin import measure_kernel_case
+from fcgpu.bench.measure import measure_kernel_case
 
 
 def test_kernel(benchmark, kernel_workers, bench_opts, kernel_case):

@@ -3,7 +3,7 @@
 here (NumPy path, CuPy unfused, fcgpu fused, PyTorch eager and torch.compile on the
 CPU and the GPU). The variants are interleaved within each test, and the terminal
 summary prints the NumPy / PyTorch CPU ratio. See :mod:`fcgpu.bench.models`."""
-from fcgpu.bench.plugin import measure_train_case
+from fcgpu.bench.measure import measure_train_case
 
 
 def test_train(benchmark, train_workers, bench_opts, train_net):
