@@ -270,8 +270,8 @@ class GraphedTrainStep:
         if self.spec.device == DEVICE_ADAM:  # (one step counter t, on the device)
             ts = {int(configs[name]["t"]) for name in self.names}
             if len(ts) != 1:
-                raise ValueError("cuda_graph: Adam's step counters differ between parameters "
-                                 "(%s); the graph keeps one" % sorted(ts))
+                raise ConfigError("cuda_graph: Adam's step counters differ between "
+                                  "parameters (%s); the graph keeps one" % sorted(ts))
             self._t = ts.pop()
         self._dstep = int(self.model.dropout_step)
         self._batch = 0

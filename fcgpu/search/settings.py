@@ -7,6 +7,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 
+from ..errors import ConfigError
 from .space import default_space, normalize
 
 
@@ -39,25 +40,25 @@ class SearchSettings:
 
     def __post_init__(self):
         if self.sampler not in ("tpe", "random"):
-            raise ValueError("--sampler must be tpe or random, got %r" % self.sampler)
+            raise ConfigError("--sampler must be tpe or random, got %r" % self.sampler)
         if self.pruner not in ("median", "none"):
-            raise ValueError("--pruner must be median or none, got %r" % self.pruner)
+            raise ConfigError("--pruner must be median or none, got %r" % self.pruner)
         if int(self.pruner_warmup) < 0:
-            raise ValueError("--pruner-warmup must be >= 0 epochs, got %r" % self.pruner_warmup)
+            raise ConfigError("--pruner-warmup must be >= 0 epochs, got %r" % self.pruner_warmup)
         if self.n_trials is not None and self.n_trials < 0:
-            raise ValueError("--n-trials must be >= 0, got %r" % self.n_trials)
+            raise ConfigError("--n-trials must be >= 0, got %r" % self.n_trials)
         if self.timeout is not None and not self.timeout > 0:
-            raise ValueError("--timeout must be > 0 seconds, got %r" % self.timeout)
+            raise ConfigError("--timeout must be > 0 seconds, got %r" % self.timeout)
         if self.epochs < 1:
-            raise ValueError("--epochs must be >= 1, got %r" % self.epochs)
+            raise ConfigError("--epochs must be >= 1, got %r" % self.epochs)
         if not 1 <= self.num_train <= 49000:
-            raise ValueError("--num-train must be in 1..49000, got %r" % self.num_train)
+            raise ConfigError("--num-train must be in 1..49000, got %r" % self.num_train)
         if int(self.heartbeat) < 1:
-            raise ValueError("--heartbeat must be >= 1 second, got %r" % self.heartbeat)
+            raise ConfigError("--heartbeat must be >= 1 second, got %r" % self.heartbeat)
         if self.grace is not None and int(self.grace) < 1:
-            raise ValueError("--grace must be >= 1 second, got %r" % self.grace)
+            raise ConfigError("--grace must be >= 1 second, got %r" % self.grace)
         if not self.study:
-            raise ValueError("--study needs a name")
+            raise ConfigError("--study needs a name")
         self.space = {name: normalize(name, spec, "search space")
                       for name, spec in {**default_space(), **self.space}.items()}
 
