@@ -253,6 +253,9 @@ def load(path):
     """Read and check the checkpoint at ``path``; returns the Solver state (host
     arrays and plain data). The file is only read."""
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        blob = f.read()
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError as e:
+        raise CheckpointError("cannot read it (%s)" % (e.strerror or e), path) from None
     return decode(blob, path)
