@@ -5,10 +5,11 @@ where CuPy or a device is missing. Run on a GPU machine with
 ``PYTHONPATH=. python3 -m pytest tests/test_kernels_gpu.py -m gpu -rs`` (or through
 ``bench/gpu_check.sh``).
 
-* dropout / relu+dropout / masks: bit-identical to NumPy for the same (seed, stream);
-* batchnorm, fused batchnorm-ReLU-dropout, forward and backward: fp32 within 1e-5
-  (normwise and max, relative), fp64 within 1e-12, of the float64 reference;
-* shapes with n % 4 != 0, misaligned and strided views, one column, N = 2, and
+* each fused step against the float64 reference, in every layout: the ``gpu``
+  implementation of tests/test_fused_contract.py (which runs the same contract on the
+  NumPy reference, Numba and the emulated kernels);
+* here: the exact steps on subnormals, signed zeros, infinities and NaN (CuPy's
+  -ftz=true), running statistics through copies, a large offset, validation errors,
   arrays past 2^31 and 2^32 elements (both elementwise batchnorm paths and dropout)
   where the free GPU memory allows;
 * whole-net float64 gradient checks on CuPy; NumPy and CuPy training runs with the
@@ -19,10 +20,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fcgpu import fused
 from fcgpu import random as frandom
-from gpu_util import (CUPY_OK, CUPY_WHY, assert_close, bits_equal, bn_backward_magnitudes,
-                      cupy, mask_window, need_device_bytes)
+from gpu_util import (CUPY_OK, CUPY_WHY, assert_close, bits_equal, cupy, mask_window,
+                      need_device_bytes)
 from helpers import check_exact_steps_on_edge_values
 
 pytestmark = [
@@ -44,64 +44,6 @@ def ops():
     return cuda_ops
 
 
-def _host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)
-
-
-def _gpu_inputs(cp, dtype, rng):
-    """label -> (device array, the same values on the host)."""
-    def make(shape):
-        h = rng.standard_normal(shape).astype(dtype)
-        return cp.asarray(h), h
-
-    cases = {label: make(shape) for label, shape in [
-        ("n1", (1,)), ("n3", (3,)), ("n5", (5,)), ("n1001", (1001,)), ("odd2d", (37, 11)),
-        ("aligned2d", (128, 64)), ("big", (1 << 20) + 3)]}
-    base = rng.standard_normal(1002).astype(dtype)
-    d = cp.asarray(base)
-    cases["misaligned"] = (d[1:], base[1:])
-    cases["misaligned2d"] = (d[2:2 + 40 * 25].reshape(40, 25), base[2:2 + 40 * 25].reshape(40, 25))
-    h = rng.standard_normal((24, 9)).astype(dtype)
-    cases["transposed"] = (cp.asarray(h).T, h.T)
-    h = rng.standard_normal(301).astype(dtype)
-    cases["strided"] = (cp.asarray(h)[::3], h[::3])
-    return cases
-
-
-# ----------------------------------------------------------------- dropout family
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("p", [0.3, 0.8, 1.0])
-def test_dropout_bit_identical_to_numpy(cp, ops, dtype, p):
-    rng = np.random.default_rng(int(p * 100))
-    seed, stream = 2 ** 63 + 11, 2 ** 32 + 7
-    for label, (x, xh) in _gpu_inputs(cp, dtype, rng).items():
-        out, mask = ops.dropout_forward(x, p, seed, stream)
-        assert mask is None, label
-        ref, _ = fused.dropout_forward_ref(np.ascontiguousarray(xh), p, seed, stream)
-        assert bits_equal(out.get(), ref), label
-        dx = ops.dropout_backward(x, p, seed, stream, None)
-        assert bits_equal(dx.get(), fused.dropout_backward_ref(np.ascontiguousarray(xh), p, seed,
-                                                                stream)), label
-        # through the dispatch point too
-        out2, mask2 = fused.dropout_forward(x, p, seed, stream)
-        assert mask2 is None and bits_equal(out2.get(), ref), label
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("p", [0.5, 1.0])
-def test_relu_dropout_matches_numpy(cp, ops, dtype, p):
-    rng = np.random.default_rng(7)
-    seed, stream = 99, 3
-    for label, (x, xh) in _gpu_inputs(cp, dtype, rng).items():
-        y = ops.relu_dropout_forward(x, p, seed, stream)
-        yref = fused.relu_dropout_forward_ref(np.ascontiguousarray(xh), p, seed, stream)
-        assert np.array_equal(y.get(), yref), label
-        douth = rng.standard_normal(xh.shape).astype(dtype)
-        dx = ops.relu_dropout_backward(cp.asarray(douth), y, p)
-        assert np.array_equal(dx.get(), fused.relu_dropout_backward_ref(douth, yref, p)), label
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_exact_steps_keep_float32_subnormals(cp, ops, dtype):
     """CuPy compiles with -ftz=true; the steps that promise NumPy's bits still keep
@@ -109,117 +51,16 @@ def test_exact_steps_keep_float32_subnormals(cp, ops, dtype):
     check_exact_steps_on_edge_values(ops, cp.asarray, cp.asnumpy, dtype)
 
 
-@pytest.mark.parametrize("shape", [(1,), (3,), (4,), (5,), (7, 13), (1000003,), (64, 4096)])
-@pytest.mark.parametrize("seed,stream", [(0, 0), (123, 7), (2 ** 32 + 5, 2 ** 33 + 1),
-                                         (2 ** 64 - 1, 2 ** 64 - 2)])
-def test_dropout_mask_equals_cpu(cp, ops, shape, seed, stream):
-    for p in (0.25, 0.8):
-        gpu = ops.dropout_mask(shape, p, seed, stream)
-        assert gpu.dtype == cp.bool_ and gpu.shape == shape
-        cpu = fused.dropout_mask(shape, p, seed, stream)
-        assert np.array_equal(gpu.get(), cpu)
-        assert np.array_equal(fused.dropout_mask(shape, p, seed, stream, xp=cp).get(), cpu)
-    assert bool(ops.dropout_mask(shape, 1.0, seed, stream).all())
-
-
 # ----------------------------------------------------------------- batchnorm
 
-BN_SHAPES = [(2, 5), (2, 1), (2, 4), (7, 3), (31, 1), (64, 8), (130, 37), (490, 500),
-             (1000, 100), (4097, 12), (65, 4096)]
-
-
-def _bn_inputs(cp, dtype, shape, rng, layout="contiguous"):
+def _bn_inputs(cp, dtype, shape, rng):
     n, d = shape
     xh = (rng.standard_normal(shape) * rng.uniform(0.5, 3.0, d)
           + 2.0 * rng.standard_normal(d)).astype(dtype)
-    if layout == "misaligned":
-        base = cp.empty(n * d + 1, dtype=dtype)
-        x = base[1:].reshape(shape)
-        x[...] = cp.asarray(xh)
-    elif layout == "fortran":
-        x = cp.asfortranarray(cp.asarray(xh))
-    else:
-        x = cp.asarray(xh)
+    x = cp.asarray(xh)
     gh = rng.uniform(0.5, 1.5, d).astype(dtype)
     bh = rng.standard_normal(d).astype(dtype)
     return x, xh, cp.asarray(gh), gh, cp.asarray(bh), bh
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", BN_SHAPES)
-@pytest.mark.parametrize("layout", ["contiguous", "misaligned", "fortran"])
-def test_batchnorm_forward_backward(cp, ops, dtype, shape, layout):
-    rng = np.random.default_rng(shape[0] * 7919 + shape[1])
-    n, d = shape
-    x, xh, g, gh, b, bh = _bn_inputs(cp, dtype, shape, rng, layout)
-    x64, g64, b64 = xh.astype(np.float64), gh.astype(np.float64), bh.astype(np.float64)
-    eps, momentum = 1e-5, 0.9
-    rmh = rng.standard_normal(d).astype(dtype)
-    rvh = rng.uniform(0.5, 2.0, d).astype(dtype)
-    rm, rv = cp.asarray(rmh), cp.asarray(rvh)
-    rm_id, rv_id = rm.data.ptr, rv.data.ptr
-    rm64, rv64 = rmh.astype(np.float64), rvh.astype(np.float64)
-
-    out, mean, inv_std = ops.bn_forward_train(x, g, b, eps, momentum, rm, rv)
-    ref_out, ref_mean, ref_inv = fused.bn_forward_train_ref(x64, g64, b64, eps, momentum,
-                                                            rm64, rv64)
-    assert out.dtype == dtype and out.shape == shape
-    assert_close(out.get(), ref_out, dtype, "out")
-    assert_close(mean.get(), ref_mean, dtype, "mean")
-    assert_close(inv_std.get(), ref_inv, dtype, "inv_std")
-    assert rm.data.ptr == rm_id and rv.data.ptr == rv_id  # updated in place
-    assert_close(rm.get(), rm64, dtype, "running_mean")
-    assert_close(rv.get(), rv64, dtype, "running_var")
-
-    out = ops.bn_forward_infer(x, g, b, eps, rm, rv)
-    assert_close(out.get(), fused.bn_forward_infer_ref(x64, g64, b64, eps, rm64, rv64), dtype,
-                 "infer")
-
-    douth = (rng.standard_normal(shape) + 0.3).astype(dtype)
-    m64, i64 = mean.get().astype(np.float64), inv_std.get().astype(np.float64)
-    dx, dg, db = ops.bn_backward(cp.asarray(douth), x, g, mean, inv_std)
-    rdx, rdg, rdb = fused.bn_backward_ref(douth.astype(np.float64), x64, g64, m64, i64)
-    dx_mag, sums_mag = bn_backward_magnitudes(douth, x64, g64, m64, i64)
-    assert_close(dx.get(), rdx, dtype, "dx", magnitude=dx_mag)
-    assert_close(np.concatenate([dg.get(), db.get()]), np.concatenate([rdg, rdb]), dtype,
-                 "dgamma/dbeta", magnitude=sums_mag)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", BN_SHAPES)
-@pytest.mark.parametrize("p", [0.8, 0.3, 1.0])
-def test_bn_relu_dropout_fused(cp, ops, dtype, shape, p):
-    rng = np.random.default_rng(shape[0] + 13 * shape[1])
-    n, d = shape
-    x, xh, g, gh, b, bh = _bn_inputs(cp, dtype, shape, rng)
-    x64, g64, b64 = xh.astype(np.float64), gh.astype(np.float64), bh.astype(np.float64)
-    rm, rv = cp.zeros(d, dtype), cp.ones(d, dtype)
-    rm64, rv64 = np.zeros(d), np.ones(d)
-    seed, stream = 2 ** 40 + 3, 17
-    out, mean, inv_std = ops.bn_relu_dropout_forward(x, g, b, 1e-5, 0.9, rm, rv, p, seed, stream)
-    ref_out, ref_mean, ref_inv = fused.bn_relu_dropout_forward_ref(
-        x64, g64, b64, 1e-5, 0.9, rm64, rv64, p, seed, stream)
-    assert_close(out.get(), ref_out, dtype, "out")
-    assert_close(mean.get(), ref_mean, dtype, "mean")
-    assert_close(inv_std.get(), ref_inv, dtype, "inv_std")
-    assert_close(rm.get(), rm64, dtype, "running_mean")
-    assert_close(rv.get(), rv64, dtype, "running_var")
-    # the dropped units are exactly the mask's
-    mask = fused.dropout_mask(shape, p, seed, stream)
-    assert not np.any(out.get()[~mask])
-
-    douth = rng.standard_normal(shape).astype(dtype)
-    outh = out.get()
-    m64, i64 = mean.get().astype(np.float64), inv_std.get().astype(np.float64)
-    dx, dg, db = ops.bn_relu_dropout_backward(cp.asarray(douth), out, x, g, mean, inv_std, p)
-    rdx, rdg, rdb = fused.bn_relu_dropout_backward_ref(douth.astype(np.float64),
-                                                       outh.astype(np.float64), x64, g64, m64,
-                                                       i64, p)
-    dy = fused.relu_dropout_backward_ref(douth.astype(np.float64), outh.astype(np.float64), p)
-    dx_mag, sums_mag = bn_backward_magnitudes(dy, x64, g64, m64, i64)
-    assert_close(dx.get(), rdx, dtype, "dx", magnitude=dx_mag)
-    assert_close(np.concatenate([dg.get(), db.get()]), np.concatenate([rdg, rdb]), dtype,
-                 "dgamma/dbeta", magnitude=sums_mag)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

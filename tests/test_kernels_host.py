@@ -22,7 +22,6 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +34,8 @@ from fcgpu import fused
 from fcgpu import random as frandom
 from fcgpu.cuda import module as cmod
 from fcgpu.cuda.ops import chunk_layout
-from gpu_util import assert_close, bits_equal, bn_backward_magnitudes, mask_window
+from gpu_util import (assert_close, bits_equal, bn_backward_terms, bn_forward_terms,
+                      bn_running_terms, mask_window)
 from helpers import check_exact_steps_on_edge_values
 
 KERNELS = tc.KERNELS
@@ -643,45 +643,6 @@ def test_emulator_has_every_kernel(emu_lib):
     assert names == expected
 
 
-def _flat_inputs(dtype, rng):
-    make = lambda shape: _fake(rng.standard_normal(shape).astype(dtype))  # noqa: E731
-    return {
-        "n1": make((1,)), "n3": make((3,)), "n4": make((4,)), "n1001": make((1001,)),
-        "2d_odd": make((37, 11)), "aligned": make((64, 16)),
-        "misaligned": _misaligned((257,), dtype, rng),
-        "misaligned2d": _misaligned((9, 12), dtype, rng),
-        "transposed": _fake(rng.standard_normal((12, 7)).astype(dtype).T),
-        "strided": _fake(rng.standard_normal(40).astype(dtype))[::3],
-    }
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("p", [0.3, 0.8, 1.0])
-def test_emulated_dropout_and_relu_dropout(emu_cuda, dtype, p):
-    ops, log = emu_cuda
-    rng = np.random.default_rng(int(p * 10))
-    seed, stream = 2 ** 64 - 5, 2 ** 33 + 3
-    for label, x in _flat_inputs(dtype, rng).items():
-        xn = np.asarray(x).view(np.ndarray).copy()
-        out, mask = ops.dropout_forward(x, p, seed, stream)
-        ref, _ = fused.dropout_forward_ref(xn, p, seed, stream)
-        assert mask is None
-        assert bits_equal(np.asarray(out).view(np.ndarray), ref), label
-        dx = ops.dropout_backward(x, p, seed, stream, None)
-        assert bits_equal(np.asarray(dx).view(np.ndarray),
-                          fused.dropout_backward_ref(xn, p, seed, stream)), label
-        y = ops.relu_dropout_forward(x, p, seed, stream)
-        yref = fused.relu_dropout_forward_ref(xn, p, seed, stream)
-        assert np.array_equal(np.asarray(y), yref), label
-        dout = _fake(rng.standard_normal(xn.shape).astype(dtype))
-        dx = ops.relu_dropout_backward(dout, y, p)
-        assert np.array_equal(np.asarray(dx),
-                              fused.relu_dropout_backward_ref(np.asarray(dout).view(np.ndarray),
-                                                              yref, p)), label
-        m = ops.dropout_mask(xn.shape, p, seed, stream)
-        assert np.array_equal(np.asarray(m), fused.dropout_mask(xn.shape, p, seed, stream)), label
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_emulated_exact_steps_on_edge_values(emu_cuda, dtype, monkeypatch):
     """Subnormals, signed zeros, NaN and infinities through the host build of the
@@ -695,13 +656,6 @@ def test_emulated_exact_steps_on_edge_values(emu_cuda, dtype, monkeypatch):
                                      dtype)
 
 
-def test_emulated_mask_tails(emu_cuda):
-    ops, _ = emu_cuda
-    for n in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 1023, 4099):
-        m = ops.dropout_mask((n,), 0.5, 11, 12)
-        assert np.array_equal(np.asarray(m), frandom.dropout_mask_reference((n,), 0.5, 11, 12)), n
-
-
 def test_emulated_dispatch_through_fused(emu_cuda):
     """fcgpu.fused picks fcgpu.cuda.ops for (stand-in) CuPy arrays."""
     rng = np.random.default_rng(3)
@@ -710,9 +664,6 @@ def test_emulated_dispatch_through_fused(emu_cuda):
     assert mask is None and isinstance(out, FakeArray)
     ref, _ = fused.dropout_forward_ref(np.asarray(x).view(np.ndarray), 0.5, 1, 2)
     assert bits_equal(np.asarray(out).view(np.ndarray), ref)
-
-
-BN_EMU_SHAPES = [(2, 5), (2, 1), (2, 4), (7, 3), (64, 8), (130, 37), (490, 100), (300, 4)]
 
 
 def _bn_case(dtype, shape, rng, layout):
@@ -732,74 +683,6 @@ def _bn_case(dtype, shape, rng, layout):
 
 def _np(a):
     return np.array(a).view(np.ndarray)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", BN_EMU_SHAPES)
-@pytest.mark.parametrize("layout", ["contiguous", "misaligned", "fortran"])
-def test_emulated_batchnorm(emu_cuda, dtype, shape, layout):
-    ops, log = emu_cuda
-    rng = np.random.default_rng(shape[0] * 31 + shape[1])
-    n, d = shape
-    x, gamma, beta = _bn_case(dtype, shape, rng, layout)
-    x64, g64, b64 = (_np(a).astype(np.float64) for a in (x, gamma, beta))
-    eps, momentum = 1e-5, 0.9
-    rm = _fake(rng.standard_normal(d).astype(dtype))
-    rv = _fake(rng.uniform(0.5, 2, d).astype(dtype))
-    rm_ref, rv_ref = _np(rm).astype(np.float64), _np(rv).astype(np.float64)
-
-    # training forward, running statistics updated in place (same objects)
-    log.clear()
-    out, mean, inv_std = ops.bn_forward_train(x, gamma, beta, eps, momentum, rm, rv)
-    ref_out, ref_mean, ref_inv = fused.bn_forward_train_ref(x64, g64, b64, eps, momentum,
-                                                            rm_ref, rv_ref)
-    assert_close(_np(out), ref_out, dtype, "out")
-    assert_close(_np(mean), ref_mean, dtype, "mean")
-    assert_close(_np(inv_std), ref_inv, dtype, "inv_std")
-    assert_close(_np(rm), rm_ref, dtype, "running_mean")
-    assert_close(_np(rv), rv_ref, dtype, "running_var")
-    vec_expected = d % 4 == 0 and layout != "misaligned"
-    assert log[-1][0].startswith("fcgpu_col_vec" if vec_expected else "fcgpu_col_flat")
-
-    # inference forward
-    out = ops.bn_forward_infer(x, gamma, beta, eps, rm, rv)
-    assert_close(_np(out), fused.bn_forward_infer_ref(x64, g64, b64, eps, rm_ref, rv_ref), dtype,
-                 "infer")
-
-    # backward
-    dout = _fake((rng.standard_normal(shape) + 0.3).astype(dtype))
-    d64 = _np(dout).astype(np.float64)
-    m64, i64 = _np(mean).astype(np.float64), _np(inv_std).astype(np.float64)
-    dx, dg, db = ops.bn_backward(dout, x, gamma, mean, inv_std)
-    rdx, rdg, rdb = fused.bn_backward_ref(d64, x64, g64, m64, i64)
-    dx_mag, sums_mag = bn_backward_magnitudes(d64, x64, g64, m64, i64)
-    assert_close(_np(dx), rdx, dtype, "dx", magnitude=dx_mag)
-    assert_close(np.concatenate([_np(dg), _np(db)]), np.concatenate([rdg, rdb]), dtype,
-                 "dgamma/dbeta", magnitude=sums_mag)
-
-    # fused forward / backward
-    for p in (0.7, 1.0):
-        rm_f, rv_f = _fake(_np(rm).copy()), _fake(_np(rv).copy())
-        rm_r, rv_r = _np(rm).astype(np.float64), _np(rv).astype(np.float64)
-        seed, stream = 2 ** 32 + 17, 5
-        out, mean, inv_std = ops.bn_relu_dropout_forward(x, gamma, beta, eps, momentum, rm_f,
-                                                         rv_f, p, seed, stream)
-        ref_out, ref_mean, ref_inv = fused.bn_relu_dropout_forward_ref(
-            x64, g64, b64, eps, momentum, rm_r, rv_r, p, seed, stream)
-        assert_close(_np(out), ref_out, dtype, "fused out")
-        assert_close(_np(mean), ref_mean, dtype, "fused mean")
-        assert_close(_np(rv_f), rv_r, dtype, "fused running_var")
-        # the dropped units are exactly the mask's
-        assert not np.any(_np(out)[~fused.dropout_mask(shape, p, seed, stream)])
-        out64 = _np(out).astype(np.float64)
-        m64, i64 = _np(mean).astype(np.float64), _np(inv_std).astype(np.float64)
-        dx, dg, db = ops.bn_relu_dropout_backward(dout, out, x, gamma, mean, inv_std, p)
-        rdx, rdg, rdb = fused.bn_relu_dropout_backward_ref(d64, out64, x64, g64, m64, i64, p)
-        dy = fused.relu_dropout_backward_ref(d64, out64, p)
-        dx_mag, sums_mag = bn_backward_magnitudes(dy, x64, g64, m64, i64)
-        assert_close(_np(dx), rdx, dtype, "fused dx", magnitude=dx_mag)
-        assert_close(np.concatenate([_np(dg), _np(db)]), np.concatenate([rdg, rdb]), dtype,
-                     "fused dgamma/dbeta", magnitude=sums_mag)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -867,30 +750,34 @@ def test_emulated_bn_chunk_layouts(emu_cuda, monkeypatch, dtype, n, d, sms, bps)
                                                      seed, stream)
     assert log[0][0].startswith("fcgpu_bn_stats<") and log[0][1] == ((d + 31) // 32, g), \
         (log[0], r, g)
-    ref_out, ref_mean, ref_inv = fused.bn_relu_dropout_forward_ref(
-        x64, g64, b64, 1e-5, 0.9, rm_ref, rv_ref, p, seed, stream)
-    assert_close(_np(out), ref_out, dtype, "out")
-    assert_close(_np(mean), ref_mean, dtype, "mean")
-    assert_close(_np(inv_std), ref_inv, dtype, "inv_std")
-    assert_close(_np(rm), rm_ref, dtype, "running_mean")
-    assert_close(_np(rv), rv_ref, dtype, "running_var")
+    rm_old, rv_old = rm_ref.copy(), rv_ref.copy()
+    want = fused.bn_relu_dropout_forward_ref(x64, g64, b64, 1e-5, 0.9, rm_ref, rv_ref, p, seed,
+                                             stream)
+    # the tolerance policy of tests/test_fused_contract.py (gpu_util: bn_*_terms)
+    terms = bn_forward_terms(x64, g64, b64, want[1], want[2], p)
+    rm_terms, rv_terms = bn_running_terms(rm_old, rv_old, 0.9, terms)
+    for what, a, w, t in (("out", out, want[0], terms["out"]),
+                          ("mean", mean, want[1], terms["mean"]),
+                          ("inv_std", inv_std, want[2], terms["inv_std"]),
+                          ("running_mean", rm, rm_ref, rm_terms),
+                          ("running_var", rv, rv_ref, rv_terms)):
+        assert_close(_np(a), w, dtype, what, magnitude=np.broadcast_to(t, w.shape))
     for fused_pass in (False, True):
         dout = _fake((rng.standard_normal((n, d)) + 0.25).astype(dtype))
         d64 = _np(dout).astype(np.float64)
         m64, i64 = _np(mean).astype(np.float64), _np(inv_std).astype(np.float64)
         if fused_pass:
             o64 = _np(out).astype(np.float64)
-            dx, dg, db = ops.bn_relu_dropout_backward(dout, out, x, gamma, mean, inv_std, p)
-            rdx, rdg, rdb = fused.bn_relu_dropout_backward_ref(d64, o64, x64, g64, m64, i64, p)
+            got = ops.bn_relu_dropout_backward(dout, out, x, gamma, mean, inv_std, p)
+            want = fused.bn_relu_dropout_backward_ref(d64, o64, x64, g64, m64, i64, p)
             dy = fused.relu_dropout_backward_ref(d64, o64, p)
         else:
-            dx, dg, db = ops.bn_backward(dout, x, gamma, mean, inv_std)
-            rdx, rdg, rdb = fused.bn_backward_ref(d64, x64, g64, m64, i64)
+            got = ops.bn_backward(dout, x, gamma, mean, inv_std)
+            want = fused.bn_backward_ref(d64, x64, g64, m64, i64)
             dy = d64
-        dx_mag, sums_mag = bn_backward_magnitudes(dy, x64, g64, m64, i64)
-        assert_close(_np(dx), rdx, dtype, "dx", magnitude=dx_mag)
-        assert_close(np.concatenate([_np(dg), _np(db)]), np.concatenate([rdg, rdb]), dtype,
-                     "dgamma/dbeta", magnitude=sums_mag)
+        for what, a, w, t in zip(("dx", "dgamma", "dbeta"), got, want,
+                                 bn_backward_terms(dy, x64, g64, m64, i64, want[1])):
+            assert_close(_np(a), w, dtype, what, magnitude=t)
 
 
 def test_emulated_empty_shapes(emu_cuda):
