@@ -187,6 +187,24 @@ def test_compiled_cpu_bit_identical_to_reference(rng, in_dtype, out_dtype):
             assert np.array_equal(yb, ywant) and yb.dtype == np.int64
 
 
+@pytest.mark.parametrize("shape", [(2, 40, 32), (1, 33, 32)])
+def test_compiled_cpu_width_32_images_of_other_heights(rng, shape):
+    """The Numba pass specializes images 32 wide (CIFAR's width as a constant): images
+    32 wide but not 32 high give the reference's bits. Mutant that fails here and
+    nowhere else: the W == 32 branch of ``_augment_rows`` passing H = 32 (every
+    shape the other tests use is either 32 x 32 or not 32 wide)."""
+    n = 12
+    X = _images(rng, n, shape, np.uint8)
+    perm = rng.permutation(n)
+    for mode, pad in (("crop", 4), ("flip", 0), ("none", 0)):
+        seed, epoch = int(rng.integers(0, 2 ** 63)), int(rng.integers(0, 1000))
+        mean = _mean(rng, shape, "flat")
+        args = (X, None, perm, 1, 5, shape, mode, pad, seed, epoch, mean, np.float32)
+        got, _ = cpu_augment.augment_gather(*args)
+        want, _ = augment_spec.augment_gather_reference(*args)
+        assert bits_equal(got, want), (shape, mode)
+
+
 def test_compiled_cpu_writes_given_buffers(rng):
     shape = (3, 7, 5)
     X = _images(rng, 20, shape, np.uint8)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import mmap
-import os
 import subprocess
 import sys
 
@@ -229,6 +228,30 @@ def test_emulated_kernel_skips_rows_past_the_permutation(emu_augment):
     augment.augment_gather(X, None, perm, _dev(fake, np.array([2], np.uint64)), 2, (3, 2, 2),
                            "none", out=out)
     assert np.all(np.asarray(out) == -1)
+
+
+def test_emulated_kernel_stops_at_the_end_of_the_permutation(emu_augment):
+    """A row whose position b*B + r is exactly the permutation's length is skipped:
+    the kernel reads no perm[nperm]. Here perm is the first 4 entries of a longer
+    device array whose fifth is a valid row (3), so a kernel that read one past the end
+    would gather that row. Mutant that fails here: ``pos >= nperm`` moved by one
+    (``pos > nperm``) in kernels/augment.cu (the test above cannot see it: the stand-in's
+    canary after perm is no valid row, so the stray read is skipped as out of range)."""
+    _, fake = emu_augment
+    X = _dev(fake, np.arange(4 * 12, dtype=np.uint8).reshape(4, 12))
+    backing = _dev(fake, np.array([2, 0, 1, 2, 3, 3], np.int64))
+    perm = backing[:4]
+    assert perm.flags.c_contiguous and perm.size == 4
+    Xh = np.asarray(X).view(np.ndarray).astype(np.float32)
+    untouched = np.full((2, 12), -1, np.float32)
+    # batch 1: positions 2 and 3, rows perm[2] = 1 and perm[3] = 2; batch 2: positions
+    # 4 (= nperm) and 5, none
+    for b, want in ((1, Xh[[1, 2]]), (2, untouched)):
+        out = fake.guards.empty((2, 12), np.float32)
+        out[...] = -1
+        augment.augment_gather(X, None, perm, _dev(fake, np.array([b], np.uint64)), 2,
+                               (3, 2, 2), "none", out=out)
+        assert np.array_equal(np.asarray(out).view(np.ndarray), want), b
 
 
 def test_ptx_keeps_subnormals_under_ftz():
