@@ -298,25 +298,39 @@ def profile_step(net="default", rounds=40, seconds=None, warmup=3, layouts=False
         _time_products(products)
         if tproducts:
             _time_products(tproducts)
+    m = _rounds(step, products, tproducts, rounds, seconds, progress)
+    out = {"format": PROFILE_FORMAT, "net": net if isinstance(net, str) else "custom",
+           "hidden": list(spec["hidden"]), "batch": batch, "dtype": str(model.dtype),
+           "input_dim": model.input_dim, "classes": model.num_classes, "variant": "numpy",
+           "augment": augment, "pad": pad if augment == "crop" else None,
+           "rounds": len(m["steps"]), "threads": _threads(), "loadavg": m["load"]}
+    out.update(_summary(m, products, model.num_layers, batch))
+    if tproducts:
+        out["layouts"] = _layouts(out, tproducts, m)
+    return out
+
+
+def _rounds(step, products, tproducts, rounds, seconds, progress):
+    """Floor, plain step and instrumented step, alternating, in every round: the
+    per-round times (``steps``, ``floors``, ``gemms``: each product's, ``inst``: the
+    instrumented steps, ``calls``: their phases; ``t*``: the transposed floor)."""
     rec = _Recorder()
     perf = time.perf_counter
-    steps, floors, tfloors, inst, gemm_rounds, tgemm_rounds, calls = [], [], [], [], [], [], []
-    load = [_loadavg()]
+    m = {k: [] for k in ("steps", "floors", "tfloors", "inst", "gemms", "tgemms", "calls")}
+    m["load"] = [_loadavg()]
     t_start = perf()
     for r in range(rounds):
         def plain():
             t0 = perf()
             step()
-            steps.append(perf() - t0)
+            m["steps"].append(perf() - t0)
 
         def floor():
-            g = _time_products(products)
-            gemm_rounds.append(g)
-            floors.append(sum(g))
-            if tproducts:
-                g = _time_products(tproducts)
-                tgemm_rounds.append(g)
-                tfloors.append(sum(g))
+            for prods, key in ((products, ""), (tproducts, "t")):
+                if prods:
+                    g = _time_products(prods)
+                    m[key + "gemms"].append(g)
+                    m[key + "floors"].append(sum(g))
 
         for part in ((floor, plain) if r % 2 == 0 else (plain, floor)):
             part()
@@ -326,61 +340,66 @@ def profile_step(net="default", rounds=40, seconds=None, warmup=3, layouts=False
             rec.active = True
             t0 = perf()
             step()
-            inst.append(perf() - t0)
+            m["inst"].append(perf() - t0)
         finally:
             rec.active = False
             _unpatch(undo)
-        calls.append(rec.calls)
+        m["calls"].append(rec.calls)
         if progress:
-            progress(r + 1, steps[-1], floors[-1])
+            progress(r + 1, m["steps"][-1], m["floors"][-1])
         if seconds is not None and perf() - t_start > seconds and r >= 2:
             break
-    load.append(_loadavg())
+    m["load"].append(_loadavg())
+    return m
 
-    gemms = []
+
+def _gemm_rows(products, per_round):
+    """One row per product of the floor: its shape, FLOPs, min and median time."""
+    rows = []
     for k, (label, op, layer, mkn, _) in enumerate(products):
-        ts = [g[k] for g in gemm_rounds]
+        ts = [g[k] for g in per_round]
         flops = 2.0 * mkn[0] * mkn[1] * mkn[2]
-        med = statistics.median(ts)
-        gemms.append({"label": label, "op": op, "layer": layer, "mkn": list(mkn),
-                      "flops": flops, "min_s": min(ts), "median_s": med,
-                      "gflops": flops / min(ts) / 1e9})
-    phases = _phase_rows(calls, model.num_layers)
+        rows.append({"label": label, "op": op, "layer": layer, "mkn": list(mkn),
+                     "flops": flops, "min_s": min(ts), "median_s": statistics.median(ts),
+                     "gflops": flops / min(ts) / 1e9})
+    return rows
+
+
+def _summary(m, products, layers, batch):
+    """The profile's numbers from the rounds' times: the step and its floor, their
+    ratios, each product alone and inside the step, the phases, what no phase claims."""
+    gemms = _gemm_rows(products, m["gemms"])
+    phases = _phase_rows(m["calls"], layers)
     for g in gemms:  # the same product inside the step
         op = {"forward": "GEMM forward", "dW": "GEMM dW", "dX": "GEMM dX"}[g["op"]]
         ph = next((p for p in phases if p["label"] == "%s, layer %d" % (op, g["layer"])), None)
         if ph is not None and ph.get("mkn") == g["mkn"]:
             g["in_step_min_s"], g["in_step_median_s"] = ph["min_s"], ph["median_s"]
-    phase_sum = [sum(c[3] for c in cs) for cs in calls]
-    other = [t - s for t, s in zip(inst, phase_sum)]
-    st, fl = _stats(steps), _stats(floors)
+    phase_sum = [sum(c[3] for c in cs) for cs in m["calls"]]
+    other = [t - s for t, s in zip(m["inst"], phase_sum)]
+    st, fl = _stats(m["steps"]), _stats(m["floors"])
     # under load, each piece's fastest run is the least disturbed one
     floor_mins = sum(g["min_s"] for g in gemms)
     step_mins = sum(p["min_s"] for p in phases) + min(other)
-    out = {
-        "format": PROFILE_FORMAT,
-        "net": net if isinstance(net, str) else "custom",
-        "hidden": list(spec["hidden"]), "batch": batch, "dtype": str(model.dtype),
-        "input_dim": model.input_dim, "classes": model.num_classes,
-        "variant": "numpy", "augment": augment, "pad": pad if augment == "crop" else None,
-        "rounds": len(steps), "threads": _threads(), "loadavg": load,
-        "step_s": st, "floor_s": fl, "step_instrumented_s": _stats(inst),
+    return {
+        "step_s": st, "floor_s": fl, "step_instrumented_s": _stats(m["inst"]),
         "other_s": _stats(other),
         "ratio": {"min": st["min"] / fl["min"], "median": st["median"] / fl["median"],
-                  "paired_median": statistics.median(s / f for s, f in zip(steps, floors)),
+                  "paired_median": statistics.median(s / f for s, f in zip(m["steps"],
+                                                                           m["floors"])),
                   "sum_of_minima": step_mins / floor_mins},
         "step_sum_of_minima_s": step_mins, "floor_sum_of_minima_s": floor_mins,
         "samples_per_s": {"median": batch / st["median"], "best": batch / st["min"]},
         "gemm_flops": sum(g["flops"] for g in gemms),
         "gemms": gemms, "phases": phases, "kinds": _kinds(phases, other),
     }
-    if tproducts:
-        tg = []
-        for k, (label, op, layer, mkn, _) in enumerate(tproducts):
-            ts = [g[k] for g in tgemm_rounds]
-            tg.append({"label": label, "op": op, "layer": layer, "min_s": min(ts),
-                       "median_s": statistics.median(ts)})
-        out["layouts"] = {"W": {"floor_s": fl, "gemms": [{k: g[k] for k in (
-                                "label", "op", "layer", "min_s", "median_s")} for g in gemms]},
-                          "W.T": {"floor_s": _stats(tfloors), "gemms": tg}}
-    return out
+
+
+def _layouts(out, tproducts, m):
+    """The floor with W stored as it is, and transposed (``--layouts``)."""
+    keys = ("label", "op", "layer", "min_s", "median_s")
+    return {"W": {"floor_s": out["floor_s"], "gemms": [{k: g[k] for k in keys}
+                                                      for g in out["gemms"]]},
+            "W.T": {"floor_s": _stats(m["tfloors"]),
+                    "gemms": [{k: g[k] for k in keys}
+                              for g in _gemm_rows(tproducts, m["tgemms"])]}}

@@ -88,12 +88,30 @@ def machine_section(results, names):
 
 def kernel_section(results, names):
     out = ["## Kernels", ""]
+    if not any(r.get("kernels") for r in results):
+        return out + ["No kernel measurements in these results.", ""]
+    out += _copy_table(results, names)
+    for op in ("dropout_fwd", "dropout_bwd"):
+        out += ["### %s: GB/s (fraction of copy bandwidth)" % OP_TITLES[op].capitalize(), ""]
+        for res, name in zip(results, names):
+            out += _flat_table(res, name if len(results) > 1 else None, op)
+    out += ["### Batchnorm and the fused pass: median time per call (GB/s)", ""]
+    for res, name in zip(results, names):
+        out += _row_table(res, name if len(results) > 1 else None)
+    out += gather_section(results, names)
+    out += skipped_section(results, names, "kernel")
+    return out
+
+
+def _row(rows, variant, op=None, **where):
+    """The row of ``variant`` (and ``op``) matching ``where`` (shape as a tuple), or None."""
+    return next((r for r in rows if r["variant"] == variant and (op is None or r["op"] == op)
+                 and all((tuple(r[k]) if k == "shape" else r[k]) == v
+                         for k, v in where.items())), None)
+
+
+def _copy_table(results, names):
     multi = len(results) > 1
-    any_rows = any(r.get("kernels") for r in results)
-    if not any_rows:
-        out += ["No kernel measurements in these results.", ""]
-        return out
-    # copy reference
     rows = []
     for res, name in zip(results, names):
         for dev, ref in sorted((res.get("copy_bandwidth") or {}).items()):
@@ -101,82 +119,73 @@ def kernel_section(results, names):
                 rows.append(([name] if multi else []) + [
                     dev.upper(), variant_label(res, v, "copy"), pow2(ref["n"]) + " fp32",
                     fmt_num(g), "**reference**" if v == ref["variant"] else ""])
-    out += ["### Copy bandwidth (the reference)", "",
+    return ["### Copy bandwidth (the reference)", "",
             "Bytes moved count the read and the write. The fastest copy at the largest size is "
             "each device's reference for the bandwidth fractions below.", "",
             table((["Machine"] if multi else []) + ["Device", "Copy", "Size", "GB/s", ""], rows),
             ""]
-    # dropout tables
-    for op in ("dropout_fwd", "dropout_bwd"):
-        out += ["### %s: GB/s (fraction of copy bandwidth)" % OP_TITLES[op].capitalize(), ""]
-        for res, name in zip(results, names):
-            rows_k = [r for r in res.get("kernels") or [] if r["op"] == op]
-            if not rows_k:
-                continue
-            variants = in_order({r["variant"] for r in rows_k}, "kernels")
-            sizes = sorted({r["n"] for r in rows_k})
-            body, tbody = [], []
-            for n in sizes:
-                cells, tcells = [pow2(n)], [pow2(n)]
-                for v in variants:
-                    r = next((r for r in rows_k if r["n"] == n and r["variant"] == v), None)
-                    cells.append("%s (%s)" % (fmt_num(r["gbps"]), fmt_frac(r["bw_frac"]))
-                                 if r else "—")
-                    tcells.append(fmt_time(r["time_s"]) if r else "—")
-                body.append(cells)
-                tbody.append(tcells)
-            head = ["Elements"] + [variant_label(res, v, op) for v in variants]
-            if multi:
-                out += ["*%s*" % name, ""]
-            out += [table(head, body), "", "<details><summary>Median time per call</summary>",
-                    "", table(head, tbody), "", "</details>", ""]
-    # batchnorm and fused
-    out += ["### Batchnorm and the fused pass: median time per call (GB/s)", ""]
-    for res, name in zip(results, names):
-        rows_k = [r for r in res.get("kernels") or [] if r["op"] in ROW_OPS]
-        if not rows_k:
-            continue
-        variants = in_order({r["variant"] for r in rows_k}, "kernels")
-        body = []
-        for op in ROW_OPS:
-            for shape in sorted({tuple(r["shape"]) for r in rows_k if r["op"] == op}):
-                cells = [OP_TITLES[op], "x".join(map(str, shape))]
-                for v in variants:
-                    r = next((r for r in rows_k if r["op"] == op and tuple(r["shape"]) == shape
-                              and r["variant"] == v), None)
-                    cells.append("%s (%s)" % (fmt_time(r["time_s"]), fmt_num(r["gbps"]))
-                                 if r else "—")
-                body.append(cells)
-        if multi:
-            out += ["*%s*" % name, ""]
-        out += [table(["Op", "N x D"] + [variant_label(res, v) for v in variants], body,
-                      ["l", "l"] + ["r"] * len(variants)), ""]
-        # fused speedups
-        fr = []
-        for shape in sorted({tuple(r["shape"]) for r in rows_k if r["op"] == "fused_fwd"}):
-            def t(v, op="fused_fwd"):
-                r = next((r for r in rows_k if r["op"] == op and tuple(r["shape"]) == shape
-                          and r["variant"] == v), None)
-                return r["time_s"] if r else None
-            f = t("fcgpu")
-            cells = ["x".join(map(str, shape))]
-            for base in ("cupy_curand", "cupy_unfused", "torch_cuda"):
-                b = t(base)
-                cells.append(fmt_ratio(b / f) if f and b else "—")
-            n_, c_ = t("numba"), t("numpy_ref")
-            cells.append(fmt_ratio(c_ / n_) if n_ and c_ else "—")
-            cells.append(fmt_ratio(t("torch_cpu") / n_) if n_ and t("torch_cpu") else "—")
-            fr.append(cells)
-        if fr:
-            out += ["Speedups of the fused forward (time of the alternative / time of fcgpu's "
-                    "fused pass on the same device):", "",
-                    table(["N x D", "GPU: vs CuPy as a user writes it (cupy.random mask; "
-                           "the summary's baseline)", "GPU: vs CuPy emulating fcgpu "
-                           "(*_ref, Philox mask as array code)", "GPU: vs PyTorch",
-                           "CPU: Numba vs NumPy ref", "CPU: Numba vs PyTorch"], fr), ""]
-    out += gather_section(results, names)
-    out += skipped_section(results, names, "kernel")
-    return out
+
+
+def _flat_table(res, name, op):
+    """GB/s (fraction of copy) of ``op`` per size and variant, times folded below."""
+    rows_k = [r for r in res.get("kernels") or [] if r["op"] == op]
+    if not rows_k:
+        return []
+    variants = in_order({r["variant"] for r in rows_k}, "kernels")
+    body, tbody = [], []
+    for n in sorted({r["n"] for r in rows_k}):
+        found = [_row(rows_k, v, n=n) for v in variants]
+        body.append([pow2(n)] + ["%s (%s)" % (fmt_num(r["gbps"]), fmt_frac(r["bw_frac"]))
+                                 if r else "—" for r in found])
+        tbody.append([pow2(n)] + [fmt_time(r["time_s"]) if r else "—" for r in found])
+    head = ["Elements"] + [variant_label(res, v, op) for v in variants]
+    return (["*%s*" % name, ""] if name else []) + [
+        table(head, body), "", "<details><summary>Median time per call</summary>", "",
+        table(head, tbody), "", "</details>", ""]
+
+
+def _row_table(res, name):
+    """Batchnorm and the fused pass per (N, D) and variant, then the fused forward's
+    speedups."""
+    rows_k = [r for r in res.get("kernels") or [] if r["op"] in ROW_OPS]
+    if not rows_k:
+        return []
+    variants = in_order({r["variant"] for r in rows_k}, "kernels")
+    body = []
+    for op in ROW_OPS:
+        for shape in sorted({tuple(r["shape"]) for r in rows_k if r["op"] == op}):
+            found = [_row(rows_k, v, op, shape=shape) for v in variants]
+            body.append([OP_TITLES[op], "x".join(map(str, shape))] + [
+                "%s (%s)" % (fmt_time(r["time_s"]), fmt_num(r["gbps"])) if r else "—"
+                for r in found])
+    return (["*%s*" % name, ""] if name else []) + [
+        table(["Op", "N x D"] + [variant_label(res, v) for v in variants], body,
+              ["l", "l"] + ["r"] * len(variants)), ""] + _fused_speedups(rows_k)
+
+
+# the fused forward's speedups: (column, variant on top, variant below): time over time
+SPEEDUPS = (("GPU: vs CuPy as a user writes it (cupy.random mask; the summary's baseline)",
+             "cupy_curand", "fcgpu"),
+            ("GPU: vs CuPy emulating fcgpu (*_ref, Philox mask as array code)",
+             "cupy_unfused", "fcgpu"),
+            ("GPU: vs PyTorch", "torch_cuda", "fcgpu"),
+            ("CPU: Numba vs NumPy ref", "numpy_ref", "numba"),
+            ("CPU: Numba vs PyTorch", "torch_cpu", "numba"))
+
+
+def _fused_speedups(rows_k):
+    fr = []
+    for shape in sorted({tuple(r["shape"]) for r in rows_k if r["op"] == "fused_fwd"}):
+        def t(v):
+            r = _row(rows_k, v, "fused_fwd", shape=shape)
+            return r["time_s"] if r else None
+        fr.append(["x".join(map(str, shape))] + [
+            fmt_ratio(t(a) / t(b)) if t(a) and t(b) else "—" for _, a, b in SPEEDUPS])
+    if not fr:
+        return []
+    return ["Speedups of the fused forward (time of the alternative / time of fcgpu's "
+            "fused pass on the same device):", "",
+            table(["N x D"] + [c for c, _, _ in SPEEDUPS], fr), ""]
 
 
 def skipped_section(results, names, kind):
