@@ -22,8 +22,9 @@ def run(args):
     except ImportError:
         raise ConfigError("fcgpu report needs matplotlib: pip install 'fcgpu[plot]'") from None
     from ..bench import report
+    from ..bench.runner import make_dir
     results = report.load(args.results)
-    make_out_dir(args.out)
+    make_dir(args.out)
     notes = None
     if args.notes:
         try:
@@ -36,13 +37,3 @@ def run(args):
     print("fcgpu report: wrote %s" % path)
     return 0
 
-
-def make_out_dir(path):
-    """``path`` as a folder to write into (made if missing), else a ConfigError."""
-    import os
-    from ..errors import ConfigError
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError("--out %s: cannot make the folder (%s)"
-                          % (path, exc.strerror or exc)) from None
