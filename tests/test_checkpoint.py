@@ -213,19 +213,91 @@ def test_malicious_pickle_is_refused_by_fcgpu_train_resume(tmp_path, monkeypatch
 
 
 def test_truncated_files(tmp_path, trained):
+    """A file cut short anywhere: one line naming the problem (the words are looked for
+    in the problem itself, not in the message, which names the file: tmp_path holds
+    "truncated" in its own name). Mutant caught: the header-truncation check removed
+    (a file cut inside its JSON header then reads as invalid JSON instead)."""
     _, blob = trained
     s = make_solver()
     before = params_of(s)
     n = struct.unpack("<Q", blob[:8])[0]
-    for cut, words in [(0, "empty"), (5, "too short"), (8 + n // 2, "truncated"),
-                       (8 + n + 100, "truncated"), (len(blob) - 1, "truncated")]:
+    for cut, words in [(0, "the file is empty"),
+                       (5, "it is not an fcgpu checkpoint: 5 bytes is too short"),
+                       (8 + n // 2, "the file is truncated: its header claims"),
+                       (8 + n + 100, "the file is truncated"),
+                       (len(blob) - 1, "the file is truncated")]:
         path = tmp_path / ("cut%d.safetensors" % cut)
         path.write_bytes(blob[:cut])
         with pytest.raises(CheckpointError) as e:
             s.load_checkpoint(path)
-        one_line_error(e, path, words)
+        one_line_error(e, path)
+        assert e.value.problem.startswith(words), e.value.problem
         assert path.read_bytes() == blob[:cut]
     assert_untouched(s, before)
+
+
+def test_a_changed_byte_in_any_array_breaks_the_digest(tmp_path, trained):
+    """One byte changed in the data of each array in turn (the first in the file, the
+    best parameters, the best batchnorm statistics, ...): every one is reported as a
+    digest mismatch. Mutants caught: a digest that skips the first array, or the
+    arrays of best_bn."""
+    from safetensors.numpy import load
+    _, blob = trained
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8:8 + n])
+    names = sorted(load(blob))
+    assert any(k.startswith("best_bn/") for k in names) and len(names) > 10
+    for name in names:
+        start, stop = header[name]["data_offsets"]
+        assert stop > start, name
+        bad = bytearray(blob)
+        bad[8 + n + start] ^= 0x01  # (the lowest mantissa bit of its first value)
+        with pytest.raises(CheckpointError, match="do not match their SHA-256 digest"):
+            checkpoint.decode(bytes(bad), name)
+
+
+@pytest.mark.parametrize("rule", ["sgd_momentum", "rmsprop", "adam"])
+def test_every_state_array_of_every_rule_is_checked_against_the_model(tmp_path, rule):
+    """A checkpoint whose optimizer state array (Adam's m and v, the velocity, the
+    RMSProp cache: each rule's state keys in optim.RULES) has another shape is refused.
+    Mutant caught: a state key left out of the shape check (the RMSProp cache)."""
+    from fcgpu.optim import RULES
+    s = make_solver(rule=rule, epochs=1)
+    s.train()
+    blob = checkpoint.encode(s.state_dict())
+    assert RULES[rule].state
+    for key in RULES[rule].state:
+        def edit(tree, arrays):
+            name = "optim_configs/W1/" + key
+            arrays[name] = np.zeros((3, 4), arrays[name].dtype)
+            return tree
+        path = tmp_path / ("%s-%s.safetensors" % (rule, key))
+        path.write_bytes(resign(blob, edit))
+        fresh = make_solver(rule=rule, epochs=1)
+        with pytest.raises(CheckpointError) as e:
+            fresh.load_checkpoint(path)
+        one_line_error(e, path, "optimizer state W1[%r]" % key, "(3, 4)", "(12, 16)")
+
+
+def test_integers_beyond_2_53_are_stored_as_text():
+    """Integers that a double cannot hold exactly (the generator's 128-bit state, a
+    64-bit dropout key) are stored as {"$int": "DIGITS"}, so that no JSON reader rounds
+    them; 2**53 itself is a plain number. Mutant caught: big integers written as JSON
+    numbers (Python reads those back exactly, so a round trip alone cannot tell)."""
+    state = make_solver(epochs=0).state_dict()
+    state["model"]["dropout_key"] = 2 ** 64 - 1
+    state["model"]["dropout_step"] = 2 ** 53
+    blob = checkpoint.encode(state)
+    n = struct.unpack("<Q", blob[:8])[0]
+    text = json.loads(blob[8:8 + n])["__metadata__"]["state"]
+    seen = []
+    tree = json.loads(text, parse_int=lambda digits: seen.append(int(digits)) or int(digits))
+    assert max(map(abs, seen)) == 2 ** 53  # every bigger one is tagged
+    assert tree["model"]["dropout_key"] == {"$int": str(2 ** 64 - 1)}
+    assert tree["rng"]["state"]["state"] == {"$int": str(state["rng"]["state"]["state"])}
+    assert tree["model"]["dropout_step"] == 2 ** 53
+    back = checkpoint.decode(blob)
+    assert back["model"]["dropout_key"] == 2 ** 64 - 1 and back["rng"] == state["rng"]
 
 
 def test_bit_flips_anywhere_are_reported(tmp_path, trained):

@@ -149,12 +149,12 @@ def _check_layout(blob):
             raise CheckpointError("it is a zip archive (a PyTorch or .npz file?), not an "
                                   "fcgpu checkpoint (a safetensors file)")
         need(n is None or n <= MAX_HEADER or blob[8:9] != b"{",
-              "the safetensors header claims %d bytes, more than the format allows", n)
+             "the safetensors header claims %d bytes, more than the format allows", n)
         raise CheckpointError("it is not an fcgpu checkpoint: %s" % (
             "%d bytes is too short for a safetensors file" % size if size < 9 else
             "it is not a safetensors file (it starts with %r)" % bytes(blob[:12])))
     need(8 + n <= size, "the file is truncated: its header claims %d bytes, the file has "
-          "%d in all", n, size)
+         "%d in all", n, size)
     header = _json(bytes(blob[8:8 + n]), "the safetensors header")
     need(isinstance(header, dict), "the safetensors header is not a JSON object")
     spans = []
@@ -162,27 +162,27 @@ def _check_layout(blob):
         if name == "__metadata__":
             continue
         need(isinstance(info, dict) and set(info) == {"dtype", "shape", "data_offsets"},
-              "array %r: its header entry is malformed", name)
+             "array %r: its header entry is malformed", name)
         dtype, shape, span = info["dtype"], info["shape"], info["data_offsets"]
         need(isinstance(dtype, str) and dtype in _DTYPES,
-              "array %r: unsupported dtype %r", name, dtype)
+             "array %r: unsupported dtype %r", name, dtype)
         need(isinstance(shape, list) and len(shape) <= 32
-              and all(type(d) is int and d >= 0 for d in shape),
-              "array %r: invalid shape %r", name, shape)
+             and all(type(d) is int and d >= 0 for d in shape),
+             "array %r: invalid shape %r", name, shape)
         need(isinstance(span, list) and len(span) == 2
-              and all(type(o) is int and o >= 0 for o in span) and span[0] <= span[1],
-              "array %r: invalid byte range %r", name, span)
+             and all(type(o) is int and o >= 0 for o in span) and span[0] <= span[1],
+             "array %r: invalid byte range %r", name, span)
         need(span[1] - span[0] == math.prod(shape) * _DTYPES[dtype].itemsize,
-              "array %r: its byte range %r does not hold a %s array of shape %s",
-              name, span, dtype, shape)
+             "array %r: its byte range %r does not hold a %s array of shape %s",
+             name, span, dtype, shape)
         spans.append((span[0], span[1], name))
     end = 0
     for start, stop, name in sorted(spans):
         need(start == end, "array %r: its bytes %s at %d (expected %d)", name,
-              "overlap another array's" if start < end else "leave a gap", start, end)
+             "overlap another array's" if start < end else "leave a gap", start, end)
         end = stop
     need(size >= 8 + n + end, "the file is truncated: %d bytes, the header describes %d",
-          size, 8 + n + end)
+         size, 8 + n + end)
     need(size == 8 + n + end, "%d unexpected bytes follow the arrays", size - 8 - n - end)
     return header
 
@@ -193,13 +193,13 @@ def _from_tree(obj, arrays, used, depth=0):
         if "$array" in obj:
             name = obj["$array"]
             need(len(obj) == 1 and isinstance(name, str) and name in arrays
-                  and name not in used, "the state refers to array %r wrongly", name)
+                 and name not in used, "the state refers to array %r wrongly", name)
             used.add(name)
             return np.array(arrays[name])  # a writable copy of the read-only view
         if "$int" in obj:
             text = obj["$int"]
             need(len(obj) == 1 and isinstance(text, str) and _INT_TEXT.match(text),
-                  "the state holds a malformed integer %r", text)
+                 "the state holds a malformed integer %r", text)
             return int(text)
         return {k: _from_tree(v, arrays, used, depth + 1) for k, v in obj.items()}
     if isinstance(obj, list):
@@ -222,14 +222,14 @@ def _decode(blob):
     header = _check_layout(blob)
     meta = header.get("__metadata__")
     need(isinstance(meta, dict) and "format" in meta,
-          "it is a safetensors file without fcgpu's metadata, not an fcgpu checkpoint")
+         "it is a safetensors file without fcgpu's metadata, not an fcgpu checkpoint")
     need(meta["format"] == FORMAT, "it is a safetensors file of another kind (format %r), "
-          "not an fcgpu checkpoint", meta["format"])
+         "not an fcgpu checkpoint", meta["format"])
     version = meta.get("format_version")
     need(isinstance(version, str) and version.isdigit() and len(version) < 6,
-          "its format version %r is not a number", version)
+         "its format version %r is not a number", version)
     need(int(version) <= VERSION, "it was written by a newer fcgpu (checkpoint format "
-          "version %s; this fcgpu reads version %d): upgrade fcgpu", version, VERSION)
+         "version %s; this fcgpu reads version %d): upgrade fcgpu", version, VERSION)
     need(int(version) == VERSION, "unknown checkpoint format version %s", version)
     for key in ("state", "sha256"):
         need(isinstance(meta.get(key), str), "its metadata lacks %r", key)
@@ -239,8 +239,8 @@ def _decode(blob):
         raise CheckpointError("it is not a valid safetensors file (%s: %s)"
                               % (type(e).__name__, e)) from e
     need(digest(meta["state"], arrays) == meta["sha256"],
-          "its contents do not match their SHA-256 digest: the file is corrupt (a byte "
-          "changed after it was written); use another copy")
+         "its contents do not match their SHA-256 digest: the file is corrupt (a byte "
+         "changed after it was written); use another copy")
     used = set()
     state = _from_tree(_json(meta["state"], "the stored state"), arrays, used)
     unused = sorted(set(arrays) - used)
