@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..augment_spec import MODE_CODES, augment_stream, check_gather_args, check_rows
-from .philox import _LO, _S32, philox_block
+from .philox import LO32, SHIFT32, philox_block
 
 __all__ = ["augment_gather"]
 
@@ -72,8 +72,8 @@ def _augment_rows(X, y, idx, start, C, H, W, mode, pad, k0, k1, s0, s1, mean, ou
             q0, q1, q2, _ = philox_block(np.uint64(start + r), s0, s1, k0, k1)
             flip = np.int64(q0 >> _S31)
             if mode == 2:
-                dx = np.int64((q1 * span) >> _S32)
-                dy = np.int64((q2 * span) >> _S32)
+                dx = np.int64((q1 * span) >> SHIFT32)
+                dy = np.int64((q2 * span) >> SHIFT32)
         if with_labels:
             yout[r] = y[src]
         if W == 32:  # CIFAR's width as a constant: LLVM specializes the line loops (~2x)
@@ -112,7 +112,7 @@ def augment_gather(X, y, perm, b, batch_size, image_shape, mode="crop", pad=4, s
     stream = augment_stream(a.epoch)
     _augment_rows(Xc, yc, idx, np.int64(a.start), np.int64(C), np.int64(H), np.int64(W),
                   np.int64(MODE_CODES[a.mode]), np.int64(a.pad),
-                  np.uint64(a.seed) & _LO, np.uint64(a.seed >> 32),
-                  np.uint64(stream) & _LO, np.uint64(stream >> 32), mean, out,
+                  np.uint64(a.seed) & LO32, np.uint64(a.seed >> 32),
+                  np.uint64(stream) & LO32, np.uint64(stream >> 32), mean, out,
                   yb if yb is not None else np.zeros(1, dtype=np.int64), yb is not None)
     return out, yb

@@ -18,8 +18,8 @@ _M0 = np.uint64(0xD2511F53)
 _M1 = np.uint64(0xCD9E8D57)
 _W0 = np.uint64(0x9E3779B9)
 _W1 = np.uint64(0xBB67AE85)
-_LO = np.uint64(0xFFFFFFFF)
-_S32 = np.uint64(32)
+LO32 = np.uint64(0xFFFFFFFF)   # the low 32-bit word (public: the Numba gather uses both)
+SHIFT32 = np.uint64(32)
 _FOUR = np.uint64(4)
 
 # Elements per chunk of the flat kernels: a 64 KiB buffer of draws (L2-resident), big
@@ -30,21 +30,21 @@ CHUNK = 16384
 @njit(inline="always", cache=True)
 def philox_block(j, s0, s1, k0, k1):
     """The four 32-bit outputs (as uint64) of block ``j`` for stream words s0, s1."""
-    c0 = j & _LO
-    c1 = j >> _S32
+    c0 = j & LO32
+    c1 = j >> SHIFT32
     c2 = s0
     c3 = s1
     for r in range(10):
         p0 = _M0 * c0
         p1 = _M1 * c2
-        n0 = (p1 >> _S32) ^ c1 ^ k0
-        n2 = (p0 >> _S32) ^ c3 ^ k1
-        c1 = p1 & _LO
-        c3 = p0 & _LO
+        n0 = (p1 >> SHIFT32) ^ c1 ^ k0
+        n2 = (p0 >> SHIFT32) ^ c3 ^ k1
+        c1 = p1 & LO32
+        c3 = p0 & LO32
         c0 = n0
         c2 = n2
-        k0 = (k0 + _W0) & _LO
-        k1 = (k1 + _W1) & _LO
+        k0 = (k0 + _W0) & LO32
+        k1 = (k1 + _W1) & LO32
     return c0, c1, c2, c3
 
 
@@ -54,7 +54,7 @@ def key_words(seed, stream):
     key, and the stream half of every counter."""
     seed = np.uint64(seed)
     stream = np.uint64(stream)
-    return seed & _LO, seed >> _S32, stream & _LO, stream >> _S32
+    return seed & LO32, seed >> SHIFT32, stream & LO32, stream >> SHIFT32
 
 
 @njit(cache=True)
@@ -64,7 +64,7 @@ def philox_fill(buf, first, nblocks, s0, s1, k0, k1):
     # The words are 32-bit already; saying so lets LLVM see that every product is
     # 32x32 -> 64 bits (vpmuludq) rather than a full 64-bit multiply (vpmullq, or with
     # AVX2 alone three multiplies).
-    s0, s1, k0, k1 = s0 & _LO, s1 & _LO, k0 & _LO, k1 & _LO
+    s0, s1, k0, k1 = s0 & LO32, s1 & LO32, k0 & LO32, k1 & LO32
     for q in range(nblocks):
         r0, r1, r2, r3 = philox_block(np.uint64(first + q), s0, s1, k0, k1)
         buf[4 * q] = np.uint32(r0)
