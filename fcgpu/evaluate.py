@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import asnumpy
-from .errors import CheckpointError, CheckpointUnreadable, ConfigError, DataError
+from .errors import CheckpointError, ConfigError, DataError
 
 __all__ = ["CIFAR10_CLASSES", "confusion_matrix", "evaluate", "format_report",
            "plot_confusion", "load_model_from_checkpoint"]
@@ -161,12 +161,7 @@ def load_model_from_checkpoint(path, xp=None):
     from .backend import to_backend
     from .fc_net import FullyConnectedNet
 
-    try:
-        state = checkpoint.load(path)
-    except CheckpointError:
-        raise
-    except OSError as exc:   # a file that is missing, a folder, unreadable
-        raise CheckpointUnreadable("cannot read it: %s" % (exc.strerror or exc), path) from exc
+    state = checkpoint.load(path)   # a file it cannot read is a CheckpointError too
     try:
         params = dict(state["model"]["params"])
         L = sum(1 for k in params if k.startswith("W"))
