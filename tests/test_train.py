@@ -83,6 +83,66 @@ def test_resume_refuses_a_checkpoint_of_another_net(tmp_path, rng):
                      resume=True, progress=False, verbose=False)
 
 
+# TrainConfig fields a resumed run may change (how and where the steps run) ...
+RESUME_EXEMPT = {"epochs", "backend", "data", "cuda_graph", "preset", "matmul_precision"}
+# ... and for every other field, a value other than cfg()'s that a resume must refuse
+OTHER_VALUES = {
+    "hidden_dims": (32,), "weight_scale": 3e-2, "batchnorm": False, "dropout": 0.5,
+    "update_rule": "sgd", "learning_rate": 1e-3, "lr_decay": 0.8, "reg": 1e-4,
+    "batch_size": 40, "num_train": 300, "num_val": 50, "seed": 6, "dtype": "float64",
+    "image_shape": (3, 32, 32), "augment": "flip", "pad": 2, "label_smoothing": 0.1,
+    "schedule": "cosine", "warmup_epochs": 0.5,
+}
+
+
+def test_every_train_config_field_is_exempt_or_checked_on_resume():
+    """The lists above cover TrainConfig: a new field needs a refusal case (or a
+    reason to be exempt), and the exempt fields are the library's."""
+    import dataclasses
+    from fcgpu.settings import RESUME_EXEMPT as exempt
+    from fcgpu.train import TrainConfig
+    assert set(exempt) == RESUME_EXEMPT
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert fields == RESUME_EXEMPT | set(OTHER_VALUES)
+
+
+@pytest.fixture(scope="module")
+def one_epoch_checkpoint(tmp_path_factory):
+    data = fake_cifar(np.random.default_rng(0))
+    ck = tmp_path_factory.mktemp("resume") / "run.ckpt"
+    run_training(cfg(epochs=1), data=data, checkpoint=str(ck), progress=False, verbose=False)
+    return data, ck
+
+
+@pytest.mark.parametrize("field", sorted(OTHER_VALUES))
+def test_resume_refuses_each_changed_setting(one_epoch_checkpoint, field):
+    """One refusal per TrainConfig field that is not exempt: `fcgpu train --resume`
+    with that one setting changed stops before training, naming the field. Mutants
+    caught: a resume that ignores a changed seed, augmentation, or any other field."""
+    from fcgpu.checkpoint import CheckpointError
+    data, ck = one_epoch_checkpoint
+    blob = ck.read_bytes()
+    changed = {field: OTHER_VALUES[field]}
+    if field == "schedule":
+        changed["lr_decay"] = 1.0  # (the per-epoch decay is the step schedule's)
+    with pytest.raises(CheckpointError, match=r"cannot resume from it: its settings differ "
+                                              r"\(.*\b%s: " % field):
+        run_training(cfg(epochs=2, **changed), data=data, checkpoint=str(ck), resume=True,
+                     progress=False, verbose=False)
+    assert ck.read_bytes() == blob
+
+
+def test_resume_accepts_changed_exempt_settings(one_epoch_checkpoint, tmp_path):
+    """More epochs, another matmul precision or preset label: the run resumes."""
+    data, ck = one_epoch_checkpoint
+    copy = tmp_path / "copy.ckpt"
+    copy.write_bytes(ck.read_bytes())
+    m = run_training(cfg(epochs=2, matmul_precision="high", preset="best", data=None),
+                     data=data, checkpoint=str(copy), resume=True, progress=False,
+                     verbose=False)
+    assert m["resumed_from_epoch"] == 1 and m["epochs"] == 2
+
+
 def test_resume_refuses_a_damaged_checkpoint_and_leaves_it(tmp_path, rng, monkeypatch, capsys):
     """A truncated checkpoint: one line naming the file (CheckpointError from Python,
     exit 2 from the CLI), nothing trained, the file and its folder unchanged."""
