@@ -26,8 +26,9 @@ def small_model(xp=np, **kw):
     return FullyConnectedNet([32, 32], **args)
 
 
-def test_trains_to_high_accuracy_course_api(xp, rng):
-    data = blobs(rng, xp=xp)
+def test_trains_to_high_accuracy_course_api(xp):
+    """(Seeded data: an accuracy threshold on fresh random data passes by luck.)"""
+    data = blobs(np.random.default_rng(1), xp=xp)
     model = small_model(xp, use_batchnorm=True, dropout=0.9)
     out = io.StringIO()
     solver = Solver(model, data, update_rule="adam", optim_config={"learning_rate": 1e-2},

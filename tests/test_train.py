@@ -35,8 +35,8 @@ def cfg(**kw):
     return TrainConfig(**base)
 
 
-def test_run_training_metrics_and_outputs(tmp_path, rng):
-    data = fake_cifar(rng)
+def test_run_training_metrics_and_outputs(tmp_path):
+    data = fake_cifar(np.random.default_rng(2))  # (seeded: the accuracy threshold below)
     m = run_training(cfg(), data=data, progress=False, verbose=False)
     for key in ("backend", "device", "epochs", "train_acc", "val_acc", "test_acc",
                 "samples_per_s", "epoch_seconds"):

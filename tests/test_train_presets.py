@@ -94,6 +94,35 @@ def test_raw_cifar_is_the_mean_subtracted_data_as_uint8(monkeypatch):
     assert np.array_equal(Xb, ref["X_train"][:100].reshape(100, -1))
 
 
+def test_run_training_subtracts_the_mean_of_raw_images():
+    """CIFAR-10 with augmentation trains on the raw uint8 images and subtracts the
+    training mean in the gather. With a mean that is constant per channel (so flips
+    and crops move nothing that matters), that run equals one on the same images
+    centred beforehand, bit for bit. Mutant caught: run_training not passing the data's
+    mean to the Solver (seconds here; before, only the 4-minute CIFAR-10 run saw it)."""
+    rng = np.random.default_rng(11)
+    data = fake_cifar(rng)
+    mean = np.broadcast_to(np.array([100.5, 120.25, 90.75], np.float32)[:, None, None],
+                           (3, 32, 32)).copy()
+
+    def centred(x):
+        out = np.empty(x.shape, np.float32)
+        np.subtract(x, mean, out=out, dtype=np.float32)
+        return out
+    raw = dict(data, mean=mean)
+    for k in ("X_train", "X_val", "X_test"):
+        raw[k] = np.clip(data[k] * 40 + 110, 0, 255).astype(np.uint8)
+    ready = {k: (centred(v) if k.startswith("X_") else v) for k, v in raw.items()
+             if k != "mean"}
+    raw["X_val"], raw["X_test"] = ready["X_val"], ready["X_test"]  # (given centred)
+    c = cfg(augment="crop", pad=2, epochs=2, hidden_dims=(32,))
+    a = run_training(c, data=raw, progress=False, verbose=False)
+    b = run_training(c, data=ready, progress=False, verbose=False)
+    assert a["loss_history"] == b["loss_history"]
+    assert (a["val_acc_history"], a["test_acc"]) == (b["val_acc_history"], b["test_acc"])
+    assert np.isfinite(a["loss_history"]).all()
+
+
 def test_augmented_run_records_preset_and_augmentation_and_resumes(tmp_path, rng):
     data = fake_cifar(rng)
     data["X_train"] = np.clip(data["X_train"] * 40 + 128, 0, 255).astype(np.uint8)
