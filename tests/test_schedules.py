@@ -58,6 +58,39 @@ def test_cosine_shape(total, warm):
     assert list(lr_table("cosine", total, base, warmup_steps=warm, min_lr=low)) == lr[:total]
 
 
+def test_cosine_warmup_against_the_written_formula():
+    """Cosine with 4 warm-up steps over 10, written out here rather than computed by the
+    function under test: steps 0..3 climb by base/5 (0.2, 0.4, 0.6, 0.8 of the base),
+    step 4 is the base, then half a cosine down to min_lr at step 10. The Solver trains
+    each step at that rate. Mutants caught: a warm-up that ends one step early (step 3
+    already at the base, or the cosine starting at step 3)."""
+    base, low = 0.5, 0.05
+    want = [base * 0.2, base * 0.4, base * 0.6, base * 0.8, base]
+    want += [low + (base - low) * (1 + math.cos(math.pi * k / 6)) / 2 for k in range(1, 7)]
+    got = [cosine_lr(s, 10, base, warmup_steps=4, min_lr=low) for s in range(11)]
+    assert got == pytest.approx(want, rel=1e-15, abs=0)
+    assert got[3] < base == got[4]
+    # the Solver's steps (cosine warm-up from TrainConfig's warmup_epochs: 2 epochs of 2)
+    rng = np.random.default_rng(0)
+    data = {"X_train": rng.standard_normal((20, 6)), "y_train": rng.integers(0, 3, 20),
+            "X_val": rng.standard_normal((5, 6)), "y_val": rng.integers(0, 3, 5)}
+    model = FullyConnectedNet([5], input_dim=6, num_classes=3, dtype=np.float64, seed=0, xp=np)
+    seen = []
+
+    def rule(w, dw, config):
+        if w.shape == (6, 5):
+            seen.append(config["learning_rate"])
+        return w - config["learning_rate"] * dw, config
+    from fcgpu.train import TrainConfig
+    name, opts = TrainConfig(schedule="cosine", lr_decay=1.0, warmup_epochs=2,
+                             epochs=5).schedule_options(2)
+    assert (name, opts) == ("cosine", {"warmup_steps": 4})
+    Solver(model, data, update_rule=rule, optim_config={"learning_rate": base}, batch_size=10,
+           num_epochs=5, verbose=False, seed=0, lr_schedule=name,
+           lr_schedule_options=dict(opts, min_lr=low)).train()
+    assert seen == pytest.approx(want[:10], rel=1e-15, abs=0)
+
+
 @pytest.mark.parametrize("warmup", ["linear", "cos"])
 @pytest.mark.parametrize("anneal", ["linear", "cos"])
 def test_onecycle_shape(warmup, anneal):
