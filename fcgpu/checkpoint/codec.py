@@ -32,7 +32,7 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes
 from ..backend import asnumpy
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CheckpointUnreadable
 from ..safepickle import is_pickle
 from .schema import MAX_DEPTH, check_state, need
 
@@ -257,5 +257,5 @@ def load(path):
         with open(path, "rb") as f:
             blob = f.read()
     except OSError as e:
-        raise CheckpointError("cannot read it (%s)" % (e.strerror or e), path) from None
+        raise CheckpointUnreadable("cannot read it (%s)" % (e.strerror or e), path) from e
     return decode(blob, path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from ..atomic import atomic_write_bytes
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CheckpointUnreadable
 from ..safepickle import is_pickle, load_numpy_pickle
 from .codec import decode, encode
 
@@ -32,7 +32,7 @@ def convert_pickle(old, new):
     try:
         f = open(old, "rb")
     except OSError as e:
-        raise CheckpointError("cannot read it (%s)" % (e.strerror or e), old) from None
+        raise CheckpointUnreadable("cannot read it (%s)" % (e.strerror or e), old) from e
     with f:
         head = f.read(2)
         if not is_pickle(head):
