@@ -1,7 +1,7 @@
 """Helpers for the kernel tests: tolerances, Philox mask windows, GPU guards.
 
-Imported by tests/test_kernels_host.py (no GPU needed) and tests/test_kernels_gpu.py.
-Nothing here imports CuPy unless a GPU helper is called.
+Imported by the kernel tests (tests/test_fused_contract.py, test_kernels_*.py), on the
+CPU and on a GPU. Nothing here imports CuPy unless a GPU helper is called.
 """
 from __future__ import annotations
 
