@@ -75,7 +75,8 @@ class Solver(SolverOptions):
     * ``out``: where the verbose lines go (default ``sys.stdout``);
     * ``cuda_graph``: capture the training step (minibatch gather, forward, backward,
       update) as one CUDA graph and replay it (CuPy models only; the update rule must
-      be one of sgd, sgd_momentum, rmsprop, adam). Same losses and parameters as
+      have a device kernel: :func:`fcgpu.cuda.graph.supported_rules`, today all of
+      :data:`fcgpu.optim.RULES`). Same losses and parameters as
       without, fewer launches and no per-step host work. The augmenting gather below is
       captured too, and so are the per-step schedules (a table of the epoch's rates).
 
