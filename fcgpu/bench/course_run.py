@@ -73,7 +73,8 @@ def _config(spec, backend_name, graph):
     extra = {"hidden_dims": tuple(spec["hidden_dims"])} if spec.get("hidden_dims") else {}
     return from_preset("course", backend=backend_name, epochs=spec["epochs"],
                        num_train=spec["num_train"], num_val=spec["num_val"],
-                       cuda_graph=graph, **extra)
+                       cuda_graph=graph, matmul_precision=spec.get("matmul_precision"),
+                       **extra)
 
 
 def _run_fcgpu(spec, data, backend_name, graph=False):
@@ -92,7 +93,8 @@ def _run_fcgpu(spec, data, backend_name, graph=False):
             "run_seconds": time.perf_counter() - t0,
             "val_acc_history": m["val_acc_history"], "final_val_acc": m["val_acc_history"][-1]
             if m["val_acc_history"] else None, "best_val_acc": m["best_val_acc"],
-            "epochs": m["epochs"], "device": m["device"], "config": cfg.to_dict()}
+            "epochs": m["epochs"], "device": m["device"], "config": cfg.to_dict(),
+            "matmul_precision": cfg.matmul_precision, "tf32": bool(m.get("tf32"))}
 
 
 def _torch_course(torch, cfg, data, epochs, device):
@@ -114,13 +116,16 @@ def _run_torch(spec, data):
     import torch
     if not torch.cuda.is_available():
         return {"skipped": "torch.cuda.is_available() is False"}
+    from .torch_course import match_precision
     cfg = _config(spec, "numpy", False)
+    precision, tf32 = match_precision(torch, "cuda", cfg.matmul_precision)
     _torch_course(torch, cfg, _warm_slice(data), 1, "cuda")
     seconds, epoch_s, hist = _torch_course(torch, cfg, data, spec["epochs"], "cuda")
     return {"seconds": seconds, "epoch_seconds": epoch_s, "val_acc_history": hist,
             "final_val_acc": hist[-1] if hist else None,
             "best_val_acc": max(hist) if hist else None, "epochs": len(hist),
-            "device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+            "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+            "matmul_precision": precision, "tf32": tf32}
 
 
 def _child(spec):
@@ -180,7 +185,8 @@ def course_wall(enabled=False, backends=None, epochs=17, num_train=49000, num_va
     from .. import backend
     gpu_ok, gpu_why = backend.cupy_status()
     spec = {"epochs": int(epochs), "num_train": int(num_train), "num_val": int(num_val),
-            "hidden_dims": list(hidden_dims) if hidden_dims else None, "seed": int(seed)}
+            "hidden_dims": list(hidden_dims) if hidden_dims else None, "seed": int(seed),
+            "matmul_precision": backend.get_matmul_precision()}
     cfg = _config(dict(spec), "numpy", False)  # bad sizes fail here, with the config's words
     results = {}
     for name in backends:
@@ -200,6 +206,7 @@ def course_wall(enabled=False, backends=None, epochs=17, num_train=49000, num_va
             r["vs_torch_cuda"] = torch_s / r["seconds"]
     return {"epochs": int(epochs), "num_train": int(num_train), "num_val": int(num_val),
             "goal_seconds": GOAL_SECONDS, "goal_device": "H200",
+            "matmul_precision": spec["matmul_precision"],
             "config": "the course's net (`--preset course`: %s, batchnorm, keep %g, Adam %g, "
                       "decay %g, batch %d)" % (" x ".join(map(str, cfg.hidden_dims)),
                                                cfg.dropout, cfg.learning_rate, cfg.lr_decay,

@@ -174,9 +174,11 @@ def _tta_fcgpu(turns, backend_name, src, max_epochs, preset=None):
     from .. import backend
     from ..train import TrainConfig, from_preset, load_data, run_training
     if preset is None:
-        cfg = TrainConfig(backend=backend_name, epochs=max_epochs, data=src)
+        cfg = TrainConfig(backend=backend_name, epochs=max_epochs, data=src,
+                          matmul_precision=backend.get_matmul_precision())
     else:
-        cfg = from_preset(preset, backend=backend_name, data=src)
+        cfg = from_preset(preset, backend=backend_name, data=src,
+                          matmul_precision=backend.get_matmul_precision())
         turns.max_epochs, turns.to_end = cfg.epochs, True
     data = load_data(cfg, progress=False)
     backend.set_backend(backend_name)
@@ -202,7 +204,8 @@ def _tta_torch(turns, device, src, max_epochs):
     if device == "cuda" and not torch.cuda.is_available():
         turns.send({"skipped": "torch.cuda.is_available() is False"})
         raise SystemExit(0)
-    cfg = TrainConfig(epochs=max_epochs, data=src)
+    from .. import backend
+    cfg = TrainConfig(epochs=max_epochs, data=src, matmul_precision=backend.get_matmul_precision())
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     data = load_data(cfg, progress=False)
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
@@ -320,6 +323,7 @@ def time_to_accuracy(path=None, enabled=False, backends=None, max_epochs=17,
             "(`--preset course`: 3x500, batchnorm, keep 0.8, Adam 5e-3, decay 0.9, batch 490)",
             "preset": {"name": DEFAULT_PRESET, "epochs": preset.epochs,
                        "config": preset.to_dict()},
+            "matmul_precision": backend.get_matmul_precision(),
             "interleaved": True, "backends": {n: results[n] for n in (backends or TTA_BACKENDS)
                                               if n in results}}
 

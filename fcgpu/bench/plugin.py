@@ -82,7 +82,9 @@ class Options:
         return [BATCH, BIG_BATCH] if (self.gpu or self.full) else [BATCH]
 
     def settings(self):
+        from .. import backend
         return {"quick": self.quick, "full": self.full,
+                "matmul_precision": backend.get_matmul_precision(),
                 "variants": sorted(self.only) if self.only else None,
                 "kernel_budget_s": self.kernel_budget(), "train_budget_s": self.train_budget(),
                 "flat_sizes": self.flat_sizes(), "row_shapes": self.row_shapes(),

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+from .. import backend
 from ..errors import ConfigError, DataError
 
 __all__ = ["Run", "make_dir", "load_json", "from_partial"]
@@ -57,6 +58,12 @@ class Run:
             raise ConfigError("--part rest adds to a --part headline run in the same --out; "
                               "%s is from --part %s"
                               % (self.path, (st or {}).get("part", "all")))
+        if st.get("matmul_precision", "highest") != backend.get_matmul_precision():
+            raise ConfigError("--part rest adds to the --part headline run in %s, which ran "
+                              "with matmul precision %s, not %s: give the same "
+                              "--matmul-precision" % (self.out, st.get("matmul_precision",
+                                                                       "highest"),
+                                                      backend.get_matmul_precision()))
         for rel in st.get("raw") or []:
             p = os.path.join(self.out, rel)
             raw = from_partial(p) if p.endswith(".jsonl") else load_json(p)
@@ -80,7 +87,7 @@ class Run:
                                 settings={
             "command": " ".join(sys.argv), "only": args.only, "part": args.part,
             "time_to_accuracy": args.time_to_accuracy, "course_wall": args.course_wall,
-            "deadline_s": args.deadline,
+            "deadline_s": args.deadline, "matmul_precision": backend.get_matmul_precision(),
             "raw": [os.path.relpath(p, self.out) for p in self.raw_paths],
             "complete": bool(final and not cut and not self.failed), "cut": cut,
             "suites_not_run": self.not_run, "suites_failed": self.failed},

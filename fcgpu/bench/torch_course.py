@@ -2,7 +2,8 @@
 with fcgpu (time to accuracy, the course's whole run): ``{affine - BatchNorm1d - ReLU -
 Dropout} x L - affine``, fcgpu's initialization (normal weights of ``weight_scale``,
 zero biases), Adam with ``ExponentialLR(lr_decay)``, batch ``batch_size``, the data on
-``device`` before anything is timed."""
+``device`` before anything is timed; and :func:`match_precision`, which gives PyTorch
+fcgpu's matmul precision, for every PyTorch variant of the benchmarks."""
 from __future__ import annotations
 
 import time
@@ -10,11 +11,28 @@ import time
 import numpy as np
 
 
+def match_precision(torch, device, precision=None):
+    """Set PyTorch's float32 matmul precision (``torch.set_float32_matmul_precision``)
+    as fcgpu computes its products: on the GPU the same name as fcgpu's setting
+    (``precision``, default :func:`fcgpu.backend.get_matmul_precision`; 'high' lets
+    both use TF32), on the CPU 'highest' (fcgpu's NumPy path computes float32
+    products in float32 whatever the setting, and PyTorch's 'high' could use bfloat16
+    there). Returns ``(setting, tf32)``: PyTorch's setting now, and whether its
+    float32 products on ``device`` may use TF32 (compute capability 8.0 or later)."""
+    from .. import backend
+    want = (precision or backend.get_matmul_precision()) if device == "cuda" else "highest"
+    torch.set_float32_matmul_precision(want)
+    tf32 = (device == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)
+            and torch.cuda.get_device_capability(0)[0] >= 8)
+    return torch.get_float32_matmul_precision(), tf32
+
+
 class TorchCourse:
     """Model, optimizer, schedule and device data of ``cfg`` (a TrainConfig)."""
 
     def __init__(self, torch, cfg, data, device):
         self.torch, self.cfg, self.device = torch, cfg, device
+        self.precision, self.tf32 = match_precision(torch, device, cfg.matmul_precision)
         torch.manual_seed(cfg.seed)
         layers, d = [], int(np.prod(data["X_train"].shape[1:]))
         for h in cfg.hidden_dims:

@@ -92,56 +92,17 @@ class _Server:
 
     # ------------------------------------------------------------- hello
     def hello(self, req):
+        """What runs here: device, libraries, threads, the matmul precision that
+        applies (``matmul_precision``, and ``tf32``: whether float32 products may use
+        TF32); or a skip where the variant cannot run on this machine."""
         if self.row is None:
             return {"ok": False, "skip": "unknown variant %r" % self.variant}
-        threads = {}
         info = {"ok": True, "variant": self.variant, "device_kind": self.kind,
-                "pid": os.getpid(), "threads": threads}
-        if self.family == "torch":
-            try:
-                import torch
-            except Exception as exc:
-                return {"ok": False, "skip": "PyTorch is not importable (%s)" % exc}
-            self.torch = torch
-            ncores = len(os.sched_getaffinity(0))
-            torch.set_num_threads(ncores)  # same thread count as the NumPy path
-            threads["torch"] = torch.get_num_threads()
-            info["torch"] = torch.__version__
-            if self.kind == "gpu":
-                if not torch.cuda.is_available():
-                    return {"ok": False, "skip": "torch.cuda.is_available() is False "
-                                                 "(PyTorch %s)" % torch.__version__}
-                info["device"] = torch.cuda.get_device_name(0)
-                props = torch.cuda.get_device_properties(0)
-                info["cache_bytes"] = int(getattr(props, "L2_cache_size", 50 << 20))
-                info["cuda"] = torch.version.cuda
-            if self.row.compile:
-                if not hasattr(torch, "compile"):
-                    return {"ok": False, "skip": "torch.compile is not available"}
-        elif self.family == "cupy":
-            from .. import backend
-            ok, why = backend.cupy_status()
-            if not ok:
-                return {"ok": False, "skip": "no GPU backend: " + why}
-            cp = backend.require_cupy()
-            self.cp = self.xp = cp
-            info["device"] = backend.device_name(cp)
-            info["cupy"] = cp.__version__
-            info["cache_bytes"] = _gpu_l2_bytes(cp)
-            if self.row.graph:
-                try:
-                    from ..cuda import graph  # noqa: F401
-                except ImportError as exc:
-                    return {"ok": False, "skip": "no CUDA-graph step in this fcgpu (%s)" % exc}
-        else:
-            import numpy as np
-            self.xp = np
-            from .machine import blas_info
-            threads["blas"] = blas_info().get("threads")
-            from .. import cpu  # noqa: F401  (threading layer)
-            import numba
-            threads["numba"] = numba.get_num_threads()
-            info["numba"] = numba.__version__
+                "pid": os.getpid(), "threads": {}}
+        why = {"torch": self._hello_torch, "cupy": self._hello_cupy,
+               "numpy": self._hello_numpy}[self.family](info)
+        if why:
+            return {"ok": False, "skip": why}
         if self.kind == "cpu":
             from ..backend import device_name
             import numpy as np
@@ -149,6 +110,63 @@ class _Server:
             info["cache_bytes"] = cpu_llc_bytes()
         self.cache_bytes = info["cache_bytes"]
         return info
+
+    def _hello_torch(self, info):
+        try:
+            import torch
+        except Exception as exc:
+            return "PyTorch is not importable (%s)" % exc
+        from .torch_course import match_precision
+        self.torch = torch
+        torch.set_num_threads(len(os.sched_getaffinity(0)))  # as many as the NumPy path
+        info["threads"]["torch"] = torch.get_num_threads()
+        info["torch"] = torch.__version__
+        if self.kind == "gpu":
+            if not torch.cuda.is_available():
+                return "torch.cuda.is_available() is False (PyTorch %s)" % torch.__version__
+            info["device"] = torch.cuda.get_device_name(0)
+            props = torch.cuda.get_device_properties(0)
+            info["cache_bytes"] = int(getattr(props, "L2_cache_size", 50 << 20))
+            info["cuda"] = torch.version.cuda
+        info["matmul_precision"], info["tf32"] = match_precision(
+            torch, "cuda" if self.kind == "gpu" else "cpu")
+        if self.row.compile and not hasattr(torch, "compile"):
+            return "torch.compile is not available"
+        return None
+
+    def _hello_cupy(self, info):
+        from .. import backend
+        ok, why = backend.cupy_status()
+        if not ok:
+            return "no GPU backend: " + why
+        cp = backend.require_cupy()
+        self.cp = self.xp = cp
+        info["device"] = backend.device_name(cp)
+        info["cupy"] = cp.__version__
+        info["cache_bytes"] = _gpu_l2_bytes(cp)
+        from ..cuda.blas import tf32_enabled
+        import numpy as np
+        info["matmul_precision"] = backend.get_matmul_precision()
+        info["tf32"] = bool(tf32_enabled(np.float32))
+        if self.row.graph:
+            try:
+                from ..cuda import graph  # noqa: F401
+            except ImportError as exc:
+                return "no CUDA-graph step in this fcgpu (%s)" % exc
+        return None
+
+    def _hello_numpy(self, info):
+        import numpy as np
+        import numba
+        from .. import backend, cpu  # noqa: F401  (cpu: Numba's threading layer)
+        from .machine import blas_info
+        self.xp = np
+        info["threads"]["blas"] = blas_info().get("threads")
+        info["threads"]["numba"] = numba.get_num_threads()
+        info["numba"] = numba.__version__
+        # (NumPy computes float32 products in float32 whatever the setting)
+        info["matmul_precision"], info["tf32"] = backend.get_matmul_precision(), False
+        return None
 
     # ------------------------------------------------------------- kernels
     def kernel_setup(self, req):

@@ -64,6 +64,11 @@ def add_arguments(p):
                         "by the estimates); a suite still running 15 s past it is stopped")
     p.add_argument("--report", action="store_true",
                    help="also write report.md and the plots into --out")
+    p.add_argument("--matmul-precision", choices=["highest", "high"], default=None,
+                   help="float32 matrix products of fcgpu and of PyTorch on the GPU alike: "
+                        "highest (float32) or high (TF32 allowed, compute capability 8.0 "
+                        "and later); default: FCGPU_MATMUL_PRECISION, else highest; "
+                        "recorded in results.json")
     p.add_argument("--pytest-args", default="",
                    help="extra arguments for pytest, as one string")
     g = p.add_argument_group("step profile")
@@ -154,8 +159,22 @@ def _warn_load():
 
 
 def run(args):
-    if args.profile and args.only is None:
-        return _profile_only(args)
+    """``fcgpu bench`` with the matmul precision of ``--matmul-precision`` (else the
+    process's, FCGPU_MATMUL_PRECISION or 'highest') for the run: every child process
+    gets it, and the PyTorch variants compute as fcgpu does
+    (:func:`fcgpu.bench.torch_course.match_precision`)."""
+    from .. import backend
+    previous = backend.set_matmul_precision(args.matmul_precision
+                                            or backend.get_matmul_precision())
+    try:
+        if args.profile and args.only is None:
+            return _profile_only(args)
+        return _run_suites(args)
+    finally:
+        backend.set_matmul_precision(previous)
+
+
+def _run_suites(args):
     _check_args(args)
     b = Run(args)
     if args.part == "rest":
@@ -320,6 +339,7 @@ def _profile_only(args):
     prof = _profile(args)
     if not args.out:
         return 0
+    from .. import backend
     from ..atomic import atomic_write_bytes
     from ..bench.machine import machine_info
     from ..bench.results import build_results
@@ -328,6 +348,7 @@ def _profile_only(args):
     path = os.path.join(out, "results.json")
     results = build_results([], machine=machine_info(), profile=prof, settings={
         "command": " ".join(sys.argv), "only": "profile", "complete": True,
+        "matmul_precision": backend.get_matmul_precision(),
         "suites_not_run": {}})
     atomic_write_bytes(json.dumps(results, indent=1).encode(), path)
     print("fcgpu bench: wrote %s" % path, file=sys.stderr)

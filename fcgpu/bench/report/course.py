@@ -53,10 +53,12 @@ def course_md(cw):
             "every epoch. Data: %s; the accuracies are a sanity number only (near chance "
             "on random labels). %s; %s. Goal: the whole run in under %g s on an %s "
             "(the design's GPU wall-time target); *× PyTorch* is PyTorch eager's wall time "
-            "over the row's (above 1: faster than PyTorch)."
+            "over the row's (above 1: faster than PyTorch).%s"
             % (cw["config"], cw["epochs"], cw["num_train"], cw["num_val"], cw["data"],
                cw.get("isolation", "").capitalize(), cw.get("warm_up", ""), goal,
-               cw.get("goal_device", "H200")), "",
+               cw.get("goal_device", "H200"),
+               " Matmul precision `%s` for fcgpu and PyTorch alike." % cw["matmul_precision"]
+               if cw.get("matmul_precision") else ""), "",
             table(["Backend", "Wall time (whole run)", "Per epoch (steps)", "× PyTorch eager",
                    "Val acc final / best", "Goal < %g s" % goal, "Device / why not run"], rows), "",
             "Wall time: fcgpu rows, all of `Solver.train()` (`run_training`'s "

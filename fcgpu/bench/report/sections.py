@@ -63,6 +63,7 @@ def machine_section(results, names):
         row("CUDA (driver API / runtime)", lambda m, r: "%s / %s" % (
             gpu(m, "cuda_driver_api"), gpu(m, "cuda_runtime")) if gpu(m, "name") else None),
         row("NumPy BLAS", blas),
+        row("Matmul precision (float32 products)", lambda m, r: precision_text(r)),
         row("Numba threads (layer)", lambda m, r: (threads(r, None, "numba") or "—") + (
             " (%s)" % threads(r, None, "numba_layer") if threads(r, None, "numba_layer") else "")),
         row("PyTorch threads", lambda m, r: threads(r, "torch", "torch")),
@@ -84,6 +85,27 @@ def machine_section(results, names):
         row("Results file", lambda m, r: "`%s`" % os.path.basename(r.get("_path", ""))),
     ]
     return ["## Machine", "", table(["", *names], rows, ["l"] * (1 + len(names))), ""]
+
+
+def precision_text(res):
+    """The run's matmul precision and where TF32 was allowed, or None (older results)."""
+    p = (res.get("settings") or {}).get("matmul_precision")
+    if p is None:
+        return None
+    tf32 = sorted(v for v, w in (res.get("workers") or {}).items() if (w or {}).get("tf32"))
+    if tf32:
+        return "%s: TF32 allowed in %s" % (p, ", ".join(tf32))
+    return "%s: float32 products in float32%s" % (p, "" if p == "highest" else
+                                                  " (no variant here can use TF32)")
+
+
+def _precision_line(results):
+    ps = sorted({(r.get("settings") or {}).get("matmul_precision") for r in results} - {None})
+    if not ps:
+        return ""
+    return (" Matmul precision %s, the same for fcgpu and PyTorch on the GPU "
+            "(`torch.set_float32_matmul_precision`); PyTorch on the CPU computes in "
+            "float32, as the NumPy path does." % " / ".join("`%s`" % p for p in ps))
 
 
 def kernel_section(results, names):
@@ -255,7 +277,8 @@ def train_section(results, names):
             "vs PyTorch eager (same device)", "vs NumPy path", "Steps timed",
             "First step (compile)"]
         out += ["Batch 490, fp32, batchnorm, dropout keep 0.8, Adam; synthetic CIFAR-shaped "
-                "data on the device; variants interleaved in the same run.", "",
+                "data on the device; variants interleaved in the same run.%s" % _precision_line(
+                    results), "",
                 table(head, rows, ["l"] * (len(head) - 8) + ["r"] * 8), ""]
     out += skipped_section(results, names, "train")
     return out
@@ -401,6 +424,13 @@ def method_section(results):
             "ours, and slow): in the details only. In training, `cupy_unfused` is fcgpu on "
             "CuPy with `fcgpu.fused.impl_for` patched, inside that worker only, to return "
             "those references.",
+            "- Matmul precision (`fcgpu bench --matmul-precision`, default "
+            "`FCGPU_MATMUL_PRECISION`, else `highest`): every fcgpu process computes its "
+            "float32 products so, and every PyTorch variant on the GPU gets the same name "
+            "through `torch.set_float32_matmul_precision` (`high`: both may use TF32); "
+            "PyTorch on the CPU stays at `highest`, since the NumPy path computes in float32 "
+            "whatever the setting. Each worker records what applied to it (`workers`: "
+            "`matmul_precision`, `tf32`).",
             "- Tests never time anything; only these benchmarks do. Variants that cannot run are "
             "listed with the reason, never dropped silently.",
             ""]
