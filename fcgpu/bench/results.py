@@ -106,7 +106,8 @@ def collect(raw_list):
     return kernels, kskips, train, tskips, fc
 
 
-def _find(rows, **kw):
+def find_row(rows, **kw):
+    """The first row whose fields equal ``kw`` (a list field compared as a tuple)."""
     for r in rows:
         if all((tuple(r[k]) if isinstance(r[k], list) else r[k]) == v for k, v in kw.items()):
             return r
@@ -133,9 +134,9 @@ def _fused_summary(kernels, kskips, variant_skips, kernels_ran, summary, notes, 
     details["fused_vs_unfused_baseline"] = variants.label(FUSED_BASELINE)
     for shape in FUSED_SHAPES:
         name = "x".join(map(str, shape))
-        f = _find(kernels, op="fused_fwd", variant="fcgpu", shape=shape)
-        u = _find(kernels, op="fused_fwd", variant=FUSED_BASELINE, shape=shape)
-        r = _find(kernels, op="fused_fwd", variant=FUSED_REF, shape=shape)
+        f = find_row(kernels, op="fused_fwd", variant="fcgpu", shape=shape)
+        u = find_row(kernels, op="fused_fwd", variant=FUSED_BASELINE, shape=shape)
+        r = find_row(kernels, op="fused_fwd", variant=FUSED_REF, shape=shape)
         if f and u:
             ratios[name] = u["time_s"] / f["time_s"]
             details["fused_vs_unfused_" + name] = ratios[name]
@@ -163,7 +164,7 @@ def summarize(kernels, kskips, train, tskips, variant_skips, copy_ref, settings=
     kernels_ran, train_ran = bool(kernels or kskips), bool(train or tskips)
 
     for key, op in (("dropout_fwd_bw_frac", "dropout_fwd"), ("dropout_bwd_bw_frac", "dropout_bwd")):
-        row = _find(kernels, op=op, variant="fcgpu", n=BIG_FLAT)
+        row = find_row(kernels, op=op, variant="fcgpu", n=BIG_FLAT)
         if row and gpu_ref:
             summary[key] = row["gbps"] / gpu_ref["gbps"]
             details[key] = {"gbps": row["gbps"], "copy_gbps": gpu_ref["gbps"],
@@ -196,7 +197,7 @@ def summarize(kernels, kskips, train, tskips, variant_skips, copy_ref, settings=
             if best is not None and net == "default":
                 details["fcgpu_gpu_variant"] = best["variant"]
             return best["samples_per_s"] if best else None
-        r = _find(train, net=net, variant=variant)
+        r = find_row(train, net=net, variant=variant)
         return r["samples_per_s"] if r else None
 
     for key, num, den in (("train_vs_torch", "fcgpu", "torch_cuda"),
@@ -215,7 +216,7 @@ def summarize(kernels, kskips, train, tskips, variant_skips, copy_ref, settings=
             notes[key] = ("the training suite did not run" if not train_ran else
                           _why_missing(missing, tskips, variant_skips, net="default"))
     for v in ("fcgpu", "fcgpu_graph"):
-        a, b = _find(train, net="default", variant=v), _find(train, net="default",
+        a, b = find_row(train, net="default", variant=v), find_row(train, net="default",
                                                              variant="torch_cuda")
         if a and b:
             details["train_vs_torch_" + v] = a["samples_per_s"] / b["samples_per_s"]
@@ -223,12 +224,12 @@ def summarize(kernels, kskips, train, tskips, variant_skips, copy_ref, settings=
     for key, num, den in (("train_vs_torch", details.get("fcgpu_gpu_variant", "fcgpu"),
                            "torch_cuda"),
                           ("cpu_train_vs_torch", "numpy", "torch_cpu")):
-        a, b = _find(train, net="default", variant=num), _find(train, net="default",
+        a, b = find_row(train, net="default", variant=num), find_row(train, net="default",
                                                                 variant=den)
         if a and b and a["step_s"].get("min") and b["step_s"].get("min"):
             details[key + "_best_steps"] = b["step_s"]["min"] / a["step_s"]["min"]
-    g = _find(train, net="default", variant="torch_cuda_compile")
-    f = _find(train, net="default", variant=details.get("fcgpu_gpu_variant", "fcgpu"))
+    g = find_row(train, net="default", variant="torch_cuda_compile")
+    f = find_row(train, net="default", variant=details.get("fcgpu_gpu_variant", "fcgpu"))
     if g and f:
         details["train_vs_torch_compile"] = f["samples_per_s"] / g["samples_per_s"]
     return summary, notes, details

@@ -3,7 +3,7 @@ the report's section and its summary line, against the design's goal (under 1 s 
 an H200) and PyTorch eager on the same GPU."""
 from __future__ import annotations
 
-from .format import fmt_ratio, fmt_time, table
+from .format import fmt_ratio, fmt_time, not_run, table
 
 ORDER = ["fcgpu", "fcgpu_graph", "torch_cuda", "numpy"]
 LABELS = {"fcgpu": "fcgpu (CuPy, fused)", "fcgpu_graph": "fcgpu + CUDA graph",
@@ -31,10 +31,7 @@ def _verdict(r, goal):
 
 def course_md(cw):
     if not cw or "skipped" in cw:
-        reason = (cw or {}).get("skipped") or "not in these results"
-        if reason.lower().startswith("not run: "):
-            reason = reason[len("not run: "):]
-        return ["Not run: %s." % reason.rstrip("."), ""]
+        return [not_run((cw or {}).get("skipped")), ""]
     goal = cw.get("goal_seconds", 1.0)
     rows = []
     for name, r in _rows(cw):

@@ -18,6 +18,14 @@ def in_order(present, suite):
     return [v for v in known if v in present] + sorted(present - set(known))
 
 
+def not_run(reason):
+    """"Not run: <reason>." (one "not run" however the reason starts)."""
+    reason = reason or "not in these results"
+    if reason.lower().startswith("not run: "):
+        reason = reason[len("not run: "):]
+    return "Not run: %s." % reason.rstrip(".")
+
+
 def fmt_time(s):
     if s is None:
         return "—"

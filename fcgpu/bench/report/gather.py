@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .. import variants as _variants
 from ..gather import LABELS, OPS, PAD
+from ..results import find_row
 from .format import fmt_frac, in_order, fmt_num, fmt_ratio, fmt_time, table
 
 OP_SHORT = {"augment": "augmenting (crop, pad %d)" % PAD, "gather": "plain"}
@@ -21,8 +22,7 @@ def gather_rows(res):
 
 
 def _find(rows, op, batch, variant):
-    return next((r for r in rows if r["op"] == op and r["shape"][0] == batch
-                 and r["variant"] == variant), None)
+    return find_row(rows, op=op, shape=(batch,), variant=variant)
 
 
 def _time(rows, op, batch, variant):

@@ -6,7 +6,8 @@ import os
 
 from .. import variants as _variants
 from ..kernels import OP_TITLES, ROW_OPS
-from .format import (fmt_frac, in_order, fmt_num, fmt_ratio, fmt_time, pow2,
+from ..results import find_row
+from .format import (fmt_frac, fmt_num, fmt_ratio, fmt_time, in_order, not_run, pow2,
                      table, variant_label)
 from .gather import gather_section
 
@@ -125,13 +126,6 @@ def kernel_section(results, names):
     return out
 
 
-def _row(rows, variant, op=None, **where):
-    """The row of ``variant`` (and ``op``) matching ``where`` (shape as a tuple), or None."""
-    return next((r for r in rows if r["variant"] == variant and (op is None or r["op"] == op)
-                 and all((tuple(r[k]) if k == "shape" else r[k]) == v
-                         for k, v in where.items())), None)
-
-
 def _copy_table(results, names):
     multi = len(results) > 1
     rows = []
@@ -156,7 +150,7 @@ def _flat_table(res, name, op):
     variants = in_order({r["variant"] for r in rows_k}, "kernels")
     body, tbody = [], []
     for n in sorted({r["n"] for r in rows_k}):
-        found = [_row(rows_k, v, n=n) for v in variants]
+        found = [find_row(rows_k, variant=v, n=n) for v in variants]
         body.append([pow2(n)] + ["%s (%s)" % (fmt_num(r["gbps"]), fmt_frac(r["bw_frac"]))
                                  if r else "—" for r in found])
         tbody.append([pow2(n)] + [fmt_time(r["time_s"]) if r else "—" for r in found])
@@ -176,7 +170,7 @@ def _row_table(res, name):
     body = []
     for op in ROW_OPS:
         for shape in sorted({tuple(r["shape"]) for r in rows_k if r["op"] == op}):
-            found = [_row(rows_k, v, op, shape=shape) for v in variants]
+            found = [find_row(rows_k, variant=v, op=op, shape=shape) for v in variants]
             body.append([OP_TITLES[op], "x".join(map(str, shape))] + [
                 "%s (%s)" % (fmt_time(r["time_s"]), fmt_num(r["gbps"])) if r else "—"
                 for r in found])
@@ -199,7 +193,7 @@ def _fused_speedups(rows_k):
     fr = []
     for shape in sorted({tuple(r["shape"]) for r in rows_k if r["op"] == "fused_fwd"}):
         def t(v):
-            r = _row(rows_k, v, "fused_fwd", shape=shape)
+            r = find_row(rows_k, variant=v, op="fused_fwd", shape=shape)
             return r["time_s"] if r else None
         fr.append(["x".join(map(str, shape))] + [
             fmt_ratio(t(a) / t(b)) if t(a) and t(b) else "—" for _, a, b in SPEEDUPS])
@@ -284,16 +278,9 @@ def train_section(results, names):
     return out
 
 
-def _not_run(reason):
-    reason = reason or "not in these results"
-    if reason.lower().startswith("not run: "):
-        reason = reason[len("not run: "):]
-    return "Not run: %s." % reason.rstrip(".")
-
-
 def _dropout_stats_md(ds):
     if not ds or "skipped" in ds:
-        return [_not_run((ds or {}).get("skipped")), ""]
+        return [not_run((ds or {}).get("skipped")), ""]
     rows = [[r["p"], "%.4f" % r["input_mean"], "%.4f" % r["train_mean"],
              "%.4f" % r["test_mean"], "%.4f" % r["train_zero_frac"],
              "%.4f" % r["test_zero_frac"]] for r in ds["rows"]]
@@ -315,7 +302,7 @@ def _dropout_stats_md(ds):
 
 def _regularizer_md(rg):
     if not rg or "skipped" in rg:
-        return [_not_run((rg or {}).get("skipped")), ""]
+        return [not_run((rg or {}).get("skipped")), ""]
     rows = [[r["label"], "%.3f" % r["final_train_acc"], "%.3f" % r["final_val_acc"],
              "%.3f" % r["best_val_acc"], "%.3f" % (r["final_train_acc"] - r["final_val_acc"])]
             for r in rg["runs"]]
@@ -337,7 +324,7 @@ def _tta_note(r, preset):
 
 def _tta_md(tta):
     if not tta or "skipped" in tta:
-        return [_not_run((tta or {}).get("skipped")), ""]
+        return [not_run((tta or {}).get("skipped")), ""]
     rows = []
     preset = tta.get("preset")
     for b, r in tta["backends"].items():
@@ -345,7 +332,7 @@ def _tta_md(tta):
         load = ("%.1f (%.1f–%.1f)" % (load[1], load[0], load[2]) if load and len(load) == 3
                 else "%.1f–%.1f" % (min(load), max(load)) if load else "—")
         if "skipped" in r:
-            rows.append([b, "—", "—", "—", "—", _not_run(r["skipped"])])
+            rows.append([b, "—", "—", "—", "—", not_run(r["skipped"])])
         elif r.get("reached"):
             rows.append([b, fmt_time(r["seconds"]), fmt_time(r.get("train_seconds")),
                          r["epochs"], load, _tta_note(r, preset)])
