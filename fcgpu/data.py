@@ -56,7 +56,7 @@ __all__ = [
     "DataError",
     "cache_dir",
     "get_CIFAR10_data",
-    "load_CIFAR10",
+    "load_CIFAR10", "cifar10_arrays",
     "resolve_cifar10",
 ]
 
@@ -393,6 +393,14 @@ def _load_arrays(src: Path):
 # --------------------------------------------------------------------------
 # Public loaders
 # --------------------------------------------------------------------------
+
+def cifar10_arrays(path=None, download=True):
+    """``(X_train, y_train, X_test, y_test)`` of the CIFAR-10 found as
+    :func:`resolve_cifar10` finds it: uint8 images ``(50000, 3, 32, 32)`` and
+    ``(10000, 3, 32, 32)``, int64 labels, straight from the decoded cache (read-only
+    arrays; :func:`load_CIFAR10` gives writable copies)."""
+    return _load_arrays(resolve_cifar10(path, download=download))
+
 
 def load_CIFAR10(root):
     """Load all of CIFAR-10 from ``root`` (archive, batch folder, or a folder

@@ -167,7 +167,7 @@ def _raw_cifar(cfg):
     converts them and subtracts ``mean``, the training split's mean image), X_val and
     X_test mean-subtracted float32, the same numbers as get_CIFAR10_data's."""
     from . import data
-    X_all, y_all, X_te, y_te = data._load_arrays(data.resolve_cifar10(cfg.data))
+    X_all, y_all, X_te, y_te = data.cifar10_arrays(cfg.data)
     split = _VAL_START
     mean = X_all[:split].mean(axis=0, dtype=np.float64).astype(np.float32)
 
@@ -206,18 +206,6 @@ def load_data(cfg, progress=True):
         data["X_val"] = data["X_val"][:cfg.num_val]
         data["y_val"] = data["y_val"][:cfg.num_val]
     return data
-
-
-def _checkpoint_compatible(state, cfg):
-    """Why ``state`` cannot continue a run of ``cfg``, or None (its train_config part:
-    :func:`fcgpu.checkpoint.check_train_config`, which ``run_training`` applies through
-    :func:`fcgpu.checkpoint.check_resume`)."""
-    from .checkpoint import CheckpointError, check_train_config
-    try:
-        check_train_config(state, cfg)
-    except CheckpointError as e:
-        return e.problem
-    return None
 
 
 def run_training(cfg, data=None, checkpoint=None, resume=False, progress=True, verbose=True,

@@ -88,7 +88,8 @@ def test_check_supported_names_the_supported_rules():
 def test_train_config_and_cli_flag():
     import argparse
     from fcgpu.cli import train as cli_train
-    from fcgpu.train import TrainConfig, _checkpoint_compatible
+    from fcgpu.checkpoint import check_train_config
+    from fcgpu.train import TrainConfig
     assert TrainConfig().cuda_graph is False
     assert TrainConfig(cuda_graph=True).to_dict()["cuda_graph"] is True
     p = argparse.ArgumentParser()
@@ -98,9 +99,9 @@ def test_train_config_and_cli_flag():
     assert cfg.cuda_graph is True
     # how the step runs is not part of what a checkpoint must match
     saved = dict(TrainConfig().to_dict(), cuda_graph=True)
-    assert _checkpoint_compatible({"train_config": saved}, TrainConfig()) is None
+    check_train_config({"train_config": saved}, TrainConfig())  # (raises if it refuses)
     old = {k: v for k, v in TrainConfig().to_dict().items() if k != "cuda_graph"}
-    assert _checkpoint_compatible({"train_config": old}, TrainConfig(cuda_graph=True)) is None
+    check_train_config({"train_config": old}, TrainConfig(cuda_graph=True))
 
 
 def test_run_training_and_cli_refuse_cuda_graph_on_numpy(capsys):
