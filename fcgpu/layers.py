@@ -11,6 +11,7 @@ import contextvars
 
 from . import fused, linalg
 from .backend import get_array_module
+from .setting_spec import LABEL_SMOOTHING
 from .random import DeviceStream, check_seed, fresh_stream, keep_threshold
 
 __all__ = [
@@ -226,16 +227,6 @@ def svm_loss(x, y):
     return loss, positive / n
 
 
-def _check_smoothing(eps):
-    try:
-        eps = float(eps)
-    except (TypeError, ValueError):
-        raise ValueError("softmax_loss: label_smoothing must be a number, got %r" % (eps,)) from None
-    if not 0.0 <= eps < 1.0:  # also rejects NaN
-        raise ValueError("softmax_loss: label_smoothing must be in [0, 1), got %r" % (eps,))
-    return eps
-
-
 def softmax_loss(x, y, label_smoothing=0.0):
     """Softmax cross-entropy: ``(loss, dx)`` averaged over the batch.
 
@@ -244,7 +235,7 @@ def softmax_loss(x, y, label_smoothing=0.0):
     ``-sum_k q_k log p_k`` averaged over the batch and ``dx = (p - q) / N``. The
     default (0) is the course's loss, computed exactly as before."""
     _check_scores(x, y, "softmax_loss")
-    eps = _check_smoothing(label_smoothing)
+    eps = float(LABEL_SMOOTHING.check(label_smoothing, "softmax_loss: label_smoothing"))
     xp = get_array_module(x)
     n, c = x.shape
     rows = xp.arange(n)
