@@ -48,12 +48,13 @@ def adam_step(w, dw, m, v, lr, beta1, beta2, eps, t):
     return adam_step_ref(w, dw, m, v, lr, beta1, beta2, eps, t)
 
 
-def rule_step(rule, w, dw, state, lr, h=0.0, eps=0.0):
-    """``next_w`` of SGD (``rule`` 'sgd'), SGD with momentum ('sgd_momentum': ``state``
-    the velocity, ``h`` the momentum) or RMSProp ('rmsprop': ``state`` the cache,
-    ``h`` the decay rate, ``eps``) in one CUDA kernel, ``state`` updated in place; or
-    None when the arrays are not CuPy arrays of one float dtype and shape (the caller
-    then computes the rule itself)."""
+def rule_step(rule_id, w, dw, state, lr, h=0.0, eps=0.0):
+    """``next_w`` of the rule ``rule_id`` of ``kernels/optim.cuh``'s UpdateRule
+    (``fcgpu.optim.RULES[name].device_id``): SGD, SGD with momentum (``state`` the
+    velocity, ``h`` the momentum) or RMSProp (``state`` the cache, ``h`` the decay
+    rate, ``eps``) in one CUDA kernel, ``state`` updated in place; or None when the
+    arrays are not CuPy arrays of one float dtype and shape (the caller then computes
+    the rule itself)."""
     if not is_cupy_array(w):
         return None
     arrays = (w, dw) if state is None else (w, dw, state)
@@ -62,6 +63,4 @@ def rule_step(rule, w, dw, state, lr, h=0.0, eps=0.0):
             and (state is None or state.flags.c_contiguous)):
         return None
     from .cuda import train_ops
-    code = {"sgd": train_ops.RULE_SGD, "sgd_momentum": train_ops.RULE_SGD_MOMENTUM,
-            "rmsprop": train_ops.RULE_RMSPROP}[rule]
-    return train_ops.rule_step(code, w, dw, state, lr, h, eps)
+    return train_ops.rule_step(rule_id, w, dw, state, lr, h, eps)

@@ -83,10 +83,18 @@ class UpdateRule:
         return config
 
 
+def _kernel_step(name, w, dw, state, config):
+    """The rule's plain step as one CUDA kernel on CuPy arrays (its device id and
+    arguments from :data:`RULES`; NumPy's rounding, subnormals kept), else None."""
+    rule = RULES[name]
+    return fused_optim.rule_step(rule.device_id, w, dw, state, config["learning_rate"],
+                                 *(config[k] for k in rule.device_args))
+
+
 def sgd(w, dw, config=None):
     """Vanilla stochastic gradient descent. config: learning_rate (1e-2)."""
     config = RULES["sgd"].configured(w, config)
-    fused = fused_optim.rule_step("sgd", w, dw, None, config["learning_rate"])
+    fused = _kernel_step("sgd", w, dw, None, config)
     if fused is not None:
         return fused, config
     return w - config["learning_rate"] * dw, config
@@ -96,8 +104,7 @@ def sgd_momentum(w, dw, config=None):
     """SGD with momentum. config: learning_rate (1e-2), momentum (0.9), velocity."""
     config = RULES["sgd_momentum"].configured(w, config)
     v = config["velocity"]
-    fused = fused_optim.rule_step("sgd_momentum", w, dw, v, config["learning_rate"],
-                                  config["momentum"])
+    fused = _kernel_step("sgd_momentum", w, dw, v, config)
     if fused is not None:
         return fused, config
     v *= config["momentum"]
@@ -111,8 +118,7 @@ def rmsprop(w, dw, config=None):
     xp = get_array_module(w)
     cache = config["cache"]
     dr = config["decay_rate"]
-    fused = fused_optim.rule_step("rmsprop", w, dw, cache, config["learning_rate"], dr,
-                                  config["epsilon"])
+    fused = _kernel_step("rmsprop", w, dw, cache, config)
     if fused is not None:
         return fused, config
     cache *= dr
