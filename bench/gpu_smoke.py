@@ -183,9 +183,9 @@ def run_optim(cp, dtype, rng):
                                  cp.asarray(np.array([2], np.uint64)), 0.9, 0.999, 1e-8)
             ref = fused_optim.adam_step_ref(h[0], h[1], h[2], h[3], 1e-3, 0.9, 0.999, 1e-8, 3)
             check(rel(d[0].get(), ref) < tol(dtype), "adam_step_device " + tag)
-            for code, rule, key in ((train_ops.RULE_SGD, "sgd", None),
-                                    (train_ops.RULE_SGD_MOMENTUM, "sgd_momentum", "velocity"),
-                                    (train_ops.RULE_RMSPROP, "rmsprop", "cache")):
+            for rule in (r for r, e in optim.RULES.items() if e.device == optim.DEVICE_RULE):
+                code = optim.RULES[rule].device_id
+                key = (optim.RULES[rule].state or (None,))[0]
                 d, h = _views(cp, hosts, n, misaligned)
                 cfg = {"learning_rate": 1e-2, "momentum": 0.9, "decay_rate": 0.9,
                        "epsilon": 1e-8}

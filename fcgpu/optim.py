@@ -24,7 +24,7 @@ from typing import Callable
 from . import fused_optim
 from .backend import get_array_module
 
-__all__ = ["sgd", "sgd_momentum", "rmsprop", "adam", "RULES", "UpdateRule", "rule_names",
+__all__ = ["sgd", "sgd_momentum", "sgd_nesterov", "rmsprop", "adam", "RULES", "UpdateRule", "rule_names",
            "STATE_KEYS", "HYPER_KEYS", "COUNTER_KEYS", "DEVICE_RULE", "DEVICE_ADAM"]
 
 DEVICE_RULE = "rule"  # the shared kernel of kernels/optim.cuh (UpdateRule id, h, eps)
@@ -112,6 +112,20 @@ def sgd_momentum(w, dw, config=None):
     return w + v, config
 
 
+def sgd_nesterov(w, dw, config=None):
+    """SGD with Nesterov momentum (Sutskever et al. 2013, in the course's velocity
+    form): ``v = mu*v - lr*dw``, next ``w + mu*v - lr*dw``. config: learning_rate
+    (1e-2), momentum (0.9), velocity."""
+    config = RULES["sgd_nesterov"].configured(w, config)
+    v = config["velocity"]
+    fused = _kernel_step("sgd_nesterov", w, dw, v, config)
+    if fused is not None:
+        return fused, config
+    v *= config["momentum"]
+    v -= config["learning_rate"] * dw
+    return w + config["momentum"] * v - config["learning_rate"] * dw, config
+
+
 def rmsprop(w, dw, config=None):
     """RMSProp. config: learning_rate (1e-2), decay_rate (0.99), epsilon (1e-8), cache."""
     config = RULES["rmsprop"].configured(w, config)
@@ -143,6 +157,9 @@ RULES = {rule.name: rule for rule in (
     UpdateRule("sgd_momentum", "SGD with momentum", sgd_momentum,
                (("learning_rate", 1e-2), ("momentum", 0.9)), state=("velocity",),
                device=DEVICE_RULE, device_id=1, device_args=("momentum",)),
+    UpdateRule("sgd_nesterov", "SGD with Nesterov momentum", sgd_nesterov,
+               (("learning_rate", 1e-2), ("momentum", 0.9)), state=("velocity",),
+               device=DEVICE_RULE, device_id=3, device_args=("momentum",)),
     UpdateRule("rmsprop", "RMSProp", rmsprop,
                (("learning_rate", 1e-2), ("decay_rate", 0.99), ("epsilon", 1e-8)),
                state=("cache",), device=DEVICE_RULE, device_id=2,

@@ -164,6 +164,8 @@ fcgpu_rule_dev(T* w, const T* __restrict__ dw, T* __restrict__ s, u64 n,
   FCGPU_RULE_INST(T, 1, true)                                                       \
   FCGPU_RULE_INST(T, 1, false)                                                      \
   FCGPU_RULE_INST(T, 2, true)                                                       \
-  FCGPU_RULE_INST(T, 2, false)
+  FCGPU_RULE_INST(T, 2, false)                                                      \
+  FCGPU_RULE_INST(T, 3, true)                                                       \
+  FCGPU_RULE_INST(T, 3, false)
 FCGPU_OPTIM_INST_T(float)
 FCGPU_OPTIM_INST_T(double)

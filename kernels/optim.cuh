@@ -57,6 +57,7 @@ enum UpdateRule {
   RULE_SGD_MOMENTUM = 1,  // v = mu*v - lr*dw; w + v            (s = velocity, h = momentum)
   RULE_RMSPROP = 2,       // c = dr*c + (1-dr)*dw*dw; w - lr*dw / (sqrt(c) + eps)
                           //                                    (s = cache, h = decay_rate)
+  RULE_SGD_NESTEROV = 3,  // v = mu*v - lr*dw; w + mu*v - lr*dw (s = velocity, h = momentum)
 };
 
 template <typename T, int RULE>
@@ -66,6 +67,12 @@ FCGPU_HD T rule_elem(T w, T g, T& s, T lr, T h, T omh, T eps) {
     const T vel = sub_rn(mul_rn(s, h), mul_rn(lr, g));
     s = vel;
     return add_rn(w, vel);
+  }
+  if (RULE == RULE_SGD_NESTEROV) {
+    const T step = mul_rn(lr, g);
+    const T vel = sub_rn(mul_rn(s, h), step);
+    s = vel;
+    return sub_rn(add_rn(w, mul_rn(h, vel)), step);
   }
   const T c = add_rn(mul_rn(s, h), mul_rn(mul_rn(omh, g), g));
   s = c;

@@ -143,6 +143,7 @@ def check_exact_steps_on_edge_values(ops, dev, host, dtype, seed=0):
             assert bits_equal_nan(host(md), mh) and bits_equal_nan(host(vd), vh), "adam m, v"
             for code, rule, key in ((train_ops.RULE_SGD, "sgd", None),
                                     (train_ops.RULE_SGD_MOMENTUM, "sgd_momentum", "velocity"),
+                                    (train_ops.RULE_SGD_NESTEROV, "sgd_nesterov", "velocity"),
                                     (train_ops.RULE_RMSPROP, "rmsprop", "cache")):
                 wd2, sd2 = dev(wh.copy()), dev(vh.copy())
                 cfg = {"learning_rate": 1e-3, "momentum": 0.9, "decay_rate": 0.9,

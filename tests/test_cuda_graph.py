@@ -44,7 +44,7 @@ import test_kernels_host as hk
 from test_kernels_host import FakeArray, _fake, _misaligned, _uses_cublas
 
 DTYPES = [np.float32, np.float64]
-RULES = ["sgd", "sgd_momentum", "rmsprop", "adam"]
+RULES = ["sgd", "sgd_momentum", "sgd_nesterov", "rmsprop", "adam"]
 
 
 def _np(a):
@@ -77,7 +77,7 @@ def test_check_supported_names_the_supported_rules():
         check_supported(model, rule)
     def my_rule(w, dw, config=None):
         return w, config
-    with pytest.raises(ValueError, match="my_rule.*sgd, sgd_momentum, rmsprop, adam"):
+    with pytest.raises(ValueError, match="my_rule.*sgd, sgd_momentum, sgd_nesterov, rmsprop, adam"):
         check_supported(model, my_rule)
     with pytest.raises(ValueError, match="'nesterov'"):
         check_supported(model, "nesterov")
@@ -615,13 +615,13 @@ def test_bias_corrections_are_the_python_formula():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "rmsprop"])
+@pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "sgd_nesterov", "rmsprop"])
 def test_emulated_rule_step_device_bit_identical_to_optim(emu, dtype, rule):
     rng = np.random.default_rng(3)
     ops, cp = emu.ops, emu.cp
-    code = {"sgd": train_ops.RULE_SGD, "sgd_momentum": train_ops.RULE_SGD_MOMENTUM,
-            "rmsprop": train_ops.RULE_RMSPROP}[rule]
-    state_key = {"sgd": None, "sgd_momentum": "velocity", "rmsprop": "cache"}[rule]
+    code = optim.RULES[rule].device_id
+    state_key = {"sgd": None, "sgd_momentum": "velocity", "sgd_nesterov": "velocity",
+                 "rmsprop": "cache"}[rule]
     for shape in [(1,), (6,), (8,), (33, 5), "misaligned"]:
         if shape == "misaligned":
             w, dw, s = (_misaligned((101,), dtype, rng) for _ in range(3))
@@ -635,7 +635,7 @@ def test_emulated_rule_step_device_bit_identical_to_optim(emu, dtype, rule):
             cfg[state_key] = sn
         ref, cfg = optim.RULES[rule](wn, dwn, cfg)
         lr = cp.asarray(np.array([3e-2]))
-        h = {"sgd": 0.0, "sgd_momentum": 0.85, "rmsprop": 0.95}[rule]
+        h = {"sgd": 0.0, "sgd_momentum": 0.85, "sgd_nesterov": 0.85, "rmsprop": 0.95}[rule]
         res = train_ops.rule_step_device(code, w, dw, s if state_key else None, lr, h=h, eps=1e-7)
         assert res is w
         assert bits_equal(_np(w), ref), (rule, shape)
@@ -728,6 +728,7 @@ CONFIGS = [
     ("adam", False, 0.6, False, 1e-3),
     ("sgd", False, 0, True, 0.0),
     ("sgd_momentum", False, 0.8, True, 1e-2),
+    ("sgd_nesterov", True, 0.8, True, 0.0),
     ("rmsprop", True, 0, True, 0.0),
 ]
 
@@ -740,7 +741,8 @@ def _model(xp, dtype, bn, dropout, fresh, reg, seed=3):
 
 def _solver(xp, data, dtype, rule, bn, dropout, fresh, reg, cuda_graph, epochs=2, **kw):
     model = _model(xp, dtype, bn, dropout, fresh, reg)
-    lr = {"adam": 1e-2, "sgd": 5e-2, "sgd_momentum": 2e-2, "rmsprop": 1e-3}[rule]
+    lr = {"adam": 1e-2, "sgd": 5e-2, "sgd_momentum": 2e-2, "sgd_nesterov": 2e-2,
+          "rmsprop": 1e-3}[rule]
     args = dict(update_rule=rule, optim_config={"learning_rate": lr}, lr_decay=0.8,
                 batch_size=20, num_epochs=epochs, num_train_samples=40, verbose=True,
                 print_every=3, out=io.StringIO(), seed=11, cuda_graph=cuda_graph)
@@ -803,7 +805,7 @@ def test_emulated_graphed_solver_equals_uncaptured(emu, rule, bn, dropout, fresh
         assert graphed.optim_configs["W1"]["m"] is g._state[("W1", "m")]
 
 
-@pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "rmsprop", "adam"])
+@pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "sgd_nesterov", "rmsprop", "adam"])
 def test_emulated_plain_and_graphed_steps_keep_subnormals_alike(emu, rule):
     """The Solver's promise (the graph step gives the plain step's losses and
     parameters) down to float32 subnormals: the stand-in flushes them in CuPy's own
@@ -1128,7 +1130,8 @@ def test_gpu_graphed_solver_matches_uncaptured(cp, rule, bn, dropout, fresh, reg
     lrs = np.array([c["learning_rate"] for c in graphed.optim_configs.values()])
     np.testing.assert_allclose(cp.asnumpy(g.lr), lrs / 0.8, rtol=1e-15)  # last epoch's
     assert lrs[0] == pytest.approx({"adam": 1e-2, "sgd": 5e-2, "sgd_momentum": 2e-2,
-                                    "rmsprop": 1e-3}[rule] * 0.8 ** 3, rel=1e-14)
+                                    "sgd_nesterov": 2e-2, "rmsprop": 1e-3}[rule] * 0.8 ** 3,
+                                   rel=1e-14)
 
 
 @pytest.mark.gpu
@@ -1190,14 +1193,14 @@ def test_gpu_adam_kernels_vs_float64_reference(cp, dtype):
 @pytest.mark.gpu
 @requires_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "rmsprop"])
+@pytest.mark.parametrize("rule", ["sgd", "sgd_momentum", "sgd_nesterov", "rmsprop"])
 def test_gpu_rule_kernels_bit_identical_to_optim(cp, dtype, rule):
     from fcgpu.cuda import ops
     rng = np.random.default_rng(10)
-    code = {"sgd": train_ops.RULE_SGD, "sgd_momentum": train_ops.RULE_SGD_MOMENTUM,
-            "rmsprop": train_ops.RULE_RMSPROP}[rule]
-    key = {"sgd": None, "sgd_momentum": "velocity", "rmsprop": "cache"}[rule]
-    h = {"sgd": 0.0, "sgd_momentum": 0.85, "rmsprop": 0.95}[rule]
+    code = optim.RULES[rule].device_id
+    key = {"sgd": None, "sgd_momentum": "velocity", "sgd_nesterov": "velocity",
+           "rmsprop": "cache"}[rule]
+    h = {"sgd": 0.0, "sgd_momentum": 0.85, "sgd_nesterov": 0.85, "rmsprop": 0.95}[rule]
     for n in (1, 7, 4096, 100003):
         w, dw, s = rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype), \
             rng.random(n).astype(dtype)

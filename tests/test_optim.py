@@ -99,9 +99,10 @@ def test_rules_table_entries_are_the_rules_and_match_the_device_enum():
     sets; a device id off by one; a rule missing from the table."""
     from fcgpu import optim
     from fcgpu.cuda import train_ops
-    assert set(optim.RULES) == {"sgd", "sgd_momentum", "rmsprop", "adam"}
-    assert (optim.sgd, optim.sgd_momentum, optim.rmsprop, optim.adam) == tuple(
-        optim.RULES[n].update for n in ("sgd", "sgd_momentum", "rmsprop", "adam"))
+    names = ("sgd", "sgd_momentum", "sgd_nesterov", "rmsprop", "adam")
+    assert set(optim.RULES) == set(names)
+    assert (optim.sgd, optim.sgd_momentum, optim.sgd_nesterov, optim.rmsprop,
+            optim.adam) == tuple(optim.RULES[n].update for n in names)
     w, dw = np.ones((2, 3)), np.full((2, 3), 0.5)
     for name, rule in optim.RULES.items():
         assert rule.name == name and rule.title
@@ -145,7 +146,7 @@ def test_everything_that_lists_update_rules_reads_the_table(monkeypatch):
     assert settings.SETTINGS["update_rule"].why("nesterov") is not None
     assert space.normalize("update_rule", "plain", "test") == {"value": "plain"}
     # the graph captures the rules with a device kernel; this one has none
-    assert graph.supported_rules() == ("sgd", "sgd_momentum", "rmsprop", "adam")
+    assert graph.supported_rules() == ("sgd", "sgd_momentum", "sgd_nesterov", "rmsprop", "adam")
     with pytest.raises(ValueError, match="update rule 'plain' cannot be captured"):
         graph.check_supported(None, "plain")
     extra = optim.UpdateRule("plain", "plain SGD", optim.sgd, (("learning_rate", 1e-2),),
@@ -156,3 +157,27 @@ def test_everything_that_lists_update_rules_reads_the_table(monkeypatch):
     assert set(schema.STATE_ARRAYS) == {k for r in optim.RULES.values() for k in r.state}
     # every hyperparameter of a rule has its range
     assert set(optim.HYPER_KEYS) <= set(settings.HYPERPARAMETERS)
+
+
+def test_nesterov_is_the_look_ahead_gradient(rng):
+    """sgd_nesterov is SGD with momentum whose gradient is taken at the look-ahead
+    point w + mu*v (Sutskever et al. 2013): on a quadratic f(w) = 0.5 * a * w^2, the
+    course's velocity form equals the look-ahead form step after step, and differs
+    from plain momentum. Mutants caught: the look-ahead term dropped (plain
+    momentum), or taken with the old velocity."""
+    from fcgpu import optim
+    a = rng.uniform(0.5, 2.0, 6)
+    w0 = rng.standard_normal(6)
+    lr, mu = 0.1, 0.9
+    w, cfg = w0.copy(), {"learning_rate": lr, "momentum": mu}
+    x, v = w0.copy(), np.zeros(6)   # the look-ahead form: x is the look-ahead point
+    plain, pcfg = w0.copy(), {"learning_rate": lr, "momentum": mu}
+    for _ in range(20):
+        w, cfg = optim.sgd_nesterov(w, a * w, cfg)
+        theta = x - mu * v          # the parameters behind the look-ahead point
+        v_new = mu * v - lr * a * x  # the gradient at the look-ahead point
+        theta = theta + v_new
+        x, v = theta + mu * v_new, v_new
+        plain, pcfg = optim.sgd_momentum(plain, a * plain, pcfg)
+    np.testing.assert_allclose(w, x, rtol=1e-12, atol=1e-14)
+    assert not np.allclose(w, plain, rtol=1e-6)

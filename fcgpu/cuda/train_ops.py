@@ -22,11 +22,11 @@ from .module import FLOAT_DTYPES, Kernel
 
 __all__ = ["adam_step", "adam_step_device", "rule_step", "rule_step_device", "gather_rows",
            "graph_advance", "bias_corrections", "RULE_SGD", "RULE_SGD_MOMENTUM",
-           "RULE_RMSPROP"]
+           "RULE_RMSPROP", "RULE_SGD_NESTEROV"]
 
 # kernels/optim.cuh (UpdateRule; tests/test_kernel_enums.py compares them)
-RULE_SGD, RULE_SGD_MOMENTUM, RULE_RMSPROP = 0, 1, 2
-RULES = (RULE_SGD, RULE_SGD_MOMENTUM, RULE_RMSPROP)
+RULE_SGD, RULE_SGD_MOMENTUM, RULE_RMSPROP, RULE_SGD_NESTEROV = 0, 1, 2, 3
+RULES = (RULE_SGD, RULE_SGD_MOMENTUM, RULE_RMSPROP, RULE_SGD_NESTEROV)
 
 _u64 = np.uint64
 _f64 = np.float64
