@@ -9,10 +9,9 @@ fewer per step, the same values up to the rounding of the bias gradient's sum.
 """
 from __future__ import annotations
 
-from . import fused
-from .layers import (_affine_rows, _bn_state, _dropout_args, _gemm, _gemm_dw, _gemm_dx,
-                     affine_backward, affine_forward, dropout_stream, relu_backward,
-                     relu_forward)
+from . import fused, linalg
+from .layers import (affine_backward, affine_forward, affine_rows, bn_settings,
+                     dropout_settings, dropout_stream, relu_backward, relu_forward)
 
 __all__ = [
     "affine_relu_forward", "affine_relu_backward",
@@ -42,9 +41,9 @@ def affine_bn_relu_backward(dout, cache, need_dx=True):
 
 
 def affine_relu_dropout_forward(x, w, b, dropout_param):
-    mode, p = _dropout_args(dropout_param)
+    mode, p = dropout_settings(dropout_param)
     if mode == "train" and fused.folds_bias(x):
-        a = _gemm(_affine_rows(x, w, b), w)
+        a = linalg.forward(affine_rows(x, w, b), w)
         seed, stream = dropout_stream(dropout_param)
         out = fused.bias_relu_dropout_forward(a, b, p, seed, stream)
         return out, ((x, w, b), out, p, True)
@@ -70,22 +69,22 @@ def affine_relu_dropout_backward(dout, cache, need_dx=True):
 def _affine_grads(da, fc_cache, need_dx):
     """``(dx, dw)`` of an affine layer whose bias gradient came from elsewhere."""
     x, w, _ = fc_cache
-    dw = _gemm_dw(x.reshape(x.shape[0], -1), da)
-    dx = _gemm_dx(da, w).reshape(x.shape) if need_dx else None
+    dw = linalg.weight_gradient(x.reshape(x.shape[0], -1), da)
+    dx = linalg.input_gradient(da, w).reshape(x.shape) if need_dx else None
     return dx, dw
 
 
 def affine_bn_relu_dropout_forward(x, w, b, gamma, beta, bn_param, dropout_param):
     """affine - batchnorm - ReLU - dropout; ``dropout_param=None`` means no dropout."""
-    a = _gemm(_affine_rows(x, w, b), w)
-    mode, eps, momentum = _bn_state(a, gamma, beta, bn_param)
+    a = linalg.forward(affine_rows(x, w, b), w)
+    mode, eps, momentum = bn_settings(a, gamma, beta, bn_param)
     folded = mode == "train" and fused.folds_bias(a)
     if not folded:
         a += b  # as affine_forward
     fc_cache = (x, w, b)
     p, seed, stream = 1.0, 0, 0
     if dropout_param is not None:
-        _, p = _dropout_args(dropout_param)
+        _, p = dropout_settings(dropout_param)
         if dropout_param["mode"] == "train":
             seed, stream = dropout_stream(dropout_param)
         else:

@@ -23,7 +23,7 @@ __all__ = [
 
 def affine_forward(x, w, b):
     """``out = x.reshape(N, D) @ w + b``; cache ``(x, w, b)``."""
-    out = _gemm(_affine_rows(x, w, b), w)
+    out = linalg.forward(affine_rows(x, w, b), w)
     out += b
     return out, (x, w, b)
 
@@ -31,13 +31,13 @@ def affine_forward(x, w, b):
 def affine_backward(dout, cache, need_dx=True):
     """``(dx, dw, db)``; with ``need_dx=False`` (the net's first layer) dx is None."""
     x, w, _ = cache
-    dw = _gemm_dw(x.reshape(x.shape[0], -1), dout)
+    dw = linalg.weight_gradient(x.reshape(x.shape[0], -1), dout)
     db = dout.sum(axis=0)
-    dx = _gemm_dx(dout, w).reshape(x.shape) if need_dx else None
+    dx = linalg.input_gradient(dout, w).reshape(x.shape) if need_dx else None
     return dx, dw, db
 
 
-def _affine_rows(x, w, b):
+def affine_rows(x, w, b):
     """``x`` as rows ``(N, D)``, after checking that x, w and b chain."""
     if x.ndim < 1 or w.ndim != 2 or b.ndim != 1:
         raise ValueError("affine_forward: need x (N, d1, ...), w (D, M), b (M,); got %s, %s, %s"
@@ -47,24 +47,6 @@ def _affine_rows(x, w, b):
         raise ValueError("affine_forward: shapes do not chain: x %s -> (N, %d), w %s, b %s"
                          % (x.shape, x2.shape[1], w.shape, b.shape))
     return x2
-
-
-# The three matrix products of an affine layer, each one call, so that the step
-# profiler (fcgpu.bench.profile) can time each apart; layer_utils uses them too.
-
-def _gemm(x2, w):
-    """Forward: ``x2 @ w``."""
-    return linalg.matmul(x2, w)
-
-
-def _gemm_dw(x2, dout):
-    """Weight gradient: ``x2.T @ dout``."""
-    return linalg.matmul(x2.T, dout)
-
-
-def _gemm_dx(dout, w):
-    """Input gradient (rows): ``dout @ w.T``."""
-    return linalg.matmul(dout, w.T)
 
 
 def relu_forward(x):
@@ -78,7 +60,9 @@ def relu_backward(dout, cache):
     return xp.where(x > 0, dout, dout.dtype.type(0))
 
 
-def _bn_state(x, gamma, beta, bn_param):
+def bn_settings(x, gamma, beta, bn_param):
+    """``(mode, eps, momentum)`` of a batchnorm call, after checking its arguments (and
+    creating the running statistics where missing); layer_utils' sandwiches share it."""
     if x.ndim != 2:
         raise ValueError("batchnorm_forward: x must be 2-D (N, D), got shape %s" % (x.shape,))
     n, d = x.shape
@@ -107,7 +91,7 @@ def batchnorm_forward(x, gamma, beta, bn_param):
     ``running = momentum * running + (1 - momentum) * batch`` (biased variance) in
     ``bn_param``; test mode normalizes with the running statistics.
     """
-    mode, eps, momentum = _bn_state(x, gamma, beta, bn_param)
+    mode, eps, momentum = bn_settings(x, gamma, beta, bn_param)
     if mode == "test":
         out = fused.bn_forward_infer(x, gamma, beta, eps, bn_param["running_mean"],
                                      bn_param["running_var"])
@@ -131,7 +115,8 @@ def batchnorm_backward(dout, cache):
 batchnorm_backward_alt = batchnorm_backward
 
 
-def _dropout_args(dropout_param):
+def dropout_settings(dropout_param):
+    """``(mode, p)`` of a dropout call, after checking ``dropout_param``."""
     mode = dropout_param.get("mode")
     if mode not in ("train", "test"):
         raise ValueError("dropout_forward: dropout_param['mode'] must be 'train' or 'test', "
@@ -163,7 +148,7 @@ def dropout_forward(x, dropout_param):
     Train mode keeps a unit iff its Philox draw is below ``p * 2**32`` and scales kept
     units by ``1/p``; test mode is the identity.
     """
-    mode, p = _dropout_args(dropout_param)
+    mode, p = dropout_settings(dropout_param)
     if mode == "test":
         return x, (dropout_param, mode, p, None, None, None)
     seed, stream = dropout_stream(dropout_param)

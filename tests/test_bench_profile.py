@@ -37,9 +37,9 @@ def test_phase_rows_name_layers_and_aggregate():
     calls = [("GEMM forward", "gemm", [(4, 8), (8, 6)], 1.0),
              ("GEMM forward", "gemm", [(4, 6), (6, 2)], 2.0),
              ("Adam", "optim", [(8, 6)], 0.5), ("Adam", "optim", [(6,)], 0.25),
-             ("GEMM dW", "gemm", [(4, 6), (4, 2)], 3.0),
-             ("GEMM dX", "gemm", [(4, 2), (6, 2)], 4.0),
-             ("GEMM dW", "gemm", [(4, 8), (4, 6)], 5.0),
+             ("GEMM dW", "gemm", [(6, 4), (4, 2)], 3.0),
+             ("GEMM dX", "gemm", [(4, 2), (2, 6)], 4.0),
+             ("GEMM dW", "gemm", [(8, 4), (4, 6)], 5.0),
              ("fused x_backward", "fused", [(4, 6)], 6.0)]
     rows = {r["label"]: r for r in profile._phase_rows([calls, calls], layers=2)}
     assert rows["GEMM forward, layer 1"]["mkn"] == [4, 8, 6]
@@ -92,9 +92,16 @@ def test_profile_has_every_product_and_phase(tiny_profile):
 
 
 def test_profiling_leaves_nothing_wrapped(tiny_profile):
-    for mod, attr in ((layers, "_gemm"), (layers, "softmax_loss"), (layer_utils, "_gemm_dw"),
+    """After profiling no seam is wrapped and no product is observed any more."""
+    from fcgpu import linalg
+    for mod, attr in ((layers, "softmax_loss"), (layers, "affine_forward"),
                       (layer_utils, "affine_bn_relu_dropout_forward"), (models, "gather")):
         assert not hasattr(getattr(mod, attr), "__fcgpu_profiled__"), attr
+    seen = []
+    linalg.matmul(np.ones((2, 3)), np.ones((3, 1)), "forward")
+    with linalg.observe(lambda product, a, b, role: seen.append(role) or product(a, b)):
+        linalg.forward(np.ones((2, 3)), np.ones((3, 1)))
+    assert seen == ["forward"]
 
 
 def test_floor_products_transposed_give_the_same_values():

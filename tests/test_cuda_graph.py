@@ -974,7 +974,7 @@ def test_emulated_graph_body_on_cupys_matmul_fails_to_capture(emu, monkeypatch):
     ``@``) cannot be captured: CuPy's cuBLAS wrapper refuses (issue #6290). The same
     run with the products through fcgpu.cuda.blas captures (the Solver tests below)."""
     from fcgpu import linalg
-    monkeypatch.setattr(linalg, "matmul", lambda a, b: a @ b)
+    monkeypatch.setattr(linalg, "matmul", lambda a, b, role=None: a @ b)
     s = _solver(emu.cp, blobs(np.random.default_rng(9)), np.float32, "adam", True, 0.7, True,
                 0.0, cuda_graph=True, epochs=1)
     with pytest.raises(NotImplementedError, match=re.escape(LIBRARY_REFUSAL % "cuBLAS")):

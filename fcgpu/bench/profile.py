@@ -35,15 +35,14 @@ import time
 
 import numpy as np
 
+from .. import linalg
+
 PROFILE_FORMAT = "fcgpu-profile-1"
 
 # (module, attribute, kind, label): the functions the instrumented step wraps. The
 # layer functions and the sandwiches are wrapped too, so that what they do beyond the
 # calls below (the last layer's bias add and db sum, the glue) has a row of its own.
 SEAMS = [
-    ("fcgpu.layers", "_gemm", "gemm", "GEMM forward"),
-    ("fcgpu.layers", "_gemm_dw", "gemm", "GEMM dW"),
-    ("fcgpu.layers", "_gemm_dx", "gemm", "GEMM dX"),
     ("fcgpu.layers", "softmax_loss", "loss", "softmax loss"),
     ("fcgpu.layers", "affine_forward", "glue", "affine forward (bias add)"),
     ("fcgpu.layers", "affine_backward", "glue", "affine backward (db sum)"),
@@ -51,6 +50,10 @@ SEAMS = [
     ("fcgpu.bench.models", "gather", "data", "minibatch gather"),
     ("fcgpu.bench.models", "augmented_gather", "data", "augmenting minibatch gather"),
 ]
+# the layers' matrix products, seen through fcgpu.linalg.observe (no patching): their
+# rows by role
+GEMM_LABELS = {"forward": "GEMM forward", "weight_gradient": "GEMM dW",
+               "input_gradient": "GEMM dX"}
 # every public step of the dispatch point is a phase too
 FUSED_KIND = "fused"
 # rows that sum all their calls in a step instead of one row per call
@@ -123,6 +126,13 @@ def _patch(recorder):
                 setattr(m, attr, wrapped)
                 undo.append((m, attr, orig))
     return undo
+
+
+def _gemm_observer(recorder):
+    """An observer for :func:`fcgpu.linalg.observe` that times each product, by role."""
+    def observed(product, a, b, role):
+        return recorder.wrap(product, GEMM_LABELS.get(role, "GEMM"), "gemm")(a, b)
+    return observed
 
 
 def _unpatch(undo):
@@ -230,17 +240,12 @@ def _phase_rows(rounds_calls, layers):
 
 
 def _mkn(label, shapes):
-    """(m, k, n) of a GEMM seam's call from its operands' shapes."""
-    if len(shapes) != 2 or len(shapes[0]) != 2 or len(shapes[1]) != 2:
+    """(m, k, n) of a product from its operands' shapes, ``a (m, k) @ b (k, n)``."""
+    if label not in GEMM_LABELS.values() or len(shapes) != 2 or len(shapes[0]) != 2 \
+            or len(shapes[1]) != 2:
         return None
-    (a0, a1), (b0, b1) = shapes
-    if label == "GEMM forward":   # x2 (m, k) @ w (k, n)
-        return [a0, a1, b1]
-    if label == "GEMM dW":        # x2.T (k_in, N) @ dout (N, n)
-        return [a1, a0, b1]
-    if label == "GEMM dX":        # dout (N, n) @ w.T (n, k_in)
-        return [a0, a1, b0]
-    return None
+    (a0, a1), (_, b1) = shapes
+    return [a0, a1, b1]
 
 
 def _kinds(phases, other):
@@ -339,7 +344,8 @@ def _rounds(step, products, tproducts, rounds, seconds, progress):
         try:
             rec.active = True
             t0 = perf()
-            step()
+            with linalg.observe(_gemm_observer(rec)):
+                step()
             m["inst"].append(perf() - t0)
         finally:
             rec.active = False
