@@ -31,7 +31,8 @@
 #   warmup     bench/gpu_smoke.py --warm-up: the kernels once more, then small trainings
 #              on CuPy and NumPy, so CuPy's own kernels and Numba are compiled (and
 #              cached) before the tests
-#   kernels    the kernel GPU tests (tests/test_kernels_gpu.py -m gpu)
+#   kernels    the kernel GPU tests (tests/test_kernels_gpu.py and the fused-op contract,
+#              tests/test_fused_contract.py, -m gpu)
 #   graph      tests/test_cuda_graph.py and the rest of the suite's GPU tests (-m gpu)
 #   memcheck   the smoke under compute-sanitizer --tool memcheck (CuPy pool off)
 #   racecheck  the smoke under compute-sanitizer --tool racecheck
@@ -373,7 +374,10 @@ PYTEST_GPU=("$PY" -m pytest -m gpu -rs -p no:cacheprovider -p bench.gpu_check_py
             -o junit_family=xunit2)
 GRAPH_FILES=(tests/test_cuda_graph.py)
 for f in tests/test_*.py; do
-    case "$f" in tests/test_cuda_graph.py|tests/test_kernels_gpu.py) ;; *) GRAPH_FILES+=("$f") ;; esac
+    case "$f" in
+        tests/test_cuda_graph.py|tests/test_kernels_gpu.py|tests/test_fused_contract.py) ;;
+        *) GRAPH_FILES+=("$f") ;;
+    esac
 done
 
 have_cmd() { local v="GPU_CHECK_CMD_$1"; [ -n "${!v:-}" ]; }
@@ -391,7 +395,7 @@ for step in "${SELECTED[@]}"; do
         run_step warmup "$PY" bench/gpu_smoke.py --warm-up ;;
     kernels)
         run_step kernels "${PYTEST_GPU[@]}" --junitxml="$OUT/junit-kernels.xml" \
-            tests/test_kernels_gpu.py ;;
+            tests/test_kernels_gpu.py tests/test_fused_contract.py ;;
     graph)
         run_step graph "${PYTEST_GPU[@]}" --junitxml="$OUT/junit-graph.xml" "${GRAPH_FILES[@]}" ;;
     memcheck|racecheck)
