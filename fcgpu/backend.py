@@ -25,13 +25,13 @@ import sys
 
 import numpy
 
-from .errors import BackendUnavailable, ConfigError
+from .errors import BackendUnavailable, ConfigError, DeviceOutOfMemory
 
 __all__ = [
     "BackendUnavailable", "set_backend", "get_backend", "get_xp", "get_array_module",
     "is_cupy_array", "asnumpy", "to_backend", "require_cupy", "cupy_status",
     "device_name", "cpu_model", "synchronize", "MATMUL_PRECISIONS", "set_matmul_precision",
-    "get_matmul_precision",
+    "get_matmul_precision", "free_cached_memory", "device_out_of_memory",
 ]
 
 ENV_VAR = "FCGPU_BACKEND"
@@ -234,3 +234,50 @@ def free_cached_memory():
             cp.get_default_pinned_memory_pool().free_all_blocks()
         except Exception:
             pass
+
+
+def _size(n):
+    """Bytes in words: ``512.0 MiB``."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return ("%d %s" % (n, unit)) if unit == "bytes" else "%.1f %s" % (n, unit)
+        n /= 1024.0
+
+
+def device_out_of_memory(exc, hint):
+    """``exc`` as a one-line :class:`DeviceOutOfMemory` if it is CuPy's out-of-memory
+    error, else None. The message gives the size asked for, the device's free and total
+    memory (read after CuPy's cached blocks are given back: :func:`free_cached_memory`)
+    and ``hint`` (what to make smaller).
+
+    CuPy's memory pool raises ``cupy.cuda.memory.OutOfMemoryError`` (a MemoryError),
+    ``'Out of memory allocating {size:,} bytes (allocated so far: {total:,} bytes).'``
+    (cupy/cuda/memory.pyx:55-78 in v14.2.0, raised at :1479, :1528, :1560); an
+    allocation outside the pool (``cupy.cuda.Memory``) raises ``CUDARuntimeError``
+    ``'cudaErrorMemoryAllocation: out of memory'`` (cupy_backends/cuda/api/runtime.pyx:
+    128-135), whose size CuPy does not say."""
+    import re
+    cp = sys.modules.get("cupy")
+    if cp is None or isinstance(exc, DeviceOutOfMemory):
+        return None
+    try:
+        pool_error = cp.cuda.memory.OutOfMemoryError
+        runtime_error = cp.cuda.runtime.CUDARuntimeError
+    except AttributeError:  # a stand-in without them: not CuPy's error
+        return None
+    if isinstance(exc, pool_error):
+        m = re.search(r"allocating ([\d,]+) bytes", str(exc))
+        asked = "%s (%s bytes)" % (_size(int(m.group(1).replace(",", ""))), m.group(1)) \
+            if m else "an unknown size"
+    elif isinstance(exc, runtime_error) and str(exc).startswith("cudaErrorMemoryAllocation"):
+        asked = "an allocation outside CuPy's pool (size not reported)"
+    else:
+        return None
+    free_cached_memory()
+    try:
+        free, total = cp.cuda.runtime.memGetInfo()
+        memory = "%s free of %s" % (_size(free), _size(total))
+    except Exception as e:  # (the device may be in no state to answer)
+        memory = "free and total memory unknown (%s)" % (str(e) or type(e).__name__)
+    return DeviceOutOfMemory("out of GPU memory: asked for %s; the device has %s (after "
+                             "freeing CuPy's cached blocks); %s" % (asked, memory, hint))
