@@ -14,10 +14,11 @@ This module imports nothing of fcgpu: every layer may raise these.
 from __future__ import annotations
 
 import os
+import signal
 
 __all__ = ["FcgpuError", "ConfigError", "DataError", "CheckpointError", "CheckpointUnreadable",
            "BackendUnavailable", "NonFiniteLossError", "StorageError", "StudyStorageError",
-           "DeviceOutOfMemory", "one_line"]
+           "TrainingStopped", "DeviceOutOfMemory", "RunInterrupted", "one_line"]
 
 
 def one_line(text):
@@ -86,6 +87,50 @@ class StudyStorageError(StorageError, ValueError):
         super().__init__(message)
 
 
+class TrainingStopped(StorageError):
+    """A training run stopped at an epoch's end because its checkpoint could not be
+    written (the message names the file and the cause). ``metrics`` holds the result
+    so far (the run's metrics with ``stopped`` set), ``saved_epoch`` the epoch the
+    checkpoint file still holds (None when this run saved none and resumed from none)."""
+
+    def __init__(self, message, metrics=None, saved_epoch=None):
+        self.metrics = metrics
+        self.saved_epoch = saved_epoch
+        super().__init__(message)
+
+    def __reduce__(self):
+        return type(self), (str(self), self.metrics, self.saved_epoch)
+
+
 class DeviceOutOfMemory(FcgpuError, MemoryError):
     """The GPU ran out of memory; the message gives the size asked for, the device's
     free and total memory, and what to make smaller."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A signal (SIGINT: Ctrl-C, or SIGTERM) stopped a run. Not an :class:`FcgpuError`:
+    the command exits with ``128 + signum`` (130, 143), as a shell reports a process the
+    signal ended. A ``KeyboardInterrupt``, so code that catches Ctrl-C catches it too.
+
+    ``signum`` is the signal; the run that stops fills in ``epoch`` (the epochs it had
+    completed), ``epochs`` (the run's total) and ``saved_epoch`` (the epoch its
+    checkpoint holds; None when there is none)."""
+
+    def __init__(self, signum, epoch=None, epochs=None, saved_epoch=None):
+        self.signum = int(signum)
+        self.epoch, self.epochs, self.saved_epoch = epoch, epochs, saved_epoch
+        super().__init__("interrupted by %s" % self.signal_name)
+
+    def __reduce__(self):
+        return type(self), (self.signum, self.epoch, self.epochs, self.saved_epoch)
+
+    @property
+    def signal_name(self):
+        try:
+            return signal.Signals(self.signum).name
+        except ValueError:
+            return "signal %d" % self.signum
+
+    @property
+    def exit_code(self):
+        return 128 + self.signum

@@ -72,6 +72,10 @@ class Solver(SolverOptions):
     * ``progress``: show a progress bar per epoch (tqdm);
     * ``epoch_callback(solver)``: called after each epoch's bookkeeping (checkpoints,
       metrics, pruning: it may raise to stop the run);
+    * ``stop_check()``: called after every step and after each epoch's bookkeeping; it
+      raises to stop the run there (``fcgpu train`` stops on SIGINT/SIGTERM this way:
+      the step in progress finishes, the epoch in progress is dropped, and ``epoch``
+      stays the last one completed);
     * ``out``: where the verbose lines go (default ``sys.stdout``);
     * ``cuda_graph``: capture the training step (minibatch gather, forward, backward,
       update) as one CUDA graph and replay it (CuPy models only; the update rule must
@@ -341,6 +345,7 @@ class Solver(SolverOptions):
             while self.epoch < self.num_epochs:
                 self._run_epoch(steps, per_epoch, total)
                 self._finish_epoch()
+                self._check_stop()
         finally:
             steps.close()
             self._pending = []
@@ -370,10 +375,24 @@ class Solver(SolverOptions):
         return self._graph_step
 
     def _run_epoch(self, steps, per_epoch, total):
-        """The steps of one epoch, timed; the accuracy checks after the very first step
-        (as the course does) are not counted in the epoch's time."""
+        """One epoch: its permutation, then its steps with a progress bar (closed
+        however the epoch ends)."""
         steps.begin_epoch(self.rng.permutation(self.X_train.shape[0]))
         bar = self._progress_bar(per_epoch)
+        try:
+            self._epoch_steps(steps, per_epoch, total, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _check_stop(self):
+        if self.stop_check is not None:
+            self.stop_check()
+
+    def _epoch_steps(self, steps, per_epoch, total, bar):
+        """The steps of one epoch, timed; the accuracy checks after the very first step
+        (as the course does) are not counted in the epoch's time. ``stop_check`` runs
+        after every step."""
         sync_every = 1 if self.xp is np else (self.print_every if self.verbose else None)
         scheduled = self._scheduled()
         self._sync()
@@ -395,11 +414,10 @@ class Solver(SolverOptions):
                 paused = time.perf_counter()
                 self._end_of_epoch_checks()
                 start += time.perf_counter() - paused
+            self._check_stop()
         steps.end_epoch()
         self._sync()
         self.epoch_seconds.append(time.perf_counter() - start)
-        if bar is not None:
-            bar.close()
 
     def _finish_epoch(self):
         """The epoch's bookkeeping: losses read, the step schedule's decay, accuracy,

@@ -52,6 +52,7 @@ class SolverOptions:
         self.seed = kwargs.pop("seed", None)
         self.progress = kwargs.pop("progress", False)
         self.epoch_callback = kwargs.pop("epoch_callback", None)
+        self.stop_check = kwargs.pop("stop_check", None)
         self.out = kwargs.pop("out", None)
         self.cuda_graph = bool(kwargs.pop("cuda_graph", False))
         self.augment = kwargs.pop("augment", "none")

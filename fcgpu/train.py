@@ -9,6 +9,7 @@ every flag still overrides it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, RunInterrupted, StorageError, TrainingStopped
 from .optim import RULES
 from .settings import SETTINGS
 
@@ -209,15 +210,23 @@ def load_data(cfg, progress=True):
 
 
 def run_training(cfg, data=None, checkpoint=None, resume=False, progress=True, verbose=True,
-                 epoch_callback=None, out=None):
+                 epoch_callback=None, out=None, stop=None):
     """Train per ``cfg``; returns the metrics dict (see ``fcgpu train --metrics``).
 
     ``checkpoint``: a path written atomically after every epoch (a safetensors file,
     :mod:`fcgpu.checkpoint`); with ``resume`` an existing one is loaded first and
     training continues where it stopped. A checkpoint that is corrupt, an old pickle,
     or from other settings raises :class:`fcgpu.checkpoint.CheckpointError` before
-    anything is trained or written.
+    anything is trained or written. A checkpoint that cannot be written stops the run
+    at that epoch's end: :class:`~fcgpu.errors.TrainingStopped` (a StorageError naming
+    the file and the cause) carries the metrics so far; the file keeps its last epoch.
     ``epoch_callback(solver)`` runs after each epoch (Optuna pruning uses it).
+    ``stop``: None, or what stops the run on a signal (``fcgpu train``'s
+    ``StopSignals``): ``stop.deferred()`` is a context manager held while the Solver
+    trains and ``stop.check()`` runs after every step; a
+    :class:`~fcgpu.errors.RunInterrupted` leaving the run gets its ``epoch``, ``epochs``
+    and ``saved_epoch`` filled in.
+    CuPy's out-of-memory errors leave as :class:`~fcgpu.errors.DeviceOutOfMemory`.
     ``cfg.matmul_precision`` applies for the run (the previous setting comes back).
     """
     from . import backend
@@ -226,9 +235,24 @@ def run_training(cfg, data=None, checkpoint=None, resume=False, progress=True, v
     xp = backend.set_backend(cfg.backend)
     previous = backend.set_matmul_precision(cfg.matmul_precision)
     try:
-        return _run(cfg, xp, data, checkpoint, resume, progress, verbose, epoch_callback, out)
+        return _run(cfg, xp, data, dict(checkpoint=checkpoint, resume=resume,
+                                        progress=progress, verbose=verbose,
+                                        epoch_callback=epoch_callback, out=out, stop=stop))
+    except Exception as exc:
+        oom = backend.device_out_of_memory(exc, _memory_hint(cfg))
+        if oom is None:
+            raise
+        raise oom from exc
     finally:
         backend.set_matmul_precision(previous)
+
+
+def _memory_hint(cfg):
+    """What to make smaller when the GPU's memory runs out (the data live on it)."""
+    return ("try a smaller --batch-size (now %d) or --num-train (now %s), or narrower "
+            "--hidden layers (now %s)" % (cfg.batch_size, "all" if cfg.num_train is None
+                                          else cfg.num_train,
+                                          ",".join(map(str, cfg.hidden_dims))))
 
 
 def _matmul_note(cfg, xp):
@@ -248,7 +272,8 @@ def _matmul_note(cfg, xp):
     return "matmul precision %s: %s" % (cfg.matmul_precision, why), False
 
 
-def _run(cfg, xp, data, checkpoint, resume, progress, verbose, epoch_callback, out):
+def _run(cfg, xp, data, opts):
+    """The run of :func:`run_training`; ``opts`` holds its keyword arguments."""
     from . import backend
 
     if cfg.cuda_graph and xp is np:
@@ -256,41 +281,68 @@ def _run(cfg, xp, data, checkpoint, resume, progress, verbose, epoch_callback, o
                           "needs the GPU backend; the backend here is numpy (%s)"
                           % (backend.cupy_status()[1] or "selected explicitly"))
     if data is None:
-        data = load_data(cfg, progress=progress)
+        data = load_data(cfg, progress=opts["progress"])
     if data.get("image_shape") is not None and cfg.image_shape is None:
         cfg = dataclasses.replace(cfg, image_shape=data["image_shape"])
 
     def log(msg):
-        if verbose:
-            print(msg, file=out, flush=True)
+        if opts["verbose"]:
+            print(msg, file=opts["out"], flush=True)
 
-    solver = _solver(cfg, xp, data, _epoch_end(cfg, checkpoint, log, epoch_callback), progress)
+    checkpoint, stop = opts["checkpoint"], opts["stop"]
+    saved = {"epoch": None}  # the epoch the checkpoint file holds, as far as this run knows
+    solver = _solver(cfg, xp, data, _epoch_end(cfg, checkpoint, log, opts["epoch_callback"],
+                                               saved), opts["progress"], stop)
     resumed_from = None
-    if resume and checkpoint and os.path.exists(checkpoint):
-        resumed_from = _resume(solver, cfg, checkpoint)
+    if opts["resume"] and checkpoint and os.path.exists(checkpoint):
+        resumed_from = saved["epoch"] = _resume(solver, cfg, checkpoint)
         log("resumed from %s at epoch %d" % (checkpoint, solver.epoch))
     blas, tf32 = _log_start(cfg, xp, solver, log)
     t0 = time.perf_counter()
-    solver.train()
-    wall = time.perf_counter() - t0
-    metrics = _metrics(cfg, xp, solver, data, dict(blas=blas, tf32=tf32, wall_seconds=wall,
-                                                   resumed_from_epoch=resumed_from))
-    log("done: val acc %.4f, test acc %s, %.0f samples/s"
-        % (metrics["val_acc"], "n/a" if metrics["test_acc"] is None
-           else "%.4f" % metrics["test_acc"], metrics["samples_per_s"] or 0))
+    stopped = None
+    try:
+        with stop.deferred() if stop is not None else contextlib.nullcontext():
+            solver.train()
+    except RunInterrupted as exc:
+        exc.epoch, exc.epochs, exc.saved_epoch = solver.epoch, cfg.epochs, saved["epoch"]
+        raise
+    except TrainingStopped as exc:
+        stopped = exc
+    metrics = _metrics(cfg, xp, solver, data, dict(
+        blas=blas, tf32=tf32, wall_seconds=time.perf_counter() - t0,
+        resumed_from_epoch=resumed_from))
+    test = metrics["test_acc"]
+    log("%s: val acc %.4f, test acc %s, %.0f samples/s" % (
+        "done" if stopped is None else "stopped after epoch %d/%d" % (solver.epoch, cfg.epochs),
+        metrics["val_acc"], "n/a" if test is None else "%.4f" % test,
+        metrics["samples_per_s"] or 0))
+    if stopped is not None:
+        metrics["stopped"] = str(stopped)
+        stopped.metrics = metrics
+        raise stopped
     return metrics
 
 
-def _epoch_end(cfg, checkpoint, log, epoch_callback):
-    """The Solver's epoch callback: the checkpoint (with the run's config), a line, then
-    the caller's callback."""
+def _epoch_end(cfg, checkpoint, log, epoch_callback, saved):
+    """The Solver's epoch callback: the checkpoint (with the run's config; ``saved``
+    keeps the epoch it holds), a line, then the caller's callback. A checkpoint that
+    cannot be written stops the run: :class:`TrainingStopped`."""
     from .checkpoint import save as save_checkpoint
 
     def on_epoch(solver):
         if checkpoint:
             state = solver.state_dict()
             state["train_config"] = cfg.to_dict()
-            save_checkpoint(state, checkpoint)
+            try:
+                save_checkpoint(state, checkpoint)
+            except StorageError as exc:
+                held = ("holds no epoch yet" if saved["epoch"] is None
+                        else "still holds epoch %d" % saved["epoch"])
+                raise TrainingStopped("%s; training stopped after epoch %d/%d, whose "
+                                      "checkpoint could not be saved (%s %s)"
+                                      % (exc, solver.epoch, solver.num_epochs, checkpoint,
+                                         held), saved_epoch=saved["epoch"]) from exc
+            saved["epoch"] = solver.epoch
         log("epoch %2d/%d  loss %.4f  train acc %.4f  val acc %.4f  (%.1f s)"
             % (solver.epoch, solver.num_epochs, solver.loss_history[-1],
                solver.train_acc_history[-1], solver.val_acc_history[-1],
@@ -300,8 +352,8 @@ def _epoch_end(cfg, checkpoint, log, epoch_callback):
     return on_epoch
 
 
-def _solver(cfg, xp, data, on_epoch, progress):
-    """The net and the Solver of ``cfg`` on ``data``."""
+def _solver(cfg, xp, data, on_epoch, progress, stop=None):
+    """The net and the Solver of ``cfg`` on ``data`` (``stop.check`` after each step)."""
     from .fc_net import FullyConnectedNet
     from .solver import Solver
     model = FullyConnectedNet(cfg.hidden_dims, input_dim=int(np.prod(data["X_train"].shape[1:])),
@@ -327,6 +379,7 @@ def _solver(cfg, xp, data, on_epoch, progress):
                   batch_size=cfg.batch_size, num_epochs=cfg.epochs, num_train_samples=1000,
                   num_val_samples=None, verbose=False, seed=cfg.seed, progress=progress,
                   epoch_callback=on_epoch, cuda_graph=cfg.cuda_graph,
+                  stop_check=None if stop is None else stop.check,
                   lr_schedule=schedule, lr_schedule_options=schedule_options, **extra)
 
 
@@ -439,9 +492,5 @@ def plot_history(metrics, path):
     ax2.legend()
     fig.suptitle("fcgpu train on %s (%s)" % (metrics["device"], metrics["backend"]))
     fig.tight_layout()
-    from .atomic import atomic_write_bytes
-    import io
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(buf.getvalue(), path)
+    from .atomic import atomic_save_figure
+    atomic_save_figure(fig, path, dpi=110)

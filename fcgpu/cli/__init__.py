@@ -81,6 +81,18 @@ BUG_REPORT = ("fcgpu: this is a bug in fcgpu, not a problem with your input; ple
               "it with the traceback above, the command line and `fcgpu --version`")
 
 
+def command_words(argv=None):
+    """The words of the command line that ran: ``fcgpu`` and ``argv`` when given, else
+    the process's own (``python -m fcgpu.cli`` as the interpreter that runs it, so the
+    words run the same fcgpu again)."""
+    if argv is not None:
+        return ["fcgpu", *argv]
+    prog = ["fcgpu"]
+    if os.path.basename(sys.argv[0]) == "__main__.py":
+        prog = [sys.executable, "-m", "fcgpu.cli"]
+    return prog + sys.argv[1:]
+
+
 def main(argv=None):
     from ..errors import FcgpuError
     parser = build_parser()
@@ -88,11 +100,12 @@ def main(argv=None):
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)
         return 2
+    args.command_words = command_words(argv)  # (fcgpu train prints how to resume)
     try:
         return int(args._run(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # (fcgpu train tells its own, with how to resume)
         print("fcgpu: interrupted", file=sys.stderr)
-        return 130
+        return getattr(exc, "exit_code", 130)
     except FcgpuError as exc:
         if debugging():
             raise

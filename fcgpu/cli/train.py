@@ -1,7 +1,17 @@
 """``fcgpu train``: CIFAR-10 from a named recipe (``--preset``), progress, metrics, plot,
-checkpoints and resume."""
+checkpoints and resume.
+
+Faults around a run (README, ``fcgpu train``): SIGINT or SIGTERM stops it at a step's
+end (:class:`StopSignals`) with the command that resumes it, exit 130 or 143; a file
+that cannot be written is one line naming it and the cause (exit 2), and the results
+are not lost: a checkpoint that cannot be written stops the run with the result so far
+and the previous checkpoint intact; metrics and plots that cannot be written go to the
+temp folder instead."""
 from __future__ import annotations
 
+import contextlib
+import shlex
+import signal
 import sys
 
 
@@ -129,8 +139,9 @@ def config_from_args(args):
 
 
 def run(args):
-    from ..errors import ConfigError
-    from ..train import plot_history, run_training, write_metrics
+    from ..atomic import check_writable
+    from ..errors import ConfigError, RunInterrupted, StorageError, TrainingStopped
+    from ..train import run_training
     if args.resume and not args.checkpoint:
         raise ConfigError("--resume needs --checkpoint FILE")
     if args.plot:
@@ -139,15 +150,165 @@ def run(args):
         except ImportError:
             raise ConfigError("--plot needs matplotlib: pip install 'fcgpu[plot]'") from None
     cfg = config_from_args(args)
-    metrics = run_training(cfg, checkpoint=args.checkpoint, resume=args.resume,
-                           progress=not args.quiet and sys.stderr.isatty(),
-                           verbose=not args.quiet)
-    if args.metrics:
-        write_metrics(metrics, args.metrics)
-    if args.plot:
-        plot_history(metrics, args.plot)
+    for path in (args.checkpoint, args.metrics, args.plot):
+        if path:  # a folder that refuses files: said now, before anything is trained
+            check_writable(path)
+    problems = []
+    try:
+        with StopSignals() as stop:
+            try:
+                metrics = run_training(cfg, checkpoint=args.checkpoint, resume=args.resume,
+                                       progress=not args.quiet and sys.stderr.isatty(),
+                                       verbose=not args.quiet, stop=stop)
+            except TrainingStopped as exc:  # the checkpoint could not be written
+                metrics = exc.metrics
+                problems.append("%s; once it can be written, resume with: %s"
+                                % (exc, _command(args, resume=True)))
+            _print_quiet(args, metrics)
+            with stop.deferred():  # (the files are whole or not there; then a signal)
+                problems += write_outputs(args, metrics)
+    except RunInterrupted as exc:
+        print("fcgpu train: " + interrupted_message(args, exc), file=sys.stderr)
+        return exc.exit_code
+    if problems:
+        raise StorageError("; ".join(problems))
+    return 0
+
+
+def _print_quiet(args, metrics):
     if args.quiet:
         test = metrics["test_acc"]  # None for an .npz without a test split
         print("val_acc %.4f test_acc %s" % (metrics["val_acc"],
                                             "n/a" if test is None else "%.4f" % test))
-    return 0
+
+
+# ------------------------------------------------------------- signals
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM during ``fcgpu train``: a context manager that
+    installs their handler and puts the previous ones back.
+
+    Outside :meth:`deferred` a signal raises :class:`~fcgpu.errors.RunInterrupted`
+    where it lands (loading data, computing the results: nothing is half-written,
+    since every file is written atomically). Inside (while the Solver trains, while the
+    results are written), the first signal is only noted: the step or the file in
+    progress finishes, and :meth:`check` (after every step, after each epoch's
+    checkpoint) or the end of the section raises. A second signal raises at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = None
+        self._deferring = 0
+        self._previous = {}
+
+    def __enter__(self):
+        for s in self.SIGNALS:
+            self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc_info):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+        return False
+
+    def _handle(self, signum, frame):
+        from ..errors import RunInterrupted
+        first = self.signum is None
+        if first:
+            self.signum = signum
+        if not (first and self._deferring):
+            raise RunInterrupted(self.signum)
+
+    def check(self):
+        """Raise :class:`~fcgpu.errors.RunInterrupted` if a signal came."""
+        from ..errors import RunInterrupted
+        if self.signum is not None:
+            raise RunInterrupted(self.signum)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """A section that a first signal does not cut; it raises at the end."""
+        self._deferring += 1
+        try:
+            yield self
+        finally:
+            self._deferring -= 1
+        self.check()
+
+
+def _command(args, resume=False, checkpoint=None):
+    """The command line that ran, shell-quoted, with ``--resume`` (when ``resume`` and
+    it was not there) or ``--checkpoint FILE`` added."""
+    words = list(getattr(args, "command_words", None) or ["fcgpu", "train"])
+    if resume and not args.resume:
+        words.append("--resume")
+    if checkpoint:
+        words += ["--checkpoint", checkpoint]
+    return shlex.join(words)
+
+
+def interrupted_message(args, exc):
+    """One line: which signal, where the run was, what the checkpoint holds, and the
+    command that resumes it (or, without --checkpoint, one that would save)."""
+    if exc.epoch is None:
+        where = "before training started"
+    elif exc.epochs is not None and exc.epoch >= exc.epochs:
+        where = "after the last epoch (%d/%d)" % (exc.epoch, exc.epochs)
+    else:
+        where = "during epoch %d%s; the epoch in progress was dropped" % (
+            exc.epoch + 1, "" if exc.epochs is None else "/%d" % exc.epochs)
+    head = "interrupted by %s %s" % (exc.signal_name, where)
+    if not args.checkpoint:
+        return ("%s; nothing was saved (no --checkpoint): to make a run resumable, give it "
+                "a checkpoint file, e.g.: %s" % (head, _command(args, checkpoint="train.ckpt")))
+    if exc.saved_epoch is None:
+        return ("%s; no epoch of this run was saved to %s yet, so resuming starts over; "
+                "resume with: %s" % (head, args.checkpoint, _command(args, resume=True)))
+    return "%s; %s holds epoch %d; resume with: %s" % (
+        head, args.checkpoint, exc.saved_epoch, _command(args, resume=True))
+
+
+# ------------------------------------------------------------- outputs
+
+def write_outputs(args, metrics):
+    """Write --metrics and --plot. A write the system refuses (a full disk, a
+    read-only folder) goes to a new file in the temp folder instead; returns one line
+    per refused write, naming the file, the cause and where it went."""
+    from ..errors import StorageError
+    from ..train import plot_history, write_metrics
+    problems = []
+    for path, what, write in ((args.metrics, "metrics", write_metrics),
+                              (args.plot, "plot", plot_history)):
+        if not path:
+            continue
+        try:
+            write(metrics, path)
+        except StorageError as exc:
+            problems.append("%s; %s" % (exc, _fallback(write, metrics, path, what)))
+    return problems
+
+
+def _fallback(write, metrics, path, what):
+    """Write ``what`` to a new file in the temp folder; says where it went (the
+    metrics are printed on stdout when that fails too)."""
+    import json
+    import os
+    import tempfile
+    stem, ext = os.path.splitext(os.path.basename(path))
+    spare = None
+    try:
+        fd, spare = tempfile.mkstemp(prefix="fcgpu-%s-" % stem, suffix=ext)
+        os.close(fd)
+        write(metrics, spare)
+        return "the %s went to %s instead" % (what, spare)
+    except OSError as exc:  # (StorageError is one)
+        if spare is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(spare)
+        if what == "metrics":
+            print(json.dumps(metrics))
+            return ("the temp folder refused them too (%s): the metrics are printed on "
+                    "stdout" % exc)
+        return "the temp folder refused it too (%s)" % exc
