@@ -6,6 +6,8 @@
 #   .ci/postgres.sh start     # executed: starts it and prints the URL on stdout
 #   .ci/postgres.sh stop      # executed: stops it
 #   .ci/postgres.sh status    # executed: prints the URL if it runs, else exits 1
+#   .ci/postgres.sh halt      # executed: stops the server, keeping its data and port
+#   .ci/postgres.sh resume    # executed: starts a halted server again (same data, port, URL)
 #
 # `start` installs PostgreSQL from the distribution's packages when no server binaries
 # are found (apt-get, as root; the package's own cluster is not started), creates a
@@ -15,7 +17,9 @@
 #   postgresql+psycopg2://fcgpu@127.0.0.1:PORT/fcgpu_test
 # (trust authentication on loopback only). Starting twice reuses the running server;
 # stopping a server that does not run does nothing. Any failure exits non-zero with the
-# reason and the server log on stderr.
+# reason and the server log on stderr. `halt` and `resume` are how the search tests
+# restart the server under a running study (tests/test_search_faults.py runs its own
+# server, with its own FCGPU_PG_STATE, so the shared one is never restarted).
 
 if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then
     # sourced: run the real work in a child bash, so the caller's shell options and
@@ -149,6 +153,41 @@ stop() {
     log "stopped PostgreSQL on port $PORT and removed $PGDIR"
 }
 
+# start the server of $PGDIR on 127.0.0.1:$PORT (as $RUN_AS), waiting until it accepts
+pg_start() {
+    local opts="-c listen_addresses=127.0.0.1 -c port=$PORT -c unix_socket_directories=$PGDIR"
+    opts+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    as_user "$BINDIR/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/server.log" -w -t 60 -o "$opts" start >&2
+}
+
+halt() {
+    read_state || die "no server recorded in $STATE: nothing to halt"
+    RUN_AS="${RUN_AS_USER:-}"
+    if [[ ! -f $PGDIR/data/postmaster.pid ]]; then
+        log "the server on port $PORT is not running"
+        return 0
+    fi
+    as_user "$BINDIR/pg_ctl" -D "$PGDIR/data" -m fast -w -t 30 stop >&2 ||
+        die "pg_ctl stop failed"
+    log "halted PostgreSQL on port $PORT (data kept in $PGDIR; .ci/postgres.sh resume)"
+}
+
+resume() {
+    read_state || die "no server recorded in $STATE: start one first"
+    RUN_AS="${RUN_AS_USER:-}"
+    if running; then
+        log "PostgreSQL already runs on port $PORT"
+    else
+        if ! pg_start; then
+            tail -n 20 "$PGDIR/server.log" >&2 || true
+            die "the server did not start again on port $PORT"
+        fi
+        running || die "the server does not answer on 127.0.0.1:$PORT"
+        log "resumed PostgreSQL on port $PORT"
+    fi
+    echo "$URL"
+}
+
 start() {
     if running; then
         log "PostgreSQL already runs on port $PORT ($PGDIR)"
@@ -195,9 +234,7 @@ URL='$URL'
 RUN_AS_USER='$RUN_AS'
 EOF
         log "starting the server on 127.0.0.1:$port (attempt $attempt)"
-        if as_user "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-            -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
-            start >&2; then
+        if pg_start; then
             started=1
             break
         fi
@@ -227,8 +264,10 @@ case "${1:-}" in
     status)
         if running; then echo "$URL"; else exit 1; fi
         ;;
+    halt) halt ;;
+    resume) resume ;;
     *)
-        echo "usage: $0 start|stop|status" >&2
+        echo "usage: $0 start|stop|status|halt|resume" >&2
         exit 2
         ;;
 esac
