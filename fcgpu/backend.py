@@ -267,8 +267,9 @@ def device_out_of_memory(exc, hint):
         return None
     if isinstance(exc, pool_error):
         m = re.search(r"allocating ([\d,]+) bytes", str(exc))
-        asked = "%s (%s bytes)" % (_size(int(m.group(1).replace(",", ""))), m.group(1)) \
-            if m else "an unknown size"
+        n = int(m.group(1).replace(",", "")) if m else None
+        asked = ("an unknown size" if n is None else _size(n) if n < 1024
+                 else "%s (%s bytes)" % (_size(n), m.group(1)))
     elif isinstance(exc, runtime_error) and str(exc).startswith("cudaErrorMemoryAllocation"):
         asked = "an allocation outside CuPy's pool (size not reported)"
     else:
@@ -276,8 +277,9 @@ def device_out_of_memory(exc, hint):
     free_cached_memory()
     try:
         free, total = cp.cuda.runtime.memGetInfo()
-        memory = "%s free of %s" % (_size(free), _size(total))
+        memory = ("the device has %s free of %s (after freeing CuPy's cached blocks)"
+                  % (_size(free), _size(total)))
     except Exception as e:  # (the device may be in no state to answer)
-        memory = "free and total memory unknown (%s)" % (str(e) or type(e).__name__)
-    return DeviceOutOfMemory("out of GPU memory: asked for %s; the device has %s (after "
-                             "freeing CuPy's cached blocks); %s" % (asked, memory, hint))
+        memory = ("the device's free and total memory could not be read (%s)"
+                  % (str(e) or type(e).__name__))
+    return DeviceOutOfMemory("out of GPU memory: asked for %s; %s; %s" % (asked, memory, hint))

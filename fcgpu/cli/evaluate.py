@@ -25,11 +25,7 @@ def run(args):
     import os
 
     from .. import backend
-    from ..data_npz import is_npz
-    from ..errors import ConfigError, DataError
-    from ..evaluate import (CIFAR10_CLASSES, evaluate, format_report,
-                            load_model_from_checkpoint, plot_confusion)
-    from ..train import TrainConfig, load_data
+    from ..errors import ConfigError
 
     if args.plot:
         try:
@@ -40,6 +36,26 @@ def run(args):
     if name == "auto" and os.environ.get("FCGPU_BACKEND"):
         name = os.environ["FCGPU_BACKEND"]
     xp = backend.set_backend(name)
+    try:
+        return _evaluate(args, xp)
+    except Exception as exc:  # CuPy's out-of-memory error: one line (DeviceOutOfMemory)
+        oom = backend.device_out_of_memory(
+            exc, "try a smaller --batch-size (now %d)" % args.batch_size)
+        if oom is None:
+            raise
+        raise oom from exc
+
+
+def _evaluate(args, xp):
+    """Load the checkpoint and the data, score, print (and plot); returns 0."""
+    import os
+
+    from .. import backend
+    from ..data_npz import is_npz
+    from ..errors import DataError
+    from ..evaluate import (CIFAR10_CLASSES, evaluate, format_report,
+                            load_model_from_checkpoint, plot_confusion)
+    from ..train import TrainConfig, load_data
     model, info = load_model_from_checkpoint(args.checkpoint, xp=xp)
     path = args.data
     if path is None:
