@@ -260,6 +260,23 @@ def test_without_a_checkpoint_it_says_nothing_was_saved_and_how_to_save(run_dir)
                                       "--checkpoint", "train.ckpt"))]
 
 
+def open_once_read(fifo, child):
+    """The named pipe ``fifo`` opened for writing once ``child`` has opened it to read
+    (a non-blocking open fails with ENXIO until then); a child that ends first fails
+    the test instead of leaving it waiting."""
+    import errno
+    import time
+    while True:
+        try:
+            return os.fdopen(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK), "wb")
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+        if child.poll() is not None:
+            pytest.fail("the child ended before it read the data: %s" % child.stderr.read())
+        time.sleep(0.002)  # (waits for the child to open the pipe: no timing)
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a named pipe (os.mkfifo)")
 def test_a_signal_while_the_data_load_stops_at_once_and_writes_nothing(run_dir):
     """The plain command, its --data a named pipe the test holds open and empty: the
@@ -274,9 +291,9 @@ def test_a_signal_while_the_data_load_stops_at_once_and_writes_nothing(run_dir):
     child = subprocess.Popen(cli("--data", "data.npz", *ARGS, "--checkpoint", "f.ckpt",
                                  "--metrics", "f.json"), cwd=folder,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    with open(folder / "data.npz", "wb"):  # (opens once the child opens it to read)
+    with open_once_read(folder / "data.npz", child):
         child.send_signal(signal.SIGINT)
-        _, err = child.communicate(timeout=300)
+        _, err = child.communicate(timeout=120)
     assert child.returncode == 130, err
     line, words = resume_line(err, "f")
     assert line == ("fcgpu train: interrupted by SIGINT before training started; no epoch "
