@@ -37,3 +37,43 @@ def test_a_refused_write_is_a_storage_error(tmp_path):
         assert isinstance(exc.__cause__, OSError) and exc.__cause__.errno == code
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]
     assert [p.name for p in folder.iterdir()] == ["inside"]
+
+
+def test_a_write_cut_by_a_signal_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    """A second Ctrl-C lands mid-write (fcgpu train raises RunInterrupted, a
+    KeyboardInterrupt, at once): the old file is whole, the temporary file is gone,
+    and the interrupt goes on up. Mutant: the clean-up only for Exception (the
+    temporary file stays)."""
+    import os
+
+    from fcgpu.errors import RunInterrupted
+    target = tmp_path / "run.ckpt"
+    atomic_write_bytes(b"epoch 1", target)
+
+    def cut(fd):
+        raise RunInterrupted(2)
+    monkeypatch.setattr(os, "fsync", cut)
+    with pytest.raises(RunInterrupted):
+        atomic_write_bytes(b"epoch 2, half", target)
+    assert target.read_bytes() == b"epoch 1"
+    assert [p.name for p in tmp_path.iterdir()] == ["run.ckpt"]
+
+
+def test_check_writable_refuses_in_one_line_and_leaves_nothing(tmp_path):
+    """check_writable (fcgpu train's check of its output paths before training): a
+    folder in the file's place and a file in its folder's place are one line each; a
+    writable path gets its folder made and nothing else. Mutants: the folder test left
+    out (a folder passes), the probe's temporary file left behind."""
+    from fcgpu.atomic import check_writable
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(StorageError) as info:
+        check_writable(tmp_path / "adir")
+    assert str(info.value) == "cannot write %s: Is a directory" % (tmp_path / "adir")
+    with pytest.raises(StorageError) as info:
+        check_writable(tmp_path / "afile" / "m.json")
+    assert str(info.value) == "cannot write %s: File exists (%s)" % (
+        tmp_path / "afile" / "m.json", tmp_path / "afile")
+    check_writable(tmp_path / "new" / "m.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile", "new"]
+    assert list((tmp_path / "new").iterdir()) == [] and list((tmp_path / "adir").iterdir()) == []

@@ -206,3 +206,30 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
         os.umask(umask)
     assert (tmp_path / "f.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "f.json").read_bytes() == b"x"
+
+
+def test_stop_check_stops_after_the_step_and_keeps_the_last_whole_epoch(rng):
+    """stop_check runs after every step and after each epoch's bookkeeping; what it
+    raises stops train() right there: the epoch in progress is not counted (epoch,
+    histories, and the checkpoint a resume would read, stay at the last whole epoch)
+    and the model holds the best parameters. Mutants: no check after a step (the stop
+    comes at the epoch's end: 5 epochs' losses), the check before the step (one loss
+    fewer)."""
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def stop_check():
+        calls.append(len(solver.loss_history))  # (NumPy: read after every step)
+        if len(calls) == 8:
+            raise Stop()
+    solver = Solver(small_model(), blobs(rng), num_epochs=3, batch_size=100,
+                    verbose=False, seed=1, stop_check=stop_check)
+    with pytest.raises(Stop):
+        solver.train()
+    # 5 steps an epoch: steps 1-5, the epoch's end, then steps 6 and 7 of epoch 2
+    assert calls == [1, 2, 3, 4, 5, 5, 6, 7]
+    assert solver.epoch == 1 and len(solver.val_acc_history) == 2
+    for k, v in solver.best_params.items():
+        assert np.array_equal(solver.model.params[k], v)
