@@ -131,7 +131,8 @@ def check_two_processes_share(url, tmp_path, study="shared"):
 
 def check_killed_worker(url, tmp_path, study="killed"):
     """SIGKILL a worker mid-trial: the study stays readable, and the next worker marks
-    the dead trial FAIL once the heartbeat grace period has passed."""
+    the dead trial FAIL once the heartbeat grace period has passed, and runs its retry
+    (within its own budget: the lost trial was another command's)."""
     slow = ["--storage", url, "--study", study, "--n-trials", "1", "--epochs", "400",
             "--num-train", "300", "--backend", "numpy", "--param", "layers=1",
             "--param", "units=16", "--param", "batch_size=100", "--pruner", "none",
@@ -165,8 +166,9 @@ def check_killed_worker(url, tmp_path, study="killed"):
     assert rc == 0, out
     s = load(url, study)
     assert s.trials[dead].state.name == "FAIL"
-    assert "trial %d of worker" % dead in out and "marked FAIL" in out
+    assert "trial %d of worker" % dead in out and "retried as trial %d" % (dead + 1) in out
     assert [t.state.name for t in s.trials[dead + 1:]] in (["COMPLETE"], ["PRUNED"])
+    assert s.trials[dead + 1].system_attrs["failed_trial"] == dead  # its retry ran
     return s
 
 
@@ -323,21 +325,25 @@ def _lost(kind):
 
 @pytest.mark.parametrize("kind", ["sqlalchemy", "optuna"])
 def test_a_storage_lost_mid_search_is_one_clear_line(tmp_path, capsys, monkeypatch, kind):
-    """The database fails while trials run: one line naming the storage and the driver's
-    reason, exit 2. Mutants: ``run_worker`` without ``storage_failures_named`` (a bug's
-    traceback, exit 1); ``database_errors`` without Optuna's StorageInternalError (the
-    same, for that case); ``short_error`` not following the wrapped cause (Optuna's
-    generic "exception during the commit" instead of the reason)."""
+    """The database keeps failing while trials run: the worker says it waits, retries
+    for --storage-wait seconds, then one line naming the storage, the driver's reason
+    and the bound, exit 2. Mutants: ``transient_cause`` not following Optuna's
+    StorageInternalError to its cause (no wait: a bug's traceback, exit 1);
+    ``short_error`` not following the wrapped cause (Optuna's generic "exception during
+    the commit" instead of the reason); a wait that never gives up (the test hangs)."""
     url = sqlite_url(tmp_path)
 
     def optimize(self, *args, **kwargs):
         raise _lost(kind)
     monkeypatch.setattr(optuna.study.Study, "optimize", optimize)
-    assert main(["search", "--storage", url, "--n-trials", "1", *TINY]) == 2
-    err = capsys.readouterr().err
-    assert err == ("fcgpu search: error: lost the study storage %s: server closed the "
-                   "connection unexpectedly This probably means the server terminated "
-                   "abnormally\n" % url)
+    assert main(["search", "--storage", url, "--n-trials", "1", *TINY,
+                 "--storage-wait", "1"]) == 2
+    out, err = capsys.readouterr()
+    reason = ("server closed the connection unexpectedly This probably means the server "
+              "terminated abnormally")
+    assert err == ("fcgpu search: error: lost the study storage %s: %s (gave up after 1 s; "
+                   "--storage-wait)\n" % (url, reason))
+    assert "lost the study storage %s: %s; waiting up to 1 s" % (url, reason) in out
 
 
 def test_a_study_that_minimizes_is_a_setting_to_change(tmp_path, capsys):

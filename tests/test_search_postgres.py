@@ -90,11 +90,12 @@ def test_a_database_that_is_not_there_is_one_clear_line(capsys):
 
 def test_a_database_dropped_mid_search_is_one_clear_line(tmp_path, capsys, monkeypatch):
     """The study's database is dropped (its connections cut) after the study is open,
-    as a server that goes away: the next database call fails, and the search ends with
-    one line "lost the study storage URL: reason", exit 2. The failure arrives as
+    as a server that goes away for good: the next database call fails, the worker waits
+    --storage-wait seconds for it, and the search ends with one line "lost the study
+    storage URL: reason (gave up after 1 s ...)", exit 2. The failure arrives as
     Optuna's StorageInternalError wrapping SQLAlchemy's OperationalError, so the reason
-    shown is the wrapped one. Mutants: run_worker without storage_failures_named, or
-    database_errors without StorageInternalError (a bug's traceback, exit 1)."""
+    shown is the wrapped one. Mutant: transient_cause not following
+    StorageInternalError to its cause (a bug's traceback, exit 1)."""
     import test_search
     monkeypatch.setattr("fcgpu.train.load_data", test_search.fake_data)
     monkeypatch.chdir(tmp_path)
@@ -109,7 +110,8 @@ def test_a_database_dropped_mid_search_is_one_clear_line(tmp_path, capsys, monke
         return real(self, *args, **kwargs)
     monkeypatch.setattr(optuna.study.Study, "optimize", optimize)
     try:
-        rc = main(["search", "--storage", url, "--n-trials", "1", *test_search.TINY])
+        rc = main(["search", "--storage", url, "--n-trials", "1", *test_search.TINY,
+                   "--storage-wait", "1"])
     finally:
         admin.cursor().execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name)
         admin.close()

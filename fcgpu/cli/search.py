@@ -14,6 +14,7 @@ import sys
 
 def add_arguments(p):
     from ..search import DEFAULT_N_TRIALS, DEFAULT_STORAGE, DEFAULT_STUDY
+    from ..search.settings import DEFAULT_STORAGE_WAIT
     from ..search.space import PARAMS
     g = p.add_argument_group("study")
     g.add_argument("--storage", default=DEFAULT_STORAGE, metavar="URL",
@@ -68,6 +69,10 @@ def add_arguments(p):
     g.add_argument("--grace", type=int, default=None, metavar="S",
                    help="a running trial with no heartbeat for S seconds is marked FAIL "
                         "(its worker was killed or lost); default 2 x --heartbeat")
+    g.add_argument("--storage-wait", type=float, default=DEFAULT_STORAGE_WAIT, metavar="S",
+                   help="a worker that loses the study storage mid-search (a database server "
+                        "that restarts) waits up to S seconds for it, retrying, before it "
+                        "gives up (default %(default)g; 0: give up at once)")
     g = p.add_argument_group("output")
     g.add_argument("--report", metavar="DIR",
                    help="write DIR/report.md (best trials), DIR/trials.csv and Optuna's "
@@ -95,7 +100,7 @@ def settings_from_args(args):
                           pruner=args.pruner, pruner_warmup=args.pruner_warmup,
                           space=build_space(args.space, args.param),
                           seed=args.seed, heartbeat=args.heartbeat, grace=args.grace,
-                          verbose=args.verbose)
+                          storage_wait=args.storage_wait, verbose=args.verbose)
 
 
 def run(args):

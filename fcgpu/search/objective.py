@@ -3,15 +3,30 @@ drawn configuration, reports every epoch to the pruner, and turns a NaN loss or 
 out-of-memory error into a failed trial with its reason."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
 
 from .space import suggest_config
+from .storage import storage_gone
 
 
 class TrialFailed(Exception):
     """A trial that failed for a reason the search survives (NaN loss, out of memory)."""
+
+
+class TrialAbandoned(BaseException):
+    """The trial's own storage call found the storage gone (a lost connection), or the
+    trial already finished by another worker (marked FAIL when its heartbeat went
+    stale); ``cause`` is that error. A ``BaseException``, so that it leaves Optuna's
+    ``optimize`` without the trial being told: the tell would fail on the lost
+    connection, or, with the server back, record the trial FAIL with no retry. The
+    worker settles the trial once the storage answers (:mod:`fcgpu.search.recovery`)."""
+
+    def __init__(self, cause):
+        super().__init__(" ".join(str(cause).split()))
+        self.cause = cause
 
 
 def _is_oom(exc):
@@ -63,6 +78,14 @@ def make_objective(settings, data, out=None):
     out = out or sys.stdout
 
     def objective(trial):
+        try:
+            return train_trial(trial)
+        except Exception as exc:
+            if storage_gone(exc):
+                raise TrialAbandoned(exc) from exc
+            raise
+
+    def train_trial(trial):
         cfg = suggest_config(trial, settings.space, epochs=settings.epochs,
                              num_train=settings.num_train, seed=settings.train_seed,
                              backend=settings.backend, data=settings.data)
@@ -96,9 +119,12 @@ def make_objective(settings, data, out=None):
         except NonFiniteLossError as exc:
             fail("non-finite loss", exc)
         except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (SIGINT/SIGTERM)")
+            with contextlib.suppress(Exception):  # (a storage that is gone: still stop)
+                trial.set_user_attr("fail_reason", "interrupted (SIGINT/SIGTERM)")
             raise
         except Exception as exc:
+            if storage_gone(exc):
+                raise
             if _is_oom(exc):
                 _free_device_memory()
                 fail("out of memory", exc)

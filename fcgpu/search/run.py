@@ -7,50 +7,57 @@ import sys
 import threading
 import time
 
-from .objective import TrialFailed, load_search_data, make_objective, prefetch_data
+from ..errors import StudyStorageError
+from .objective import load_search_data, make_objective, prefetch_data
+from .recovery import LostTrials, StorageWait, Tracked, drain, run_trial
 from .report import write_report
 from .settings import SearchSettings
 from .storage import make_pruner, make_sampler, mask_url, open_storage, open_study, quiet_optuna, \
     storage_failures_named
-from .summary import progress_callback, stale_callback, summarize
-from .workers import LocalTickets, TermAsInterrupt, Tickets, pin_this_process, plan_workers, \
-    spawn_workers
+from .summary import progress_callback, summarize
+from .workers import STORAGE_GAVE_UP, LocalTickets, TermAsInterrupt, Tickets, pin_this_process, \
+    plan_workers, spawn_workers
 
 
-def run_worker(settings, index=0, tickets=None, data=None, out=None, pruner=None, tag="",
-               storage=None):
+def run_worker(settings, index=0, tickets=None, data=None, out=None, pruner=None, tag=""):
     """Run trials of the study until the budget (tickets), the deadline or an interrupt
-    ends them. Returns the number of trials this worker ran."""
+    ends them; a storage that goes away is waited for (``settings.storage_wait``), and
+    trials lost to it or to a dead worker are retried (:mod:`~fcgpu.search.recovery`).
+    Returns the number of trials this worker ran."""
     out = out or sys.stdout
     quiet_optuna(settings.verbose)
-    if storage is None:
-        storage = open_storage(settings.storage, settings.heartbeat, settings.grace,
-                               stale_callback=stale_callback(out))
+    if tickets is None:
+        tickets = LocalTickets(settings.trial_budget())
+    lost = LostTrials(out, tag, settings.run_id, tickets)
+    storage = open_storage(settings.storage, settings.heartbeat, settings.grace,
+                           stale_callback=lost)
     seed = None if settings.seed is None else int(settings.seed) + index
     study = open_study(storage, settings.study, sampler=make_sampler(settings.sampler, seed),
                        pruner=pruner or make_pruner(settings.pruner, settings.pruner_warmup),
                        url=settings.storage)
-    if tickets is None:
-        tickets = LocalTickets(settings.trial_budget())
     if data is None:
         data = load_search_data(settings)
-    objective = make_objective(settings, data, out=out)
+    tracked = Tracked(make_objective(settings, data, out=out))
+    wait = StorageWait(settings.storage, settings.storage_wait, out=out, tag=tag,
+                       probe=lambda: storage.get_study_id_from_name(settings.study))
     callbacks = [progress_callback(out, tag)]
     ran = 0
     with TermAsInterrupt(), storage_failures_named(settings.storage):
-        while True:
-            if settings.deadline is not None and time.time() >= settings.deadline:
+        while settings.deadline is None or time.time() < settings.deadline:
+            if tickets.claim():
+                if run_trial(study, tracked, callbacks, wait, lost):
+                    ran += 1
+                else:
+                    tickets.release()
+            elif not drain(study, settings.run_id, wait, poll=min(settings.heartbeat, 5)):
                 break
-            if not tickets.claim():
-                break
-            study.optimize(objective, n_trials=1, catch=(TrialFailed,),
-                           callbacks=callbacks, gc_after_trial=True)
-            ran += 1
     return ran
 
 
 def worker_main(spec_path, index, tickets_path, out=None):
-    """Entry point of a worker process (``fcgpu search --worker SPEC``)."""
+    """Entry point of a worker process (``fcgpu search --worker SPEC``). A worker that
+    gives up waiting for the storage says why on ``out`` and exits with
+    ``STORAGE_GAVE_UP``; the command then ends with one line."""
     pin_this_process()
     if threading.current_thread() is threading.main_thread():
         # a shell's background job starts with SIGINT ignored: take Ctrl-C seriously
@@ -58,7 +65,12 @@ def worker_main(spec_path, index, tickets_path, out=None):
     with open(spec_path) as f:
         settings = SearchSettings.from_json(f.read())
     tickets = Tickets(tickets_path, settings.trial_budget())
-    run_worker(settings, index=index, tickets=tickets, out=out, tag="[w%d] " % index)
+    tag = "[w%d] " % index
+    try:
+        run_worker(settings, index=index, tickets=tickets, out=out, tag=tag)
+    except StudyStorageError as exc:
+        print(tag + "gave up: %s" % exc, file=out or sys.stdout, flush=True)
+        return STORAGE_GAVE_UP
     return 0
 
 
@@ -70,8 +82,7 @@ def run_search(settings, workers=None, data=None, out=None, pruner=None, report=
     quiet_optuna(settings.verbose)
     if settings.timeout is not None and settings.deadline is None:
         settings.deadline = time.time() + settings.timeout
-    storage = open_storage(settings.storage, settings.heartbeat, settings.grace,
-                           stale_callback=stale_callback(out))
+    storage = open_storage(settings.storage, settings.heartbeat, settings.grace)
     study = open_study(storage, settings.study, url=settings.storage)
     with storage_failures_named(settings.storage):
         before = len(study.get_trials(deepcopy=False))
@@ -85,12 +96,18 @@ def run_search(settings, workers=None, data=None, out=None, pruner=None, report=
     if budget != 0:
         k, envs, descs = plan_workers(workers, settings.backend)
         if k == 1:
-            run_worker(settings, data=data, out=out, pruner=pruner, storage=storage)
+            run_worker(settings, data=data, out=out, pruner=pruner)
         else:
             if data is not None or pruner is not None:
                 raise ValueError("data= and pruner= only apply to a single in-process worker")
             prefetch_data(settings)
             codes = spawn_workers(settings, envs, descs, out)
+            if STORAGE_GAVE_UP in codes:
+                raise StudyStorageError("lost the study storage %s: worker %d gave up on it "
+                                        "(its line above says why); rerun the command to "
+                                        "resume the study" % (mask_url(settings.storage),
+                                                              codes.index(STORAGE_GAVE_UP)),
+                                        url=mask_url(settings.storage))
             if any(c != 0 for c in codes):
                 code = 1
     study = open_study(storage, settings.study, url=settings.storage)

@@ -14,6 +14,7 @@ from .space import default_space, normalize
 DEFAULT_STORAGE = "sqlite:///fcgpu-search.db"
 DEFAULT_STUDY = "fcgpu"
 DEFAULT_N_TRIALS = 20          # when neither --n-trials nor --timeout is given
+DEFAULT_STORAGE_WAIT = 300     # seconds a worker waits for a storage that went away
 
 
 @dataclass
@@ -34,6 +35,7 @@ class SearchSettings:
     seed: int | None = None
     heartbeat: int = 60
     grace: int | None = None
+    storage_wait: float = DEFAULT_STORAGE_WAIT   # seconds a worker waits for a lost storage
     verbose: bool = False
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     deadline: float | None = None   # time.time() after which no trial starts
@@ -57,6 +59,8 @@ class SearchSettings:
             raise ConfigError("--heartbeat must be >= 1 second, got %r" % self.heartbeat)
         if self.grace is not None and int(self.grace) < 1:
             raise ConfigError("--grace must be >= 1 second, got %r" % self.grace)
+        if not float(self.storage_wait) >= 0:
+            raise ConfigError("--storage-wait must be >= 0 seconds, got %r" % self.storage_wait)
         if not self.study:
             raise ConfigError("--study needs a name")
         self.space = {name: normalize(name, spec, "search space")

@@ -4,10 +4,18 @@ errors that never show a password, and the study with its sampler and pruner.
 
 A storage that cannot be opened, or a study that cannot be loaded, raises
 :class:`fcgpu.errors.StudyStorageError`: one line naming the URL (password masked) and
-the cause, which ``fcgpu search`` prints without a traceback."""
+the cause, which ``fcgpu search`` prints without a traceback.
+
+A connection lost later (a server that restarts) is told apart from other database
+failures by :func:`transient_cause`; the heartbeat of a running trial skips the beats
+it cannot write instead of ending its thread (:func:`open_storage`), and
+:func:`storage_gone` says when a trial's own write found the storage gone (or the trial
+already failed by another worker). What the search does then is
+:mod:`fcgpu.search.recovery`'s."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import time
@@ -32,6 +40,36 @@ def database_errors():
     import optuna
     import sqlalchemy.exc
     return (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
+
+
+def transient_cause(exc):
+    """The failure behind ``exc`` if it is one a lost connection causes (a server that
+    restarts or goes away for a while), else None: SQLAlchemy's ``OperationalError``,
+    ``InterfaceError``, ``DisconnectionError`` or pool ``TimeoutError``, raised bare,
+    wrapped by Optuna's ``StorageInternalError``, or in the context of an error raised
+    while handling one (Optuna 5.1's ``optimize`` raises an ``UnboundLocalError`` when
+    its final tell fails on a lost connection)."""
+    import sqlalchemy.exc as sx
+    kinds = (sx.OperationalError, sx.InterfaceError, sx.DisconnectionError, sx.TimeoutError)
+    seen, stack = set(), [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, kinds):
+            return e
+        stack += [e.__context__, e.__cause__]
+    return None
+
+
+def storage_gone(exc):
+    """Whether a trial's own storage call failed because the storage went away
+    (:func:`transient_cause`) or because the trial is already finished: another worker
+    marked it FAIL when its heartbeat went stale."""
+    import optuna
+    return (transient_cause(exc) is not None
+            or isinstance(exc, optuna.exceptions.UpdateFinishedTrialError))
 
 
 def short_error(exc, url=None):
@@ -122,8 +160,40 @@ def _cannot_open(url, exc):
                              % (mask_url(url), short_error(exc, url), hint), url=mask_url(url))
 
 
+@functools.lru_cache(maxsize=None)
+def storage_class():
+    """Optuna's :class:`~optuna.storages.RDBStorage` with a heartbeat that outlives a
+    lost connection: Optuna's heartbeat thread ends, with a traceback on stderr, at the
+    first beat it cannot write, so a trial whose worker lives on would later be taken for
+    dead. Here a beat that fails is skipped and the next one tries again; the trial's
+    own next write tells its worker that the storage went away."""
+    import optuna
+
+    class SearchStorage(optuna.storages.RDBStorage):
+        def record_heartbeat(self, trial_id):
+            try:
+                super().record_heartbeat(trial_id)
+            except database_errors():
+                pass
+
+    return SearchStorage
+
+
+def stale_callback_kwarg():
+    """The name RDBStorage gives the callback for trials whose heartbeat went stale:
+    ``heartbeat_stale_trial_callback`` from Optuna 4.9, ``failed_trial_callback``
+    before."""
+    import inspect
+    import optuna
+    params = inspect.signature(optuna.storages.RDBStorage.__init__).parameters
+    return ("heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params
+            else "failed_trial_callback")
+
+
 def open_storage(url, heartbeat_interval=60, grace_period=None, stale_callback=None):
-    """An :class:`optuna.storages.RDBStorage` for ``url`` with the heartbeat on.
+    """An :class:`optuna.storages.RDBStorage` (:func:`storage_class`) for ``url`` with
+    the heartbeat on; ``stale_callback(study, trial)`` runs for each trial that a worker
+    marks FAIL because its heartbeat went stale.
 
     Any problem (unparseable URL, unknown dialect, missing driver, unreachable or
     refusing server, missing folder) raises :class:`~fcgpu.errors.StudyStorageError` (a
@@ -144,10 +214,10 @@ def open_storage(url, heartbeat_interval=60, grace_period=None, stale_callback=N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             try:
-                return optuna.storages.RDBStorage(
+                return storage_class()(
                     url, engine_kwargs=kwargs, heartbeat_interval=int(heartbeat_interval),
                     grace_period=int(grace_period) if grace_period else None,
-                    heartbeat_stale_trial_callback=stale_callback)
+                    **{stale_callback_kwarg(): stale_callback})
             except failures as exc:
                 if attempt < 5 and _creation_race(exc):
                     # another worker is creating the same tables right now

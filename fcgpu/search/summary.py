@@ -62,20 +62,15 @@ def describe_trial(t):
     else:
         what = ""
     cfg = describe_config(t.user_attrs.get("config"))
-    return "trial %d %s %s (%.1f s)%s" % (t.number, state, what, dur,
-                                          ("  " + cfg) if cfg else "")
+    again = t.system_attrs.get("failed_trial")
+    return "trial %d %s %s (%.1f s)%s%s" % (t.number, state, what, dur,
+                                            "" if again is None else " retry of trial %d" % again,
+                                            ("  " + cfg) if cfg else "")
 
 
 def progress_callback(out, tag=""):
     def callback(study, trial):
         print(tag + describe_trial(trial), file=out, flush=True)
-    return callback
-
-
-def stale_callback(out):
-    def callback(study, trial):
-        print("trial %d of worker %s sent no heartbeat for too long: marked FAIL"
-              % (trial.number, trial.user_attrs.get("worker", "?")), file=out, flush=True)
     return callback
 
 
@@ -132,6 +127,9 @@ def summarize(study, out=None, run_id=None, storage_url=None):
     line = "study %r: %d trial%s (%s)" % (study.study_name, len(trials),
                                          "" if len(trials) == 1 else "s",
                                          counts_text(counts) or "none")
+    retries = sum(1 for t in trials if t.system_attrs.get("failed_trial") is not None)
+    if retries:
+        line += "; %d retr%s of lost trials" % (retries, "y" if retries == 1 else "ies")
     if run_id:
         mine = [t for t in trials if t.user_attrs.get("run") == run_id]
         if mine:

@@ -14,6 +14,8 @@ import time
 
 from ..errors import ConfigError
 
+STORAGE_GAVE_UP = 75   # a worker's exit code when it gave up waiting for the storage (EX_TEMPFAIL)
+
 
 class Tickets:
     """The trial budget of one command, shared by its worker processes: a counter in a
@@ -30,17 +32,27 @@ class Tickets:
         return cls(path, total)
 
     def claim(self):
-        if self.total is None:
-            return True
+        """Take one trial of the budget; False when none is left."""
+        return self.total is None or self._update(lambda used: used + 1
+                                                  if used < self.total else None)
+
+    def release(self):
+        """Give back a trial that did not count: none ran, or it was lost to a fault
+        (its retry takes a trial of the budget again)."""
+        if self.total is not None:
+            self._update(lambda used: max(0, used - 1))
+
+    def _update(self, change):
+        """Apply ``change(used) -> new used, or None to leave it`` under the lock."""
         import fcntl
         with open(self.path, "r+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
-            used = int(f.read().strip() or 0)
-            if used >= self.total:
+            new = change(int(f.read().strip() or 0))
+            if new is None:
                 return False
             f.seek(0)
             f.truncate()
-            f.write(str(used + 1))
+            f.write(str(new))
             f.flush()
             return True
 
@@ -58,6 +70,10 @@ class LocalTickets:
             return False
         self.left -= 1
         return True
+
+    def release(self):
+        if self.left is not None:
+            self.left += 1
 
 
 class TermAsInterrupt:
@@ -234,8 +250,12 @@ def _wait_workers(procs, out):
                         codes[i] = p.returncode
                         if p.returncode < 0:
                             print("worker %d (pid %d) was killed by signal %d; its running "
-                                  "trial is marked FAIL once its heartbeat is stale"
+                                  "trial is marked FAIL and retried once its heartbeat is "
+                                  "stale"
                                   % (i, p.pid, -p.returncode), file=out, flush=True)
+                        elif p.returncode == STORAGE_GAVE_UP:
+                            print("worker %d (pid %d) gave up waiting for the study storage"
+                                  % (i, p.pid), file=out, flush=True)
                         elif p.returncode != 0:
                             print("worker %d (pid %d) exited with code %d"
                                   % (i, p.pid, p.returncode), file=out, flush=True)
