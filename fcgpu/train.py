@@ -300,17 +300,18 @@ def _run(cfg, xp, data, opts):
     blas, tf32 = _log_start(cfg, xp, solver, log)
     t0 = time.perf_counter()
     stopped = None
-    try:
-        with stop.deferred() if stop is not None else contextlib.nullcontext():
-            solver.train()
+    try:  # (a signal: where the run was, told with it)
+        try:
+            with stop.deferred() if stop is not None else contextlib.nullcontext():
+                solver.train()
+        except TrainingStopped as exc:
+            stopped = exc
+        metrics = _metrics(cfg, xp, solver, data, dict(
+            blas=blas, tf32=tf32, wall_seconds=time.perf_counter() - t0,
+            resumed_from_epoch=resumed_from))
     except RunInterrupted as exc:
         exc.epoch, exc.epochs, exc.saved_epoch = solver.epoch, cfg.epochs, saved["epoch"]
         raise
-    except TrainingStopped as exc:
-        stopped = exc
-    metrics = _metrics(cfg, xp, solver, data, dict(
-        blas=blas, tf32=tf32, wall_seconds=time.perf_counter() - t0,
-        resumed_from_epoch=resumed_from))
     test = metrics["test_acc"]
     log("%s: val acc %.4f, test acc %s, %.0f samples/s" % (
         "done" if stopped is None else "stopped after epoch %d/%d" % (solver.epoch, cfg.epochs),

@@ -23,16 +23,19 @@ from fcgpu.checkpoint import load as load_checkpoint
 
 ARGS = ["--hidden", "24", "--epochs", "3", "--batch-size", "50", "--seed", "3"]
 
-# The driver: pauses at training step PAUSE_STEP (the model's loss with labels), or at
-# the PAUSE_WRITE-th rename onto the checkpoint, until fcgpu train's handler has seen
-# the signal (SIGNALS_TO_WAIT of them), then carries on.
+# The driver: pauses at training step PAUSE_STEP (the model's loss with labels), at the
+# first scoring (the loss without labels) after Solver.train() returned (PAUSE_SCORING),
+# or at the PAUSE_WRITE-th rename onto the file WRITE_NAME, until fcgpu train's handler
+# has seen the signal (SIGNALS_TO_WAIT of them), then carries on.
 CHILD = r"""
 import os, runpy, signal, sys, time
 import fcgpu.fc_net as fc_net
+import fcgpu.solver as solver
 
 step, write = int(os.environ.get("PAUSE_STEP", 0)), int(os.environ.get("PAUSE_WRITE", 0))
+scoring = os.environ.get("PAUSE_SCORING") == "1"
 wanted = int(os.environ.get("SIGNALS_TO_WAIT", 1))
-seen = {"steps": 0, "writes": 0}
+seen = {"steps": 0, "writes": 0, "trained": False}
 
 
 def wait_for_signals(where):
@@ -54,14 +57,25 @@ def counting_loss(self, X, y=None):
         seen["steps"] += 1
         if seen["steps"] == step:
             wait_for_signals("step %d" % step)
+    elif scoring and seen["trained"]:
+        seen["trained"] = False
+        wait_for_signals("scoring after training")
     return loss(self, X, y)
+
+
+train = solver.Solver.train
+
+
+def noting_train(self):
+    train(self)
+    seen["trained"] = True
 
 
 replace = os.replace
 
 
 def counting_replace(src, dst, *args, **kwargs):
-    if os.path.basename(dst) == os.environ.get("CHECKPOINT_NAME"):
+    if os.path.basename(dst) == os.environ.get("WRITE_NAME"):
         seen["writes"] += 1
         if seen["writes"] == write:
             wait_for_signals("write %d" % write)
@@ -69,6 +83,7 @@ def counting_replace(src, dst, *args, **kwargs):
 
 
 fc_net.FullyConnectedNet.loss = counting_loss
+solver.Solver.train = noting_train
 os.replace = counting_replace
 runpy.run_module("fcgpu.cli", run_name="__main__", alter_sys=True)
 """
@@ -136,7 +151,8 @@ def run_dir(tmp_path_factory):
 
 
 def start_child(run_dir, name, sig_env, extra=()):
-    env = dict(os.environ, CHECKPOINT_NAME=name + ".ckpt", **sig_env)
+    env = dict(os.environ, WRITE_NAME=name + ".ckpt")
+    env.update(sig_env)
     return subprocess.Popen([sys.executable, "-c", CHILD, "train", "--data", "data.npz", *ARGS,
                              "--checkpoint", name + ".ckpt", "--metrics", name + ".json",
                              *extra], cwd=run_dir, env=env, stdout=subprocess.PIPE,
@@ -227,6 +243,28 @@ def test_a_signal_during_a_checkpoint_write_lets_the_write_finish(run_dir):
         in line
     assert load_checkpoint(run_dir / "write.ckpt")["epoch"] == 2 and no_temporary_files(run_dir)
     check_resumes_exactly(run_dir, name, words, saved_epoch=2)
+
+
+@pytest.mark.parametrize("where,sig", [("scoring", signal.SIGINT), ("writing", signal.SIGTERM)])
+def test_a_signal_after_the_last_epoch(run_dir, where, sig):
+    """The signal lands after training: while the final accuracies are computed (it
+    stops there) or while the metrics file is written (the file is finished first).
+    The line says the run was past its last epoch and the checkpoint holds it; the
+    printed command then trains nothing more and writes the same metrics. Mutants: no
+    note of where the run was in either place (the line says "before training
+    started")."""
+    name = "after-" + where
+    env = ({"PAUSE_SCORING": "1"} if where == "scoring"
+           else {"PAUSE_WRITE": "1", "WRITE_NAME": name + ".json"})
+    child = start_child(run_dir, name, env)
+    returncode, err = interrupt(child, sig)
+    assert returncode == 128 + sig, err
+    line, words = resume_line(err, name)
+    assert line.startswith("fcgpu train: interrupted by %s after the last epoch (3/3); "
+                           "%s.ckpt holds epoch 3; resume with: " % (sig.name, name))
+    if where == "writing":  # (whole: the same as the resumed run writes below)
+        assert json.loads((run_dir / (name + ".json")).read_text())["epochs"] == 3
+    check_resumes_exactly(run_dir, name, words, saved_epoch=3)
 
 
 def test_a_second_signal_cuts_the_step_and_the_checkpoint_stays(run_dir):

@@ -153,21 +153,24 @@ def run(args):
     for path in (args.checkpoint, args.metrics, args.plot):
         if path:  # a folder that refuses files: said now, before anything is trained
             check_writable(path)
-    problems = []
+    problems, metrics, saved = [], None, None
     try:
         with StopSignals() as stop:
             try:
                 metrics = run_training(cfg, checkpoint=args.checkpoint, resume=args.resume,
                                        progress=not args.quiet and sys.stderr.isatty(),
                                        verbose=not args.quiet, stop=stop)
+                saved = metrics["epochs"] if args.checkpoint else None
             except TrainingStopped as exc:  # the checkpoint could not be written
-                metrics = exc.metrics
+                metrics, saved = exc.metrics, exc.saved_epoch
                 problems.append("%s; once it can be written, resume with: %s"
                                 % (exc, _command(args, resume=True)))
             _print_quiet(args, metrics)
             with stop.deferred():  # (the files are whole or not there; then a signal)
                 problems += write_outputs(args, metrics)
     except RunInterrupted as exc:
+        if exc.epoch is None and metrics is not None:  # (training was over)
+            exc.epoch, exc.epochs, exc.saved_epoch = metrics["epochs"], cfg.epochs, saved
         print("fcgpu train: " + interrupted_message(args, exc), file=sys.stderr)
         return exc.exit_code
     if problems:
