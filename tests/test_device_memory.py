@@ -204,3 +204,18 @@ def test_the_installed_cupys_own_error_is_recognised():
     assert str(oom).startswith("out of GPU memory: asked for 1.0 GiB (1,073,741,824 bytes); "
                                "the device")
     assert str(oom).endswith("; hint") and "\n" not in str(oom)
+
+
+def test_bench_workers_name_the_memory_that_ran_out(device):
+    """A benchmark case that runs out of memory is skipped with what ran out: CuPy's
+    error in fcgpu's one line (its size, free and total memory), not as "out of host
+    memory" (CuPy's error is a MemoryError too: the worker's old order called it the
+    host's), PyTorch's by its name, the host's as such, and anything else re-raised.
+    Mutants caught: the host check first; CuPy's error passed through unworded."""
+    from fcgpu.bench.worker import _out_of_memory
+    why = _out_of_memory(OutOfMemoryError(3 * GiB, 70 * GiB))
+    assert why.startswith("out of device memory: ") and "3.0 GiB" in why and "80.0 GiB" in why
+    torch_oom = type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory. Tried ...")
+    assert _out_of_memory(torch_oom) == "out of device memory: CUDA out of memory. Tried ..."
+    assert _out_of_memory(MemoryError("no host")) == "out of host memory (no host)"
+    assert _out_of_memory(ValueError("a bug")) is None

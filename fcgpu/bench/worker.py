@@ -78,6 +78,21 @@ def _gpu_l2_bytes(cp, default=50 << 20):
         return default
 
 
+
+def _out_of_memory(exc):
+    """Why a case was skipped when ``exc`` is an out-of-memory error, else None: CuPy's
+    in fcgpu's one line (size asked for, free and total memory:
+    :func:`fcgpu.backend.device_out_of_memory`), PyTorch's by its name, the host's."""
+    from ..backend import device_out_of_memory
+    dev = device_out_of_memory(exc, "a smaller case")
+    if dev is not None:
+        return "out of device memory: %s" % dev
+    if "OutOfMemory" in type(exc).__name__ or "out of memory" in str(exc):
+        return "out of device memory: %s" % exc
+    if isinstance(exc, MemoryError):
+        return "out of host memory (%s)" % exc
+    return None
+
 class _Server:
     def __init__(self, variant):
         self.variant = variant
@@ -184,14 +199,12 @@ class _Server:
                 self.case = kernels.build_xp_case(self.variant, op, shape, self.xp, k)
         except kernels.SkipCase as exc:
             return {"ok": False, "skip": str(exc)}
-        except MemoryError as exc:
-            self.free({})
-            return {"ok": False, "skip": "out of host memory (%s)" % exc}
         except Exception as exc:
             self.free({})
-            if "OutOfMemory" in type(exc).__name__ or "out of memory" in str(exc):
-                return {"ok": False, "skip": "out of device memory: %s" % exc}
-            raise
+            why = _out_of_memory(exc)
+            if why is None:
+                raise
+            return {"ok": False, "skip": why}
         self._sync()
         return {"ok": True, "rotate": k, "label": self.case.label}
 
@@ -265,9 +278,10 @@ class _Server:
                 self.train = models.build_fcgpu(self.variant, net)
         except Exception as exc:
             self.free({})
-            if "OutOfMemory" in type(exc).__name__ or "out of memory" in str(exc):
-                return {"ok": False, "skip": "out of device memory: %s" % exc}
-            raise
+            why = _out_of_memory(exc)
+            if why is None:
+                raise
+            return {"ok": False, "skip": why}
         t1 = time.perf_counter()
         try:
             self.train.steps(1)  # first step: compiles (Numba, NVRTC, torch.compile)
