@@ -152,11 +152,17 @@ def nvrtc_compile(module, arch="sm_90", extra=()):
     ``module`` of fcgpu.cuda.module.MODULES: ``(ptx, {name expression: lowered name})``;
     ``extra`` options go last, where CuPy puts its ``-ftz=true``.
     A failed compile is an AssertionError with NVRTC's log."""
+    fname, names = cmod.MODULES[module]
+    return nvrtc_compile_source(cmod.expand_source(fname, KERNELS), fname, names,
+                                cmod.compile_options(KERNELS), arch, extra)
+
+
+def nvrtc_compile_source(src, fname, names, options, arch="sm_90", extra=()):
+    """:func:`nvrtc_compile` of a source text as ``fcgpu.cuda.module`` expanded it (for
+    instance by an installed copy of fcgpu), with its name expressions and options."""
     lib = find_nvrtc()
     if lib is None:
         unavailable("libnvrtc not found (pip install nvidia-cuda-nvrtc for this check)")
-    fname, names = cmod.MODULES[module]
-    src = cmod.expand_source(fname, KERNELS)
     assert "#include" not in re.sub(r"//.*", "", src), "local includes must be expanded"
     prog = ctypes.c_void_p()
     assert lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), fname.encode(), 0,
@@ -164,7 +170,7 @@ def nvrtc_compile(module, arch="sm_90", extra=()):
     try:
         for n in names:
             assert lib.nvrtcAddNameExpression(prog, n.encode()) == 0, n
-        opts = list(cmod.compile_options(KERNELS)) + ["-arch=%s" % arch] + list(extra)
+        opts = list(options) + ["-arch=%s" % arch] + list(extra)
         arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
         rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
         size = ctypes.c_size_t()
