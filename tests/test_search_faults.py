@@ -8,10 +8,10 @@ figures of each run are printed (``pytest -s`` shows them).
 
 The fault points are deterministic: the worker processes get a ``sitecustomize`` (the
 synthetic data of ``test_search``, plus :data:`PAUSE_HOOK`) that pauses the first
-worker(s) to reach a chosen point of a trial, after its first epoch was reported or
-after its objective returned, until the test says go; the test kills or stops the
-server while they wait, and restarts the server once each worker has printed that it
-lost the storage.
+worker(s) to reach a chosen point of a trial (after its first epoch was reported, after
+its objective returned, or as its objective raises) until the test says go, and leaves
+a file when a heartbeat fails; the test kills a worker or stops the server while they
+wait, and starts the server again once each worker has printed that it lost it.
 
 The PostgreSQL tests run when ``FCGPU_TEST_POSTGRES_URL`` is set (``. .ci/postgres.sh
 start``), and start a server of their own through the same script (its own
@@ -33,8 +33,12 @@ optuna = pytest.importorskip("optuna")
 from test_search import REPO, SITECUSTOMIZE, load  # noqa: E402
 
 POSTGRES = os.environ.get("FCGPU_TEST_POSTGRES_URL")
-needs_postgres = pytest.mark.skipif(not POSTGRES, reason="FCGPU_TEST_POSTGRES_URL is not set: "
-                                    "start a server with `. .ci/postgres.sh start`")
+NO_POSTGRES = ("FCGPU_TEST_POSTGRES_URL is not set: start a server with "
+               "`. .ci/postgres.sh start`")
+
+
+def needs_postgres(test):
+    return pytest.mark.postgres(pytest.mark.skipif(not POSTGRES, reason=NO_POSTGRES)(test))
 
 # trials of two epochs on 300 synthetic images, never pruned, everything seeded
 TRIALS = ["--epochs", "2", "--num-train", "300", "--backend", "numpy", "--param", "layers=1:2",
@@ -49,23 +53,41 @@ if os.environ.get("FCGPU_TEST_PAUSE_DIR"):
     _AT = os.environ.get("FCGPU_TEST_PAUSE_AT", "epoch")     # epoch | end
     _SLOTS = int(os.environ.get("FCGPU_TEST_PAUSE_COUNT", "1"))
     _TRIAL = int(os.environ.get("FCGPU_TEST_PAUSE_TRIAL", "0"))  # this process's n-th trial
-    _state = {"seen": 0, "armed": None}
+    _ON_RAISE = os.environ.get("FCGPU_TEST_PAUSE_ON_RAISE")  # pause again as it raises
+    _state = {"seen": 0, "armed": None, "slot": None}
+
+    def _wait(trial, name, go):
+        """Say DIR/name-K (pid and trial number) and wait for DIR/go."""
+        tmp = os.path.join(_DIR, "tmp-%d" % _state["slot"])
+        with open(tmp, "w") as f:
+            f.write("%d %d" % (os.getpid(), trial.number))
+        os.rename(tmp, os.path.join(_DIR, "%s-%d" % (name, _state["slot"])))
+        while not os.path.exists(os.path.join(_DIR, go)):
+            _time.sleep(0.02)
 
     def _pause(trial):
-        """Take a free slot (DIR/slot-K), say so in DIR/paused-K (pid and trial number),
-        and wait for DIR/go; no free slot: go on."""
+        """Take a free slot K (DIR/slot-K), say so in DIR/paused-K and wait for DIR/go;
+        no free slot: go on."""
         for k in range(_SLOTS):
             try:
                 os.close(os.open(os.path.join(_DIR, "slot-%d" % k), os.O_CREAT | os.O_EXCL))
             except FileExistsError:
                 continue
-            tmp = os.path.join(_DIR, "tmp-%d" % k)
-            with open(tmp, "w") as f:
-                f.write("%d %d" % (os.getpid(), trial.number))
-            os.rename(tmp, os.path.join(_DIR, "paused-%d" % k))
-            while not os.path.exists(os.path.join(_DIR, "go")):
-                _time.sleep(0.02)
+            _state["slot"] = k
+            _wait(trial, "paused", "go")
             return
+
+    import optuna.storages as _storages
+    _real_beat = _storages.RDBStorage.record_heartbeat
+
+    def _beat(self, trial_id):
+        """Optuna's heartbeat, leaving DIR/beat-failed-PID when it fails."""
+        try:
+            return _real_beat(self, trial_id)
+        except BaseException:
+            open(os.path.join(_DIR, "beat-failed-%d" % os.getpid()), "w").close()
+            raise
+    _storages.RDBStorage.record_heartbeat = _beat
 
     _real_training = fcgpu.train.run_training
 
@@ -88,7 +110,12 @@ if os.environ.get("FCGPU_TEST_PAUSE_DIR"):
             _state["seen"] += 1
             if mine and _AT == "epoch":
                 _state["armed"] = trial
-            value = objective(trial)
+            try:
+                value = objective(trial)
+            except BaseException:
+                if mine and _ON_RAISE and _state["slot"] is not None:
+                    _wait(trial, "raised", "go-on")
+                raise
             if mine and _AT == "end":
                 _pause(trial)
             return value
@@ -101,7 +128,8 @@ class Search:
     """An ``fcgpu search`` command in a subprocess, with the synthetic data and the
     pause hook; its stdout lines are collected as they come (``lines``), stderr apart."""
 
-    def __init__(self, tmp_path, args, pause_count=1, pause_at="epoch", pause_trial=0):
+    def __init__(self, tmp_path, args, pause_count=1, pause_at="epoch", pause_trial=0,
+                 pause_on_raise=False):
         site = tmp_path / "site-faults"
         site.mkdir(exist_ok=True)
         (site / "sitecustomize.py").write_text(SITECUSTOMIZE + PAUSE_HOOK)
@@ -110,7 +138,8 @@ class Search:
         env = dict(os.environ, FCGPU_TEST_FAKE_DATA="1", FCGPU_BACKEND="numpy",
                    FCGPU_TEST_PAUSE_DIR=str(self.pause_dir), FCGPU_TEST_PAUSE_AT=pause_at,
                    FCGPU_TEST_PAUSE_COUNT=str(pause_count),
-                   FCGPU_TEST_PAUSE_TRIAL=str(pause_trial))
+                   FCGPU_TEST_PAUSE_TRIAL=str(pause_trial),
+                   FCGPU_TEST_PAUSE_ON_RAISE="1" if pause_on_raise else "")
         env["PYTHONPATH"] = os.pathsep.join([str(site), str(REPO)] + [
             p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
         self.proc = subprocess.Popen([sys.executable, "-m", "fcgpu.cli", "search", *args],
@@ -140,14 +169,15 @@ class Search:
                                                                         self.output())
             time.sleep(0.05)
 
-    def paused(self, count):
-        """Wait for ``count`` workers to pause; returns their ``(pid, trial number)``."""
-        files = [self.pause_dir / ("paused-%d" % k) for k in range(count)]
+    def paused(self, count, name="paused"):
+        """Wait for ``count`` workers to pause (at ``name``: paused, raised); returns
+        their ``(pid, trial number)``."""
+        files = [self.pause_dir / ("%s-%d" % (name, k)) for k in range(count)]
         self.wait_until("%d paused worker(s)" % count, lambda: all(f.exists() for f in files))
         return [tuple(int(x) for x in f.read_text().split()) for f in files]
 
-    def go(self):
-        (self.pause_dir / "go").write_text("")
+    def go(self, name="go"):
+        (self.pause_dir / name).write_text("")
 
     def count(self, text):
         return sum(text in line for line in self.lines)
@@ -195,6 +225,48 @@ def check_retries(study):
 
 def report(name, figures):
     print("\n%s: %s" % (name, ", ".join("%s %d" % kv for kv in figures.items())))
+
+
+def test_the_wait_for_a_lost_storage_backs_off_and_is_bounded():
+    """StorageWait on a fake clock: tries after 0.5, 1, 2, 4, 8, 10, 10 ... s, returns
+    once the probe answers (one line when lost, one when back), and after the bound
+    raises one line with the last reason. Mutants: no cap on the back-off; the bound
+    counted from each try instead of from the loss (never gives up)."""
+    import io
+
+    import sqlalchemy.exc
+
+    from fcgpu.errors import StudyStorageError
+    from fcgpu.search.recovery import StorageWait
+    now, slept = [0.0], []
+
+    def sleep(s):
+        slept.append(s)
+        now[0] += s
+
+    def refused(text="Connection refused"):
+        return sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception(text))
+
+    answers = iter([False] * 6 + [True])
+
+    def probe():
+        if not next(answers):
+            raise refused()
+    out = io.StringIO()
+    wait = StorageWait("postgresql://u:s3cret@db/x", 60, probe, out, tag="[w0] ",
+                       clock=lambda: now[0], sleep=sleep)
+    wait.lost(refused())
+    assert slept == [0.5, 1, 2, 4, 8, 10, 10]
+    assert out.getvalue().splitlines() == [
+        "[w0] lost the study storage postgresql://u:***@db/x: Connection refused; waiting "
+        "up to 60 s for it (--storage-wait)",
+        "[w0] the study storage answers again (35.5 s after it was lost)"]
+    answers = iter([False] * 100)
+    with pytest.raises(StudyStorageError) as info:
+        wait.lost(refused("server closed the connection"))   # the clock did not restart
+    assert str(info.value) == ("lost the study storage postgresql://u:***@db/x: Connection "
+                               "refused (gave up after 60 s; --storage-wait)")
+    assert now[0] == 60 and "s3cret" not in out.getvalue()
 
 
 def check_killed_worker_is_retried(url, tmp_path, study="killed-retried"):
@@ -262,8 +334,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if not POSTGRES:
-        pytest.skip("FCGPU_TEST_POSTGRES_URL is not set: start a server with "
-                    "`. .ci/postgres.sh start`")
+        pytest.skip(NO_POSTGRES)
     pytest.importorskip("psycopg2")
     srv = Server(tmp_path_factory.mktemp("postgres") / "state")
     yield srv
@@ -290,17 +361,21 @@ def restart_args(url, study, n_trials, workers, wait=60):
 @needs_postgres
 def test_a_server_restart_mid_trial_is_survived(tmp_path, running_server):
     """Two workers, each paused after the first epoch of its first trial; the server
-    stops, the workers go on, lose the storage on their next report and say so; the
-    server starts again (same data and port). Both reconnect, mark their trial FAIL
-    ("storage lost mid-trial") and retry it, and the study reaches its budget: 4
-    completed, 2 failed, 2 retried, 0 lost, exit 0, nothing on stderr. Mutants: no wait
-    (run_trial raising the lost connection: exit 1 or 2); the heartbeat thread left as
-    Optuna's (its traceback on stderr); no retry (retried 0, lost 2)."""
+    stops, and once a heartbeat of each has failed on it the workers go on, lose the
+    storage on their next report and say so; the server starts again (same data and
+    port). Both reconnect, mark their trial FAIL ("storage lost mid-trial") and retry
+    it, and the study reaches its budget: 4 completed, 2 failed, 2 retried, 0 lost, exit
+    0, nothing on stderr. Mutants: no wait (run_trial raising the lost connection: the
+    workers give up, exit 2); the heartbeat left as Optuna's (its thread's traceback on
+    stderr); no retry (retried 0, lost 2)."""
     server = running_server
     search = Search(tmp_path, restart_args(server.url, "restart", 4, 2), pause_count=2)
     try:
         paused = search.paused(2)
         server.halt()
+        beats = [search.pause_dir / ("beat-failed-%d" % pid) for pid, _ in paused]
+        search.wait_until("a failed heartbeat in each worker",
+                          lambda: all(f.exists() for f in beats))
         search.go()
         search.wait_until("two workers waiting for the storage",
                           lambda: search.count("lost the study storage") == 2)
@@ -320,6 +395,39 @@ def test_a_server_restart_mid_trial_is_survived(tmp_path, running_server):
         number for _, number in paused)
     check_retries(s)
     assert "Traceback" not in out
+
+
+@needs_postgres
+def test_a_server_back_before_the_worker_noticed_still_gets_the_trial_retried(
+        tmp_path, running_server):
+    """The server stops under a running trial and is back before its worker is done
+    with the failure: the trial's report failed, and the server answers again by the
+    time Optuna would record the trial. The trial is still marked FAIL ("storage lost
+    mid-trial") and retried: 2 completed, 1 failed, 1 retried, 0 lost. Mutant: the
+    objective letting the storage error through as any other (no TrialAbandoned):
+    Optuna records the trial FAIL with no retry (lost 1)."""
+    server = running_server
+    search = Search(tmp_path, restart_args(server.url, "back", 2, 1), pause_on_raise=True)
+    try:
+        [(_, number)] = search.paused(1)
+        server.halt()
+        search.go()
+        search.paused(1, "raised")
+        server.resume()
+        search.go("go-on")
+        rc = search.finish()
+    finally:
+        search.go()
+        search.go("go-on")
+        search.finish()
+    out = search.output()
+    assert rc == 0 and search.err == [], out
+    s = load(server.url, "back")
+    figures = fault_figures(s)
+    report("server back before the worker noticed", figures)
+    assert figures == {"completed": 2, "failed": 1, "retried": 1, "lost": 0}, out
+    assert s.trials[number].user_attrs["fail_reason"].startswith("storage lost mid-trial")
+    check_retries(s)
 
 
 @needs_postgres
@@ -362,7 +470,9 @@ def test_a_server_that_stays_down_ends_in_one_line(tmp_path, running_server, wor
     is as it was: the first trials COMPLETE, the cut ones RUNNING; a rerun once the
     server is back marks them FAIL (stale heartbeat), retries them, and the study
     reaches the first command's budget: completed 2 per worker, failed and retried 1
-    per worker, 0 lost. Mutant: a wait with no bound (the command never ends)."""
+    per worker, 0 lost. Mutants: a wait with no bound (the command never ends);
+    worker_main not catching its give-up (a line per worker on stderr, and the
+    command's)."""
     server = running_server
     url, n = server.url, 2 * workers
     search = Search(tmp_path, restart_args(url, "down-%d" % workers, n, workers, wait=2),

@@ -39,8 +39,9 @@ FIRST_DELAY, MAX_DELAY = 0.5, 10.0   # seconds between tries while the storage i
 class StorageWait:
     """Bounded waiting for a storage that went away: ``lost(exc)`` returns once
     ``probe()`` answers, or raises :class:`~fcgpu.errors.StudyStorageError` once
-    ``bound`` seconds have passed since the storage was first lost (the clock restarts
-    only after a trial ran through, :meth:`ok`)."""
+    ``bound`` seconds have passed since the storage was first lost. The clock restarts
+    (:meth:`ok`) only once a trial ran through, or a round of :func:`drain` worked: a
+    storage that answers the probe but keeps failing the search's calls counts as lost."""
 
     def __init__(self, url, bound, probe, out, tag="", clock=time.monotonic, sleep=time.sleep):
         self.url, self.bound, self.probe, self.out, self.tag = url, float(bound), probe, out, tag
