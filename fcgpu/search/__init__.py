@@ -14,7 +14,12 @@ shared by workers on many. Every worker process:
   reason in the user attribute ``fail_reason``, and goes on with the next trial;
 * sends a heartbeat while a trial runs: a trial whose worker was killed (or lost its
   machine) is marked FAIL by the next worker that starts a trial once the grace
-  period has passed; nothing else of the study is lost.
+  period has passed, and retried (a new trial with its parameters); nothing else of
+  the study is lost;
+* waits, with bounded retries (``--storage-wait``), for a database that went away (a
+  server that restarts): a trial whose training finished meanwhile keeps its result,
+  one cut short is marked FAIL and retried, and the command still completes its
+  budget (lost trials give their place in it back).
 
 ``n_trials`` counts the trials one command runs, shared by its ``--workers``
 processes through a small locked counter file; rerunning a command adds trials to
@@ -30,6 +35,8 @@ The package, one concern a module (imports point down this list):
 * :mod:`~fcgpu.search.workers`: worker planning, CPU/GPU pinning, spawning, the shared
   trial budget, SIGTERM handling;
 * :mod:`~fcgpu.search.report`: ``report.md``, ``trials.csv`` and Optuna's plots;
+* :mod:`~fcgpu.search.recovery`: a storage that goes away, trials lost to it or to a
+  dead worker, and their retries;
 * :mod:`~fcgpu.search.summary`: progress lines, the summary and the retrain command;
 * :mod:`~fcgpu.search.objective`: the data and the objective of one trial;
 * :mod:`~fcgpu.search.storage`: the RDB storage, its URLs and errors, the study, its
