@@ -47,8 +47,8 @@ def transient_cause(exc):
     restarts or goes away for a while), else None: SQLAlchemy's ``OperationalError``,
     ``InterfaceError``, ``DisconnectionError`` or pool ``TimeoutError``, raised bare,
     wrapped by Optuna's ``StorageInternalError``, or in the context of an error raised
-    while handling one (Optuna 5.1's ``optimize`` raises an ``UnboundLocalError`` when
-    its final tell fails on a lost connection)."""
+    while handling one (Optuna's ``optimize`` raises an ``UnboundLocalError`` when its
+    final tell fails on a lost connection: optuna/optuna#5280, still so in 5.1)."""
     import sqlalchemy.exc as sx
     kinds = (sx.OperationalError, sx.InterfaceError, sx.DisconnectionError, sx.TimeoutError)
     seen, stack = set(), [exc]
