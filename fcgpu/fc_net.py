@@ -31,7 +31,9 @@ class FullyConnectedNet:
     the Philox streams ``(dropout_key, dropout_step * (L-1) + layer)``.
 
     ``label_smoothing`` (default 0, the course's loss) trains against smoothed
-    targets (:func:`fcgpu.layers.softmax_loss`).
+    targets (:func:`fcgpu.layers.softmax_loss`). ``loss(X, y, mix=(y2, lam))`` trains
+    against mixed targets (MixUp, CutMix: the Solver's ``mix``); ``loss(X, y)`` is the
+    course's call, unchanged.
 
     ``xp`` (optional) places the parameters on NumPy or CuPy; by default the backend
     chosen by ``FCGPU_BACKEND`` / :func:`fcgpu.set_backend`.
@@ -104,8 +106,13 @@ class FullyConnectedNet:
                 dp["stream"] = layer
         return dp
 
-    def loss(self, X, y=None):
-        """Scores (N, C) when ``y`` is None; else ``(loss, grads)`` for a training step."""
+    def loss(self, X, y=None, mix=None):
+        """Scores (N, C) when ``y`` is None; else ``(loss, grads)`` for a training step.
+        ``mix`` = ``(y2, lam)``: row n's target is ``lam[n]`` of class ``y[n]`` and
+        ``1 - lam[n]`` of class ``y2[n]`` (:func:`fcgpu.layers.softmax_loss`)."""
+        if mix is not None and y is None:
+            raise ValueError("FullyConnectedNet.loss: mix needs the labels y (a training "
+                             "step)")
         xp = self.xp
         X = to_backend(X, xp, self.dtype)
         mode = "test" if y is None else "train"
@@ -135,7 +142,10 @@ class FullyConnectedNet:
             self.dropout_step += 1
 
         y = to_backend(y, xp)
-        if self.label_smoothing:
+        if mix is not None:
+            mix = (to_backend(mix[0], xp), to_backend(mix[1], xp))
+            loss, dout = softmax_loss(scores, y, label_smoothing=self.label_smoothing, mix=mix)
+        elif self.label_smoothing:
             loss, dout = softmax_loss(scores, y, label_smoothing=self.label_smoothing)
         else:
             loss, dout = softmax_loss(scores, y)

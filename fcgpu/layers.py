@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 
+import numpy as np
+
 from . import fused, linalg
 from .backend import get_array_module
 from .setting_spec import LABEL_SMOOTHING
@@ -212,13 +214,38 @@ def svm_loss(x, y):
     return loss, positive / n
 
 
-def softmax_loss(x, y, label_smoothing=0.0):
+def _check_mix(x, mix):
+    """``(y2, lam)`` of a mixed target, checked: y2 like the labels, lam (N,) floats in
+    [0, 1] (values read only where the labels are, outside :func:`labels_checked`)."""
+    try:
+        y2, lam = mix
+    except (TypeError, ValueError):
+        raise ValueError("softmax_loss: mix must be a pair (y2, lam), got %r"
+                         % (type(mix).__name__,)) from None
+    _check_scores(x, y2, "softmax_loss (mix y2)")
+    n = x.shape[0]
+    if getattr(lam, "shape", None) != (n,) or getattr(lam, "dtype", np.dtype(int)).kind != "f":
+        raise ValueError("softmax_loss: mix lam must be a float array of shape (%d,), got %s"
+                         % (n, getattr(lam, "shape", type(lam).__name__)))
+    if n and not _LABELS_CHECKED.get():
+        lo, hi = float(lam.min()), float(lam.max())
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError("softmax_loss: mix lam must be in [0, 1], got values in [%g, %g]"
+                             % (lo, hi))
+    return y2, lam.astype(x.dtype, copy=False)
+
+
+def softmax_loss(x, y, label_smoothing=0.0, mix=None):
     """Softmax cross-entropy: ``(loss, dx)`` averaged over the batch.
 
     ``label_smoothing`` = eps > 0 trains against the target distribution
     ``q = (1 - eps) * onehot(y) + eps / C`` instead of ``onehot(y)``: the loss is
     ``-sum_k q_k log p_k`` averaged over the batch and ``dx = (p - q) / N``. The
-    default (0) is the course's loss, computed exactly as before."""
+    default (0) is the course's loss, computed exactly as before.
+
+    ``mix`` = ``(y2, lam)`` (MixUp, CutMix: :func:`fcgpu.augment.mix_batch`) trains row
+    n against ``q = lam[n] * smooth(y[n]) + (1 - lam[n]) * smooth(y2[n])``, ``smooth``
+    the label smoothing above (the identity without it)."""
     _check_scores(x, y, "softmax_loss")
     eps = float(LABEL_SMOOTHING.check(label_smoothing, "softmax_loss: label_smoothing"))
     xp = get_array_module(x)
@@ -227,6 +254,8 @@ def softmax_loss(x, y, label_smoothing=0.0):
     shifted = x - x.max(axis=1, keepdims=True)
     log_z = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
     log_probs = shifted - log_z
+    if mix is not None:
+        return _mixed_loss(log_probs, y, _check_mix(x, mix), eps)
     if eps == 0.0:
         loss = -log_probs[rows, y].sum() / n
         dx = xp.exp(log_probs)
@@ -237,5 +266,25 @@ def softmax_loss(x, y, label_smoothing=0.0):
     dx = xp.exp(log_probs)
     dx -= eps / c
     dx[rows, y] -= 1.0 - eps
+    dx /= n
+    return loss, dx
+
+
+def _mixed_loss(log_probs, y, mix, eps):
+    """The loss and dx of :func:`softmax_loss` against mixed targets."""
+    xp = get_array_module(log_probs)
+    y2, lam = mix
+    n, c = log_probs.shape
+    rows = xp.arange(n)
+    on = 1.0 - eps
+    w1 = lam * on
+    w2 = (1 - lam) * on
+    picked = w1 * log_probs[rows, y] + w2 * log_probs[rows, y2]
+    loss = -(picked.sum() + (eps / c) * log_probs.sum()) / n
+    dx = xp.exp(log_probs)
+    if eps:
+        dx -= eps / c
+    dx[rows, y] -= w1
+    dx[rows, y2] -= w2
     dx /= n
     return loss, dx

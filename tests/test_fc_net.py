@@ -7,7 +7,7 @@ from fcgpu.gradient_check import eval_numerical_gradient
 from fcgpu.backend import asnumpy
 
 
-def _check_net_gradients(xp, rng, dropout, use_batchnorm, reg=0.0):
+def _check_net_gradients(xp, rng, dropout, use_batchnorm, reg=0.0, mix=False):
     # the notebook's sizes; with batchnorm, N=2 makes every normalized unit +-1, so
     # dW1 is of the order of eps and its centered differences are mostly rounding
     # noise (relative errors up to ~3e-3 on random seeds): use N=4 there
@@ -16,7 +16,11 @@ def _check_net_gradients(xp, rng, dropout, use_batchnorm, reg=0.0):
     y = xp.asarray(rng.integers(C, size=N))
     model = FullyConnectedNet([H1, H2], input_dim=D, num_classes=C, weight_scale=5e-2,
                               dtype=np.float64, dropout=dropout, seed=123,
-                              use_batchnorm=use_batchnorm, reg=reg, xp=xp)
+                              use_batchnorm=use_batchnorm, reg=reg, xp=xp,
+                              label_smoothing=0.1 if mix else 0.0)
+    # mixed targets (MixUp, CutMix): a partner label and a weight per row
+    targets = {"mix": (xp.asarray(rng.integers(C, size=N)), xp.asarray(rng.uniform(0, 1, N)))
+               } if mix else {}
     # Biases and shifts start at zero, which puts an exact ReLU kink in reach: with
     # keep 0.25 the fixed masks leave a few layer-1 units per row, and when they are
     # all dead the row is 0, layer 2's pre-activations are exactly b2 = 0, and no
@@ -25,9 +29,9 @@ def _check_net_gradients(xp, rng, dropout, use_batchnorm, reg=0.0):
     for name, value in model.params.items():
         if name.startswith(("b", "beta")):
             model.params[name] = xp.asarray(0.05 * rng.standard_normal(value.shape))
-    loss, grads = model.loss(X, y)
+    loss, grads = model.loss(X, y, **targets)
     worst = {}
-    f = lambda _: model.loss(X, y)[0]
+    f = lambda _: model.loss(X, y, **targets)[0]
     for name in sorted(grads):
         num = eval_numerical_gradient(f, model.params[name], verbose=False, h=1e-5)
         if use_batchnorm and name in ("b1", "b2"):
@@ -95,6 +99,35 @@ def test_net_gradients_with_batchnorm(xp, rng, dropout):
 def test_net_gradients_with_regularization(xp, rng):
     _, worst = _check_net_gradients(xp, rng, 0.5, True, reg=3.14)
     assert max(worst.values()) < 1e-3, worst
+
+
+@pytest.mark.parametrize("use_batchnorm", [False, True])
+def test_net_gradients_with_mixed_targets(xp, rng, use_batchnorm):
+    """loss(X, y, mix=(y2, lam)) with label smoothing: the numerical gradient check."""
+    _, worst = _check_net_gradients(xp, rng, 0.5, use_batchnorm, mix=True)
+    assert max(worst.values()) < (1e-3 if use_batchnorm else 1e-4), worst
+
+
+def test_mixed_targets_reach_the_loss(xp, rng):
+    """With one weight lam for every row, the mixed loss and gradients are lam times
+    those against y plus (1 - lam) times those against y2 (same masks: a seeded net).
+    Mutant that fails here: FullyConnectedNet.loss dropping ``mix`` (the loss against y
+    alone). A call without mix is the course's (checked by the tests above)."""
+    N, D, C = 6, 9, 4
+    X = xp.asarray(rng.standard_normal((N, D)))
+    y, y2 = xp.asarray(rng.integers(C, size=N)), xp.asarray(rng.integers(C, size=N))
+    model = FullyConnectedNet([11, 8], input_dim=D, num_classes=C, weight_scale=0.3,
+                              dtype=np.float64, dropout=0.7, seed=5, use_batchnorm=True, xp=xp)
+    lam = 0.3
+    mixed, g_mixed = model.loss(X, y, mix=(y2, xp.full(N, lam)))
+    one, g_one = model.loss(X, y)
+    two, g_two = model.loss(X, y2)
+    assert abs(float(mixed) - (lam * float(one) + (1 - lam) * float(two))) < 1e-12
+    for name in g_mixed:
+        want = lam * asnumpy(g_one[name]) + (1 - lam) * asnumpy(g_two[name])
+        assert np.allclose(asnumpy(g_mixed[name]), want, rtol=1e-10, atol=1e-13), name
+    with pytest.raises(ValueError, match="mix needs the labels"):
+        model.loss(X, mix=(y2, xp.full(N, lam)))
 
 
 def test_initial_loss_is_log_num_classes(xp, rng):

@@ -235,6 +235,73 @@ def test_softmax_loss_label_smoothing_errors(xp):
             softmax_loss(x, y, label_smoothing=bad)
 
 
+def _host(a):
+    return np.asarray(a.get() if hasattr(a, "get") else a)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_softmax_loss_mixed_targets(xp, rng, eps):
+    """MixUp/CutMix targets: q = lam * smooth(y) + (1 - lam) * smooth(y2), the loss and
+    dx against a float64 cross-entropy written out here, and dx against the numerical
+    gradient (some rows with y2 == y, lam 0 and 1 among the weights). Mutants that fail
+    here: w2 = lam * on (the partner weighted like the row), the eps / C term dropped
+    from dx with mixing on, dx[rows, y2] -= w2 left out."""
+    n, c = 29, 7
+    x = randn(xp, rng, n, c, scale=2.0)
+    yh = rng.integers(c, size=n)
+    y2h = rng.integers(c, size=n)
+    y2h[:4] = yh[:4]
+    lamh = rng.uniform(0, 1, n)
+    lamh[4], lamh[5] = 0.0, 1.0
+    y, y2, lam = xp.asarray(yh), xp.asarray(y2h), xp.asarray(lamh)
+    loss, dx = softmax_loss(x, y, label_smoothing=eps, mix=(y2, lam))
+    xh = _host(x)
+    logp = xh - xh.max(axis=1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    q = np.full((n, c), eps / c)
+    np.add.at(q, (np.arange(n), yh), (1 - eps) * lamh)
+    np.add.at(q, (np.arange(n), y2h), (1 - eps) * (1 - lamh))
+    assert abs(float(loss) - float(-(q * logp).sum() / n)) < 1e-12
+    assert rel_error(dx, (np.exp(logp) - q) / n) < 1e-10
+    dx_num = eval_numerical_gradient(
+        lambda v: softmax_loss(v, y, label_smoothing=eps, mix=(y2, lam))[0], x, verbose=False)
+    assert max_rel_error(dx, dx_num) < 1e-7
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_loss_mix_with_lam_one_is_the_plain_loss(xp, rng, dtype):
+    """lam = 1 everywhere (and any y2) is the unmixed loss, to rounding; lam is used in
+    the scores' dtype (a float64 lam does not make a float32 loss float64). Mutant that
+    fails here: lam used as given (no astype to the scores' dtype)."""
+    x = randn(xp, rng, 13, 5, scale=2.0).astype(dtype)
+    y = xp.asarray(rng.integers(5, size=13))
+    y2 = xp.asarray(rng.integers(5, size=13))
+    for eps in (0.0, 0.2):
+        loss, dx = softmax_loss(x, y, label_smoothing=eps, mix=(y2, xp.ones(13)))
+        ref_loss, ref_dx = softmax_loss(x, y, label_smoothing=eps)
+        tol = 1e-6 if dtype == np.float32 else 1e-14
+        assert abs(float(loss) - float(ref_loss)) <= tol * abs(float(ref_loss))
+        assert dx.dtype == dtype and max_rel_error(dx, ref_dx) < tol
+        assert np.asarray(loss).dtype == dtype
+
+
+def test_softmax_loss_mix_errors(xp):
+    """One-line errors for a malformed mix; within labels_checked() lam's range is not
+    read back (the Solver's steps, where the gather made it)."""
+    x, y = xp.ones((4, 3)), xp.zeros(4, dtype=int)
+    cases = [((y,), "mix must be a pair"),
+             ((xp.zeros(3, dtype=int), xp.ones(4)), r"labels must have shape \(4,\)"),
+             ((xp.asarray(np.array([0, 1, 3, 0])), xp.ones(4)), r"labels must be in \[0, 3\)"),
+             ((y, xp.ones(3)), r"lam must be a float array of shape \(4,\)"),
+             ((y, xp.zeros(4, dtype=int)), "lam must be a float array"),
+             ((y, xp.asarray(np.array([0.5, 1.5, 0.0, 1.0]))), r"lam must be in \[0, 1\]")]
+    for mix, match in cases:
+        with pytest.raises(ValueError, match=match):
+            softmax_loss(x, y, mix=mix)
+    with labels_checked():
+        softmax_loss(x, y, mix=(y, xp.asarray(np.array([0.5, 1.5, 0.0, 1.0]))))
+
+
 def test_svm_loss(xp, rng):
     n, c = 50, 10
     x = randn(xp, rng, n, c, scale=1e-3)
