@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from fcgpu import fused, fused_optim, optim  # noqa: E402
 from fcgpu.augment_spec import augment_gather_reference  # noqa: E402
+from fcgpu.mix_spec import mix_batch_reference  # noqa: E402
 from fcgpu.cuda import augment as caugment  # noqa: E402
 from fcgpu import random as frandom  # noqa: E402
 from fcgpu.backend import require_cupy  # noqa: E402
@@ -267,8 +268,8 @@ def run_graph(cp, dtype, rng):
 def run_augment(cp, dtype, rng):
     """The augmenting gather (kernels/augment.cu) for every input type with ``dtype``
     output: each mode, pad 0 and 4, odd batch sizes, the permutation's last rows, the
-    batch index and epoch from host values and from device memory; bit for bit against
-    the spec's reference."""
+    batch index and epoch from host values and from device memory; then MixUp and
+    CutMix of a batch (odd and even sizes); bit for bit against the specs' references."""
     shape, n = (3, 5, 7), 23
     X8 = rng.integers(0, 256, (n,) + shape).astype(np.uint8)
     for in_dtype in (np.uint8, np.float32, np.float64):
@@ -292,6 +293,22 @@ def run_augment(cp, dtype, rng):
             cases += 1
         check(ok, "augment_gather %s -> %s (%d cases)" % (np.dtype(in_dtype).name,
                                                          np.dtype(dtype).name, cases))
+    # MixUp and CutMix of a gathered batch, in place (fcgpu_mix_pairs)
+    ok, cases = True, 0
+    for mode, batch, alpha, on_device in (("mixup", 7, 0.4, False), ("cutmix", 8, 1.0, True),
+                                          ("mixup", 1, 2.0, True), ("cutmix", 33, 0.2, False)):
+        Xh = rng.standard_normal((batch, int(np.prod(shape)))).astype(dtype)
+        yh = rng.integers(0, 10, batch).astype(np.int64)
+        bb = cp.asarray(np.array([5], np.uint64)) if on_device else 5
+        ee = cp.asarray(np.array([3], np.uint64)) if on_device else 3
+        X = cp.asarray(Xh)
+        _, y2, lam = caugment.mix_batch(X, cp.asarray(yh), bb, shape, mode, alpha, 11, ee)
+        rX, ry2, rlam = mix_batch_reference(Xh, yh, 5, shape, mode, alpha, 11, 3)
+        ok &= (np.array_equal(X.get().view(np.uint8), rX.view(np.uint8))
+               and np.array_equal(y2.get(), ry2)
+               and np.array_equal(lam.get().view(np.uint8), rlam.view(np.uint8)))
+        cases += 1
+    check(ok, "mix_batch %s (%d cases)" % (np.dtype(dtype).name, cases))
 
 
 def time_module_loads():

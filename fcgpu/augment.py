@@ -16,6 +16,11 @@ Three implementations, one signature, the same bits for the same (seed, epoch):
 
 :func:`augment_gather` picks by the type of ``X``; NumPy arrays take the reference
 instead of the Numba pass when ``fcgpu.fused.use_compiled_cpu(False)`` is set.
+
+``mix_batch(Xb, yb, b, image_shape, mode='mixup', alpha=1.0, seed=0, epoch=0,
+y2_out=None, lam_out=None) -> (Xb, y2, lam)`` then mixes the gathered batch in place
+(MixUp or CutMix with the batch reversed; :mod:`fcgpu.mix_spec` has the spec), with
+the same three implementations picked the same way.
 """
 from __future__ import annotations
 
@@ -24,9 +29,11 @@ import numpy as np
 from .augment_spec import (AUGMENT_STREAM_BASE, DEFAULT_PAD, MODES, augment_gather_reference,
                            augment_stream, draws_reference)
 from .backend import is_cupy_array
+from .mix_spec import MIX_MODES, mix_batch_reference
 
 __all__ = ["augment_gather", "augment_gather_reference", "draws_reference", "augment_stream",
-           "impl_for", "MODES", "DEFAULT_PAD", "AUGMENT_STREAM_BASE"]
+           "impl_for", "MODES", "DEFAULT_PAD", "AUGMENT_STREAM_BASE", "mix_batch",
+           "mix_batch_reference", "mix_impl_for", "MIX_MODES"]
 
 
 def _reference(X, y, perm, b, batch_size, image_shape, mode="crop", pad=DEFAULT_PAD, seed=0,
@@ -60,3 +67,38 @@ def augment_gather(X, y, perm, b, batch_size, image_shape, mode="crop", pad=DEFA
     docstring. ``yb`` (int64) is None when ``y`` is None."""
     return impl_for(X)(X, y, perm, b, batch_size, image_shape, mode, pad, seed, epoch, mean,
                        out_dtype, out, y_out)
+
+
+def _mix_reference(X, y, b, image_shape, mode="mixup", alpha=1.0, seed=0, epoch=0, y2_out=None,
+                   lam_out=None):
+    Xm, y2, lam = mix_batch_reference(X, y, b, image_shape, mode, alpha, seed, epoch)
+    if Xm is not X:
+        X[...] = Xm
+    if y2_out is not None and y2 is not None:
+        y2_out[...] = y2
+        y2 = y2_out
+    if lam_out is not None and lam is not None:
+        lam_out[...] = lam
+        lam = lam_out
+    return X, y2, lam
+
+
+def mix_impl_for(X):
+    """The ``mix_batch`` implementing the mix for arrays like ``X``."""
+    if is_cupy_array(X):
+        from .cuda import augment
+        return augment.mix_batch
+    from . import fused
+    if fused.use_compiled_cpu():
+        from .cpu import augment
+        return augment.mix_batch
+    return _mix_reference
+
+
+def mix_batch(X, y, b, image_shape, mode="mixup", alpha=1.0, seed=0, epoch=0, y2_out=None,
+              lam_out=None):
+    """Mix batch ``b`` (``X`` (B, D), the gather's output, and its labels ``y``) in place:
+    ``(X, y2, lam)`` with the partner's labels ``y2`` (int64, None without ``y``) and each
+    row's target weight ``lam`` in X's dtype (:mod:`fcgpu.mix_spec`); given ``y2_out``
+    and ``lam_out`` are written. Mode 'none' changes nothing: ``(X, None, None)``."""
+    return mix_impl_for(X)(X, y, b, image_shape, mode, alpha, seed, epoch, y2_out, lam_out)

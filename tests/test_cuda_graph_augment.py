@@ -13,20 +13,24 @@ from fcgpu.fc_net import FullyConnectedNet
 from fcgpu.solver import Solver
 from test_cuda_graph import emu  # noqa: F401  (fixture)
 
-# pointer arguments the augment kernel accepts as null: y, b_ptr, epoch_ptr, mean, yb
+# pointer arguments the augment kernel accepts as null: y, b_ptr, epoch_ptr, mean, yb;
+# and the mixing kernel: y, y2, b_ptr, epoch_ptr
 _NULLABLE = {1, 3, 4, 5, 18}
+_MIX_NULLABLE = {1, 2, 5, 6}
 
 
 @pytest.fixture
 def emu_aug(emu, kernel_signatures, launch_bounds, emu_lib, monkeypatch):  # noqa: F811
     sigs = kernel_signatures
     monkeypatch.setattr(cuda_augment, "_cp", lambda: emu.cp)
+    monkeypatch.setattr(cuda_augment, "_TABLES", {})  # (no table of another stand-in)
     monkeypatch.setattr(cuda_augment, "get_kernel", lambda name: tcg._GraphKernel(
         name, sigs[name], emu.log, emu_lib, emu.state,
         None if launch_bounds is None else launch_bounds[name]))
     allowed = hk._null_allowed
     monkeypatch.setattr(hk, "_null_allowed", lambda name, k, sig: allowed(name, k, sig) or (
-        name.startswith("fcgpu_augment_gather<") and k in _NULLABLE))
+        name.startswith("fcgpu_augment_gather<") and k in _NULLABLE) or (
+        name.startswith("fcgpu_mix_pairs<") and k in _MIX_NULLABLE))
     return emu
 
 

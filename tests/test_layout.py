@@ -54,7 +54,8 @@ LAYERS = [
     ("dispatch", ["fcgpu.fused", "fcgpu.fused_optim", "fcgpu.linalg", "fcgpu.augment"]),
     ("implementations", ["fcgpu.cuda", "fcgpu.cuda.*", "fcgpu.cpu", "fcgpu.cpu.*",
                          "fcgpu.fused_ref"]),
-    ("spec and backend", ["fcgpu", "fcgpu.random", "fcgpu.augment_spec", "fcgpu.backend",
+    ("spec and backend", ["fcgpu", "fcgpu.random", "fcgpu.augment_spec", "fcgpu.mix_spec",
+                          "fcgpu.beta_table", "fcgpu.backend",
                           "fcgpu.errors", "fcgpu.atomic", "fcgpu.safepickle", "fcgpu.data",
                           "fcgpu.setting_spec", "fcgpu.data_npz", "fcgpu.data_checks"]),
 ]

@@ -4,6 +4,11 @@ Same signature and results (bit for bit) as :func:`fcgpu.augment_spec.augment_ga
 For a step captured in a CUDA graph, ``b`` and ``epoch`` may be one-element uint64
 device arrays: the kernel reads them when it runs, and with ``out``/``y_out`` given
 (static buffers) a launch allocates nothing and does no host work beyond the launch.
+
+:func:`mix_batch` launches ``fcgpu_mix_pairs`` (MixUp, CutMix: :mod:`fcgpu.mix_spec`)
+on the gathered batch, in place, with the same device counters; the Beta quantile
+table is uploaded once per (alpha, device) by :func:`device_table` (a CUDA-graph step
+calls it before capturing, so that the capture copies nothing).
 """
 from __future__ import annotations
 
@@ -13,10 +18,11 @@ import numpy as np
 
 from ..augment_spec import MODE_CODES, check_gather_args
 from ..backend import is_cupy_array
+from ..mix_spec import MIX_CODES, check_mix_args, mix_table
 from .module import FLOAT_DTYPES, Kernel, get_kernel
 from .ops import NULL, THREADS, cupy as _cp   # (_cp: the tests stand CuPy in here)
 
-__all__ = ["augment_gather", "kernel_name"]
+__all__ = ["augment_gather", "kernel_name", "mix_batch", "mix_kernel_name", "device_table"]
 
 ELEMS_PER_THREAD = 4    # output elements of one row per thread (the row's draw is redone per thread)
 MAX_GRID_X = 64
@@ -28,6 +34,8 @@ _u64 = np.uint64
 
 # kernels/augment.cu
 _GATHER = Kernel("augment.cu", "fcgpu_augment_gather", (np.uint8,) + FLOAT_DTYPES, FLOAT_DTYPES)
+_MIX = Kernel("augment.cu", "fcgpu_mix_pairs", FLOAT_DTYPES)
+_TABLES = {}   # (alpha, device id) -> the Beta quantile table on that device
 
 
 def kernel_name(in_dtype, out_dtype):
@@ -123,3 +131,49 @@ def augment_gather(X, y, perm, b, batch_size, image_shape, mode="crop", pad=4, s
              _u64(H), _u64(W), _u64(B), b_val, e_val, _u64(MODE_CODES[a.mode]), _u64(a.pad),
              _u64(a.seed), Xb, NULL if yb is None else yb))
     return Xb, yb
+
+
+def mix_kernel_name(dtype):
+    """The mixing kernel's name expression for batches of ``dtype``."""
+    return _MIX.name(np.dtype(dtype))
+
+
+def device_table(alpha, device_id=None):
+    """The Beta(alpha, alpha) quantile table (:func:`fcgpu.mix_spec.mix_table`) on the
+    current device (or ``device_id``), uploaded on first use and kept."""
+    cp = _cp()
+    if device_id is None:
+        device_id = cp.cuda.runtime.getDevice()
+    key = (float(alpha), int(device_id))
+    table = _TABLES.get(key)
+    if table is None:
+        table = _TABLES[key] = cp.ascontiguousarray(cp.asarray(mix_table(alpha)))
+    return table
+
+
+def mix_batch(X, y, b, image_shape, mode="mixup", alpha=1.0, seed=0, epoch=0, y2_out=None,
+              lam_out=None):
+    """``(X, y2, lam)``: the CuPy batch ``X`` mixed in place (:mod:`fcgpu.mix_spec`)."""
+    a = check_mix_args(X, y, b, image_shape, mode, alpha, seed, epoch, device_counters=True)
+    if a.mode == "none":
+        return X, None, None
+    B, d = a.batch, int(X.shape[1])
+    check_row_size(d)
+    if not is_cupy_array(X) or not X.flags.c_contiguous:
+        raise ValueError("mix: the batch must be a C-contiguous CuPy array")
+    b_val, b_ptr = _counter(a.b, "batch index b")
+    e_val, e_ptr = _counter(a.epoch, "epoch")
+    lam = _out(lam_out, (B,), X.dtype, "lam_out")
+    if y is None:
+        y_d, y2 = NULL, None
+    else:
+        y_d = _device_array(y, "y", np.int64)
+        y2 = _out(y2_out, (B,), np.int64, "y2_out")
+    C, H, W = a.image_shape
+    with X.device:
+        table = device_table(alpha, X.device.id)
+        get_kernel(mix_kernel_name(X.dtype))(
+            (grid_x(d), max(1, min((B + 1) // 2, MAX_GRID_Y))), (THREADS,),
+            (X, y_d, NULL if y2 is None else y2, lam, table, b_ptr, e_ptr, _u64(B), _u64(C),
+             _u64(H), _u64(W), b_val, e_val, _u64(MIX_CODES[a.mode]), _u64(a.seed)))
+    return X, y2, lam
