@@ -82,6 +82,9 @@ SETTINGS = _settings(
             help="learning-rate schedule: step (lr_decay per epoch), cosine or onecycle"),
     Setting("warmup_epochs", float, low=0, optional=True,
             help="cosine: linear warmup epochs; onecycle: the epoch of the peak"),
+    Setting("ema_decay", float, low=0, high=1, low_open=True, high_open=True, optional=True,
+            help="decay of the moving average of the weights that is evaluated and kept "
+                 "(None: off; fcgpu.solver_ema)"),
     Setting("preset", str, help="the recipe the fields started from"),
 )
 

@@ -37,6 +37,7 @@ from .backend import asnumpy, get_array_module, synchronize, to_backend
 from .data_checks import check_split
 from .errors import ConfigError, NonFiniteLossError
 from .layers import labels_checked
+from .solver_ema import WeightEMA
 from .solver_options import SolverOptions
 from .solver_steps import GatherSteps, GraphSteps, PlainSteps, graph_step
 
@@ -99,7 +100,13 @@ class Solver(SolverOptions):
     * ``lr_schedule``: None or 'step' (the course's per-epoch ``lr_decay``), 'cosine'
       or 'onecycle' (:mod:`fcgpu.schedules`, set before every step from the
       optim_config's ``learning_rate`` as the peak; ``lr_schedule_options`` are the
-      schedule's keywords, e.g. ``warmup_steps``, ``pct_start``).
+      schedule's keywords, e.g. ``warmup_steps``, ``pct_start``);
+    * ``ema_decay``: None (the course's behaviour) or d in (0, 1): an exponential moving
+      average of the weights and batchnorm statistics, updated after every step
+      (:mod:`fcgpu.solver_ema`), is what the accuracy checks evaluate and so what
+      ``val_acc_history``, ``best_params`` and the kept model hold; ``ema``
+      (:class:`~fcgpu.solver_ema.WeightEMA`) keeps it, with the raw weights'
+      validation accuracy per check (``ema.raw_val_acc_history``).
     """
 
     def __init__(self, model, data, **kwargs):
@@ -145,6 +152,7 @@ class Solver(SolverOptions):
         self.rng = np.random.default_rng(self.seed)
         self.optim_configs = {p: dict(self.optim_config) for p in self.model.params}
         self._pending = []
+        self.ema = None if self.ema_decay is None else WeightEMA(self.ema_decay, self.model)
 
     def state_dict(self):
         """Everything needed to continue training, on the host: NumPy arrays, numbers,
@@ -157,7 +165,7 @@ class Solver(SolverOptions):
         model_state = _copy_arrays(
             self.model.state_dict() if hasattr(self.model, "state_dict")
             else {"params": {k: asnumpy(v) for k, v in self.model.params.items()}})
-        return {
+        state = {
             "format": checkpoint.SOLVER_STATE,
             "model": model_state,
             "optim_configs": configs,
@@ -178,6 +186,9 @@ class Solver(SolverOptions):
             "epoch_seconds": list(self.epoch_seconds),
             "settings": self._settings(),
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
 
     def load_state_dict(self, state, train_config=None):
         """Continue from ``state`` (from :meth:`state_dict` or a checkpoint). The whole
@@ -210,6 +221,8 @@ class Solver(SolverOptions):
         self.epoch_seconds = list(state["epoch_seconds"])
         if state.get("settings") is not None:
             self.augment_seed = state["settings"]["augment_seed"]
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"], xp, getattr(self.model, "dtype", None))
         self._pending = []
 
     def save_checkpoint(self, path):
@@ -282,6 +295,8 @@ class Solver(SolverOptions):
             next_w, next_config = self.update_rule(w, grads[p], self.optim_configs[p])
             params[p] = next_w
             self.optim_configs[p] = next_config
+        if self.ema is not None:
+            self.ema.update(self.model)
 
     def check_accuracy(self, X, y, num_samples=None, batch_size=100):
         """Accuracy of the model on ``(X, y)``, optionally on a random subsample."""
@@ -313,18 +328,35 @@ class Solver(SolverOptions):
         return float(correct) / n
 
     def _end_of_epoch_checks(self):
-        train_acc = self.check_accuracy(self.X_train, self.y_train,
-                                        num_samples=self.num_train_samples)
-        val_acc = self.check_accuracy(self.X_val, self.y_val,
-                                      num_samples=self.num_val_samples)
+        """Accuracy of the model checked (with ``ema_decay``, the average's: swapped in
+        for the checks), and the best parameters; then the raw weights' too."""
+        ema = self.ema
+        with ema.swapped_in(self.model) if ema is not None else contextlib.nullcontext():
+            train_acc = self.check_accuracy(self.X_train, self.y_train,
+                                            num_samples=self.num_train_samples)
+            rows = self.rng.bit_generator.state  # (where the validation rows are drawn)
+            val_acc = self.check_accuracy(self.X_val, self.y_val,
+                                          num_samples=self.num_val_samples)
+            if val_acc > self.best_val_acc:
+                self.best_val_acc = val_acc
+                self.best_params = {k: v.copy() for k, v in self.model.params.items()}
+                self._best_bn = self._bn_snapshot()
         self.train_acc_history.append(train_acc)
         self.val_acc_history.append(val_acc)
-        self._print("(Epoch %d / %d) train acc: %f; val_acc: %f"
-                    % (self.epoch, self.num_epochs, train_acc, val_acc))
-        if val_acc > self.best_val_acc:
-            self.best_val_acc = val_acc
-            self.best_params = {k: v.copy() for k, v in self.model.params.items()}
-            self._best_bn = self._bn_snapshot()
+        raw = "" if ema is None else "; raw weights' val_acc: %f" % self._raw_val_acc(rows)
+        self._print("(Epoch %d / %d) train acc: %f; val_acc: %f%s"
+                    % (self.epoch, self.num_epochs, train_acc, val_acc, raw))
+
+    def _raw_val_acc(self, rows):
+        """The raw weights' validation accuracy, on the rows the average's check used
+        (the generator state ``rows`` drew them; it is left where that check left it),
+        kept in ``ema.raw_val_acc_history``."""
+        after = self.rng.bit_generator.state
+        self.rng.bit_generator.state = rows
+        acc = self.check_accuracy(self.X_val, self.y_val, num_samples=self.num_val_samples)
+        self.rng.bit_generator.state = after
+        self.ema.raw_val_acc_history.append(acc)
+        return acc
 
     def _sync(self):
         synchronize(self.xp)
@@ -371,7 +403,7 @@ class Solver(SolverOptions):
                        "seed": self.augment_seed, "mean": self.mean}
         self._graph_step = graph_step(self._graph_step, self.model, self.update_rule_name,
                                       self.X_train, self.y_train, self.batch_size, per_epoch,
-                                      augment, self._scheduled())
+                                      augment, self._scheduled(), self.ema)
         return self._graph_step
 
     def _run_epoch(self, steps, per_epoch, total):

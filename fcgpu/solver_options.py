@@ -21,7 +21,7 @@ __all__ = ["SolverOptions"]
 
 # the Solver's own arguments, as the settings they are (fcgpu.settings.SETTINGS)
 _ARGUMENTS = {"batch_size": "batch_size", "num_epochs": "epochs", "lr_decay": "lr_decay",
-              "augment": "augment"}
+              "augment": "augment", "ema_decay": "ema_decay"}
 
 
 def _spec_check(error, check, *args):
@@ -62,6 +62,7 @@ class SolverOptions:
         self.mean = kwargs.pop("mean", None)
         self.lr_schedule = kwargs.pop("lr_schedule", None)
         self.lr_schedule_options = dict(kwargs.pop("lr_schedule_options", None) or {})
+        self.ema_decay = kwargs.pop("ema_decay", None)
         if kwargs:
             raise ConfigError("Solver: unrecognized arguments %s" % ", ".join(sorted(kwargs)))
         if callable(self.update_rule_name):
@@ -134,4 +135,5 @@ class SolverOptions:
                 "augment_seed": self.augment_seed, "mean": self.mean is not None,
                 "lr_schedule": self.lr_schedule,
                 "lr_schedule_options": dict(self.lr_schedule_options),
-                "label_smoothing": float(getattr(self.model, "label_smoothing", 0.0))}
+                "label_smoothing": float(getattr(self.model, "label_smoothing", 0.0)),
+                "ema_decay": None if self.ema_decay is None else float(self.ema_decay)}

@@ -97,23 +97,25 @@ class GraphSteps(Steps):
 
 
 def graph_step(previous, model, update_rule, X, y, batch_size, per_epoch, augment,
-               scheduled):
+               scheduled, ema=None):
     """The CUDA-graph step for this data and batch layout: ``previous`` (a
     :class:`~fcgpu.cuda.graph.GraphedTrainStep` or None) when it was built for the
     same ones, else a new one (``previous`` is closed). ``augment``: None or the
-    gather's settings (``mode, pad, image_shape, seed, mean``)."""
+    gather's settings (``mode, pad, image_shape, seed, mean``); ``ema``: None or the
+    Solver's :class:`~fcgpu.solver_ema.WeightEMA`, updated inside the step."""
     key = None if augment is None else (augment["mode"], augment["pad"],
                                         augment["image_shape"], augment["seed"],
                                         id(augment["mean"]))
     g = previous
     if g is not None and (g.X_source is X and g.y_source is y and g.per_epoch == per_epoch
                           and g.batch == min(batch_size, X.shape[0])
-                          and g.augment_key == key and (g.lr_rows is not None) == scheduled):
+                          and g.augment_key == key and (g.lr_rows is not None) == scheduled
+                          and g.ema is ema):
         return g
     from .cuda.graph import GraphedTrainStep
     if g is not None:
         g.close()
     g = GraphedTrainStep(model, update_rule, X, y, batch_size, per_epoch, augment=augment,
-                         lr_schedule=scheduled)
+                         lr_schedule=scheduled, ema=ema)
     g.augment_key = key
     return g

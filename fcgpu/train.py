@@ -25,8 +25,7 @@ from .optim import RULES
 from .settings import SETTINGS
 
 __all__ = ["TrainConfig", "PRESETS", "DEFAULT_PRESET", "from_preset", "describe_preset",
-           "run_training",
-           "load_data", "write_metrics", "plot_history"]
+           "run_training", "load_data", "write_metrics", "plot_history"]
 
 # Named recipes: TrainConfig fields that differ from its defaults (the course's run).
 # Measured over seeds in docs/presets.md; `augmented` is the default.
@@ -72,6 +71,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     schedule: str = "step"        # 'step' (lr_decay per epoch) | 'cosine' | 'onecycle'
     warmup_epochs: float | None = None  # cosine: linear warmup; onecycle: the peak (0.3 run)
+    ema_decay: float | None = None  # evaluate and keep a moving average of the weights
     preset: str = "course"        # the recipe the fields started from (a label)
 
     def __post_init__(self):
@@ -143,6 +143,7 @@ def describe_preset(name):
     else:
         parts.append("%s %s peaking at %g" % (
             {"onecycle": "one-cycle", "cosine": "cosine"}[c.schedule], rule, c.learning_rate))
+    parts += ["weight average %g" % c.ema_decay] if c.ema_decay is not None else []
     parts.append("batch %d, %d epochs" % (c.batch_size, c.epochs))
     return ", ".join(parts)
 
@@ -381,7 +382,8 @@ def _solver(cfg, xp, data, on_epoch, progress, stop=None):
                   num_val_samples=None, verbose=False, seed=cfg.seed, progress=progress,
                   epoch_callback=on_epoch, cuda_graph=cfg.cuda_graph,
                   stop_check=None if stop is None else stop.check,
-                  lr_schedule=schedule, lr_schedule_options=schedule_options, **extra)
+                  lr_schedule=schedule, lr_schedule_options=schedule_options,
+                  ema_decay=cfg.ema_decay, **extra)
 
 
 def _resume(solver, cfg, checkpoint):
@@ -422,6 +424,7 @@ def _metrics(cfg, xp, solver, data, extra):
     """The run's metrics (``fcgpu train --metrics``); ``extra`` adds ``blas``, ``tf32``,
     ``wall_seconds`` and ``resumed_from_epoch``."""
     from . import backend
+    from .solver_ema import ema_metrics
     # solver.train() leaves the best-validation parameters in the model
     val_acc = solver.check_accuracy(solver.X_val, solver.y_val)
     test_acc = None
@@ -449,6 +452,7 @@ def _metrics(cfg, xp, solver, data, extra):
         "train_acc_history": list(solver.train_acc_history),
         "val_acc_history": list(solver.val_acc_history),
         "loss_history": list(solver.loss_history),
+        "ema": ema_metrics(solver.ema, solver.val_acc_history),
         "config": cfg.to_dict(),
         "preset": cfg.preset,
         "augment": {"mode": cfg.augment, "pad": cfg.pad, "image_shape": list(
@@ -477,18 +481,15 @@ def plot_history(metrics, path):
         if loss.size >= per * epochs and epochs > 0:
             means = loss[:per * epochs].reshape(epochs, per).mean(axis=1)
             ax1.plot(np.arange(1, epochs + 1), means, "o-", label="epoch mean")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("training loss")
-    ax1.set_title("Loss")
+    ax1.set(xlabel="epoch", ylabel="training loss", title="Loss")
     ax1.legend()
     ep = np.arange(len(metrics["train_acc_history"]))
     ax2.plot(ep, metrics["train_acc_history"], "o-", label="train (1000-sample estimate)")
-    ax2.plot(ep, metrics["val_acc_history"], "o-", label="validation")
-    ax2.set_xlabel("epoch (0 = after the first step)")
-    ax2.set_ylabel("accuracy")
-    ax2.set_title("Accuracy: val %.3f, test %s" % (
-        metrics["val_acc"],
-        "%.3f" % metrics["test_acc"] if metrics.get("test_acc") is not None else "n/a"))
+    label = "validation (weight average)" if metrics.get("ema") else "validation"
+    ax2.plot(ep, metrics["val_acc_history"], "o-", label=label)
+    ax2.set(xlabel="epoch (0 = after the first step)", ylabel="accuracy",
+            title="Accuracy: val %.3f, test %s" % (metrics["val_acc"], "%.3f" % metrics[
+                "test_acc"] if metrics.get("test_acc") is not None else "n/a"))
     ax2.grid(alpha=0.3)
     ax2.legend()
     fig.suptitle("fcgpu train on %s (%s)" % (metrics["device"], metrics["backend"]))

@@ -18,7 +18,7 @@ BAD = {
     "backend": "tpu", "data": 3, "dtype": "float16", "cuda_graph": "no",
     "matmul_precision": "medium", "image_shape": (3, 0, 32), "augment": "rotate",
     "pad": -1, "label_smoothing": 1.0, "schedule": "linear", "warmup_epochs": -0.5,
-    "preset": "fastest",
+    "preset": "fastest", "ema_decay": 1.0,
 }
 
 
@@ -83,7 +83,8 @@ def test_solver_arguments_use_the_settings():
                       ({"update_rule": "lbfgs"}, "Solver: update_rule must be one of sgd"),
                       ({"update_rule": "adam", "optim_config": {"beta1": 1.0}},
                        "Solver: optim_config['beta1'] must be in [0, 1), got 1.0"),
-                      ({"print_every": 0}, "Solver: print_every must be >= 1")]:
+                      ({"print_every": 0}, "Solver: print_every must be >= 1"),
+                      ({"ema_decay": 0}, "Solver: ema_decay must be in (0, 1), got 0")]:
         model = FullyConnectedNet([5], input_dim=6, num_classes=3, seed=0, xp=np)
         with pytest.raises(ConfigError) as e:
             Solver(model, data, **kw)

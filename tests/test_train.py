@@ -51,9 +51,12 @@ def test_run_training_metrics_and_outputs(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_resume_after_kill_matches_uninterrupted(tmp_path, rng):
+@pytest.mark.parametrize("ema", [None, 0.95])
+def test_resume_after_kill_matches_uninterrupted(tmp_path, rng, ema):
+    """(With --ema too: the average and its raw-weights accuracies resume exactly.)"""
     data = fake_cifar(rng)
-    full = run_training(cfg(epochs=4), data=data, progress=False, verbose=False)
+    full = run_training(cfg(epochs=4, ema_decay=ema), data=data, progress=False,
+                        verbose=False)
     ck = tmp_path / "run.ckpt"
 
     class Killed(Exception):
@@ -64,14 +67,15 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, rng):
             raise Killed()
 
     with pytest.raises(Killed):
-        run_training(cfg(epochs=4), data=data, checkpoint=str(ck), progress=False,
-                     verbose=False, epoch_callback=kill_after_two)
-    resumed = run_training(cfg(epochs=4), data=data, checkpoint=str(ck), resume=True,
-                           progress=False, verbose=False)
+        run_training(cfg(epochs=4, ema_decay=ema), data=data, checkpoint=str(ck),
+                     progress=False, verbose=False, epoch_callback=kill_after_two)
+    resumed = run_training(cfg(epochs=4, ema_decay=ema), data=data, checkpoint=str(ck),
+                           resume=True, progress=False, verbose=False)
     assert resumed["resumed_from_epoch"] == 2
     assert resumed["loss_history"] == full["loss_history"]
     assert resumed["val_acc_history"] == full["val_acc_history"]
     assert resumed["val_acc"] == full["val_acc"] and resumed["test_acc"] == full["test_acc"]
+    assert resumed["ema"] == full["ema"] and (ema is None) == (full["ema"] is None)
 
 
 def test_resume_refuses_a_checkpoint_of_another_net(tmp_path, rng):
@@ -91,7 +95,7 @@ OTHER_VALUES = {
     "update_rule": "sgd", "learning_rate": 1e-3, "lr_decay": 0.8, "reg": 1e-4,
     "batch_size": 40, "num_train": 300, "num_val": 50, "seed": 6, "dtype": "float64",
     "image_shape": (3, 32, 32), "augment": "flip", "pad": 2, "label_smoothing": 0.1,
-    "schedule": "cosine", "warmup_epochs": 0.5,
+    "schedule": "cosine", "warmup_epochs": 0.5, "ema_decay": 0.999,
 }
 
 

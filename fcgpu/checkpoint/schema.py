@@ -27,7 +27,8 @@ from ..errors import CheckpointError
 from ..optim import COUNTER_KEYS, HYPER_KEYS, STATE_KEYS
 from ..settings import HYPERPARAMETERS, RESUME_EXEMPT, SETTINGS
 
-__all__ = ["SOLVER_STATE", "SOLVER_KEYS", "OPTIONAL_KEYS", "SETTINGS_KEYS", "STATE_ARRAYS",
+__all__ = ["SOLVER_STATE", "SOLVER_KEYS", "OPTIONAL_KEYS", "SETTINGS_KEYS", "LATER_SETTINGS",
+           "EMA_KEYS", "STATE_ARRAYS",
            "need", "Short", "check_state", "check_settings", "check_resume", "check_train_config",
            "default_settings"]
 
@@ -42,10 +43,15 @@ SOLVER_KEYS = ("format", "model", "optim_configs", "update_rule", "lr_decay", "b
                "best_params", "best_bn", "loss_history", "train_acc_history",
                "val_acc_history", "epoch_seconds")
 OPTIONAL_KEYS = ("train_config",  # written by `fcgpu train`
-                 "settings")      # augmentation, schedule, label smoothing (absent: none)
+                 "settings",      # augmentation, schedule, label smoothing (absent: none)
+                 "ema")           # the average of the weights (settings' ema_decay not None)
 # the Solver's training settings (Solver._settings()), which a resume must share
 SETTINGS_KEYS = ("augment", "pad", "image_shape", "augment_seed", "mean", "lr_schedule",
-                 "lr_schedule_options", "label_smoothing")
+                 "lr_schedule_options", "label_smoothing", "ema_decay")
+# settings added later, with the value a state written before them had
+LATER_SETTINGS = {"ema_decay": None}
+# the "ema" entry (fcgpu.solver_ema.WeightEMA.state_dict())
+EMA_KEYS = ("decay", "updates", "params", "bn_params", "raw_val_acc_history")
 
 _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 60
@@ -258,6 +264,38 @@ def _check_best(state, ref, dtype, widths):
              type(state["best_bn"]).__name__)
 
 
+def _check_ema(state, ref, dtype, widths):
+    """The average of the weights: there exactly when the settings' ``ema_decay`` is
+    set, with that decay, arrays like the parameters and the running statistics, and
+    one raw-weights validation accuracy per check."""
+    decay = (state.get("settings") or {}).get("ema_decay")
+    ema = state.get("ema")
+    if decay is None:
+        need("ema" not in state,
+             "it holds an average of the weights but its settings have no ema_decay")
+        return
+    need("ema" in state, "its settings have ema_decay %r but it holds no average of the "
+         "weights", decay)
+    need(isinstance(ema, dict) and set(ema) == set(EMA_KEYS),
+         "the average of the weights is malformed")
+    need(_is_real(ema["decay"]) and ema["decay"] == decay,
+         "the average's decay %r is not the settings' ema_decay %r", ema["decay"], decay)
+    need(_is_int(ema["updates"]) and 0 <= ema["updates"] < 2 ** 63,
+         "the average's update count is %r", ema["updates"])
+    _same_names(ema["params"], ref, "the averaged parameters")
+    for k, (shape, dt) in ref.items():
+        _array(ema["params"][k], "averaged parameter %s" % k, shape, dt)
+    _check_bn(ema["bn_params"], "averaged batchnorm layer",
+              widths if widths is not None else
+              [None] * len(state["model"].get("bn_params", [])), dtype, only_running=True)
+    raw = ema["raw_val_acc_history"]
+    need(isinstance(raw, list) and all(_finite(v) and 0 <= v <= 1 for v in raw),
+         "the raw weights' validation accuracies are not a list of values in [0, 1]")
+    need(len(raw) == len(state["val_acc_history"]),
+         "the average has %d raw-weights validation accuracies for %d checks", len(raw),
+         len(state["val_acc_history"]))
+
+
 def _check_histories(state):
     for k in ("loss_history", "train_acc_history", "val_acc_history", "epoch_seconds"):
         need(isinstance(state[k], list), "%s is a %s, not a list", k, type(state[k]).__name__)
@@ -298,13 +336,17 @@ def check_state(state, model=None, update_rule=None):
     need(isinstance(state.get("train_config", {}), dict), "train_config is not a dict")
     if "settings" in state:
         check_settings(state["settings"])
+    _check_ema(state, ref, dtype, widths)
 
 
 def check_settings(s):
     """A state's training settings (the Solver's augmentation, schedule and loss):
     their structure, and each value in its :data:`fcgpu.settings.SETTINGS` range."""
-    need(isinstance(s, dict) and set(s) == set(SETTINGS_KEYS),
-         "the training settings are malformed")
+    need(isinstance(s, dict) and set(SETTINGS_KEYS) - set(LATER_SETTINGS) <= set(s)
+         <= set(SETTINGS_KEYS), "the training settings are malformed")
+    decay = s.get("ema_decay")
+    need(decay is None or SETTINGS["ema_decay"].why(decay) is None,
+         "the training setting ema_decay is %r", decay)
     for key, setting in (("augment", SETTINGS["augment"]), ("lr_schedule", SETTINGS["schedule"]),
                          ("label_smoothing", SETTINGS["label_smoothing"])):
         ok = (s[key] is None and key == "lr_schedule") or setting.why(s[key]) is None
@@ -330,13 +372,13 @@ def default_settings(mine):
     """The training settings of a state written before they were stored: ``mine``
     with no augmentation, no mean, no schedule and no label smoothing."""
     return dict(mine, augment="none", mean=False, lr_schedule=None, lr_schedule_options={},
-                label_smoothing=0.0)
+                label_smoothing=0.0, **LATER_SETTINGS)
 
 
 def _settings_differ(saved, mine):
     """The Solver settings a resume must share (the augmentation's seed comes from the
     state; its pad and image shape matter only when the run gathers)."""
-    saved = default_settings(mine) if saved is None else saved
+    saved = default_settings(mine) if saved is None else dict(LATER_SETTINGS, **saved)
     gathers = mine["augment"] != "none" or mine["mean"]
     return [k for k in mine if k != "augment_seed" and saved.get(k) != mine[k]
             and (gathers or k not in ("pad", "image_shape"))]

@@ -66,6 +66,10 @@ def add_arguments(p):
     g.add_argument("--warmup-epochs", type=float, default=None,
                    help="cosine: linear warmup epochs (default 0); onecycle: the epoch of "
                         "the peak (default 0.3 of the run)")
+    g.add_argument("--ema", dest="ema_decay", type=float, default=None, metavar="DECAY",
+                   help="evaluate and keep an exponential moving average of the weights "
+                        "(and batchnorm statistics), updated after every step with this "
+                        "decay in (0, 1), e.g. 0.999 (course: off)")
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--epochs", type=int, default=None)
     g.add_argument("--num-train", type=int, default=None,
@@ -135,7 +139,7 @@ def config_from_args(args):
                        cuda_graph=args.cuda_graph, matmul_precision=args.matmul_precision,
                        augment=args.augment, pad=args.pad,
                        label_smoothing=args.label_smoothing, schedule=args.schedule,
-                       warmup_epochs=args.warmup_epochs)
+                       warmup_epochs=args.warmup_epochs, ema_decay=args.ema_decay)
 
 
 def run(args):

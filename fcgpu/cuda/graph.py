@@ -30,10 +30,16 @@ read it when they run:
   ``pow`` can differ from the host's in the last bit, and Adam turns the last-bit
   noise of a parameter whose true gradient is zero, such as a bias feeding a
   batchnorm, into full-size steps.)
+* ``ema_rows`` (with ``ema=``, a :class:`~fcgpu.solver_ema.WeightEMA`: the model's
+  dtype, [batches per epoch, 2]): ``(d_t, 1 - d_t)`` of each step's update of the
+  average of the weights, computed on the host as the uncaptured Solver does and
+  written once per epoch; the step copies its row into ``ema_rate`` and the average's
+  update (plain CuPy operations, the uncaptured step's own code) reads it there;
 * ``loss_buf`` (one value per batch of the epoch): the step's loss, at ``ctr[0]``;
-* the parameters, the batchnorm running statistics and the optimizer state (Adam's
-  m and v, the velocity, the RMSProp cache) are static buffers updated in place: the
-  model's and the Solver's dicts hold these very arrays while training.
+* the parameters, the batchnorm running statistics, the optimizer state (Adam's
+  m and v, the velocity, the RMSProp cache) and the average of the weights are static
+  buffers updated in place: the model's, the Solver's and the average's dicts hold
+  these very arrays while training.
 
 The step ends with ``fcgpu_graph_advance``, which records the loss and moves the
 counters on. Dropout draws its masks from the stream ``ctr[1] + layer``, the formula
@@ -113,11 +119,14 @@ class GraphedTrainStep:
     ``X`` (N, ...) and ``y`` (N,) are the training data already on the device in the
     model's dtype (with ``augment``, also uint8). Every batch has ``min(batch_size, N)``
     rows. ``augment``: None, or a dict ``mode, pad, image_shape, seed, mean`` (the
-    arguments of :func:`fcgpu.augment.augment_gather`).
+    arguments of :func:`fcgpu.augment.augment_gather`). ``ema``: None, or the average
+    of the weights to update after the optimizer's step (an object with ``params``,
+    ``bn``, ``updates``, ``rates(count)`` and ``apply(model, d, a)``: the Solver's
+    :class:`~fcgpu.solver_ema.WeightEMA`).
     """
 
     def __init__(self, model, update_rule, X, y, batch_size, batches_per_epoch, augment=None,
-                 lr_schedule=False):
+                 lr_schedule=False, ema=None):
         check_supported(model, update_rule)
         cp = require_cupy()
         self.cp = cp
@@ -160,12 +169,18 @@ class GraphedTrainStep:
         self.corr = (cp.zeros((len(self.names), self.per_epoch, 2), dtype=np.float64)
                      if self.spec.device == DEVICE_ADAM else None)
         self.loss_buf = cp.zeros(self.per_epoch, dtype=self.dtype)
-        self.lr_rows = None
+        self.lr_rows = self.ema_rows = None
+        self.ema = ema
+        if lr_schedule or ema is not None:  # (tables of which a step reads row ctr[0])
+            self._rows_perm = cp.asarray(np.arange(self.per_epoch, dtype=np.int64))
+            self._rows_y = cp.zeros(self.per_epoch, dtype=np.int64)
+            self._rows_yb = cp.zeros(1, dtype=np.int64)
         if lr_schedule:
             self.lr_rows = cp.zeros((self.per_epoch, len(self.names)), dtype=np.float64)
-            self._lr_perm = cp.asarray(np.arange(self.per_epoch, dtype=np.int64))
-            self._lr_y = cp.zeros(self.per_epoch, dtype=np.int64)
-            self._lr_yb = cp.zeros(1, dtype=np.int64)
+        if ema is not None:
+            self.ema_rows = cp.zeros((self.per_epoch, 2), dtype=self.dtype)
+            self.ema_rate = cp.zeros((1, 2), dtype=self.dtype)
+        self._ema = {}         # name or (layer, key) -> static buffer of the average
         self._params = {}      # name -> static parameter buffer
         self._bn = {}          # (layer, key) -> static running statistic
         self._state = {}       # (name, key) -> static optimizer state
@@ -177,6 +192,7 @@ class GraphedTrainStep:
         self._dstep = int(model.dropout_step)
         self._t = 0
         self._steps = 0
+        self._ema_updates = 0
         self._synced = True    # the mirrors hold nothing the model/configs lack
 
         self._graph = None
@@ -236,11 +252,26 @@ class GraphedTrainStep:
             for key in ("running_mean", "running_var"):
                 bp[key] = self._static(self._bn, (i, key), bp.get(key), (dim,),
                                        "bn_params[%d][%r]" % (i, key))
+        self._bind_ema()
         bn_consts = tuple((bp.get("eps", 1e-5), bp.get("momentum", 0.9))
                           for bp in model.bn_params)
         return (tuple(baked), bn_consts, model.reg, dict(model.dropout_param).get("p"),
                 model.dropout_key, model.fresh_masks, model.use_dropout, model.use_batchnorm,
                 get_matmul_precision())
+
+    def _bind_ema(self):
+        """Make the average's arrays static buffers (its running statistics start at
+        zeros, as the model's do, when it has none yet)."""
+        ema = self.ema
+        if ema is None:
+            return
+        for name in self.names:
+            ema.params[name] = self._static(self._ema, name, ema.params[name],
+                                            self._params[name].shape, "the average of " + name)
+        for i, (mine, bp) in enumerate(zip(ema.bn, self.model.bn_params)):
+            for key in ("running_mean", "running_var"):
+                mine[key] = self._static(self._ema, (i, key), mine.get(key), bp[key].shape,
+                                         "the average of bn_params[%d][%r]" % (i, key))
 
     def begin_epoch(self, order, configs, epoch=0, lr_steps=None):
         """Before an epoch's steps: bind the static buffers, upload the permutation
@@ -289,6 +320,9 @@ class GraphedTrainStep:
         if self.lr_rows is not None:
             self.lr_rows.set(np.ascontiguousarray(np.repeat(lr_steps[:, None], len(self.names),
                                                             axis=1)), stream=stream)
+        if self.ema is not None:
+            self._ema_updates = int(self.ema.updates)
+            self.ema_rows.set(self.ema.rates(self.per_epoch), stream=stream)
         if self.epoch_slot is not None:
             self.epoch_slot.set(np.array([epoch], dtype=np.uint64), stream=stream)
         self._synced = False
@@ -324,6 +358,8 @@ class GraphedTrainStep:
         if self.spec.device == DEVICE_ADAM:
             for name in self.names:
                 configs[name]["t"] = self._t
+        if self.ema is not None:
+            self.ema.updates = self._ema_updates
 
     # ------------------------------------------------------------- the step
 
@@ -350,8 +386,8 @@ class GraphedTrainStep:
             model._device_stream_base = prev
         batch = self.ctr[CTR_BATCH:CTR_BATCH + 1]
         if self.lr_rows is not None:  # this step's rates: row ctr[0] of lr_rows
-            ops.gather_rows(self.lr_rows, self._lr_y, self._lr_perm, batch,
-                            self.lr.reshape(1, len(self.names)), self._lr_yb)
+            ops.gather_rows(self.lr_rows, self._rows_y, self._rows_perm, batch,
+                            self.lr.reshape(1, len(self.names)), self._rows_yb)
         spec = self.spec
         keys = [k for k in spec.hyper if k != "learning_rate"]  # (the order _bind bakes)
         for k, name in enumerate(self.names):
@@ -365,6 +401,10 @@ class GraphedTrainStep:
             else:
                 ops.rule_step_device(spec.device_id, w, grads[name], *(state or [None]),
                                      lr_ptr, *(h[key] for key in spec.device_args))
+        if self.ema is not None:  # the average: (d_t, 1 - d_t) from row ctr[0] of ema_rows
+            ops.gather_rows(self.ema_rows, self._rows_y, self._rows_perm, batch, self.ema_rate,
+                            self._rows_yb)
+            self.ema.apply(model, self.ema_rate[0, 0:1], self.ema_rate[0, 1:2])
         if not is_cupy_array(loss):  # (a host value would be baked into the graph)
             raise TypeError("cuda_graph: the model's loss must be a device array, got %s"
                             % type(loss).__name__)
@@ -426,6 +466,7 @@ class GraphedTrainStep:
         self._dstep += 1 if self.stream_stride else 0
         self._t += 1
         self._steps += 1
+        self._ema_updates += 1 if self.ema is not None else 0
         self._epoch_steps += 1
         return self.loss_buf[b]
 
