@@ -37,6 +37,7 @@ import fake_cublas
 from fcgpu import fused, fused_optim, optim
 from fcgpu import random as frandom
 from fcgpu.fc_net import FullyConnectedNet
+from fcgpu.layers import labels_checked
 from fcgpu.solver import Solver
 from fcgpu.cuda import train_ops
 from gpu_util import CUPY_OK, CUPY_WHY, assert_close, bits_equal
@@ -266,8 +267,10 @@ class _FakeGraph:
 
 def _static_ranges(g):
     arrays = [g.X, g.y, g.Xb, g.yb, g.perm, g.ctr, g.lr, g.loss_buf]
-    arrays += [g.corr] if g.corr is not None else []
+    arrays += [a for a in (g.corr, g.lr_rows, g.ema_rows, getattr(g, "ema_rate", None))
+               if a is not None]
     arrays += list(g._params.values()) + list(g._state.values()) + list(g._bn.values())
+    arrays += list(g._ema.values())
     return [(a.data.ptr, a.data.ptr + a.nbytes) for a in arrays]
 
 
@@ -276,6 +279,8 @@ def _launch_record(name, grid, block, args):
     for a in args:
         if isinstance(a, FakeArray):
             rec.append(("ptr", a.data.ptr))
+        elif isinstance(a, np.ndarray) and a.size != 1:
+            rec.append(("host", a.tobytes()))
         else:
             rec.append((type(a).__name__, a.item() if hasattr(a, "item") else a))
     return (name, grid, block, tuple(rec))
@@ -375,6 +380,8 @@ class _FakeDevice:
 def _wrap(v):
     if isinstance(v, np.ndarray) and not isinstance(v, FakeArray):
         return v.view(FakeArray)
+    if isinstance(v, np.generic):  # (CuPy returns 0-d device arrays where NumPy scalars)
+        return np.asarray(v).view(FakeArray)
     if isinstance(v, tuple):
         return tuple(_wrap(x) for x in v)
     return v
@@ -475,6 +482,31 @@ def _make_cupy(state):
     return fake
 
 
+def _captured_ufunc(state):
+    """CuPy's elementwise operations as CUDA captures them: recorded, not run. While
+    a stream captures, what an operation writes into existing arrays (``out=``, and
+    the first operand of ``ufunc.at``) is put back, and both the capture and a replay
+    log each operation like a kernel launch (arrays by address, scalars by value), so
+    the replay check sees a scalar baked into the graph that a replay would need
+    changed (fcgpu.solver_ema's update: d_t from device memory, not from the host)."""
+    ufunc_call = FakeArray.__array_ufunc__
+
+    def call(self, ufunc, method, *inputs, **kwargs):
+        written = tuple(kwargs.get("out") or ()) + ((inputs[0],) if method == "at" else ())
+        written = tuple(o for o in written if isinstance(o, np.ndarray))
+        before = [np.array(o.view(np.ndarray)) for o in written] if state.capturing else None
+        result = ufunc_call(self, ufunc, method, *inputs, **kwargs)
+        rec = _launch_record("%s.%s" % (ufunc.__name__, method), None, None, inputs + written)
+        if state.capturing:
+            for o, old in zip(written, before):
+                o.view(np.ndarray)[...] = old
+            state.captured.append(rec)
+        elif state.replaying is not None:
+            state.replaying.append(rec)
+        return result
+    return call
+
+
 @pytest.fixture
 def emu(kernel_signatures, launch_bounds, emu_lib, monkeypatch):
     """fcgpu.cuda on the host-built kernels and the host stand-in for libcublas, behind
@@ -528,6 +560,7 @@ def emu(kernel_signatures, launch_bounds, emu_lib, monkeypatch):
     for name in ("__float__", "__int__", "__index__", "__bool__", "__complex__", "item",
                  "tolist"):
         monkeypatch.setattr(FakeArray, name, host_read(name))
+    monkeypatch.setattr(FakeArray, "__array_ufunc__", _captured_ufunc(state))
     return types.SimpleNamespace(ops=ops, cp=fake, log=log, state=state, graph=cgraph,
                                  cublas=state.cublas)
 
@@ -768,6 +801,16 @@ def _assert_same_training(a, b, host=_np):
                 assert bits_equal(host(va), host(cb[key])), (k, key)
             else:
                 assert va == cb[key], (k, key, va, cb[key])
+    assert (a.ema is None) == (b.ema is None)
+    if a.ema is not None:  # the average of the weights (fcgpu.solver_ema)
+        assert a.ema.updates == b.ema.updates
+        assert a.ema.raw_val_acc_history == b.ema.raw_val_acc_history
+        for k, va in a.ema.params.items():
+            assert bits_equal(host(va), host(b.ema.params[k])), ("ema", k)
+        for ma, mb in zip(a.ema.bn, b.ema.bn):
+            assert set(ma) == set(mb)
+            for key in ma:
+                assert bits_equal(host(ma[key]), host(mb[key])), ("ema", key)
 
 
 @pytest.mark.parametrize("rule,bn,dropout,fresh,reg", CONFIGS)
@@ -834,14 +877,18 @@ def test_emulated_plain_and_graphed_steps_keep_subnormals_alike(emu, rule):
         assert bits_equal(_np(s.model.params["W1"])[0], row), rule
 
 
-def test_emulated_graphed_solver_continues_and_resumes(emu, tmp_path):
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_emulated_graphed_solver_continues_and_resumes(emu, tmp_path, ema):
     """A second train() (more epochs) after restore_best replaced the parameters,
     and a checkpoint round trip: the graph copies the new arrays into its static
-    buffers and carries on exactly like the uncaptured Solver."""
+    buffers and carries on exactly like the uncaptured Solver; with the average of
+    the weights, its arrays and update count too. Mutant caught: sync_out not
+    writing the average's update count back (the checkpoint's count lags, and the
+    resumed average's warm-up with it)."""
     data = blobs(np.random.default_rng(6))
     cfg = ("adam", True, 0.7, True, 0.0)
-    plain = _solver(emu.cp, data, np.float32, *cfg, cuda_graph=False, epochs=1)
-    graphed = _solver(emu.cp, data, np.float32, *cfg, cuda_graph=True, epochs=1)
+    plain = _solver(emu.cp, data, np.float32, *cfg, cuda_graph=False, epochs=1, ema_decay=ema)
+    graphed = _solver(emu.cp, data, np.float32, *cfg, cuda_graph=True, epochs=1, ema_decay=ema)
     for s in (plain, graphed):
         s.train()
         s.num_epochs = 2
@@ -851,11 +898,88 @@ def test_emulated_graphed_solver_continues_and_resumes(emu, tmp_path):
     ck = tmp_path / "ck.pkl"
     graphed.save_checkpoint(str(ck))
     plain.num_epochs = graphed.num_epochs = 3
-    graphed2 = _solver(emu.cp, data, np.float32, *cfg, cuda_graph=True, epochs=3)
+    graphed2 = _solver(emu.cp, data, np.float32, *cfg, cuda_graph=True, epochs=3,
+                       ema_decay=ema)
     graphed2.load_checkpoint(str(ck))
     plain.train()
     graphed2.train()
     _assert_same_training(plain, graphed2)
+    if ema is not None:
+        assert graphed2.ema.updates == 3 * (80 // 20)
+
+
+EMA_CONFIGS = [("adam", True, 0.7, True, 0.0, np.float32),
+               ("sgd_momentum", False, 0, True, 1e-2, np.float64),
+               ("rmsprop", True, 0, True, 0.0, np.float32)]
+
+
+@pytest.mark.parametrize("rule,bn,dropout,fresh,reg,dtype", EMA_CONFIGS)
+def test_emulated_graphed_average_equals_uncaptured(emu, rule, bn, dropout, fresh, reg, dtype):
+    """The average of the weights (Solver(ema_decay=...)) updated inside the captured
+    step: the same average, update count and accuracies as the uncaptured Solver, bit
+    for bit, through a capture and replays whose launches and CuPy operations repeat
+    the captured ones (the per-step (d_t, 1 - d_t) read from device memory); its
+    arrays are static buffers. Mutant caught: the update left out of the graph."""
+    data = blobs(np.random.default_rng(13))
+    plain = _solver(emu.cp, data, dtype, rule, bn, dropout, fresh, reg, cuda_graph=False,
+                    ema_decay=0.8)
+    plain.train()
+    graphed = _solver(emu.cp, data, dtype, rule, bn, dropout, fresh, reg, cuda_graph=True,
+                      ema_decay=0.8)
+    graphed.train()
+    _assert_same_training(plain, graphed)
+    g = graphed._graph_step
+    steps = 2 * (80 // 20)
+    assert g.captures == 1 and g.replays == steps - 1 and graphed.ema.updates == steps
+    assert graphed.val_acc_history != graphed.ema.raw_val_acc_history
+    assert graphed.ema.params["W1"] is g._ema["W1"]
+    if bn:
+        assert graphed.ema.bn[0]["running_var"] is g._ema[(0, "running_var")]
+    # the captured step writes the average (a launch or operation on its buffer)
+    ptr = ("ptr", g._ema["W1"].data.ptr)
+    assert any(ptr in rec[3] for rec in g._graph.launches)
+
+
+def test_emulated_average_from_host_rates_fails_the_replay(emu, monkeypatch):
+    """The stand-in sees a per-step scalar baked into the graph: the average updated
+    with d_t taken on the host (the uncaptured step's way, the count advanced in
+    Python) replays the captured value, and the replay check names the operation."""
+    from fcgpu.solver_ema import WeightEMA
+    apply = WeightEMA.apply
+
+    def host_rates(self, model, d, a):
+        (d, a), = self.rates(1)
+        self.updates += 1
+        apply(self, model, d, a)
+    monkeypatch.setattr(WeightEMA, "apply", host_rates)
+    s = _solver(emu.cp, blobs(np.random.default_rng(14)), np.float32, "adam", True, 0.7,
+                True, 0.0, cuda_graph=True, epochs=1, ema_decay=0.8)
+    with pytest.raises(AssertionError, match=r"\(multiply.__call__\): argument baked"):
+        s.train()
+
+
+def test_emulated_average_flushes_subnormals_on_both_steps(emu):
+    """The average is updated with CuPy's own elementwise operations, which flush
+    float32 subnormals (-ftz=true; the stand-in too), on the plain and the captured
+    step alike: the two agree bit for bit, and a weight row that stays subnormal (its
+    gradient is zero) is averaged to zero on the GPU, where NumPy keeps it."""
+    data = blobs(np.random.default_rng(12))
+    for key in ("X_train", "X_val"):
+        data[key] = data[key].copy()
+        data[key][:, 0] = 0.0
+    tiny = np.float32(np.finfo(np.float32).tiny)
+    row = np.arange(1, 17, dtype=np.float32) * tiny / np.float32(64)
+    solvers = []
+    for xp, graph in ((emu.cp, False), (emu.cp, True), (np, False)):
+        s = _solver(xp, data, np.float32, "sgd", False, 0, True, 0.0, cuda_graph=graph,
+                    epochs=1, ema_decay=0.5)
+        s.model.params["W1"][0, :] = row
+        s.ema.params["W1"][0, :] = row
+        s.train()
+        solvers.append(s)
+    _assert_same_training(*solvers[:2])
+    assert not _np(solvers[1].ema.params["W1"])[0].any()
+    assert bits_equal(_np(solvers[2].ema.params["W1"])[0], row)
 
 
 def test_emulated_graph_recaptures_when_a_baked_hyperparameter_changes(emu):
@@ -891,7 +1015,8 @@ def test_emulated_graph_epoch_has_at_most_its_batches(emu):
     t0 = s.optim_configs["W1"]["t"]
     assert _np(g.corr[0, :, 0]).tolist() == [1 - 0.9 ** t
                                              for t in range(t0 + 1, t0 + 1 + g.per_epoch)]
-    g.step()
+    with labels_checked():  # (as Solver.train steps: the replay reruns the body's Python)
+        g.step()
 
 
 # what a step must not do while it is captured (each one fails a real capture), with
