@@ -24,6 +24,7 @@ import os
 from . import optim
 from .augment_spec import MODES
 from .backend import CHOICES as BACKENDS, MATMUL_PRECISIONS
+from .mix_spec import MIX, MIX_ALPHA
 from .schedules import SCHEDULES
 from .setting_spec import DROPOUT, LABEL_SMOOTHING, Setting, positive_ints
 
@@ -78,6 +79,8 @@ SETTINGS = _settings(
             help="per-sample augmentation in the gather: none, flip or crop (with flips)"),
     Setting("pad", int, low=0, help="crop padding, pixels per side"),
     LABEL_SMOOTHING,
+    MIX,
+    MIX_ALPHA,
     Setting("schedule", str, choices=SCHEDULES,
             help="learning-rate schedule: step (lr_decay per epoch), cosine or onecycle"),
     Setting("warmup_epochs", float, low=0, optional=True,

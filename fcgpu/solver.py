@@ -32,7 +32,7 @@ import numpy as np
 
 from . import checkpoint
 from . import schedules
-from .augment import augment_gather
+from .augment import augment_gather, mix_batch
 from .backend import asnumpy, get_array_module, synchronize, to_backend
 from .data_checks import check_split
 from .errors import ConfigError, NonFiniteLossError
@@ -106,7 +106,10 @@ class Solver(SolverOptions):
       (:mod:`fcgpu.solver_ema`), is what the accuracy checks evaluate and so what
       ``val_acc_history``, ``best_params`` and the kept model hold; ``ema``
       (:class:`~fcgpu.solver_ema.WeightEMA`) keeps it, with the raw weights'
-      validation accuracy per check (``ema.raw_val_acc_history``).
+      validation accuracy per check (``ema.raw_val_acc_history``);
+    * ``mix``: 'none', 'mixup' or 'cutmix' (:func:`fcgpu.augment.mix_batch`: each
+      gathered batch mixed with itself reversed, weights ~ Beta(``mix_alpha``,
+      ``mix_alpha``)); the model trains on ``loss(X, y, mix=(y2, lam))``.
     """
 
     def __init__(self, model, data, **kwargs):
@@ -129,6 +132,7 @@ class Solver(SolverOptions):
         y_train = check_split(data.get("X_train"), data.get("y_train"), "train", **dims)
         y_val = check_split(data.get("X_val"), data.get("y_val"), "val", **dims)
         self._check_augment(data["X_train"])
+        self._check_mix()
         keep = self._gathers() and np.dtype(data["X_train"].dtype) == np.uint8
         self.X_train = to_backend(data["X_train"], xp, None if keep else dtype)
         if self.mean is not None:
@@ -283,12 +287,18 @@ class Solver(SolverOptions):
                                 **self.lr_schedule_options) for t in range(first, first + per_epoch)]
 
     def _gather(self, order, it, batch):
-        return augment_gather(self.X_train, self.y_train, order, it, batch, self.image_shape,
-                              self.augment, self.pad, self.augment_seed, self.epoch, self.mean,
-                              getattr(self.model, "dtype", np.float32))
+        Xb, yb = augment_gather(self.X_train, self.y_train, order, it, batch, self.image_shape,
+                                self.augment, self.pad, self.augment_seed, self.epoch, self.mean,
+                                getattr(self.model, "dtype", np.float32))
+        if self.mix == "none":
+            return Xb, yb
+        _, y2, lam = mix_batch(Xb, yb, it, self.image_shape, self.mix, self.mix_alpha,
+                               self.augment_seed, self.epoch)
+        return Xb, yb, (y2, lam)
 
-    def _step(self, X_batch, y_batch):
-        loss, grads = self.model.loss(X_batch, y_batch)
+    def _step(self, X_batch, y_batch, mix=None):
+        loss, grads = (self.model.loss(X_batch, y_batch) if mix is None
+                       else self.model.loss(X_batch, y_batch, mix=mix))
         self._pending.append(loss)
         params = self.model.params
         for p, w in params.items():
@@ -400,7 +410,8 @@ class Solver(SolverOptions):
         augment = None
         if self._gathers():
             augment = {"mode": self.augment, "pad": self.pad, "image_shape": self.image_shape,
-                       "seed": self.augment_seed, "mean": self.mean}
+                       "seed": self.augment_seed, "mean": self.mean, "mix": self.mix,
+                       "mix_alpha": self.mix_alpha}
         self._graph_step = graph_step(self._graph_step, self.model, self.update_rule_name,
                                       self.X_train, self.y_train, self.batch_size, per_epoch,
                                       augment, self._scheduled(), self.ema)

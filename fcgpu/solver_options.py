@@ -21,7 +21,8 @@ __all__ = ["SolverOptions"]
 
 # the Solver's own arguments, as the settings they are (fcgpu.settings.SETTINGS)
 _ARGUMENTS = {"batch_size": "batch_size", "num_epochs": "epochs", "lr_decay": "lr_decay",
-              "augment": "augment", "ema_decay": "ema_decay"}
+              "augment": "augment", "ema_decay": "ema_decay", "mix": "mix",
+              "mix_alpha": "mix_alpha"}
 
 
 def _spec_check(error, check, *args):
@@ -63,6 +64,8 @@ class SolverOptions:
         self.lr_schedule = kwargs.pop("lr_schedule", None)
         self.lr_schedule_options = dict(kwargs.pop("lr_schedule_options", None) or {})
         self.ema_decay = kwargs.pop("ema_decay", None)
+        self.mix = kwargs.pop("mix", "none")
+        self.mix_alpha = kwargs.pop("mix_alpha", 1.0)
         if kwargs:
             raise ConfigError("Solver: unrecognized arguments %s" % ", ".join(sorted(kwargs)))
         if callable(self.update_rule_name):
@@ -81,8 +84,9 @@ class SolverOptions:
     # ------------------------------------------------------------- options
 
     def _gathers(self):
-        """Whether minibatches come from the augmenting gather (else the plain one)."""
-        return self.augment != "none" or self.mean is not None
+        """Whether minibatches come from the augmenting gather (else the plain one);
+        mixing (``mix``) works on the gather's batch."""
+        return self.augment != "none" or self.mean is not None or self.mix != "none"
 
     def _scheduled(self):
         """Whether the learning rate is set per step from a schedule."""
@@ -115,8 +119,9 @@ class SolverOptions:
             return
         if self.image_shape is None:
             if X.ndim != 4:
-                raise ConfigError("Solver: augment=%r needs image_shape (C, H, W) for X_train "
-                                  "rows of %d values" % (self.augment, int(np.prod(X.shape[1:]))))
+                what = "augment=%r" % self.augment if self.mix == "none" else "mix=%r" % self.mix
+                raise ConfigError("Solver: %s needs image_shape (C, H, W) for X_train rows of "
+                                  "%d values" % (what, int(np.prod(X.shape[1:]))))
             self.image_shape = tuple(int(v) for v in X.shape[1:])
         self.image_shape = _spec_check(ConfigError, check_image_shape, self.image_shape,
                                        int(np.prod(X.shape[1:])))
@@ -128,6 +133,19 @@ class SolverOptions:
         self.augment_seed = _spec_check(ConfigError, check_seed, self.augment_seed,
                                         "augment_seed")
 
+    def _check_mix(self):
+        """A model trained with ``mix`` must take the mixed targets: ``loss(X, y, mix=...)``."""
+        if self.mix == "none":
+            return
+        import inspect
+        try:
+            takes = "mix" in inspect.signature(self.model.loss).parameters
+        except (TypeError, ValueError):
+            takes = False
+        if not takes:
+            raise ConfigError("Solver: mix=%r needs a model whose loss(X, y, mix=(y2, lam)) "
+                              "takes mixed targets, as FullyConnectedNet's does" % self.mix)
+
     def _settings(self):
         """The training settings a resume must share (the checkpoint's 'settings')."""
         return {"augment": self.augment, "pad": int(self.pad),
@@ -136,4 +154,5 @@ class SolverOptions:
                 "lr_schedule": self.lr_schedule,
                 "lr_schedule_options": dict(self.lr_schedule_options),
                 "label_smoothing": float(getattr(self.model, "label_smoothing", 0.0)),
-                "ema_decay": None if self.ema_decay is None else float(self.ema_decay)}
+                "ema_decay": None if self.ema_decay is None else float(self.ema_decay),
+                "mix": self.mix, "mix_alpha": float(self.mix_alpha)}

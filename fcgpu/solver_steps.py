@@ -101,11 +101,13 @@ def graph_step(previous, model, update_rule, X, y, batch_size, per_epoch, augmen
     """The CUDA-graph step for this data and batch layout: ``previous`` (a
     :class:`~fcgpu.cuda.graph.GraphedTrainStep` or None) when it was built for the
     same ones, else a new one (``previous`` is closed). ``augment``: None or the
-    gather's settings (``mode, pad, image_shape, seed, mean``); ``ema``: None or the
-    Solver's :class:`~fcgpu.solver_ema.WeightEMA`, updated inside the step."""
+    gather's settings (``mode, pad, image_shape, seed, mean``; ``mix, mix_alpha``);
+    ``ema``: None or the Solver's :class:`~fcgpu.solver_ema.WeightEMA`, updated inside
+    the step."""
     key = None if augment is None else (augment["mode"], augment["pad"],
                                         augment["image_shape"], augment["seed"],
-                                        id(augment["mean"]))
+                                        id(augment["mean"]), augment.get("mix", "none"),
+                                        augment.get("mix_alpha"))
     g = previous
     if g is not None and (g.X_source is X and g.y_source is y and g.per_epoch == per_epoch
                           and g.batch == min(batch_size, X.shape[0])

@@ -69,6 +69,8 @@ class TrainConfig:
     augment: str = "none"         # 'none' | 'flip' | 'crop' (crop includes flip)
     pad: int = 4                  # crop padding, pixels per side
     label_smoothing: float = 0.0
+    mix: str = "none"             # 'none' | 'mixup' | 'cutmix' (after the gather)
+    mix_alpha: float = 1.0        # the mixing weight ~ Beta(mix_alpha, mix_alpha)
     schedule: str = "step"        # 'step' (lr_decay per epoch) | 'cosine' | 'onecycle'
     warmup_epochs: float | None = None  # cosine: linear warmup; onecycle: the peak (0.3 run)
     ema_decay: float | None = None  # evaluate and keep a moving average of the weights
@@ -196,7 +198,7 @@ def load_data(cfg, progress=True):
             data["X_train"] = data["X_train"][:cfg.num_train]
             data["y_train"] = data["y_train"][:cfg.num_train]
         return data
-    if cfg.augment != "none":
+    if cfg.augment != "none" or cfg.mix != "none":
         return _raw_cifar(cfg)
     from .data import get_CIFAR10_data
     data = get_CIFAR10_data(num_training=49000, num_validation=1000, num_test=10000,
@@ -366,15 +368,16 @@ def _solver(cfg, xp, data, on_epoch, progress, stop=None):
                               label_smoothing=cfg.label_smoothing)
     per_epoch = max(len(data["X_train"]) // cfg.batch_size, 1)
     schedule, schedule_options = cfg.schedule_options(per_epoch)
-    extra = {}
-    if cfg.augment != "none":
+    extra = dict(mix=cfg.mix, mix_alpha=cfg.mix_alpha)
+    if cfg.augment != "none" or cfg.mix != "none":
+        flag = ("--augment %s" % cfg.augment) if cfg.augment != "none" else "--mix %s" % cfg.mix
         if cfg.image_shape is None and np.ndim(data["X_train"]) != 4:
-            raise ConfigError("--augment %s needs images: an .npz with image_shape [C, H, W] "
-                              "(docs/data.md)" % cfg.augment)
+            raise ConfigError("%s needs images: an .npz with image_shape [C, H, W] "
+                              "(docs/data.md)" % flag)
         if cfg.image_shape is not None and len(cfg.image_shape) != 3:
-            raise ConfigError("--augment %s needs image_shape [C, H, W], the data's is %s"
-                              % (cfg.augment, list(cfg.image_shape)))
-        extra = dict(augment=cfg.augment, pad=cfg.pad, image_shape=cfg.image_shape,
+            raise ConfigError("%s needs image_shape [C, H, W], the data's is %s"
+                              % (flag, list(cfg.image_shape)))
+        extra.update(augment=cfg.augment, pad=cfg.pad, image_shape=cfg.image_shape,
                      mean=data.get("mean"))
     return Solver(model, data, update_rule=cfg.update_rule,
                   optim_config={"learning_rate": cfg.learning_rate}, lr_decay=cfg.lr_decay,

@@ -1,6 +1,7 @@
 """The CUDA-graph step with augmentation, on the emulated CuPy of test_cuda_graph.py:
-the captured augmenting gather (batch index and epoch read from device memory) gives
-the losses and parameters of the uncaptured Solver, epoch after epoch."""
+the captured augmenting gather (batch index and epoch read from device memory), and the
+MixUp/CutMix kernel after it with the mixed targets in static buffers, give the losses
+and parameters of the uncaptured Solver, epoch after epoch."""
 import io
 
 import numpy as np
@@ -54,13 +55,18 @@ def _solver(cp, data, mean, graph, mode, epochs=3, rule="adam", **kw):
                   augment=mode, pad=2, mean=cp.asarray(mean), **args)
 
 
-@pytest.mark.parametrize("mode,rule", [("crop", "adam"), ("flip", "sgd_momentum"),
-                                       ("none", "adam")])
-def test_emulated_graphed_augmented_solver_equals_uncaptured(emu_aug, mode, rule):
+@pytest.mark.parametrize("mode,rule,mix", [("crop", "adam", "none"),
+                                           ("flip", "sgd_momentum", "none"),
+                                           ("none", "adam", "none"), ("crop", "adam", "cutmix"),
+                                           ("flip", "rmsprop", "mixup"),
+                                           ("none", "sgd_momentum", "mixup")])
+def test_emulated_graphed_augmented_solver_equals_uncaptured(emu_aug, mode, rule, mix):
+    """Mutants that fail here (with mixing): the captured step's loss without the mixed
+    targets; the mixing kernel given epoch 0 instead of epoch_slot."""
     data, mean = _data(emu_aug.cp, 4)
-    plain = _solver(emu_aug.cp, data, mean, False, mode, rule=rule)
+    plain = _solver(emu_aug.cp, data, mean, False, mode, rule=rule, mix=mix, mix_alpha=0.5)
     plain.train()
-    graphed = _solver(emu_aug.cp, data, mean, True, mode, rule=rule)
+    graphed = _solver(emu_aug.cp, data, mean, True, mode, rule=rule, mix=mix, mix_alpha=0.5)
     graphed.train()
     tcg._assert_same_training(plain, graphed)
     g = graphed._graph_step
@@ -69,6 +75,8 @@ def test_emulated_graphed_augmented_solver_equals_uncaptured(emu_aug, mode, rule
     names = [entry[0] if isinstance(entry, tuple) else str(entry) for entry in emu_aug.log]
     assert any("augment_gather" in str(n) for n in names)
     assert not any("gather_rows" in str(n) for n in names)
+    assert any("mix_pairs" in str(n) for n in names) == (mix != "none")
+    assert (g.mix is None) == (mix == "none")
 
 
 @pytest.mark.parametrize("schedule,opts,rule,mode", [

@@ -18,7 +18,7 @@ BAD = {
     "backend": "tpu", "data": 3, "dtype": "float16", "cuda_graph": "no",
     "matmul_precision": "medium", "image_shape": (3, 0, 32), "augment": "rotate",
     "pad": -1, "label_smoothing": 1.0, "schedule": "linear", "warmup_epochs": -0.5,
-    "preset": "fastest", "ema_decay": 1.0,
+    "preset": "fastest", "ema_decay": 1.0, "mix": "blend", "mix_alpha": 0.0,
 }
 
 

@@ -131,6 +131,9 @@ OTHER_SETTINGS = [
     ("lr_schedule_options", dict(lr_schedule="cosine"),
      dict(lr_schedule="cosine", lr_schedule_options={"warmup_steps": 2})),
     ("label_smoothing", dict(augment="crop"), dict(augment="crop", ls=0.1)),
+    ("mix", dict(augment="crop"), dict(augment="crop", mix="mixup")),
+    ("mix_alpha", dict(augment="crop", mix="cutmix"),
+     dict(augment="crop", mix="cutmix", mix_alpha=0.5)),
 ]
 
 
@@ -166,7 +169,7 @@ def test_check_state_refuses_malformed_settings():
     for key, bad in (("augment", "rotate"), ("pad", -1), ("image_shape", [3, 6]),
                      ("augment_seed", 2 ** 64), ("mean", 1), ("lr_schedule", "linear"),
                      ("lr_schedule_options", {"pct_start": float("nan")}),
-                     ("label_smoothing", 1.0)):
+                     ("label_smoothing", 1.0), ("mix", "blend"), ("mix_alpha", 0.0)):
         broken = dict(state, settings=dict(state["settings"], **{key: bad}))
         with pytest.raises(CheckpointError):
             checkpoint.check_state(broken)

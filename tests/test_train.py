@@ -95,7 +95,8 @@ OTHER_VALUES = {
     "update_rule": "sgd", "learning_rate": 1e-3, "lr_decay": 0.8, "reg": 1e-4,
     "batch_size": 40, "num_train": 300, "num_val": 50, "seed": 6, "dtype": "float64",
     "image_shape": (3, 32, 32), "augment": "flip", "pad": 2, "label_smoothing": 0.1,
-    "schedule": "cosine", "warmup_epochs": 0.5, "ema_decay": 0.999,
+    "schedule": "cosine", "warmup_epochs": 0.5, "ema_decay": 0.999, "mix": "mixup",
+    "mix_alpha": 0.5,
 }
 
 

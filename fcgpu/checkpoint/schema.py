@@ -47,9 +47,9 @@ OPTIONAL_KEYS = ("train_config",  # written by `fcgpu train`
                  "ema")           # the average of the weights (settings' ema_decay not None)
 # the Solver's training settings (Solver._settings()), which a resume must share
 SETTINGS_KEYS = ("augment", "pad", "image_shape", "augment_seed", "mean", "lr_schedule",
-                 "lr_schedule_options", "label_smoothing", "ema_decay")
+                 "lr_schedule_options", "label_smoothing", "ema_decay", "mix", "mix_alpha")
 # settings added later, with the value a state written before them had
-LATER_SETTINGS = {"ema_decay": None}
+LATER_SETTINGS = {"ema_decay": None, "mix": "none", "mix_alpha": 1.0}
 # the "ema" entry (fcgpu.solver_ema.WeightEMA.state_dict())
 EMA_KEYS = ("decay", "updates", "params", "bn_params", "raw_val_acc_history")
 
@@ -347,8 +347,10 @@ def check_settings(s):
     decay = s.get("ema_decay")
     need(decay is None or SETTINGS["ema_decay"].why(decay) is None,
          "the training setting ema_decay is %r", decay)
+    s = dict(LATER_SETTINGS, **s)
     for key, setting in (("augment", SETTINGS["augment"]), ("lr_schedule", SETTINGS["schedule"]),
-                         ("label_smoothing", SETTINGS["label_smoothing"])):
+                         ("label_smoothing", SETTINGS["label_smoothing"]),
+                         ("mix", SETTINGS["mix"]), ("mix_alpha", SETTINGS["mix_alpha"])):
         ok = (s[key] is None and key == "lr_schedule") or setting.why(s[key]) is None
         need(ok, "the training setting %s is %r", key, s[key])
     need(_is_int(s["pad"]) and 0 <= s["pad"] < 2 ** 31, "the augmentation pad is %r", s["pad"])
@@ -377,11 +379,13 @@ def default_settings(mine):
 
 def _settings_differ(saved, mine):
     """The Solver settings a resume must share (the augmentation's seed comes from the
-    state; its pad and image shape matter only when the run gathers)."""
+    state; its pad and image shape matter only when the run gathers, mix_alpha only
+    when it mixes)."""
     saved = default_settings(mine) if saved is None else dict(LATER_SETTINGS, **saved)
-    gathers = mine["augment"] != "none" or mine["mean"]
+    mixes = mine.get("mix", "none") != "none"
+    gathers = mine["augment"] != "none" or mine["mean"] or mixes
     return [k for k in mine if k != "augment_seed" and saved.get(k) != mine[k]
-            and (gathers or k not in ("pad", "image_shape"))]
+            and (gathers or k not in ("pad", "image_shape")) and (mixes or k != "mix_alpha")]
 
 
 def _train_config_differ(saved, cfg):
@@ -425,7 +429,8 @@ def check_resume(state, model=None, update_rule=None, settings=None, train_confi
     if settings is not None:
         saved = state.get("settings")
         diff = _settings_differ(saved, settings)
-        saved = default_settings(settings) if saved is None else saved
+        saved = (default_settings(settings) if saved is None
+                 else dict(LATER_SETTINGS, **saved))
         if diff:
             raise CheckpointError("it was trained with other settings (%s)" % ", ".join(
                 "%s %r, this Solver %r" % (k, Short(saved.get(k)), Short(settings[k]))

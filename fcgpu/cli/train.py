@@ -26,6 +26,7 @@ def _dims(text):
 
 def add_arguments(p):
     from ..augment_spec import MODES
+    from ..mix_spec import MIX_MODES
     from ..backend import CHOICES as BACKENDS, MATMUL_PRECISIONS
     from ..optim import rule_names
     from ..schedules import SCHEDULES
@@ -82,6 +83,11 @@ def add_arguments(p):
                         "minibatch gather (course: none)")
     g.add_argument("--pad", type=int, default=None,
                    help="crop padding in pixels per side (default %d)" % d.pad)
+    g.add_argument("--mix", default=None, choices=MIX_MODES,
+                   help="MixUp or CutMix of each row with the batch reversed, after the flips "
+                        "and crops (course: none; docs/random.md)")
+    g.add_argument("--mix-alpha", type=float, default=None, metavar="A",
+                   help="the mixing weight is drawn from Beta(A, A) (default %g)" % d.mix_alpha)
     g = p.add_argument_group("where")
     g.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="array backend (default: FCGPU_BACKEND, else auto)")
@@ -137,7 +143,8 @@ def config_from_args(args):
                        batch_size=args.batch_size, epochs=args.epochs, num_train=args.num_train,
                        seed=args.seed, backend=backend, data=args.data, dtype=args.dtype,
                        cuda_graph=args.cuda_graph, matmul_precision=args.matmul_precision,
-                       augment=args.augment, pad=args.pad,
+                       augment=args.augment, pad=args.pad, mix=args.mix,
+                       mix_alpha=args.mix_alpha,
                        label_smoothing=args.label_smoothing, schedule=args.schedule,
                        warmup_epochs=args.warmup_epochs, ema_decay=args.ema_decay)
 

@@ -17,6 +17,9 @@ read it when they run:
   index from ``ctr[0]`` and the epoch from ``epoch_slot`` (uint64[1], written by
   :meth:`GraphedTrainStep.begin_epoch`), so its draws are those of the uncaptured
   Solver's gather; X may then be raw uint8 images with the mean image subtracted there;
+  with ``mix`` in ``augment`` (MixUp, CutMix) a second kernel mixes ``Xb`` in place with
+  the same counters and writes the mixed targets into the static buffers ``mix``
+  (``y2`` int64[B], ``lam`` [B]), which the loss reads;
 * ``lr`` (float64[P]): each parameter's learning rate, written by the host once per
   epoch (after the Solver's per-epoch decay), never recaptured for it;
 * ``lr_rows`` (with ``lr_schedule=True``: float64[batches per epoch, P]): each step's
@@ -165,6 +168,7 @@ class GraphedTrainStep:
         self.epoch_slot = cp.zeros(1, dtype=np.uint64) if augment is not None else None
         if augment is not None and augment.get("mean") is not None:
             self.augment["mean"] = cp.ascontiguousarray(cp.asarray(augment["mean"]))
+        self.mix = self._mix_targets(augment)
         self.lr = cp.zeros(len(self.names), dtype=np.float64)
         self.corr = (cp.zeros((len(self.names), self.per_epoch, 2), dtype=np.float64)
                      if self.spec.device == DEVICE_ADAM else None)
@@ -202,6 +206,16 @@ class GraphedTrainStep:
         self.replays = 0       # graph launches (the first step of a capture runs plain)
 
     # ------------------------------------------------------------- static state
+
+    def _mix_targets(self, augment):
+        """None, or with ``mix`` in ``augment`` the static buffers (y2, lam) of the mixed
+        targets; the Beta table goes to the device now (a capture copies nothing)."""
+        if augment is None or augment.get("mix", "none") == "none":
+            return None
+        from .augment import device_table
+        device_table(augment["mix_alpha"])
+        return (self.cp.zeros(self.batch, dtype=np.int64),
+                self.cp.zeros(self.batch, dtype=self.dtype))
 
     def _static(self, table, key, current, shape, what):
         """The static buffer for ``key``: ``current`` itself the first time when it
@@ -377,11 +391,16 @@ class GraphedTrainStep:
                            self.batch, a["image_shape"], a["mode"], a["pad"], a["seed"],
                            self.epoch_slot, a.get("mean"), self.dtype, out=self.Xb,
                            y_out=self.yb)
+            if self.mix is not None:
+                from .augment import mix_batch
+                mix_batch(self.Xb, self.yb, self.ctr[CTR_BATCH:CTR_BATCH + 1], a["image_shape"],
+                          a["mix"], a["mix_alpha"], a["seed"], self.epoch_slot, *self.mix)
+        targets = {} if self.mix is None else {"mix": self.mix}
         prev = model._device_stream_base
         model._device_stream_base = (self.ctr[CTR_STREAM:CTR_STREAM + 1]
                                      if self.stream_stride else None)
         try:
-            loss, grads = model.loss(self.Xb, self.yb)
+            loss, grads = model.loss(self.Xb, self.yb, **targets)
         finally:
             model._device_stream_base = prev
         batch = self.ctr[CTR_BATCH:CTR_BATCH + 1]
