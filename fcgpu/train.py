@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import statistics
 import sys
@@ -25,7 +24,7 @@ from .optim import RULES
 from .settings import SETTINGS
 
 __all__ = ["TrainConfig", "PRESETS", "DEFAULT_PRESET", "from_preset", "describe_preset",
-           "run_training", "load_data", "write_metrics", "plot_history"]
+           "run_training", "load_data"]
 
 # Named recipes: TrainConfig fields that differ from its defaults (the course's run).
 # Measured over seeds in docs/presets.md; `augmented` is the default.
@@ -462,40 +461,3 @@ def _metrics(cfg, xp, solver, data, extra):
             solver.image_shape) if solver.image_shape is not None else None},
     }
 
-
-def write_metrics(metrics, path):
-    from .atomic import atomic_write_bytes
-    atomic_write_bytes(json.dumps(metrics, indent=2).encode(), path)
-
-
-def plot_history(metrics, path):
-    """Loss per iteration and train/val accuracy per epoch, as one PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    loss = np.asarray(metrics["loss_history"], dtype=float)
-    epochs = metrics["epochs"] or 1
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    if loss.size:
-        it = np.arange(1, loss.size + 1) * epochs / loss.size
-        ax1.plot(it, loss, lw=0.6, alpha=0.5, label="per step")
-        per = max(loss.size // epochs, 1)
-        if loss.size >= per * epochs and epochs > 0:
-            means = loss[:per * epochs].reshape(epochs, per).mean(axis=1)
-            ax1.plot(np.arange(1, epochs + 1), means, "o-", label="epoch mean")
-    ax1.set(xlabel="epoch", ylabel="training loss", title="Loss")
-    ax1.legend()
-    ep = np.arange(len(metrics["train_acc_history"]))
-    ax2.plot(ep, metrics["train_acc_history"], "o-", label="train (1000-sample estimate)")
-    label = "validation (weight average)" if metrics.get("ema") else "validation"
-    ax2.plot(ep, metrics["val_acc_history"], "o-", label=label)
-    ax2.set(xlabel="epoch (0 = after the first step)", ylabel="accuracy",
-            title="Accuracy: val %.3f, test %s" % (metrics["val_acc"], "%.3f" % metrics[
-                "test_acc"] if metrics.get("test_acc") is not None else "n/a"))
-    ax2.grid(alpha=0.3)
-    ax2.legend()
-    fig.suptitle("fcgpu train on %s (%s)" % (metrics["device"], metrics["backend"]))
-    fig.tight_layout()
-    from .atomic import atomic_save_figure
-    atomic_save_figure(fig, path, dpi=110)

@@ -134,6 +134,7 @@ OTHER_SETTINGS = [
     ("mix", dict(augment="crop"), dict(augment="crop", mix="mixup")),
     ("mix_alpha", dict(augment="crop", mix="cutmix"),
      dict(augment="crop", mix="cutmix", mix_alpha=0.5)),
+    ("ema_decay", dict(augment="crop"), dict(augment="crop", ema_decay=0.9)),
 ]
 
 

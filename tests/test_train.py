@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from fcgpu.cli import main
-from fcgpu.train import TrainConfig, plot_history, run_training, write_metrics
+from fcgpu.cli.train import plot_history, write_metrics
+from fcgpu.train import TrainConfig, run_training
 
 
 def fake_cifar(rng, n_train=400, n_val=100, n_test=200):

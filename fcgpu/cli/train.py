@@ -27,10 +27,8 @@ def _dims(text):
 def add_arguments(p):
     from ..augment_spec import MODES
     from ..mix_spec import MIX_MODES
-    from ..backend import CHOICES as BACKENDS, MATMUL_PRECISIONS
     from ..optim import rule_names
     from ..schedules import SCHEDULES
-    from ..settings import DTYPES
     from ..train import DEFAULT_PRESET, PRESETS, TrainConfig, describe_preset
     d = TrainConfig()  # the course's run
     # every default is None: the preset fills what the command line leaves out
@@ -88,6 +86,13 @@ def add_arguments(p):
                         "and crops (course: none; docs/random.md)")
     g.add_argument("--mix-alpha", type=float, default=None, metavar="A",
                    help="the mixing weight is drawn from Beta(A, A) (default %g)" % d.mix_alpha)
+    _where_and_output(p)
+
+
+def _where_and_output(p):
+    """The arguments that say where a run computes and what it writes."""
+    from ..backend import CHOICES as BACKENDS, MATMUL_PRECISIONS
+    from ..settings import DTYPES
     g = p.add_argument_group("where")
     g.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="array backend (default: FCGPU_BACKEND, else auto)")
@@ -291,7 +296,6 @@ def write_outputs(args, metrics):
     read-only folder) goes to a new file in the temp folder instead; returns one line
     per refused write, naming the file, the cause and where it went."""
     from ..errors import StorageError
-    from ..train import plot_history, write_metrics
     problems = []
     for path, what, write in ((args.metrics, "metrics", write_metrics),
                               (args.plot, "plot", plot_history)):
@@ -326,3 +330,47 @@ def _fallback(write, metrics, path, what):
             return ("the temp folder refused them too (%s): the metrics are printed on "
                     "stdout" % exc)
         return "the temp folder refused it too (%s)" % exc
+
+
+def write_metrics(metrics, path):
+    """The metrics (:func:`fcgpu.train.run_training`'s) as JSON, written atomically."""
+    import json
+    from ..atomic import atomic_write_bytes
+    atomic_write_bytes(json.dumps(metrics, indent=2).encode(), path)
+
+
+def plot_history(metrics, path):
+    """Loss per iteration and train/val accuracy per epoch, as one PNG."""
+    import matplotlib
+    import numpy as np
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loss = np.asarray(metrics["loss_history"], dtype=float)
+    epochs = metrics["epochs"] or 1
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    if loss.size:
+        it = np.arange(1, loss.size + 1) * epochs / loss.size
+        ax1.plot(it, loss, lw=0.6, alpha=0.5, label="per step")
+        per = max(loss.size // epochs, 1)
+        if loss.size >= per * epochs and epochs > 0:
+            means = loss[:per * epochs].reshape(epochs, per).mean(axis=1)
+            ax1.plot(np.arange(1, epochs + 1), means, "o-", label="epoch mean")
+    ax1.set(xlabel="epoch", ylabel="training loss", title="Loss")
+    ax1.legend()
+    ep = np.arange(len(metrics["train_acc_history"]))
+    ax2.plot(ep, metrics["train_acc_history"], "o-", label="train (1000-sample estimate)")
+    ema = metrics.get("ema")  # (with --ema the validation accuracy is the average's)
+    ax2.plot(ep, metrics["val_acc_history"], "o-",
+             label="validation (weight average)" if ema else "validation")
+    if ema:
+        ax2.plot(ep, ema["raw_val_acc_history"], ".--", label="validation (raw weights)")
+    ax2.set(xlabel="epoch (0 = after the first step)", ylabel="accuracy",
+            title="Accuracy: val %.3f, test %s" % (metrics["val_acc"], "%.3f" % metrics[
+                "test_acc"] if metrics.get("test_acc") is not None else "n/a"))
+    ax2.grid(alpha=0.3)
+    ax2.legend()
+    fig.suptitle("fcgpu train on %s (%s)" % (metrics["device"], metrics["backend"]))
+    fig.tight_layout()
+    from ..atomic import atomic_save_figure
+    atomic_save_figure(fig, path, dpi=110)
