@@ -87,7 +87,7 @@ def _awkward(rng, n, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [1, 9, 5000, 70001])
 def test_compiled_pass_equals_the_array_code_bit_for_bit(rng, dtype, n):
-    """fcgpu.cpu.ema (one pass; parallel from PARALLEL_FROM elements) against the
+    """fcgpu.cpu.ema (one pass) against the
     plain ``e *= d; e += a * w``, subnormals and signed zeros included. Mutant caught:
     the kernel compiled with fastmath (a fused multiply-add rounds once)."""
     from fcgpu.cpu import ema as cpu_ema
@@ -330,7 +330,7 @@ def test_states_written_before_the_average_still_load(tmp_path, trained):
 
 # ----------------------------------------------------------------- fcgpu train
 
-def test_run_training_metrics_say_what_the_average_bought():
+def test_run_training_metrics_say_what_the_average_bought(tmp_path):
     from fcgpu.train import run_training
     from test_train import cfg, fake_cifar
     data = fake_cifar(np.random.default_rng(2))
@@ -341,6 +341,10 @@ def test_run_training_metrics_say_what_the_average_bought():
     assert e["final_raw_val_acc"] == e["raw_val_acc_history"][-1]
     assert len(e["raw_val_acc_history"]) == len(m["val_acc_history"]) == 4
     assert m["config"]["ema_decay"] == 0.99
+    pytest.importorskip("matplotlib")
+    from fcgpu.cli.train import plot_history
+    plot_history(m, tmp_path / "p.png")  # (the raw weights' curve beside the average's)
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     off = run_training(cfg(), data=data, progress=False, verbose=False)
     assert off["ema"] is None
     assert off["loss_history"] == m["loss_history"]
@@ -367,3 +371,21 @@ def test_model_without_batchnorm(rng):
     s.train()
     assert s.ema.bn == [] and s.ema.updates == 500 // 100
     assert checkpoint.decode(checkpoint.encode(s.state_dict()))["ema"]["bn_params"] == []
+
+
+def test_search_space_parameter():
+    """``ema_decay`` in fcgpu search's space: off (0) by default, the setting's range
+    otherwise, and a drawn 0 is a config without an average. Mutant caught: the 0
+    passed on as ema_decay=0.0 (TrainConfig refuses it)."""
+    optuna = pytest.importorskip("optuna")
+    from fcgpu.search import space as sp
+    s = sp.default_space()
+    assert s["ema_decay"] == {"value": 0.0}
+    with pytest.raises(ConfigError, match=r"ema_decay = 1.0 must be in \(0, 1\)"):
+        sp.parse_param("ema_decay=0.9,1.0")
+    s["ema_decay"] = sp.parse_param("ema_decay=0,0.999")[1]
+    fixed = {"layers": 1, "units_1": 10, "dropout": 1.0, "learning_rate": 1e-3, "reg": 1e-4,
+             "weight_scale": 1e-2, "batch_size": 100}
+    for drawn, want in ((0.0, None), (0.999, 0.999)):
+        trial = optuna.trial.FixedTrial(dict(fixed, ema_decay=drawn))
+        assert sp.suggest_config(trial, s).ema_decay == want
