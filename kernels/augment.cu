@@ -213,13 +213,10 @@ FCGPU_AUGMENT_INST(float, float)
 FCGPU_AUGMENT_INST(float, double)
 FCGPU_AUGMENT_INST(double, float)
 FCGPU_AUGMENT_INST(double, double)
-template __global__ void fcgpu_mix_pairs<float>(float* __restrict__, const i64* __restrict__,
-                                                 i64* __restrict__, float* __restrict__,
-                                                 const double* __restrict__, const u64* __restrict__,
-                                                 const u64* __restrict__, u64, u64, u64, u64, u64,
-                                                 u64, u64, u64);
-template __global__ void fcgpu_mix_pairs<double>(double* __restrict__, const i64* __restrict__,
-                                                  i64* __restrict__, double* __restrict__,
-                                                  const double* __restrict__, const u64* __restrict__,
-                                                  const u64* __restrict__, u64, u64, u64, u64, u64,
-                                                  u64, u64, u64);
+#define FCGPU_MIX_INST(T)                                                                  \
+  template __global__ void fcgpu_mix_pairs<T>(                                             \
+      T* __restrict__, const i64* __restrict__, i64* __restrict__, T* __restrict__,        \
+      const double* __restrict__, const u64* __restrict__, const u64* __restrict__, u64,   \
+      u64, u64, u64, u64, u64, u64, u64);
+FCGPU_MIX_INST(float)
+FCGPU_MIX_INST(double)

@@ -96,16 +96,17 @@ def test_table_calls_no_math_library(monkeypatch):
 
 
 def test_log_and_exp_are_accurate(rng):
-    """The table's own ln and exp against NumPy's (float64) within 4 units in the last
-    place, over the ranges the table uses (ln of (0, 1], exp of [-745, 0]). Mutants
-    that fail here: _log's series cut to 8 terms, _exp's to 9."""
+    """The table's own ln and exp against NumPy's (float64) within 6 units in the last
+    place (seen: 3 for ln, where -ln 2 + ln m cancels, 1 for exp), over the ranges the
+    table uses (ln of (0, 1], exp of [-745, 0]). Mutants that fail here: _log's series
+    cut to 8 terms, _exp's to 9."""
     x = np.concatenate([rng.uniform(0, 1, 20000), np.exp(rng.uniform(-700, 0, 20000))])
     x = x[x > 0]
     ref = np.log(x)
-    assert np.all(np.abs(beta_table._log(x) - ref) <= 4 * np.spacing(np.abs(ref)))
+    assert np.all(np.abs(beta_table._log(x) - ref) <= 6 * np.spacing(np.abs(ref)))
     y = rng.uniform(-700, 0, 40000)
     ref = np.exp(y)
-    assert np.all(np.abs(beta_table._exp(y) - ref) <= 4 * np.spacing(ref))
+    assert np.all(np.abs(beta_table._exp(y) - ref) <= 6 * np.spacing(ref))
     assert beta_table._exp(np.array([-800.0]))[0] == 0.0
 
 
