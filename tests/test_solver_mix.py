@@ -222,3 +222,28 @@ def test_run_training_with_mix_on_raw_images():
     m = run_training(cfg, data=data, progress=False, verbose=False)
     assert m["config"]["mix"] == "cutmix" and m["config"]["mix_alpha"] == 0.5
     assert len(m["loss_history"]) == 6 and np.all(np.isfinite(m["loss_history"]))
+
+
+def test_search_space_parameters():
+    """``mix`` and ``mix_alpha`` in fcgpu search's space: off (none, 1.0) by default, the
+    settings' choices and range otherwise; a drawn mode and alpha reach the config, and
+    without mixing the alpha is left out (not a distinct config). Mutants that fail here:
+    mix left out of suggest_config's names (the drawn mode never reaches TrainConfig);
+    mix_alpha kept when mix is none."""
+    optuna = pytest.importorskip("optuna")
+    from fcgpu.search import space as sp
+    s = sp.default_space()
+    assert s["mix"] == {"value": "none"} and s["mix_alpha"] == {"value": 1.0}
+    with pytest.raises(ConfigError, match=r"mix_alpha = 200.0 must be in \[0.05, 100\]"):
+        sp.parse_param("mix_alpha=0.2:200")
+    with pytest.raises(ConfigError, match="mix = 'blend' must be one of none, mixup, cutmix"):
+        sp.parse_param("mix=mixup,blend")
+    s["mix"] = sp.parse_param("mix=none,mixup,cutmix")[1]
+    s["mix_alpha"] = sp.parse_param("mix_alpha=0.2:2")[1]
+    assert s["mix_alpha"] == {"low": 0.2, "high": 2.0, "log": False}
+    fixed = {"layers": 1, "units_1": 10, "dropout": 1.0, "learning_rate": 1e-3, "reg": 1e-4,
+             "weight_scale": 1e-2, "batch_size": 100}
+    for mix, alpha, want in (("cutmix", 0.3, 0.3), ("mixup", 1.7, 1.7), ("none", 0.3, 1.0)):
+        trial = optuna.trial.FixedTrial(dict(fixed, mix=mix, mix_alpha=alpha))
+        cfg = sp.suggest_config(trial, s, epochs=1, backend="numpy")
+        assert (cfg.mix, cfg.mix_alpha) == (mix, want)

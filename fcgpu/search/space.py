@@ -47,6 +47,8 @@ PARAMS = {
     "pad": _train_setting("pad", {"value": 4}),
     "label_smoothing": _train_setting("label_smoothing", {"value": 0.0}),
     "schedule": _train_setting("schedule", {"value": "step"}),
+    "mix": _train_setting("mix", {"value": "none"}),
+    "mix_alpha": _train_setting("mix_alpha", {"value": 1.0}),
     "ema_decay": (float, {"value": 0.0}, lambda v: v and SETTINGS["ema_decay"].why(v),
                   SETTINGS["ema_decay"].help.replace("None: off", "0: off")),
 }
@@ -227,12 +229,15 @@ def suggest_config(trial, space, **fixed):
     layers = get("layers")
     hidden = tuple(get("units", "units_%d" % (i + 1)) for i in range(layers))
     extra = {}
-    for name in ("augment", "pad", "label_smoothing", "schedule", "ema_decay"):
+    for name in ("augment", "pad", "label_smoothing", "schedule", "ema_decay", "mix",
+                 "mix_alpha"):
         if name in space:  # (a space saved before these existed lacks them)
             extra[name] = get(name)
     extra["ema_decay"] = extra.get("ema_decay") or None  # (0: no average)
     if extra.get("augment", "none") == "none":
         extra.pop("pad", None)  # (meaningless without crops: not a distinct config)
+    if extra.get("mix", "none") == "none":
+        extra.pop("mix_alpha", None)  # (meaningless without mixing)
     schedule = extra.get("schedule", "step")
     # the per-epoch decay is the 'step' schedule's: drawn only for it
     lr_decay = get("lr_decay") if schedule == "step" else 1.0
