@@ -1217,6 +1217,26 @@ def test_close_training_comparison_can_fail(emu):
 
 @pytest.mark.gpu
 @requires_gpu
+@pytest.mark.parametrize("rule,bn,dropout,fresh,reg,dtype", EMA_CONFIGS)
+def test_gpu_graphed_average_matches_uncaptured(cp, rule, bn, dropout, fresh, reg, dtype):
+    """The moving average of the weights on a real capture: one graph, and the plain
+    step's average, count and accuracies bit for bit (both update it with the same
+    CuPy operations; the captured one reads (d_t, 1 - d_t) from device memory)."""
+    data = blobs(np.random.default_rng(15), n=240)
+    plain = _solver(cp, data, dtype, rule, bn, dropout, fresh, reg, cuda_graph=False, epochs=3,
+                    ema_decay=0.9)
+    plain.train()
+    graphed = _solver(cp, data, dtype, rule, bn, dropout, fresh, reg, cuda_graph=True,
+                      epochs=3, ema_decay=0.9)
+    graphed.train()
+    g = graphed._graph_step
+    steps = 3 * (200 // 20)
+    assert g.captures == 1 and g.replays == steps - 1 and graphed.ema.updates == steps
+    _assert_same_training(plain, graphed, host=cp.asnumpy)
+
+
+@pytest.mark.gpu
+@requires_gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rule,bn,dropout,fresh,reg", CONFIGS)
 def test_gpu_graphed_solver_matches_uncaptured(cp, rule, bn, dropout, fresh, reg, dtype):
