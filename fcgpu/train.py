@@ -346,9 +346,11 @@ def _epoch_end(cfg, checkpoint, log, epoch_callback, saved):
                                       % (exc, solver.epoch, solver.num_epochs, checkpoint,
                                          held), saved_epoch=saved["epoch"]) from exc
             saved["epoch"] = solver.epoch
-        log("epoch %2d/%d  loss %.4f  train acc %.4f  val acc %.4f  (%.1f s)"
+        raw = "" if solver.ema is None else " (raw weights %.4f)" % (
+            solver.ema.raw_val_acc_history[-1])  # (--ema: val acc is the average's)
+        log("epoch %2d/%d  loss %.4f  train acc %.4f  val acc %.4f%s  (%.1f s)"
             % (solver.epoch, solver.num_epochs, solver.loss_history[-1],
-               solver.train_acc_history[-1], solver.val_acc_history[-1],
+               solver.train_acc_history[-1], solver.val_acc_history[-1], raw,
                solver.epoch_seconds[-1]))
         if epoch_callback is not None:
             epoch_callback(solver)
