@@ -13,6 +13,7 @@ from fcgpu.cuda import augment as cuda_augment
 from fcgpu.fc_net import FullyConnectedNet
 from fcgpu.solver import Solver
 from test_cuda_graph import emu  # noqa: F401  (fixture)
+from gpu_util import cupy, requires_gpu
 
 # pointer arguments the augment kernel accepts as null: y, b_ptr, epoch_ptr, mean, yb;
 # and the mixing kernel: y, y2, b_ptr, epoch_ptr
@@ -77,6 +78,23 @@ def test_emulated_graphed_augmented_solver_equals_uncaptured(emu_aug, mode, rule
     assert not any("gather_rows" in str(n) for n in names)
     assert any("mix_pairs" in str(n) for n in names) == (mix != "none")
     assert (g.mix is None) == (mix == "none")
+
+
+@pytest.mark.gpu
+@requires_gpu
+@pytest.mark.parametrize("mode,mix", [("crop", "cutmix"), ("flip", "mixup"), ("none", "mixup")])
+def test_gpu_graphed_mixed_solver_equals_uncaptured(mode, mix):
+    """On a GPU: the captured step with the augmenting gather and the mixing kernel (the
+    targets in static buffers) gives the uncaptured Solver's run bit for bit."""
+    cp = cupy()
+    data, mean = _data(cp, 6)
+    plain = _solver(cp, data, mean, False, mode, mix=mix, mix_alpha=0.5)
+    plain.train()
+    graphed = _solver(cp, data, mean, True, mode, mix=mix, mix_alpha=0.5)
+    graphed.train()
+    tcg._assert_same_training(plain, graphed, host=cp.asnumpy)
+    g = graphed._graph_step
+    assert g.captures == 1 and g.mix is not None
 
 
 @pytest.mark.parametrize("schedule,opts,rule,mode", [
