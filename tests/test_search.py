@@ -580,19 +580,22 @@ def test_space_draws_augmentation_width_schedule_and_smoothing(tmp_path):
 
 
 def test_retrain_command_carries_augmentation_schedule_and_smoothing():
+    """The printed command rebuilds the trial's config, mixing and the weight average
+    included (mutant caught: --mix or --ema left out of it)."""
     from fcgpu.cli import build_parser
     from fcgpu.cli.train import config_from_args
     from fcgpu.search.summary import retrain_command
     from fcgpu.train import TrainConfig
     want = TrainConfig(hidden_dims=(64,), augment="crop", pad=2, label_smoothing=0.1,
                        schedule="cosine", warmup_epochs=1.0, lr_decay=1.0, epochs=3,
-                       backend="numpy")
+                       backend="numpy", mix="cutmix", mix_alpha=0.5, ema_decay=0.999)
     argv = shlex.split(retrain_command(want.to_dict()))
     assert argv[:2] == ["fcgpu", "train"]
     assert config_from_args(build_parser().parse_args(argv[1:])) == want
     plain = TrainConfig(hidden_dims=(64,), epochs=3, backend="numpy")
     argv = shlex.split(retrain_command(plain.to_dict()))
     assert "--augment" not in argv and "--schedule" not in argv
+    assert "--mix" not in argv and "--ema" not in argv
     assert config_from_args(build_parser().parse_args(argv[1:])) == plain
 
 

@@ -34,6 +34,10 @@ def describe_config(cfg):
         parts.append("augment %s" % aug + (" pad %d" % cfg.get("pad", 4) if aug == "crop" else ""))
     if cfg.get("label_smoothing"):
         parts.append("smoothing %s" % fmt_value(cfg["label_smoothing"]))
+    if cfg.get("mix", "none") != "none":
+        parts.append("%s alpha %s" % (cfg["mix"], fmt_value(cfg.get("mix_alpha", 1.0))))
+    if cfg.get("ema_decay"):
+        parts.append("ema %s" % fmt_value(cfg["ema_decay"]))
     sched = cfg.get("schedule", "step")
     if sched != "step":
         parts.append(sched + ("" if cfg.get("warmup_epochs") is None
@@ -94,6 +98,10 @@ def retrain_command(cfg):
         args += ["--augment", cfg["augment"], "--pad", str(int(cfg.get("pad", 4)))]
     if cfg.get("label_smoothing"):
         args += ["--label-smoothing", repr(float(cfg["label_smoothing"]))]
+    if cfg.get("mix", "none") != "none":
+        args += ["--mix", cfg["mix"], "--mix-alpha", repr(float(cfg.get("mix_alpha", 1.0)))]
+    if cfg.get("ema_decay"):
+        args += ["--ema", repr(float(cfg["ema_decay"]))]
     if cfg.get("schedule", "step") != "step":
         args += ["--schedule", cfg["schedule"]]
         if cfg.get("warmup_epochs") is not None:
