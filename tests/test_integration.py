@@ -44,9 +44,17 @@ RECORDED_EPOCH_LOSS = (1.72276951, 1.48675049)
 EPOCH_LOSS_RTOL = 1.5e-3
 
 
-def _train(cifar_path, tmp_path, name, *args):
+@pytest.fixture(scope="module")
+def cache_home(tmp_path_factory):
+    """One fresh cache folder for the module's runs: the archive is decoded once (about
+    10 s), not once per run, and never from a cache left by another suite."""
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def _train(cifar_path, tmp_path, name, *args, cache=None):
     metrics = tmp_path / (name + ".json")
-    env = dict(os.environ, FCGPU_DATA=cifar_path, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env = dict(os.environ, FCGPU_DATA=cifar_path,
+               XDG_CACHE_HOME=cache or str(tmp_path / "cache"))
     env.pop("FCGPU_BACKEND", None)
     r = subprocess.run([sys.executable, "-m", "fcgpu.cli", "train", "--backend", "numpy",
                         "--metrics", str(metrics), *args],
@@ -61,11 +69,11 @@ def _epoch_means(m):
     return steps.reshape(m["epochs"], -1).mean(axis=1)
 
 
-def test_default_preset(cifar_path, tmp_path):
+def test_default_preset(cifar_path, tmp_path, cache_home):
     """`fcgpu train` with its defaults: the default preset, end to end."""
     from fcgpu.train import DEFAULT_PRESET, from_preset
     cfg = from_preset(DEFAULT_PRESET)
-    m = _train(cifar_path, tmp_path, "default")
+    m = _train(cifar_path, tmp_path, "default", cache=cache_home)
     print("val_acc", m["val_acc"], "test_acc", m["test_acc"], "samples/s", m["samples_per_s"])
     print("val acc per epoch", m["val_acc_history"])
     assert m["preset"] == DEFAULT_PRESET and m["augment"]["mode"] == cfg.augment
@@ -78,10 +86,10 @@ def test_default_preset(cifar_path, tmp_path):
     assert losses[-1] < 0.7 * losses[0], losses
 
 
-def test_course_training(cifar_path, tmp_path):
+def test_course_training(cifar_path, tmp_path, cache_home):
     """`fcgpu train --preset course`: the course's final net, 17 epochs."""
     m = _train(cifar_path, tmp_path, "full", "--preset", "course",
-               "--checkpoint", str(tmp_path / "full.ck"))
+               "--checkpoint", str(tmp_path / "full.ck"), cache=cache_home)
     print("val_acc", m["val_acc"], "test_acc", m["test_acc"], "samples/s", m["samples_per_s"])
     assert m["epochs"] == 17 and len(m["loss_history"]) == 17 * 100
     losses = _epoch_means(m)
@@ -107,10 +115,10 @@ def test_course_training(cifar_path, tmp_path):
     # steps, bit for bit, as the uninterrupted run (same machine, same settings)
     ck = str(tmp_path / "part.ck")
     first = _train(cifar_path, tmp_path, "part", "--preset", "course", "--epochs", "1",
-                   "--checkpoint", ck)
+                   "--checkpoint", ck, cache=cache_home)
     assert first["loss_history"] == m["loss_history"][:100]
     resumed = _train(cifar_path, tmp_path, "resumed", "--preset", "course", "--epochs", "2",
-                     "--checkpoint", ck, "--resume")
+                     "--checkpoint", ck, "--resume", cache=cache_home)
     assert resumed["resumed_from_epoch"] == 1 and resumed["epochs"] == 2
     assert resumed["loss_history"] == m["loss_history"][:200], \
         "the resumed epoch 2 differs from the uninterrupted run's"
