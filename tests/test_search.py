@@ -432,7 +432,17 @@ def test_report_with_plots_and_without_enough_trials(tmp_path, capsys):
     cells = dict(zip(cols, [c.strip() for c in row.strip("|").split("|")]))
     assert (cells["augment"], cells["smoothing"], cells["schedule"], cells["lr decay"]) == (
         "flip", "0.1", "cosine", "1")
-    assert "pad" not in cols  # (the course's value in every trial)
+    assert "pad" not in cols and "mix" not in cols and "ema" not in cols  # (the course's)
+    # mixing (with its alpha) and the weight average get columns too
+    assert main([*base, "--study", "mix", "--n-trials", "2", "--param", "augment=flip",
+                 "--param", "mix=cutmix", "--param", "mix_alpha=0.25",
+                 "--param", "ema_decay=0,0.9", "--report", str(tmp_path / "rm")]) == 0
+    table = (tmp_path / "rm" / "report.md").read_text().split("## Best trials")[1]
+    head, _, *rows = table.strip().split("\n\n")[0].splitlines()
+    cols = [c.strip() for c in head.strip("|").split("|")]
+    cells = [dict(zip(cols, [c.strip() for c in r.strip("|").split("|")])) for r in rows]
+    assert {c["mix"] for c in cells} == {"cutmix 0.25"}
+    assert {c["ema"] for c in cells} <= {"off", "0.9"} and len(cells) == 2
     # --n-trials 0: only the summary and the report
     assert main(["search", "--storage", url, "--study", "three", "--n-trials", "0",
                  "--report", str(tmp_path / "r0")]) == 0

@@ -34,7 +34,18 @@ def _importance_blocker(study):
 
 # settings beyond the notebook's space: (config key, column head)
 RECIPE_COLUMNS = [("augment", "augment"), ("pad", "pad"), ("label_smoothing", "smoothing"),
-                  ("schedule", "schedule"), ("lr_decay", "lr decay")]
+                  ("schedule", "schedule"), ("lr_decay", "lr decay"), ("mix", "mix"),
+                  ("ema_decay", "ema")]
+
+
+def _recipe_cell(cfg, key, default):
+    """A recipe column's cell: the value, mixing with its alpha, 'off' for no average."""
+    value = cfg.get(key, default)
+    if key == "mix" and value not in (None, "none"):
+        return "%s %s" % (value, fmt_value(cfg.get("mix_alpha", 1.0)))
+    if key == "ema_decay" and value is None:
+        return "off"
+    return fmt_value(value)
 
 
 def write_report(study, folder, storage_url=None, top=10):
@@ -91,7 +102,7 @@ def _best_trials(best):
                  fmt_value(c.get("dropout", "")), fmt_value(c.get("learning_rate", "")),
                  fmt_value(c.get("reg", "")), fmt_value(c.get("weight_scale", "")),
                  str(c.get("batch_size", ""))]
-        cells += [fmt_value(c.get(k, course.get(k))) for k, _ in extra]
+        cells += [_recipe_cell(c, k, course.get(k)) for k, _ in extra]
         cells += [str(len(t.intermediate_values)),
                   "%.1f" % (t.duration.total_seconds() if t.duration else float("nan")),
                   t.user_attrs.get("worker", "")]
