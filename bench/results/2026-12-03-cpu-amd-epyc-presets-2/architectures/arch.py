@@ -168,13 +168,15 @@ class Net:
         return loss, {k: v.astype(np.float32) for k, v in g.items()}
 
 
-cfg = TrainConfig(augment="flip", epochs=EPOCHS, num_train=NUM_TRAIN)
+import os
+AUGMENT = os.environ.get("ARCH_AUGMENT", "flip")  # crop: random crops (pad 4) and flips
+cfg = TrainConfig(augment=AUGMENT, epochs=EPOCHS, num_train=NUM_TRAIN)
 data = load_data(cfg, progress=False)
 net = Net(KIND, seed=SEED)
 print(KIND, "params %.2f M" % (sum(v.size for v in net.params.values()) / 1e6), flush=True)
 s = Solver(net, data, update_rule="adam", optim_config={"learning_rate": 3.2e-3},
            batch_size=490, num_epochs=EPOCHS, num_train_samples=1000, verbose=False, seed=SEED,
-           lr_schedule="onecycle", augment="flip", mean=data["mean"],
+           lr_schedule="onecycle", augment=AUGMENT, mean=data["mean"],
            epoch_callback=lambda sv: print("epoch %d val %.3f train %.3f (%.1f s)" % (
                sv.epoch, sv.val_acc_history[-1], sv.train_acc_history[-1],
                sv.epoch_seconds[-1]), flush=True))
