@@ -40,25 +40,36 @@ def _reference(X, y, perm, b, batch_size, image_shape, mode="crop", pad=DEFAULT_
                epoch=0, mean=None, out_dtype=np.float32, out=None, y_out=None):
     Xb, yb = augment_gather_reference(X, y, perm, b, batch_size, image_shape, mode, pad, seed,
                                       epoch, mean, out_dtype)
-    if out is not None:
-        out[...] = Xb
-        Xb = out
-    if y_out is not None and yb is not None:
-        y_out[...] = yb
-        yb = y_out
-    return Xb, yb
+    return _into(out, Xb), _into(y_out, yb)
+
+
+def _into(out, value):
+    """``value`` written into ``out`` (and ``out`` returned), or ``value`` itself when
+    there is no ``out`` (or no value): the references fill the caller's buffers as the
+    compiled and CUDA versions do."""
+    if out is None or value is None:
+        return value
+    out[...] = value
+    return out
+
+
+def _pick(X, name, reference):
+    """The function ``name`` of the implementation for arrays like ``X``: our CUDA
+    kernels for CuPy arrays, the compiled CPU passes where Numba runs, else
+    ``reference``."""
+    if is_cupy_array(X):
+        from .cuda import augment
+        return getattr(augment, name)
+    from . import fused
+    if fused.use_compiled_cpu():
+        from .cpu import augment
+        return getattr(augment, name)
+    return reference
 
 
 def impl_for(X):
     """The ``augment_gather`` implementing the gather for arrays like ``X``."""
-    if is_cupy_array(X):
-        from .cuda import augment
-        return augment.augment_gather
-    from . import fused
-    if fused.use_compiled_cpu():
-        from .cpu import augment
-        return augment.augment_gather
-    return _reference
+    return _pick(X, "augment_gather", _reference)
 
 
 def augment_gather(X, y, perm, b, batch_size, image_shape, mode="crop", pad=DEFAULT_PAD,
@@ -74,25 +85,12 @@ def _mix_reference(X, y, b, image_shape, mode="mixup", alpha=1.0, seed=0, epoch=
     Xm, y2, lam = mix_batch_reference(X, y, b, image_shape, mode, alpha, seed, epoch)
     if Xm is not X:
         X[...] = Xm
-    if y2_out is not None and y2 is not None:
-        y2_out[...] = y2
-        y2 = y2_out
-    if lam_out is not None and lam is not None:
-        lam_out[...] = lam
-        lam = lam_out
-    return X, y2, lam
+    return X, _into(y2_out, y2), _into(lam_out, lam)
 
 
 def mix_impl_for(X):
     """The ``mix_batch`` implementing the mix for arrays like ``X``."""
-    if is_cupy_array(X):
-        from .cuda import augment
-        return augment.mix_batch
-    from . import fused
-    if fused.use_compiled_cpu():
-        from .cpu import augment
-        return augment.mix_batch
-    return _mix_reference
+    return _pick(X, "mix_batch", _mix_reference)
 
 
 def mix_batch(X, y, b, image_shape, mode="mixup", alpha=1.0, seed=0, epoch=0, y2_out=None,
