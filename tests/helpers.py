@@ -165,3 +165,27 @@ def check_exact_steps_on_edge_values(ops, dev, host, dtype, seed=0):
                 assert bits_equal_nan(host(out), ref), rule + " (optim, plain step)"
                 if key:
                     assert bits_equal_nan(host(dcfg[key]), cfg[key]), rule + " state (optim)"
+
+
+def stopped_and_resumed(make, data, path, kw, epochs=4, stop_at=2):
+    """A run of ``epochs`` stopped after epoch ``stop_at`` (its checkpoint written at
+    ``path`` from the epoch callback, as ``fcgpu train`` does), then resumed by a fresh
+    Solver given another ``augment_seed`` (the state's must win) and trained to the
+    end; returns that Solver. ``make(data, epochs=..., **kw)`` builds a Solver."""
+    import pytest
+
+    class Stop(Exception):
+        pass
+
+    def stop(solver):
+        if solver.epoch == stop_at:
+            solver.save_checkpoint(str(path))
+            raise Stop
+
+    first = make(data, epochs=epochs, epoch_callback=stop, **kw)
+    with pytest.raises(Stop):
+        first.train()
+    rest = make(data, epochs=epochs, **dict(kw, augment_seed=1))
+    rest.load_checkpoint(str(path))
+    rest.train()
+    return rest

@@ -1,8 +1,6 @@
 """Solver options of issue 17: augmentation in the gather, learning-rate schedules,
 label smoothing; their defaults leave a run bit for bit as it was, and a resume with
 them on continues exactly like an uninterrupted run."""
-import io
-
 import numpy as np
 import pytest
 
@@ -11,6 +9,7 @@ from fcgpu.augment_spec import augment_gather_reference
 from fcgpu.fc_net import FullyConnectedNet
 from fcgpu.gradient_check import eval_numerical_gradient
 from fcgpu.solver import CheckpointError, Solver
+from helpers import stopped_and_resumed
 
 SHAPE = (3, 6, 5)
 D = 90
@@ -100,23 +99,9 @@ def test_resume_mid_run_with_augment_and_schedule_equals_uninterrupted(tmp_path)
     whole = make(data, epochs=4, **kw)
     whole.train()
     # the schedule spans num_epochs, so the interrupted run is a 4-epoch run stopped
-    # after its second epoch, its checkpoint written there (as `fcgpu train` does)
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_two(solver):
-        if solver.epoch == 2:
-            solver.save_checkpoint(str(tmp_path / "ck.safetensors"))
-            raise Stop
-
-    first = make(data, epochs=4, epoch_callback=stop_after_two, **kw)
-    with pytest.raises(Stop):
-        first.train()
-    # a fresh Solver with another augment_seed: the checkpoint's wins, as the RNG's does
-    rest = make(data, epochs=4, **dict(kw, augment_seed=1))
-    rest.load_checkpoint(str(tmp_path / "ck.safetensors"))
-    rest.train()
+    # after its second epoch, its checkpoint written there (as `fcgpu train` does);
+    # the fresh Solver resuming it has another augment_seed: the checkpoint's wins
+    rest = stopped_and_resumed(make, data, tmp_path / "ck.safetensors", kw)
     same_run(whole, rest)
 
 

@@ -11,6 +11,7 @@ from fcgpu.errors import ConfigError
 from fcgpu.fc_net import FullyConnectedNet
 from fcgpu.mix_spec import mix_batch_reference
 from fcgpu.solver import Solver
+from helpers import stopped_and_resumed
 
 SHAPE = (3, 6, 5)
 D = 90
@@ -101,21 +102,7 @@ def test_resume_mid_run_with_mix_equals_uninterrupted(tmp_path, mix):
               augment_seed=2 ** 63 + 5)
     whole = make(data, epochs=4, **kw)
     whole.train()
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_two(solver):
-        if solver.epoch == 2:
-            solver.save_checkpoint(str(tmp_path / "ck.safetensors"))
-            raise Stop
-
-    first = make(data, epochs=4, epoch_callback=stop_after_two, **kw)
-    with pytest.raises(Stop):
-        first.train()
-    rest = make(data, epochs=4, **dict(kw, augment_seed=1))
-    rest.load_checkpoint(str(tmp_path / "ck.safetensors"))
-    rest.train()
+    rest = stopped_and_resumed(make, data, tmp_path / "ck.safetensors", kw)
     same_run(whole, rest)
     assert rest.state_dict()["settings"]["mix"] == mix
 
