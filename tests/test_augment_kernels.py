@@ -22,8 +22,17 @@ from fcgpu import augment, augment_spec
 from fcgpu.cuda import augment as cuda_augment
 from gpu_util import bits_equal
 
-# pointer arguments the augment kernel accepts as null: y, b_ptr, epoch_ptr, mean, yb
-_NULLABLE = {1, 3, 4, 5, 18}
+# pointer arguments kernels/augment.cu's kernels accept as null, by name prefix: the
+# gather's y, b_ptr, epoch_ptr, mean, yb; the mix's y, y2, b_ptr, epoch_ptr
+NULLABLE = {"fcgpu_augment_gather<": {1, 3, 4, 5, 18}, "fcgpu_mix_pairs<": {1, 2, 5, 6}}
+
+
+def allow_null_pointers(monkeypatch):
+    """The CuPy stand-in's launch check (test_kernels_host) takes :data:`NULLABLE`'s
+    null pointers for augment.cu's kernels."""
+    allowed = tkh._null_allowed
+    monkeypatch.setattr(tkh, "_null_allowed", lambda name, k, sig: allowed(name, k, sig) or any(
+        name.startswith(prefix) and k in ks for prefix, ks in NULLABLE.items()))
 
 
 @pytest.fixture
@@ -32,15 +41,16 @@ def augment_sigs(kernel_signatures, launch_bounds):
     return kernel_signatures, launch_bounds
 
 
-def _install(monkeypatch, sigs_bounds, emu=None):
-    sigs, bounds = sigs_bounds
+def install_launcher(monkeypatch, sigs, bounds, emu=None):
+    """fcgpu.cuda.augment on the CuPy stand-in: its launches checked against ``sigs``
+    (and ``bounds``), and run by ``emu`` (the host-built kernels) when given. Returns
+    ``(launch log, the stand-in)``."""
     log = []
     fake = tkh._make_fake_cupy()
     monkeypatch.setitem(__import__("sys").modules, "cupy", fake)
     monkeypatch.setattr(cuda_augment, "_cp", lambda: fake)
-    allowed = tkh._null_allowed
-    monkeypatch.setattr(tkh, "_null_allowed", lambda name, k, sig: allowed(name, k, sig) or (
-        name.startswith("fcgpu_augment_gather<") and k in _NULLABLE))
+    monkeypatch.setattr(cuda_augment, "_TABLES", {})  # (no Beta table of another stand-in)
+    allow_null_pointers(monkeypatch)
 
     def get_kernel(name):
         assert name in sigs, "no compiled kernel named %r" % name
@@ -52,12 +62,12 @@ def _install(monkeypatch, sigs_bounds, emu=None):
 
 @pytest.fixture
 def fake_launch(augment_sigs, monkeypatch):
-    return _install(monkeypatch, augment_sigs)
+    return install_launcher(monkeypatch, *augment_sigs)
 
 
 @pytest.fixture
 def emu_augment(augment_sigs, monkeypatch, emu_lib):  # noqa: F811
-    return _install(monkeypatch, augment_sigs, emu_lib)
+    return install_launcher(monkeypatch, *augment_sigs, emu_lib)
 
 
 def _dev(fake, a):

@@ -8,17 +8,12 @@ import numpy as np
 import pytest
 
 import test_cuda_graph as tcg
-import test_kernels_host as hk
 from fcgpu.cuda import augment as cuda_augment
 from fcgpu.fc_net import FullyConnectedNet
 from fcgpu.solver import Solver
 from test_cuda_graph import emu  # noqa: F401  (fixture)
 from gpu_util import cupy, requires_gpu
-
-# pointer arguments the augment kernel accepts as null: y, b_ptr, epoch_ptr, mean, yb;
-# and the mixing kernel: y, y2, b_ptr, epoch_ptr
-_NULLABLE = {1, 3, 4, 5, 18}
-_MIX_NULLABLE = {1, 2, 5, 6}
+from test_augment_kernels import allow_null_pointers
 
 
 @pytest.fixture
@@ -29,10 +24,7 @@ def emu_aug(emu, kernel_signatures, launch_bounds, emu_lib, monkeypatch):  # noq
     monkeypatch.setattr(cuda_augment, "get_kernel", lambda name: tcg._GraphKernel(
         name, sigs[name], emu.log, emu_lib, emu.state,
         None if launch_bounds is None else launch_bounds[name]))
-    allowed = hk._null_allowed
-    monkeypatch.setattr(hk, "_null_allowed", lambda name, k, sig: allowed(name, k, sig) or (
-        name.startswith("fcgpu_augment_gather<") and k in _NULLABLE) or (
-        name.startswith("fcgpu_mix_pairs<") and k in _MIX_NULLABLE))
+    allow_null_pointers(monkeypatch)
     return emu
 
 

@@ -12,36 +12,15 @@ import itertools
 import numpy as np
 import pytest
 
-import test_kernels_host as tkh
 from fcgpu import augment, mix_spec
 from fcgpu.cuda import augment as cuda_augment
 from gpu_util import bits_equal
-
-# pointer arguments the mixing kernel accepts as null: y, y2, b_ptr, epoch_ptr
-MIX_NULLABLE = {1, 2, 5, 6}
-
-
-def _install(monkeypatch, sigs, bounds, emu=None):
-    log = []
-    fake = tkh._make_fake_cupy()
-    monkeypatch.setitem(__import__("sys").modules, "cupy", fake)
-    monkeypatch.setattr(cuda_augment, "_cp", lambda: fake)
-    monkeypatch.setattr(cuda_augment, "_TABLES", {})
-    allowed = tkh._null_allowed
-    monkeypatch.setattr(tkh, "_null_allowed", lambda name, k, sig: allowed(name, k, sig) or (
-        name.startswith("fcgpu_mix_pairs<") and k in MIX_NULLABLE))
-
-    def get_kernel(name):
-        assert name in sigs, "no compiled kernel named %r" % name
-        return tkh.FakeKernel(name, sigs[name], log, emu, fake.guards,
-                              None if bounds is None else bounds[name])
-    monkeypatch.setattr(cuda_augment, "get_kernel", get_kernel)
-    return log, fake
+from test_augment_kernels import install_launcher
 
 
 @pytest.fixture
 def emu_mix(kernel_signatures, launch_bounds, emu_lib, monkeypatch):
-    return _install(monkeypatch, kernel_signatures, launch_bounds, emu_lib)
+    return install_launcher(monkeypatch, kernel_signatures, launch_bounds, emu_lib)
 
 
 def _dev(fake, a):
@@ -106,7 +85,7 @@ def test_launch_shape_and_table_upload(kernel_signatures, monkeypatch):
     """One launch per mix: 256 threads, grid (row blocks, pairs); the Beta table goes to
     the device once per alpha (device_table) and is reused; mode 'none' launches nothing;
     a NumPy batch is refused on the CUDA path."""
-    log, fake = _install(monkeypatch, kernel_signatures, None)
+    log, fake = install_launcher(monkeypatch, kernel_signatures, None)
     X = _dev(fake, np.zeros((7, 3 * 32 * 32), np.float32))
     augment.mix_batch(X, None, 0, (3, 32, 32), "mixup", 0.4)
     augment.mix_batch(X, None, 1, (3, 32, 32), "cutmix", 0.4)
