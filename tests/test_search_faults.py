@@ -227,13 +227,34 @@ def report(name, figures):
     print("\n%s: %s" % (name, ", ".join("%s %d" % kv for kv in figures.items())))
 
 
+class Writes:
+    """A stdout that keeps each ``write`` call apart: workers share the command's
+    stdout, so a line must reach it in one write or two workers' lines interleave."""
+
+    def __init__(self):
+        self.writes = []
+
+    def write(self, text):
+        self.writes.append(text)
+
+    def flush(self):
+        pass
+
+    def getvalue(self):
+        return "".join(self.writes)
+
+    def assert_whole_lines(self):
+        for text in self.writes:
+            assert text.endswith("\n") and text.count("\n") == 1, self.writes
+
+
 def test_the_wait_for_a_lost_storage_backs_off_and_is_bounded():
     """StorageWait on a fake clock: tries after 0.5, 1, 2, 4, 8, 10, 10 ... s, returns
-    once the probe answers (one line when lost, one when back), and after the bound
-    raises one line with the last reason. Mutants: no cap on the back-off; the bound
-    counted from each try instead of from the loss (never gives up)."""
-    import io
-
+    once the probe answers (one line when lost, one when back, each in one write), and
+    after the bound raises one line with the last reason. Mutants: no cap on the
+    back-off; the bound counted from each try instead of from the loss (never gives up);
+    print() writing the newline apart (under PYTHONUNBUFFERED two workers' lines ran
+    together in CI)."""
     import sqlalchemy.exc
 
     from fcgpu.errors import StudyStorageError
@@ -252,7 +273,7 @@ def test_the_wait_for_a_lost_storage_backs_off_and_is_bounded():
     def probe():
         if not next(answers):
             raise refused()
-    out = io.StringIO()
+    out = Writes()
     wait = StorageWait("postgresql://u:s3cret@db/x", 60, probe, out, tag="[w0] ",
                        clock=lambda: now[0], sleep=sleep)
     wait.lost(refused())
@@ -261,12 +282,26 @@ def test_the_wait_for_a_lost_storage_backs_off_and_is_bounded():
         "[w0] lost the study storage postgresql://u:***@db/x: Connection refused; waiting "
         "up to 60 s for it (--storage-wait)",
         "[w0] the study storage answers again (35.5 s after it was lost)"]
+    out.assert_whole_lines()
     answers = iter([False] * 100)
     with pytest.raises(StudyStorageError) as info:
         wait.lost(refused("server closed the connection"))   # the clock did not restart
     assert str(info.value) == ("lost the study storage postgresql://u:***@db/x: Connection "
                                "refused (gave up after 60 s; --storage-wait)")
     assert now[0] == 60 and "s3cret" not in out.getvalue()
+
+
+def test_a_finished_trial_is_one_write():
+    """The line each worker prints per finished trial reaches stdout in one write.
+    Mutant: print() with the newline apart."""
+    from fcgpu.search.summary import progress_callback
+    trial = optuna.trial.create_trial(params={"units_1": 26}, value=0.5,
+                                      distributions={"units_1": optuna.distributions
+                                                     .IntDistribution(10, 100)})
+    out = Writes()
+    progress_callback(out, tag="[w1] ")(None, trial)
+    out.assert_whole_lines()
+    assert out.getvalue().startswith("[w1] trial ")
 
 
 def check_killed_worker_is_retried(url, tmp_path, study="killed-retried"):

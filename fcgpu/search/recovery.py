@@ -30,7 +30,7 @@ import time
 from ..errors import StudyStorageError
 from .objective import TrialAbandoned, TrialFailed
 from .storage import mask_url, short_error, transient_cause
-from .summary import describe_trial
+from .summary import describe_trial, say
 
 MAX_RETRY = 3           # retries of one lost trial (its parameters may be what kills workers)
 FIRST_DELAY, MAX_DELAY = 0.5, 10.0   # seconds between tries while the storage is away
@@ -92,7 +92,7 @@ class StorageWait:
                 self.lost(cause)
 
     def _say(self, line):
-        print(self.tag + line, file=self.out, flush=True)
+        say(self.out, self.tag + line)
 
 
 def retry_callback(max_retry=MAX_RETRY):
@@ -142,7 +142,7 @@ class LostTrials:
                 "retry_history", [])) + 1)
         if ours and self.tickets is not None:
             self.tickets.release()
-        print(self.tag + line, file=self.out, flush=True)
+        say(self.out, self.tag + line)
 
 
 class Tracked:
@@ -222,7 +222,7 @@ def settle(study, tracked, lost, cause, url=None):
             frozen = find_trial(study, trial.number)
     if tracked.outcome is None or frozen.state != tracked.outcome[0]:
         note = " (marked by another worker while this one was away from the storage)"
-    print(lost.tag + describe_trial(frozen) + note, file=lost.out, flush=True)
+    say(lost.out, lost.tag + describe_trial(frozen) + note)
     return True
 
 

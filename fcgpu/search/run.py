@@ -14,7 +14,7 @@ from .report import write_report
 from .settings import SearchSettings
 from .storage import make_pruner, make_sampler, mask_url, open_storage, open_study, quiet_optuna, \
     storage_failures_named
-from .summary import progress_callback, summarize
+from .summary import progress_callback, say, summarize
 from .workers import STORAGE_GAVE_UP, LocalTickets, TermAsInterrupt, Tickets, pin_this_process, \
     plan_workers, spawn_workers
 
@@ -69,7 +69,7 @@ def worker_main(spec_path, index, tickets_path, out=None):
     try:
         run_worker(settings, index=index, tickets=tickets, out=out, tag=tag)
     except StudyStorageError as exc:
-        print(tag + "gave up: %s" % exc, file=out or sys.stdout, flush=True)
+        say(out or sys.stdout, tag + "gave up: %s" % exc)
         return STORAGE_GAVE_UP
     return 0
 

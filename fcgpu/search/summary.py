@@ -10,6 +10,15 @@ LOST_REASON = ("worker lost: no heartbeat within the grace period (killed, crash
                "disconnected)")
 
 
+def say(out, line):
+    """Print ``line`` on ``out`` in one write, newline included, and flush. Workers
+    share the command's stdout, and ``print`` writes the newline apart: unbuffered
+    (``PYTHONUNBUFFERED``, ``python -u``) that is two writes, and two workers' lines
+    came out as one run-on line and an empty one."""
+    out.write(line + "\n")
+    out.flush()
+
+
 def fmt_value(v):
     if isinstance(v, float):
         return "%.3g" % v
@@ -74,7 +83,7 @@ def describe_trial(t):
 
 def progress_callback(out, tag=""):
     def callback(study, trial):
-        print(tag + describe_trial(trial), file=out, flush=True)
+        say(out, tag + describe_trial(trial))
     return callback
 
 

@@ -13,6 +13,7 @@ import threading
 import time
 
 from ..errors import ConfigError
+from .summary import say
 
 STORAGE_GAVE_UP = 75   # a worker's exit code when it gave up waiting for the storage (EX_TEMPFAIL)
 
@@ -232,7 +233,7 @@ def spawn_workers(settings, envs, descs, out):
             cmd = [sys.executable, "-m", "fcgpu.cli", "search", "--worker", spec,
                    "--worker-index", str(i), "--worker-tickets", tickets.path]
             p = subprocess.Popen(cmd, env=env)
-            print("worker %d/%d: pid %d, %s" % (i, len(envs), p.pid, desc), file=out, flush=True)
+            say(out, "worker %d/%d: pid %d, %s" % (i, len(envs), p.pid, desc))
             procs.append(p)
         return _wait_workers(procs, out)
     finally:
@@ -249,16 +250,15 @@ def _wait_workers(procs, out):
                     if codes[i] is None and p.poll() is not None:
                         codes[i] = p.returncode
                         if p.returncode < 0:
-                            print("worker %d (pid %d) was killed by signal %d; its running "
-                                  "trial is marked FAIL and retried once its heartbeat is "
-                                  "stale"
-                                  % (i, p.pid, -p.returncode), file=out, flush=True)
+                            say(out, "worker %d (pid %d) was killed by signal %d; its running "
+                                "trial is marked FAIL and retried once its heartbeat is stale"
+                                % (i, p.pid, -p.returncode))
                         elif p.returncode == STORAGE_GAVE_UP:
-                            print("worker %d (pid %d) gave up waiting for the study storage"
-                                  % (i, p.pid), file=out, flush=True)
+                            say(out, "worker %d (pid %d) gave up waiting for the study storage"
+                                % (i, p.pid))
                         elif p.returncode != 0:
-                            print("worker %d (pid %d) exited with code %d"
-                                  % (i, p.pid, p.returncode), file=out, flush=True)
+                            say(out, "worker %d (pid %d) exited with code %d"
+                                % (i, p.pid, p.returncode))
                 time.sleep(0.2)
         except KeyboardInterrupt:
             # a terminal's Ctrl-C reached the workers too; make sure the others stop
