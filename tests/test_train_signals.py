@@ -315,6 +315,38 @@ def open_once_read(fifo, child):
         time.sleep(0.002)  # (waits for the child to open the pipe: no timing)
 
 
+def wait_blocked_reading(fifo, child):
+    """Return once ``child`` sleeps in a system call on its descriptor of ``fifo`` (its
+    read: /proc/PID/syscall names the call's first argument). A signal that lands after
+    open() returned but before read() began runs Python's handler only when the read
+    returns, and this read never does (CI hung so, once in several runs, on a loaded
+    machine): the signal must come while the child sleeps in the read."""
+    import time
+    proc = "/proc/%d" % child.pid
+    if not os.path.exists(proc + "/syscall"):
+        pytest.skip("needs Linux's /proc/PID/syscall to see the child block in read()")
+    target = os.path.realpath(fifo)
+    while True:
+        assert child.poll() is None, "the child ended before it read: %s" % child.stderr.read()
+        fds = [int(fd) for fd in os.listdir(proc + "/fd")
+               if _readlink(proc + "/fd/" + fd) == target]
+        with open(proc + "/syscall") as f:
+            call = f.read().split()
+        with open(proc + "/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        if state == "S" and len(call) > 1 and call[0] != "running" and fds \
+                and int(call[1], 16) in fds:
+            return
+        time.sleep(0.002)  # (polls the child's state: no timing)
+
+
+def _readlink(path):
+    try:
+        return os.readlink(path)
+    except OSError:  # (a descriptor closed meanwhile)
+        return None
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a named pipe (os.mkfifo)")
 def test_a_signal_while_the_data_load_stops_at_once_and_writes_nothing(run_dir):
     """The plain command, its --data a named pipe the test holds open and empty: the
@@ -330,6 +362,7 @@ def test_a_signal_while_the_data_load_stops_at_once_and_writes_nothing(run_dir):
                                  "--metrics", "f.json"), cwd=folder,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with open_once_read(folder / "data.npz", child):
+        wait_blocked_reading(folder / "data.npz", child)
         child.send_signal(signal.SIGINT)
         _, err = child.communicate(timeout=120)
     assert child.returncode == 130, err
