@@ -304,6 +304,35 @@ def test_a_finished_trial_is_one_write():
     assert out.getvalue().startswith("[w1] trial ")
 
 
+def test_a_worker_hands_each_printed_line_over_in_one_write():
+    """A worker's stdout, unbuffered as under PYTHONUNBUFFERED (text layer written
+    through, raw file below), after workers.whole_lines: each print() reaches the file
+    as one write, newline included, so another worker's line cannot cut it (the
+    training log of --verbose prints with print()). Mutant: whole_lines doing nothing
+    (the text and the newline arrive apart)."""
+    import io
+
+    from fcgpu.search.workers import whole_lines
+
+    class Raw(io.RawIOBase):
+        def __init__(self):
+            self.writes = []
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            self.writes.append(bytes(b))
+            return len(b)
+
+    raw = Raw()
+    stdout = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
+    whole_lines(stdout)
+    print("(Epoch 1 / 20) train acc 0.41", file=stdout)
+    print("[w1] trial 3 COMPLETE", file=stdout)
+    assert raw.writes == [b"(Epoch 1 / 20) train acc 0.41\n", b"[w1] trial 3 COMPLETE\n"]
+
+
 def check_killed_worker_is_retried(url, tmp_path, study="killed-retried"):
     """Two workers share a budget of 4 trials; one is SIGKILLed while its trial runs
     (paused after its first epoch was reported, so the trial is RUNNING with a

@@ -16,7 +16,7 @@ from .storage import make_pruner, make_sampler, mask_url, open_storage, open_stu
     storage_failures_named
 from .summary import progress_callback, say, summarize
 from .workers import STORAGE_GAVE_UP, LocalTickets, TermAsInterrupt, Tickets, pin_this_process, \
-    plan_workers, spawn_workers
+    plan_workers, spawn_workers, whole_lines
 
 
 def run_worker(settings, index=0, tickets=None, data=None, out=None, pruner=None, tag=""):
@@ -59,6 +59,7 @@ def worker_main(spec_path, index, tickets_path, out=None):
     gives up waiting for the storage says why on ``out`` and exits with
     ``STORAGE_GAVE_UP``; the command then ends with one line."""
     pin_this_process()
+    whole_lines(sys.stdout)
     if threading.current_thread() is threading.main_thread():
         # a shell's background job starts with SIGINT ignored: take Ctrl-C seriously
         signal.signal(signal.SIGINT, signal.default_int_handler)

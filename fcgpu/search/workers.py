@@ -214,6 +214,17 @@ def pin_this_process():
             pass
 
 
+def whole_lines(stream):
+    """Make a text stream hand each line to its file in one write. The workers share
+    the command's stdout; unbuffered (``PYTHONUNBUFFERED``, ``python -u``), ``print``
+    writes a line's text and its newline apart, and a training log line of one worker
+    (``--verbose``) could be cut by another's. Line buffering without write-through
+    keeps both parts until the newline. A stream that cannot change is left as it is."""
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(line_buffering=True, write_through=False)
+
+
 def spawn_workers(settings, envs, descs, out):
     """Start the worker processes; wait for them; returns the list of exit codes."""
     import fcgpu
